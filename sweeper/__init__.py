@@ -1,0 +1,20 @@
+"""sweeper: hyperparameter sweeps for tf.keras, with TensorBoard HParams as the result view.
+
+This package is the core: importing it loads neither TensorFlow, FastAPI nor SQLAlchemy.
+"""
+
+from sweeper._domains import Discrete, Fixed, IntInterval, RealInterval
+from sweeper._errors import SpecError, SweeperError
+from sweeper._registry import datasets, models
+from sweeper._spec import Objective, SearchSettings, SweepSpec, TrainSettings, load_spec, parse_spec
+from sweeper._strategies import GridStrategy, RandomStrategy, Strategy, make_strategy
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Discrete", "Fixed", "IntInterval", "RealInterval",
+    "SpecError", "SweeperError",
+    "datasets", "models",
+    "Objective", "SearchSettings", "SweepSpec", "TrainSettings", "load_spec", "parse_spec",
+    "GridStrategy", "RandomStrategy", "Strategy", "make_strategy",
+]

@@ -1,0 +1,30 @@
+"""The core's exceptions: one root, so callers can catch everything sweeper raises on purpose."""
+
+from __future__ import annotations
+
+
+class SweeperError(Exception):
+    """Root of every error sweeper raises deliberately."""
+
+
+class SpecError(SweeperError):
+    """A sweep spec broke a rule; each problem names its field path and the rule."""
+
+    def __init__(self, problems: list[tuple[tuple[str | int, ...], str]], source: str | None = None):
+        self.problems = problems
+        self.source = source
+        lines = [f"{_dotted(path)}: {message}" if path else message for path, message in problems]
+        prefix = f"{source}: " if source else ""
+        super().__init__(prefix + "; ".join(lines))
+
+    @property
+    def messages(self) -> list[str]:
+        return [f"{_dotted(path)}: {message}" if path else message for path, message in self.problems]
+
+
+class UnknownTrialError(SweeperError):
+    """A trial id that the server does not know."""
+
+
+def _dotted(path: tuple[str | int, ...]) -> str:
+    return ".".join(str(part) for part in path)

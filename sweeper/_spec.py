@@ -1,0 +1,184 @@
+"""The sweep spec: what to train, what to search, and how to judge a trial.
+
+Read from YAML or JSON (or a REST body) and validated into typed models. Every problem is reported
+with its field path and the rule it broke, e.g. `hparams.dropout: min (0.5) must be < max (0.1)`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (BaseModel, ConfigDict, Field, PositiveInt, TypeAdapter, ValidationError, field_validator,
+                      model_validator)
+
+from sweeper import _registry
+from sweeper._domains import DiscreteValue, Domain, Fixed, SearchDomain
+from sweeper._errors import SpecError
+
+Name = Annotated[str, Field(min_length=1, max_length=200)]
+HParamName = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z_][A-Za-z0-9_.\-]*$")]
+
+_domain_adapter: TypeAdapter[Any] = TypeAdapter(Domain)
+_fixed_adapter: TypeAdapter[Any] = TypeAdapter(DiscreteValue)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Objective(_Strict):
+    metric: Name
+    goal: Literal["maximize", "minimize"] = "maximize"
+
+    def better(self, a: float, b: float) -> bool:
+        """True when objective value `a` beats `b`."""
+        return a > b if self.goal == "maximize" else a < b
+
+
+class SearchSettings(_Strict):
+    strategy: Literal["grid", "random"] = "random"
+    max_trials: PositiveInt | None = None
+    seed: int = 0
+    grid_points: int = Field(default=2, ge=2, le=1000)
+
+
+class TrainSettings(_Strict):
+    epochs: PositiveInt = Field(default=10, le=100_000)
+    batch_size: PositiveInt = 32
+    validation_split: float = Field(default=0.2, gt=0.0, lt=1.0)
+
+
+class SweepSpec(_Strict):
+    name: Name
+    model: Name
+    dataset: Name
+    objective: Objective
+    hparams: dict[HParamName, Any] = Field(min_length=1)
+    search: SearchSettings = SearchSettings()
+    train: TrainSettings = TrainSettings()
+
+    @field_validator("model")
+    @classmethod
+    def _registered_model(cls, name: str) -> str:
+        if name not in _registry.models:
+            raise ValueError(f"unknown model {name!r}; registered models: {', '.join(_registry.models.names())}")
+        return name
+
+    @field_validator("dataset")
+    @classmethod
+    def _registered_dataset(cls, name: str) -> str:
+        if name not in _registry.datasets:
+            raise ValueError(
+                f"unknown dataset {name!r}; registered datasets: {', '.join(_registry.datasets.names())}")
+        return name
+
+    @field_validator("hparams", mode="after")
+    @classmethod
+    def _valid_domains(cls, hparams: dict[str, Any]) -> dict[str, Any]:
+        # Domains are validated here (not through a plain union) so that errors keep clean field paths.
+        parsed: dict[str, Any] = {}
+        for name, raw in hparams.items():
+            parsed[name] = _domain_adapter.validate_python(raw) if isinstance(raw, dict) \
+                else _fixed_adapter.validate_python(raw)
+        return parsed
+
+    @model_validator(mode="after")
+    def _finite_random_search(self) -> SweepSpec:
+        if self.search.strategy == "random" and self.search.max_trials is None:
+            if any(d.type != "discrete" for d in self.hparams.values() if isinstance(d, BaseModel)):
+                raise ValueError("search.max_trials is required for random search over intervals")
+        return self
+
+    def search_space(self) -> dict[str, SearchDomain]:
+        """Every hparam as a domain; bare values become Fixed."""
+        return {name: value if isinstance(value, BaseModel) else Fixed(value=value)
+                for name, value in self.hparams.items()}
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+def parse_spec(data: Any, source: str | None = None) -> SweepSpec:
+    """Validate a parsed spec (a dict), raising SpecError with every problem and its field path."""
+    if not isinstance(data, dict):
+        raise SpecError([((), f"a sweep spec must be a mapping, but got {type(data).__name__}")], source)
+    problems: list[tuple[tuple[str | int, ...], str]] = []
+    # Validate each hparam on its own first, to report its problems with a path like hparams.dropout.min.
+    hparams = data.get("hparams")
+    if isinstance(hparams, dict):
+        for name, raw in hparams.items():
+            if not isinstance(raw, dict):
+                try:
+                    _fixed_adapter.validate_python(raw)
+                except ValidationError:
+                    problems.append((("hparams", str(name)), "a fixed value must be a number, string or bool; "
+                                     "a searched one a mapping like {type: discrete, values: [...]}"))
+                continue
+            try:
+                _domain_adapter.validate_python(raw)
+            except ValidationError as error:
+                problems += [(("hparams", str(name), *_inner_loc(e["loc"], raw)), _rule(e)) for e in error.errors()]
+    try:
+        spec = SweepSpec.model_validate(data)
+    except ValidationError as error:
+        for e in error.errors():
+            loc = tuple(e["loc"])
+            # Problems inside a domain were reported above with the hparam's name in their path.
+            if loc[:1] == ("hparams",) and "[key]" not in loc and any(p[0][:1] == ("hparams",) for p in problems):
+                continue
+            problems.append((loc, _rule(e)))
+        problems = _dedupe(problems)
+        raise SpecError(problems, source) from None
+    if problems:
+        raise SpecError(problems, source)
+    return spec
+
+
+def load_spec(path: str | Path) -> SweepSpec:
+    """Read a YAML or JSON spec file; errors name the file (and the line, for syntax errors)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise SpecError([((), f"cannot read spec file: {error.strerror}")], str(path)) from None
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except json.JSONDecodeError as error:
+        raise SpecError([((), f"line {error.lineno}: invalid JSON: {error.msg}")], str(path)) from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        raise SpecError([((), f"{where}invalid YAML: {getattr(error, 'problem', None) or error}")], str(path)) from None
+    return parse_spec(data, source=str(path))
+
+
+def _inner_loc(loc: tuple[Any, ...], raw: Any) -> tuple[Any, ...]:
+    # A discriminated union puts the tag first (('real_interval', 'min')); users never wrote it.
+    if loc and isinstance(raw, dict) and loc[0] == raw.get("type"):
+        loc = loc[1:]
+    return tuple(loc)
+
+
+def _rule(error: Any) -> str:
+    message = str(error["msg"])
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if message.startswith(prefix):
+            message = message[len(prefix):]
+    if error.get("type") == "extra_forbidden":
+        message = "unknown field (not allowed here)"
+    if error.get("type") == "union_tag_invalid":
+        message = "type must be one of discrete, real_interval, int_interval"
+    if error.get("type") == "union_tag_not_found":
+        message = "needs a type: discrete, real_interval or int_interval"
+    return message
+
+
+def _dedupe(problems: list[tuple[tuple[str | int, ...], str]]) -> list[tuple[tuple[str | int, ...], str]]:
+    seen: dict[tuple[tuple[str | int, ...], str], None] = {}
+    for problem in problems:
+        seen.setdefault(problem, None)
+    return list(seen)
+

@@ -1,0 +1,90 @@
+"""Messages that cross the process boundary between workers and the server.
+
+The server (api/) and the workers (workers/) both speak these models over HTTP; neither imports the
+other. Field names are the REST contract.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from sweeper._spec import Objective, TrainSettings
+
+WorkerId = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class TrialState(StrEnum):
+    pending = "pending"
+    running = "running"
+    completed = "completed"
+    failed = "failed"
+    pruned = "pruned"
+    cancelled = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self not in (TrialState.pending, TrialState.running)
+
+
+class SweepStatus(StrEnum):
+    running = "running"
+    paused = "paused"
+    completed = "completed"
+    cancelled = "cancelled"
+    failed = "failed"
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ClaimRequest(_Message):
+    worker_id: WorkerId
+    host: Annotated[str, Field(min_length=1, max_length=255)]
+    gpu: Annotated[str, Field(max_length=64)] | None = None
+
+
+class Assignment(_Message):
+    """What a worker needs to run one trial."""
+
+    trial_id: int
+    sweep_id: int
+    hparams: dict[str, Any]
+    model: str
+    dataset: str
+    objective: Objective
+    train: TrainSettings
+    logdir: str
+    """The trial's own TensorBoard folder: <server logdir>/<sweep_id>/<trial_id>."""
+    lease_expires_at: datetime
+
+
+class HeartbeatRequest(_Message):
+    worker_id: WorkerId
+
+
+class MetricsReport(_Message):
+    worker_id: WorkerId
+    epoch: Annotated[int, Field(ge=0)]
+    metrics: dict[str, float]
+
+
+class CompleteReport(_Message):
+    worker_id: WorkerId
+    metrics: dict[str, float]
+
+
+class FailReport(_Message):
+    worker_id: WorkerId
+    error: Annotated[str, Field(max_length=65_536)]
+    retryable: bool = False
+
+
+class Directive(_Message):
+    """The server's answer to a heartbeat or a metrics report."""
+
+    action: Literal["continue", "stop", "prune"] = "continue"
