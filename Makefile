@@ -1,0 +1,25 @@
+# `make demo` and `make test` do all the set-up: a virtualenv in .venv with sweeper installed into it.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+
+.PHONY: demo test install clean
+
+install: $(INSTALLED)
+
+$(INSTALLED): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(INSTALLED)
+
+demo: $(INSTALLED)
+	mkdir -p demo
+	$(BIN)/sweeper run examples/digits.yaml --database-url sqlite:///demo/sweeper.db --logdir demo/runs --cpu-workers 2
+
+test: $(INSTALLED)
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf demo .pytest_cache

@@ -1,0 +1,98 @@
+"""What the CLI shows: sweep tables, trial tables and a live progress bar of a running sweep."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+FINISHED_STATES = ("completed", "failed", "pruned", "cancelled")
+ACTIVE_STATUSES = ("running", "paused")
+
+
+def finished_count(sweep: dict[str, Any]) -> int:
+    counts = sweep.get("trial_counts") or {}
+    return sum(counts.get(state, 0) for state in FINISHED_STATES)
+
+
+def best_value(sweep: dict[str, Any]) -> float | None:
+    best = sweep.get("best_trial")
+    if not best:
+        return None
+    return best["metrics"].get(sweep["spec"]["objective"]["metric"])
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "" if value is None else str(value)
+
+
+def sweeps_table(sweeps: list[dict[str, Any]]) -> Table:
+    table = Table(title="Sweeps")
+    for column in ("id", "name", "status", "finished", "best", "created"):
+        table.add_column(column)
+    for sweep in sweeps:
+        objective = sweep["spec"]["objective"]
+        best = best_value(sweep)
+        table.add_row(str(sweep["id"]), sweep["name"], sweep["status"],
+                      f"{finished_count(sweep)}/{sweep['total_trials']}",
+                      "" if best is None else f"{objective['metric']}={best:.4g}", str(sweep.get("created_at", "")))
+    return table
+
+
+def trials_table(sweep: dict[str, Any], trials: list[dict[str, Any]]) -> Table:
+    metric = sweep["spec"]["objective"]["metric"]
+    names = list(sweep["spec"]["hparams"])
+    best = (sweep.get("best_trial") or {}).get("id")
+    table = Table(title=f"Sweep {sweep['id']} {sweep['name']}: {sweep['status']}, "
+                        f"{finished_count(sweep)}/{sweep['total_trials']} finished")
+    for column in ("trial", "state", metric, *names, "attempts"):
+        table.add_column(column)
+    for trial in trials:
+        style = "bold green" if trial["id"] == best else None
+        table.add_row(str(trial["id"]), trial["state"], _format(trial["metrics"].get(metric)),
+                      *(_format(trial["hparams"].get(name)) for name in names), str(trial["attempts"]),
+                      style=style)
+    return table
+
+
+def watch(client: Any, sweep_id: int, console: Console, poll_interval: float = 1.0) -> dict[str, Any]:
+    """Show a progress bar of finished/total trials and the best value until the sweep ends."""
+    sweep = client.get_sweep(sweep_id)
+    metric = sweep["spec"]["objective"]["metric"]
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[best]}"), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task(sweep["name"], total=sweep["total_trials"], best="")
+        while True:
+            best = best_value(sweep)
+            progress.update(task, completed=finished_count(sweep),
+                            best="" if best is None else f"best {metric}={best:.4f}")
+            if sweep["status"] not in ACTIVE_STATUSES:
+                return sweep
+            time.sleep(poll_interval)
+            sweep = client.get_sweep(sweep_id)
+
+
+def summary(sweep: dict[str, Any], logdir: str, console: Console) -> None:
+    """The end of a sweep: the best trial and the command that opens TensorBoard on it."""
+    best = sweep.get("best_trial")
+    metric = sweep["spec"]["objective"]["metric"]
+    console.print(f"Sweep {sweep['id']} {sweep['name']} {sweep['status']}: "
+                  f"{finished_count(sweep)}/{sweep['total_trials']} trials finished "
+                  f"({_counts(sweep)})")
+    if best:
+        console.print(f"Best trial {best['id']}: {metric}={best['metrics'][metric]:.4f}")
+        for name, value in best["hparams"].items():
+            console.print(f"  {name} = {_format(value)}")
+    else:
+        console.print("No trial completed.")
+    console.print(f"Open TensorBoard: sweeper tensorboard {sweep['id']} --logdir {logdir}")
+
+
+def _counts(sweep: dict[str, Any]) -> str:
+    return ", ".join(f"{n} {state}" for state, n in (sweep.get("trial_counts") or {}).items() if n)

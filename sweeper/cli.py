@@ -1,0 +1,170 @@
+"""The `sweeper` command line: the composition root that wires the core, the server and the workers.
+
+The server (api) and the workers are imported inside the commands that need them, so that `sweeper
+submit` on a laptop never loads FastAPI or TensorFlow.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from sweeper import _console
+from sweeper._errors import SpecError, SweeperError
+from sweeper._spec import load_spec
+
+app = typer.Typer(help="Hyperparameter sweeps for tf.keras, with TensorBoard HParams as the result view.",
+                  no_args_is_help=True, add_completion=False)
+console = Console()
+errors = Console(stderr=True)
+
+Server = Annotated[str, typer.Option(envvar="SWEEPER_SERVER", help="URL of the sweeper server.")]
+Logdir = Annotated[str, typer.Option(envvar="SWEEPER_LOGDIR", help="Folder of the TensorBoard logs.")]
+DatabaseUrl = Annotated[str, typer.Option(envvar="SWEEPER_DATABASE_URL", help="SQLAlchemy database URL.")]
+Gpus = Annotated[str, typer.Option(help="GPUs to use: all, none, or indices like 0,2.")]
+CpuWorkers = Annotated[int, typer.Option(min=1, help="CPU worker processes when no GPU is used.")]
+DEFAULT_SERVER = "http://127.0.0.1:8000"
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    errors.print(f"[red]error:[/red] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def _load(path: Path):  # noqa: ANN202 - SweepSpec, imported lazily above
+    try:
+        return load_spec(path)
+    except SpecError as error:
+        raise _fail(str(error), code=2) from None
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(envvar="SWEEPER_HOST")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(envvar="SWEEPER_PORT")] = 8000,
+    database_url: DatabaseUrl = "sqlite:///sweeper.db",
+    logdir: Logdir = "runs",
+) -> None:
+    """Start the API server."""
+    from api.server import serve as serve_api
+    from api.settings import Settings
+
+    serve_api(Settings(host=host, port=port, database_url=database_url, logdir=logdir))
+
+
+@app.command()
+def worker(
+    server: Server = DEFAULT_SERVER,
+    gpus: Gpus = "all",
+    cpu_workers: CpuWorkers = 1,
+) -> None:
+    """Start one worker process per GPU (or CPU workers when there is none)."""
+    from workers.supervisor import run_workers
+
+    try:
+        raise typer.Exit(run_workers(server=server, gpus=gpus, cpu_workers=cpu_workers))
+    except ValueError as error:
+        raise _fail(str(error), code=2) from None
+
+
+@app.command()
+def submit(
+    file: Annotated[Path, typer.Argument(help="Sweep spec, YAML or JSON.")],
+    server: Server = DEFAULT_SERVER,
+    wait: Annotated[bool, typer.Option(help="Show progress until the sweep ends.")] = False,
+    logdir: Logdir = "runs",
+) -> None:
+    """Submit a sweep spec to the server."""
+    spec = _load(file)
+    from sweeper.client import Client
+
+    with Client(server) as client:
+        try:
+            sweep = client.create_sweep(spec.to_json())
+        except SweeperError as error:
+            raise _fail(f"{file}: {error}", code=2) from None
+        console.print(f"Created sweep {sweep['id']} {sweep['name']}: {sweep['total_trials']} trials")
+        if wait:
+            _console.summary(_console.watch(client, sweep["id"], console), logdir, console)
+
+
+@app.command()
+def status(
+    sweep_id: Annotated[Optional[int], typer.Argument(help="A sweep id; all sweeps when left out.")] = None,
+    server: Server = DEFAULT_SERVER,
+) -> None:
+    """Show all sweeps, or one sweep's trials."""
+    from sweeper.client import Client
+
+    with Client(server) as client:
+        try:
+            if sweep_id is None:
+                console.print(_console.sweeps_table(client.list_sweeps(limit=100, offset=0)["data"]))
+            else:
+                sweep = client.get_sweep(sweep_id)
+                console.print(_console.trials_table(sweep, client.list_trials(sweep_id)["data"]))
+        except SweeperError as error:
+            raise _fail(str(error)) from None
+
+
+@app.command()
+def run(
+    file: Annotated[Path, typer.Argument(help="Sweep spec, YAML or JSON.")],
+    database_url: DatabaseUrl = "sqlite:///sweeper.db",
+    logdir: Logdir = "runs",
+    gpus: Gpus = "all",
+    cpu_workers: CpuWorkers = 1,
+) -> None:
+    """Server, workers and sweep in one command on this machine, ending with the best trial."""
+    from api.server import start_in_thread
+    from api.settings import Settings
+    from sweeper.client import Client
+    from workers.gpus import discover_gpus, select_gpus
+    from workers.supervisor import Supervisor
+
+    spec = _load(file)
+    try:
+        chosen = select_gpus(gpus, discover_gpus())
+    except ValueError as error:
+        raise _fail(str(error), code=2) from None
+    server = start_in_thread(Settings(host="127.0.0.1", port=0, database_url=database_url, logdir=logdir))
+    supervisor = Supervisor(server.url, gpus=chosen, cpu_workers=cpu_workers)
+    try:
+        with Client(server.url) as client:
+            sweep = client.create_sweep(spec.to_json())
+            where = f"{len(chosen)} GPU(s)" if chosen else f"{cpu_workers} CPU worker(s)"
+            console.print(f"Sweep {sweep['id']} {sweep['name']}: {sweep['total_trials']} trials on {where}")
+            supervisor.start()
+            sweep = _console.watch(client, sweep["id"], console)
+            _console.summary(sweep, logdir, console)
+    except SweeperError as error:
+        raise _fail(str(error)) from None
+    finally:
+        supervisor.stop()
+        server.stop()
+
+
+@app.command()
+def tensorboard(
+    sweep_id: Annotated[int, typer.Argument(help="The sweep to show.")],
+    logdir: Logdir = "runs",
+    port: Annotated[int, typer.Option(help="TensorBoard's port.")] = 6006,
+    host: Annotated[str, typer.Option(help="Address TensorBoard binds.")] = "127.0.0.1",
+) -> None:
+    """Start TensorBoard on one sweep's folder, so its HParams dashboard shows exactly that sweep."""
+    folder = Path(logdir) / str(sweep_id)
+    if not folder.is_dir():
+        raise _fail(f"no logs for sweep {sweep_id} in {folder}", code=2)
+    console.print(f"TensorBoard for sweep {sweep_id}: http://{host}:{port}/#hparams")
+    command = [sys.executable, "-m", "tensorboard.main", "--logdir", str(folder), "--host", host, "--port", str(port)]
+    raise typer.Exit(subprocess.call(command, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}))
+
+
+if __name__ == "__main__":
+    app()

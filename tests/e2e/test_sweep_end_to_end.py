@@ -1,0 +1,113 @@
+"""A sweep submitted over REST is trained by worker processes and shows exactly in TensorBoard HParams."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import httpx
+import pytest
+from conftest import BIN, free_port, wait_until
+
+pytestmark = pytest.mark.e2e
+
+SPEC = {
+    "name": "e2e-digits",
+    "model": "mlp",
+    "dataset": "digits",
+    "objective": {"metric": "val_accuracy", "goal": "maximize"},
+    "hparams": {
+        "units": {"type": "discrete", "values": [16, 32]},
+        "dropout": {"type": "real_interval", "min": 0.0, "max": 0.3},
+        "depth": {"type": "int_interval", "min": 1, "max": 2},
+        "learning_rate": {"type": "real_interval", "min": 1.0e-3, "max": 1.0e-2, "log": True},
+        "lr_schedule": {"type": "discrete", "values": ["constant", "cosine"]},
+        "batch_size": 64,
+    },
+    "search": {"strategy": "random", "max_trials": 4, "seed": 1},
+    "train": {"epochs": 2, "validation_split": 0.2},
+}
+ALL_STATUSES = ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"]
+
+
+def test_sweep_over_rest_is_trained_by_workers_and_shown_in_tensorboard_hparams(tmp_path, processes):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    logdir = tmp_path / "runs"
+    processes.start("server", str(BIN / "sweeper"), "serve", "--port", str(port),
+                    "--database-url", f"sqlite:///{tmp_path / 'sweeper.db'}", "--logdir", str(logdir))
+    wait_until(lambda: httpx.get(f"{url}/healthz").status_code == 200, 60, "the server")
+    processes.start("worker", str(BIN / "sweeper"), "worker", "--server", url, "--gpus", "none",
+                    "--cpu-workers", "2")
+
+    created = httpx.post(f"{url}/api/v1/sweeps", json=SPEC)
+    assert created.status_code == 201, created.text
+    sweep_id = created.json()["id"]
+    sweep = wait_until(lambda: (s := httpx.get(f"{url}/api/v1/sweeps/{sweep_id}").json())["status"] != "running"
+                       and s, 300, "the sweep to finish", interval=2)
+    assert sweep["status"] == "completed", processes.logs()
+    assert sweep["trial_counts"]["completed"] == 4
+    trials = httpx.get(f"{url}/api/v1/sweeps/{sweep_id}/trials").json()["data"]
+    assert len(trials) == 4 and all(t["state"] == "completed" and t["attempts"] == 1 for t in trials)
+    history = httpx.get(f"{url}/api/v1/trials/{trials[0]['id']}").json()["history"]
+    assert [h["epoch"] for h in history] == [0, 1]
+    best = max(trials, key=lambda t: t["metrics"]["val_accuracy"])
+    assert sweep["best_trial"]["id"] == best["id"]
+
+    # TensorBoard on that sweep's folder alone: its hparams plugin must show every trial exactly.
+    tb_port = free_port()
+    processes.start("tensorboard", sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir / str(sweep_id)),
+                    "--port", str(tb_port), "--host", "127.0.0.1", "--reload_interval", "1")
+    board = f"http://127.0.0.1:{tb_port}/data/plugin/hparams"
+
+    def experiment():
+        answer = httpx.post(f"{board}/experiment", json={"experimentName": ""}, timeout=10).json()
+        return answer if answer.get("hparamInfos") else None
+
+    def session_groups():
+        body = {"experimentName": "", "allowedStatuses": ALL_STATUSES, "startIndex": 0, "sliceSize": 100}
+        answer = httpx.post(f"{board}/session_groups", json=body, timeout=10).json()
+        groups = answer.get("sessionGroups", [])
+        return groups if len(groups) == 4 and all(g.get("metricValues") for g in groups) else None
+
+    info = wait_until(experiment, 90, "TensorBoard's hparams experiment")
+    domains = {h["name"]: h for h in info["hparamInfos"]}
+    assert set(domains) == set(SPEC["hparams"])
+    assert domains["units"]["domainDiscrete"] == [16, 32]
+    assert domains["lr_schedule"]["domainDiscrete"] == ["constant", "cosine"]
+    assert domains["dropout"]["domainInterval"] == {"minValue": 0.0, "maxValue": 0.3}
+    assert domains["depth"]["domainInterval"] == {"minValue": 1, "maxValue": 2}
+    assert domains["learning_rate"]["domainInterval"] == {"minValue": 0.001, "maxValue": 0.01}
+    assert domains["batch_size"]["domainDiscrete"] == [64]
+    metric_tags = {(m["name"].get("group", ""), m["name"]["tag"]) for m in info["metricInfos"]}
+    assert {("", "val_accuracy"), ("validation", "epoch_accuracy"), ("train", "epoch_learning_rate")} <= metric_tags
+
+    groups = {g["name"]: g for g in wait_until(session_groups, 90, "TensorBoard's session groups")}
+    assert set(groups) == {str(t["id"]) for t in trials}
+    for trial in trials:
+        group = groups[str(trial["id"])]
+        assert group["hparams"] == trial["hparams"], json.dumps(group)
+        assert [s["status"] for s in group["sessions"]] == ["STATUS_SUCCESS"]
+        objective = next(m for m in group["metricValues"] if m["name"]["tag"] == "val_accuracy"
+                         and not m["name"].get("group"))
+        assert objective["value"] == pytest.approx(trial["metrics"]["val_accuracy"], rel=1e-6)
+
+
+def test_submit_with_a_broken_spec_names_the_file_and_line_and_creates_nothing(tmp_path):
+    spec = tmp_path / "broken.yaml"
+    spec.write_text("name: x\nmodel: mlp\nhparams:\n  units: {type: discrete, values: [1, 2\n")
+    result = subprocess.run([str(BIN / "sweeper"), "submit", str(spec), "--server", "http://127.0.0.1:9"],
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert f"{spec}: line 5: invalid YAML" in " ".join(result.stderr.split())
+
+
+def test_submit_with_a_bad_field_names_the_file_and_field(tmp_path):
+    spec = tmp_path / "bad.yaml"
+    spec.write_text("name: x\nmodel: mlp\ndataset: digits\nobjective: {metric: val_accuracy}\n"
+                    "hparams:\n  dropout: {type: real_interval, min: 0.5, max: 0.1}\n")
+    result = subprocess.run([str(BIN / "sweeper"), "submit", str(spec), "--server", "http://127.0.0.1:9"],
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "hparams.dropout: min (0.5) must be < max (0.1)" in " ".join(result.stderr.split())

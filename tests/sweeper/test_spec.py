@@ -1,0 +1,144 @@
+"""The sweep spec accepts what DESIGN.md shows and rejects bad input naming the field and the rule."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sweeper import Discrete, Fixed, IntInterval, RealInterval, SpecError, load_spec, parse_spec
+
+EXAMPLE = Path(__file__).parents[2] / "examples" / "digits.yaml"
+
+
+def spec(**overrides):
+    data = {
+        "name": "digits-mlp",
+        "model": "mlp",
+        "dataset": "digits",
+        "objective": {"metric": "val_accuracy", "goal": "maximize"},
+        "hparams": {
+            "units": {"type": "discrete", "values": [16, 32, 64]},
+            "dropout": {"type": "real_interval", "min": 0.1, "max": 0.5},
+            "depth": {"type": "int_interval", "min": 1, "max": 3},
+            "learning_rate": {"type": "real_interval", "min": 1.0e-4, "max": 1.0e-1, "log": True},
+            "optimizer": {"type": "discrete", "values": ["adam", "sgd"]},
+            "batch_size": 64,
+        },
+        "search": {"strategy": "random", "max_trials": 20, "seed": 0},
+        "train": {"epochs": 10, "validation_split": 0.2},
+    }
+    data.update(overrides)
+    return data
+
+
+def rejection(data) -> str:
+    with pytest.raises(SpecError) as caught:
+        parse_spec(data)
+    return str(caught.value)
+
+
+def test_design_example_parses_into_typed_domains():
+    parsed = parse_spec(spec())
+    space = parsed.search_space()
+    assert space["units"] == Discrete(values=[16, 32, 64])
+    assert space["dropout"] == RealInterval(min=0.1, max=0.5)
+    assert space["depth"] == IntInterval(min=1, max=3)
+    assert space["learning_rate"].log is True
+    assert space["batch_size"] == Fixed(value=64)
+    assert parsed.objective.goal == "maximize"
+
+
+def test_normalised_spec_round_trips_through_json():
+    parsed = parse_spec(spec())
+    assert parse_spec(json.loads(json.dumps(parsed.to_json()))) == parsed
+
+
+def test_reversed_interval_names_field_and_rule():
+    bad = spec(hparams={"dropout": {"type": "real_interval", "min": 0.5, "max": 0.1}})
+    assert rejection(bad) == "hparams.dropout: min (0.5) must be < max (0.1)"
+
+
+@pytest.mark.parametrize(("hparam", "expected"), [
+    ({"type": "discrete", "values": [1, "a"]}, "hparams.x: values must all be of one type"),
+    ({"type": "discrete", "values": [True, 1]}, "hparams.x: values must all be of one type"),
+    ({"type": "discrete", "values": []}, "hparams.x: values must not be empty"),
+    ({"type": "discrete", "values": [1, 1]}, "hparams.x: values must not repeat"),
+    ({"type": "discrete", "values": [1], "step": 2}, "hparams.x.step: unknown field"),
+    ({"type": "cube", "values": [1]}, "hparams.x: type must be one of discrete, real_interval, int_interval"),
+    ({"values": [1]}, "hparams.x: needs a type"),
+    ({"type": "int_interval", "min": 1.5, "max": 3}, "hparams.x.min: Input should be a valid integer"),
+    ({"type": "real_interval", "min": 0, "max": 1, "log": True}, "hparams.x: min (0) must be > 0 when log is true"),
+    ([1, 2], "hparams.x: a fixed value must be a number, string or bool"),
+])
+def test_bad_domain_is_rejected_with_its_path(hparam, expected):
+    assert rejection(spec(hparams={"x": hparam})).startswith(expected)
+
+
+@pytest.mark.parametrize(("overrides", "expected"), [
+    ({"search": {"strategy": "bayes"}}, "search.strategy: Input should be 'grid' or 'random'"),
+    ({"model": "resnet9000"}, "model: unknown model 'resnet9000'; registered models: cnn, mlp"),
+    ({"dataset": "imagenet"}, "dataset: unknown dataset 'imagenet'"),
+    ({"colour": "blue"}, "colour: unknown field"),
+    ({"objective": {"metric": "val_accuracy", "goal": "up"}}, "objective.goal: Input should be 'maximize' or 'minimize'"),
+    ({"train": {"validation_split": 1.5}}, "train.validation_split: Input should be less than 1"),
+    ({"search": {"strategy": "grid", "grid_points": 1}}, "search.grid_points: Input should be greater than or equal to 2"),
+    ({"search": {"strategy": "random"}}, "search.max_trials is required for random search over intervals"),
+    ({"hparams": {}}, "hparams: Dictionary should have at least 1 item"),
+    ({"name": ""}, "name: String should have at least 1 character"),
+])
+def test_bad_spec_field_is_rejected_with_its_path(overrides, expected):
+    assert rejection(spec(**overrides)).startswith(expected)
+
+
+def test_every_problem_is_reported_at_once():
+    problems = parse_problems(spec(model="nope", hparams={"a": {"type": "discrete", "values": []}}))
+    assert ("model",) in problems and ("hparams", "a") in problems
+
+
+def parse_problems(data):
+    with pytest.raises(SpecError) as caught:
+        parse_spec(data)
+    return [path for path, _ in caught.value.problems]
+
+
+def test_spec_that_is_not_a_mapping_is_rejected():
+    assert "must be a mapping, but got list" in rejection([1, 2])
+
+
+def test_yaml_syntax_error_names_file_and_line(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("name: x\nhparams:\n  units: {type: discrete, values: [1, 2\n")
+    with pytest.raises(SpecError) as caught:
+        load_spec(path)
+    assert str(caught.value).startswith(f"{path}: line 4: invalid YAML")
+
+
+def test_yaml_file_rule_error_names_file_and_field(tmp_path):
+    path = tmp_path / "sweep.yaml"
+    path.write_text("name: x\nmodel: mlp\ndataset: digits\nobjective: {metric: val_accuracy}\n"
+                    "hparams:\n  dropout: {type: real_interval, min: 0.5, max: 0.1}\n")
+    with pytest.raises(SpecError, match=r"sweep.yaml: hparams.dropout: min \(0.5\) must be < max \(0.1\)"):
+        load_spec(path)
+
+
+def test_json_spec_file_is_read(tmp_path):
+    path = tmp_path / "sweep.json"
+    path.write_text(json.dumps(spec()))
+    assert load_spec(path).name == "digits-mlp"
+
+
+def test_shipped_example_is_valid_and_mixes_all_domain_types():
+    parsed = load_spec(EXAMPLE)
+    kinds = {type(domain).__name__ for domain in parsed.search_space().values()}
+    assert {"Discrete", "RealInterval", "IntInterval"} <= kinds
+    assert any(getattr(d, "log", False) for d in parsed.search_space().values())
+    assert "lr_schedule" in parsed.hparams
+
+
+def test_importing_sweeper_loads_no_tensorflow_fastapi_or_sqlalchemy():
+    code = ("import sys, sweeper, sweeper.messages, sweeper.client\n"
+            "heavy = [m for m in ('tensorflow', 'fastapi', 'sqlalchemy') if m in sys.modules]\n"
+            "assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], check=True)
