@@ -1,0 +1,52 @@
+"""Typed FastAPI dependencies: the app's context, a session per request, and a repository over it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.repository import LeasePolicy, PlanCache, Repository
+from api.settings import Settings
+
+
+@dataclass(frozen=True)
+class AppContext:
+    """Everything one app instance owns, built by `create_app` (never at import time)."""
+
+    settings: Settings
+    logdir: Path
+    """settings.logdir made absolute when the app was created, so workers get absolute trial folders."""
+    engine: Engine
+    sessions: sessionmaker[Session]
+    plans: PlanCache
+    policy: LeasePolicy
+
+
+def get_context(request: Request) -> AppContext:
+    context: AppContext = request.app.state.context
+    return context
+
+
+ContextDep = Annotated[AppContext, Depends(get_context)]
+
+
+def get_session(context: ContextDep) -> Iterator[Session]:
+    with context.sessions() as session:
+        yield session
+
+
+# Function scope: the connection goes back to the pool as soon as the endpoint returns.
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+
+
+def get_repository(session: SessionDep, context: ContextDep) -> Repository:
+    return Repository(session, context.policy, context.plans)
+
+
+RepositoryDep = Annotated[Repository, Depends(get_repository)]

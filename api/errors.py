@@ -1,0 +1,90 @@
+"""The one place where errors become HTTP answers: core and repository exceptions, bad requests,
+and a database too busy to answer in time.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+from fastapi import FastAPI, Request, status
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
+
+from sweeper import SpecError, SweeperError
+from sweeper._errors import UnknownTrialError
+
+from api.repository import LeaseConflictError, SweepNotFoundError
+
+logger = logging.getLogger(__name__)
+
+RETRY_AFTER_SECONDS = 1
+
+# Most specific first: the first class an error is an instance of decides its status.
+_STATUS_OF: dict[type[SweeperError], int] = {
+    SweepNotFoundError: status.HTTP_404_NOT_FOUND,
+    UnknownTrialError: status.HTTP_404_NOT_FOUND,
+    LeaseConflictError: status.HTTP_409_CONFLICT,
+    # Any other deliberate core error is a request the core refused.
+    SweeperError: status.HTTP_400_BAD_REQUEST,
+}
+
+
+def spec_problems(error: SpecError) -> list[dict[str, Any]]:
+    """SpecError's problems in FastAPI's validation-error shape, rooted at the request body."""
+    return [{"loc": ["body", *path], "msg": message, "type": "value_error"} for path, message in error.problems]
+
+
+async def _spec_error(request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, SpecError)
+    return JSONResponse({"detail": _json_safe(spec_problems(error))},
+                        status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+
+
+async def _core_error(request: Request, error: Exception) -> JSONResponse:
+    code = next(code for kind, code in _STATUS_OF.items() if isinstance(error, kind))
+    return JSONResponse({"detail": _json_safe(str(error))}, status_code=code)
+
+
+async def _request_validation_error(request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, RequestValidationError)
+    # FastAPI's own answer, except that a NaN or a lone surrogate echoed back in `input` must not make
+    # the JSON encoder (which refuses them) turn a 422 into a 500.
+    detail = _json_safe(jsonable_encoder(error.errors()))
+    return JSONResponse({"detail": detail}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+
+
+async def _database_error(request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, OperationalError)
+    if "database is locked" in str(error.orig):
+        # The write lock stayed taken past busy_timeout; the transaction rolled back, so the request
+        # changed nothing and is safe to send again.
+        logger.warning("%s %s: database is locked", request.method, request.url.path)
+        return JSONResponse({"detail": "the database is busy; retry the request"},
+                            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+                            headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+    raise error
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(SpecError, _spec_error)
+    for kind in _STATUS_OF:
+        app.add_exception_handler(kind, _core_error)
+    app.add_exception_handler(RequestValidationError, _request_validation_error)
+    app.add_exception_handler(OperationalError, _database_error)
+
+
+def _json_safe(value: Any) -> Any:
+    """`value` with non-finite floats as null and lone surrogates escaped, so it always encodes."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {_json_safe(key): _json_safe(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(item) for item in value]
+    return value

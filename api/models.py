@@ -1,0 +1,106 @@
+"""Database rows: sweeps, their trials, and each trial's per-epoch metrics."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, Enum, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+from sweeper.messages import SweepStatus, TrialState
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in, aware UTC datetimes out, on every backend.
+
+    SQLite keeps no time zone, so values are stored as naive UTC and tagged UTC again when read;
+    lease comparisons then never mix naive and aware times.
+    """
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"datetimes must be time-zone aware, but got naive {value.isoformat()}")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {
+        datetime: UTCDateTime,
+        dict[str, Any]: JSON,
+        # Stored as plain strings (no native enum, no CHECK), so a new state needs no migration.
+        SweepStatus: Enum(SweepStatus, native_enum=False, length=16),
+        TrialState: Enum(TrialState, native_enum=False, length=16),
+    }
+
+# Ids name TensorBoard folders and session groups, so SQLite must never reuse a deleted row's id.
+_NEVER_REUSE_IDS = {"sqlite_autoincrement": True}
+
+
+class SweepRow(Base):
+    __tablename__ = "sweeps"
+    __table_args__ = (_NEVER_REUSE_IDS,)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(200))
+    status: Mapped[SweepStatus] = mapped_column(default=SweepStatus.running, index=True)
+    spec: Mapped[dict[str, Any]]
+    """The normalised spec (`SweepSpec.to_json()`); the strategy is rebuilt from it after a restart."""
+    total_trials: Mapped[int]
+    next_index: Mapped[int] = mapped_column(default=0)
+    """How many trials the strategy has handed out: trial k is created when first claimed."""
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]
+
+
+class TrialRow(Base):
+    __tablename__ = "trials"
+    __table_args__ = (
+        # A trial index is generated once per sweep; a second insert would be a lost update.
+        UniqueConstraint("sweep_id", "index", name="uq_trials_sweep_index"),
+        Index("ix_trials_state_sweep", "state", "sweep_id"),
+        Index("ix_trials_worker_state", "worker_id", "state"),
+        _NEVER_REUSE_IDS,
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    """Global, so it is unique across sweeps: TensorBoard's session group name."""
+    sweep_id: Mapped[int] = mapped_column(ForeignKey("sweeps.id", ondelete="CASCADE"), index=True)
+    index: Mapped[int]
+    state: Mapped[TrialState] = mapped_column(default=TrialState.pending)
+    hparams: Mapped[dict[str, Any]]
+    metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    """The final metrics, reported on completion; empty until then."""
+    attempts: Mapped[int] = mapped_column(default=0)
+    worker_id: Mapped[str | None] = mapped_column(String(200))
+    lease_expires_at: Mapped[datetime | None]
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
+    """When the latest attempt started."""
+    finished_at: Mapped[datetime | None]
+
+
+class TrialEpochRow(Base):
+    __tablename__ = "trial_epochs"
+    __table_args__ = (UniqueConstraint("trial_id", "epoch", name="uq_trial_epochs_trial_epoch"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    trial_id: Mapped[int] = mapped_column(ForeignKey("trials.id", ondelete="CASCADE"))
+    epoch: Mapped[int]
+    metrics: Mapped[dict[str, Any]]
+    reported_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -1,0 +1,77 @@
+"""Trials: the worker protocol (claim, heartbeat, metrics, complete, fail) and reading one trial.
+
+Every call on a trial names the worker; one that does not hold the trial's lease gets 409 and
+changes nothing.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response, status
+
+from sweeper import Objective, TrainSettings
+from sweeper.messages import Assignment, ClaimRequest, CompleteReport, Directive, FailReport, HeartbeatRequest
+
+from api.deps import ContextDep, RepositoryDep
+from api.repository import Claimed
+from api.json_guard import StrictJSONRoute
+from api.schemas import BoundedMetricsReport, TrialDetail, TrialPublic
+
+router = APIRouter(prefix="/trials", tags=["trials"], route_class=StrictJSONRoute)
+
+_LEASE_RESPONSES: dict[int | str, dict[str, str]] = {
+    404: {"description": "No trial with this id."},
+    409: {"description": "This worker does not hold the trial's lease; nothing was changed."},
+}
+
+
+@router.post("/claim", response_model=Assignment,
+             responses={204: {"description": "No work right now; ask again later."}})
+def claim(request: ClaimRequest, repository: RepositoryDep, context: ContextDep) -> Assignment | Response:
+    """Hand the worker a trial: the one it already holds, a pending one, or the next one of a sweep."""
+    claimed = repository.claim(request)
+    if claimed is None:
+        return Response(status_code=status.HTTP_204_NO_CONTENT)
+    return _assignment(claimed, context)
+
+
+@router.get("/{trial_id}", response_model=TrialDetail, responses={404: _LEASE_RESPONSES[404]})
+def get_trial(trial_id: int, repository: RepositoryDep) -> TrialDetail:
+    """One trial with its per-epoch metric history."""
+    return TrialDetail.from_history(repository.get_trial(trial_id))
+
+
+@router.post("/{trial_id}/heartbeat", response_model=Directive, responses=_LEASE_RESPONSES)
+def heartbeat(trial_id: int, request: HeartbeatRequest, repository: RepositoryDep) -> Directive:
+    """Extend the lease; the answer says whether to go on."""
+    return repository.heartbeat(trial_id, request)
+
+
+@router.post("/{trial_id}/metrics", response_model=Directive, responses=_LEASE_RESPONSES)
+def report_metrics(trial_id: int, report: BoundedMetricsReport, repository: RepositoryDep) -> Directive:
+    """One epoch's metrics (re-reporting an epoch replaces it); extends the lease."""
+    return repository.report_metrics(trial_id, report)
+
+
+@router.post("/{trial_id}/complete", response_model=TrialPublic, responses=_LEASE_RESPONSES)
+def complete(trial_id: int, report: CompleteReport, repository: RepositoryDep) -> TrialPublic:
+    """The trial finished: record its final metrics."""
+    return TrialPublic.model_validate(repository.complete(trial_id, report))
+
+
+@router.post("/{trial_id}/fail", response_model=TrialPublic, responses=_LEASE_RESPONSES)
+def fail(trial_id: int, report: FailReport, repository: RepositoryDep) -> TrialPublic:
+    """The trial failed: a retryable failure with attempts left goes back to the queue."""
+    return TrialPublic.model_validate(repository.fail(trial_id, report))
+
+
+def _assignment(claimed: Claimed, context: ContextDep) -> Assignment:
+    trial, sweep = claimed.trial, claimed.sweep
+    assert trial.lease_expires_at is not None, "a claimed trial is running, so it has a lease"
+    return Assignment(
+        trial_id=trial.id, sweep_id=sweep.id, hparams=trial.hparams,
+        model=sweep.spec["model"], dataset=sweep.spec["dataset"],
+        objective=Objective.model_validate(sweep.spec["objective"]),
+        train=TrainSettings.model_validate(sweep.spec["train"]),
+        logdir=str(context.logdir / str(sweep.id) / str(trial.id)),
+        lease_expires_at=trial.lease_expires_at,
+    )

@@ -1,0 +1,99 @@
+"""What the REST API answers with (and the one request body it bounds beyond the wire messages)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from sweeper.messages import MetricsReport, SweepStatus, TrialState
+
+from api.repository import SweepSummary, TrialHistory
+
+MAX_EPOCH = 2**31 - 1
+"""The largest epoch a database integer column holds on every backend."""
+
+
+class TrialPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    """Unique across sweeps; the trial's session group name in TensorBoard."""
+    sweep_id: int
+    index: int
+    """The trial's position in its sweep's search order."""
+    state: TrialState
+    hparams: dict[str, Any]
+    metrics: dict[str, float | None]
+    """Final metrics, empty until the trial completes; a non-finite value (a diverged loss) is null."""
+    attempts: int
+    worker_id: str | None
+    error: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    lease_expires_at: datetime | None
+
+
+class TrialsPublic(BaseModel):
+    data: list[TrialPublic]
+    count: int
+
+
+class EpochMetrics(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    epoch: int
+    metrics: dict[str, float | None]
+
+
+class TrialDetail(TrialPublic):
+    history: list[EpochMetrics]
+    """Per-epoch metrics, ordered by epoch."""
+
+    @classmethod
+    def from_history(cls, history: TrialHistory) -> TrialDetail:
+        return cls(**TrialPublic.model_validate(history.trial).model_dump(),
+                   history=[EpochMetrics.model_validate(row) for row in history.epochs])
+
+
+class SweepPublic(BaseModel):
+    id: int
+    name: str
+    status: SweepStatus
+    spec: dict[str, Any]
+    """The normalised spec, defaults filled in."""
+    total_trials: int
+    created_at: datetime
+    finished_at: datetime | None
+    trial_counts: dict[TrialState, int]
+    """Trials by state, every state present; trials not yet handed out are in none of them."""
+    best_trial: TrialPublic | None
+    """The completed trial with the best objective, per the spec's goal."""
+
+    @classmethod
+    def from_summary(cls, summary: SweepSummary) -> SweepPublic:
+        sweep = summary.sweep
+        best = summary.best_trial
+        return cls(id=sweep.id, name=sweep.name, status=sweep.status, spec=sweep.spec,
+                   total_trials=sweep.total_trials, created_at=sweep.created_at, finished_at=sweep.finished_at,
+                   trial_counts=summary.trial_counts,
+                   best_trial=None if best is None else TrialPublic.model_validate(best))
+
+
+class SweepsPublic(BaseModel):
+    data: list[SweepPublic]
+    count: int
+    """How many sweeps there are in all, not on this page."""
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class BoundedMetricsReport(MetricsReport):
+    """A MetricsReport whose epoch fits a database integer, so an absurd one is a 422, not a crash."""
+
+    epoch: Annotated[int, Field(ge=0, le=MAX_EPOCH)]
+

@@ -1,0 +1,84 @@
+"""Running the app under uvicorn: in the foreground (`sweeper serve`) or in a background thread
+(`sweeper run`, tests).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+import uvicorn
+
+from api.app import create_app
+from api.settings import Settings
+
+STARTUP_TIMEOUT_SECONDS = 30.0
+
+
+def serve(settings: Settings) -> None:
+    """Serve until interrupted (Ctrl+C or SIGTERM); blocks. Logs each request."""
+    uvicorn.Server(_config(settings, embedded=False)).run()
+
+
+@dataclass
+class RunningServer:
+    """A server in a daemon thread; `url` has the real port, also when it was started on port 0."""
+
+    url: str
+    _server: uvicorn.Server
+    _thread: threading.Thread
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop serving and wait for the thread to end (in-flight requests get `timeout` to finish)."""
+        self._server.should_exit = True
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            self._server.force_exit = True
+            self._thread.join(timeout)
+
+    def __enter__(self) -> RunningServer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def start_in_thread(settings: Settings) -> RunningServer:
+    """Start serving in a daemon thread and return once it accepts connections."""
+    server = uvicorn.Server(_config(settings, embedded=True))
+    thread = threading.Thread(target=_run, args=(server,), name="sweeper-api", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
+    while not server.started:
+        if not thread.is_alive():
+            raise RuntimeError(f"the sweeper server failed to start on {settings.host}:{settings.port} "
+                               f"(see the log above)")
+        if time.monotonic() > deadline:
+            server.should_exit = True
+            raise RuntimeError(f"the sweeper server did not start within {STARTUP_TIMEOUT_SECONDS:.0f} s")
+        time.sleep(0.01)
+    # With port 0 the OS chose the port: read it back from the listening socket.
+    host, port = server.servers[0].sockets[0].getsockname()[:2]
+    # Bound to every interface: this machine reaches it on loopback.
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    host = f"[{host}]" if ":" in host else host
+    return RunningServer(url=f"http://{host}:{port}", _server=server, _thread=thread)
+
+
+def _run(server: uvicorn.Server) -> None:
+    try:
+        server.run()
+    except SystemExit:
+        pass  # uvicorn exits when it cannot start (port taken); start_in_thread raises for it
+
+
+def _config(settings: Settings, *, embedded: bool) -> uvicorn.Config:
+    # The app is built here, not at import, so each server gets the engine its settings name.
+    if embedded:
+        # Inside another program (`sweeper run` draws a progress bar): no access log, and leave the
+        # host's logging configuration alone instead of replacing it with uvicorn's.
+        return uvicorn.Config(create_app(settings), host=settings.host, port=settings.port, log_config=None,
+                              log_level="warning", access_log=False, timeout_graceful_shutdown=5)
+    return uvicorn.Config(create_app(settings), host=settings.host, port=settings.port, log_level="info",
+                          timeout_graceful_shutdown=5)

@@ -1,0 +1,261 @@
+"""The HTTP client of the sweeper REST API, used by the CLI and the workers.
+
+Worker calls (claim, heartbeat, metrics, complete, fail) and reads survive a short server restart:
+connection errors and 5xx answers are retried with bounded exponential backoff. A 4xx answer is never
+retried; it becomes an `ApiError` whose message is the server's own `detail`, with field paths.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+
+from sweeper._errors import SweeperError
+from sweeper.messages import (Assignment, ClaimRequest, CompleteReport, Directive, FailReport, HeartbeatRequest,
+                              MetricsReport)
+
+__all__ = ["ApiError", "Client", "LeaseLostError", "NotFoundError", "ServerUnavailableError"]
+
+logger = logging.getLogger(__name__)
+
+API_PREFIX = "/api/v1"
+
+# Failures after which the request may never have reached the server, or may be answered on a retry.
+# UnsupportedProtocol and other configuration mistakes are left out: retrying cannot fix them.
+_RETRYABLE_TRANSPORT_ERRORS = (httpx.NetworkError, httpx.TimeoutException, httpx.RemoteProtocolError)
+
+
+class ApiError(SweeperError):
+    """The server refused a request; `status_code` is None when no answer came at all."""
+
+    def __init__(self, message: str, status_code: int | None = None, messages: list[str] | None = None):
+        super().__init__(message)
+        self.status_code = status_code
+        self.messages = messages if messages is not None else [message]
+
+
+class NotFoundError(ApiError):
+    """404: the sweep or trial id is unknown to the server."""
+
+
+class LeaseLostError(ApiError):
+    """409: this worker no longer holds the trial's lease (it expired or the trial was reassigned)."""
+
+
+class ServerUnavailableError(ApiError):
+    """The server could not be reached, or kept answering 5xx, through every retry."""
+
+
+class Client:
+    """Typed calls to one sweeper server.
+
+    Thread-safe (httpx's connection pool is lock-guarded): a worker's heartbeat thread shares it.
+    """
+
+    def __init__(self, base_url: str, timeout: float = 30.0, retries: int = 8, backoff: float = 0.5,
+                 max_backoff: float = 10.0, transport: httpx.BaseTransport | None = None):
+        if retries < 0:
+            raise ValueError(f"`retries >= 0` must hold, but got {retries=}")
+        if backoff < 0 or max_backoff < 0:
+            raise ValueError(f"backoff delays must be >= 0, but got {backoff=}, {max_backoff=}")
+        self.base_url = _normalize_base_url(base_url)
+        self.retries = retries
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self._http = httpx.Client(base_url=self.base_url, timeout=timeout, transport=transport,
+                                  headers={"User-Agent": "sweeper-client"})
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Client({self.base_url!r})"
+
+    # -- sweeps ------------------------------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        return self._request("GET", "/healthz", prefix="").json()
+
+    def create_sweep(self, spec: Mapping[str, Any]) -> dict[str, Any]:
+        # Not idempotent: a retry after the server received the request could create the sweep twice,
+        # so only failures to connect (the request never left) are retried.
+        return self._request("POST", "/sweeps", json=dict(spec), retry="connect").json()
+
+    def list_sweeps(self, limit: int = 100, offset: int = 0) -> dict[str, Any]:
+        return self._request("GET", "/sweeps", params={"limit": limit, "offset": offset}).json()
+
+    def get_sweep(self, sweep_id: int) -> dict[str, Any]:
+        return self._request("GET", f"/sweeps/{sweep_id}").json()
+
+    def list_trials(self, sweep_id: int, limit: int | None = None, offset: int | None = None) -> dict[str, Any]:
+        params = {key: value for key, value in (("limit", limit), ("offset", offset)) if value is not None}
+        return self._request("GET", f"/sweeps/{sweep_id}/trials", params=params or None).json()
+
+    def cancel_sweep(self, sweep_id: int) -> dict[str, Any]:
+        return self._request("POST", f"/sweeps/{sweep_id}/cancel").json()
+
+    def pause_sweep(self, sweep_id: int) -> dict[str, Any]:
+        return self._request("POST", f"/sweeps/{sweep_id}/pause").json()
+
+    def resume_sweep(self, sweep_id: int) -> dict[str, Any]:
+        return self._request("POST", f"/sweeps/{sweep_id}/resume").json()
+
+    def get_trial(self, trial_id: int) -> dict[str, Any]:
+        return self._request("GET", f"/trials/{trial_id}").json()
+
+    # -- worker calls ------------------------------------------------------------------------------
+    # Claiming is idempotent on the server (a worker asking again gets its own trial back), and the
+    # trial calls are keyed by trial and worker, so all of them are safe to retry.
+
+    def claim(self, request: ClaimRequest) -> Assignment | None:
+        """The next trial for this worker, or None when there is no work right now (204)."""
+        response = self._request("POST", "/trials/claim", json=request.model_dump(mode="json"))
+        if response.status_code == httpx.codes.NO_CONTENT:
+            return None
+        return Assignment.model_validate(response.json())
+
+    def heartbeat(self, trial_id: int, worker_id: str) -> Directive:
+        body = HeartbeatRequest(worker_id=worker_id).model_dump(mode="json")
+        return Directive.model_validate(self._request("POST", f"/trials/{trial_id}/heartbeat", json=body).json())
+
+    def report_metrics(self, trial_id: int, report: MetricsReport) -> Directive:
+        body = _with_finite_metrics(report.model_dump(mode="json"), report.metrics)
+        return Directive.model_validate(self._request("POST", f"/trials/{trial_id}/metrics", json=body).json())
+
+    def complete(self, trial_id: int, report: CompleteReport) -> dict[str, Any]:
+        body = _with_finite_metrics(report.model_dump(mode="json"), report.metrics)
+        return self._request("POST", f"/trials/{trial_id}/complete", json=body).json()
+
+    def fail(self, trial_id: int, report: FailReport) -> dict[str, Any]:
+        return self._request("POST", f"/trials/{trial_id}/fail", json=report.model_dump(mode="json")).json()
+
+    # -- transport ---------------------------------------------------------------------------------
+
+    def _request(self, method: str, path: str, *, prefix: str = API_PREFIX, json: Any = None,
+                 params: dict[str, Any] | None = None, retry: str = "all") -> httpx.Response:
+        """Send with retries; `retry` is "all" (transport errors and 5xx) or "connect" (connect errors only)."""
+        url = prefix + path
+        attempts = self.retries + 1
+        for attempt in range(1, attempts + 1):
+            answered: ApiError | None = None
+            retry_after = 0.0
+            try:
+                response = self._http.request(method, url, json=json, params=params)
+            except httpx.ConnectError as error:
+                failure = f"cannot connect: {error}"
+            except _RETRYABLE_TRANSPORT_ERRORS as error:
+                failure = f"{type(error).__name__}: {error}"
+                if retry != "all":
+                    raise ServerUnavailableError(f"{method} {self.base_url}{url} failed: {failure}") from error
+            except httpx.HTTPError as error:
+                raise ApiError(f"{method} {self.base_url}{url} failed: {type(error).__name__}: {error}") from error
+            else:
+                if response.status_code < 500 or retry != "all":
+                    return _checked(response)
+                answered = _error_for(response)
+                retry_after = _retry_after(response)
+                failure = f"server answered {response.status_code}: {answered}"
+            if attempt == attempts:
+                if answered is not None:
+                    raise ServerUnavailableError(f"{method} {url} failed after {attempts} attempt(s): {answered}",
+                                                 status_code=answered.status_code, messages=answered.messages)
+                raise ServerUnavailableError(f"sweeper server at {self.base_url} is unreachable: {method} {url} "
+                                             f"failed after {attempts} attempt(s); last error: {failure}")
+            delay = max(self._delay(attempt), min(retry_after, self.max_backoff))
+            logger.warning("%s %s: %s; retry %d of %d in %.1fs", method, url, failure, attempt, self.retries, delay)
+            time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def _delay(self, attempt: int) -> float:
+        # Jitter spreads the retries of many workers that lost the same server at the same moment.
+        ceiling = min(self.max_backoff, self.backoff * 2 ** (attempt - 1))
+        return ceiling * random.uniform(0.5, 1.0)
+
+
+def _retry_after(response: httpx.Response) -> float:
+    # Seconds only: the server sends Retry-After with a 503 when its database is busy.
+    try:
+        return max(0.0, float(response.headers.get("Retry-After", "0")))
+    except ValueError:
+        return 0.0
+
+
+def _normalize_base_url(base_url: str) -> str:
+    url = base_url.strip().rstrip("/")
+    if not url:
+        raise ValueError("the server URL must not be empty")
+    if "://" not in url:
+        url = f"http://{url}"
+    # Accept the API root too (what /docs shows), since every path here already carries the prefix.
+    if url.endswith(API_PREFIX):
+        url = url[: -len(API_PREFIX)]
+    return url
+
+
+def _with_finite_metrics(body: dict[str, Any], metrics: Mapping[str, float]) -> dict[str, Any]:
+    # JSON has no NaN or infinity (pydantic would send null, which the server rejects as a float):
+    # a diverged metric is dropped rather than failing the report.
+    dropped = sorted(name for name, value in metrics.items() if not math.isfinite(value))
+    if dropped:
+        logger.debug("dropping non-finite metrics %s", ", ".join(dropped))
+    return {**body, "metrics": {name: value for name, value in metrics.items() if math.isfinite(value)}}
+
+
+def _checked(response: httpx.Response) -> httpx.Response:
+    if response.is_success:
+        return response
+    raise _error_for(response)
+
+
+def _error_for(response: httpx.Response) -> ApiError:
+    messages = _detail_messages(response)
+    message = "; ".join(messages)
+    kind = {404: NotFoundError, 409: LeaseLostError}.get(response.status_code, ApiError)
+    if response.status_code >= 500:
+        kind = ServerUnavailableError
+    return kind(message, status_code=response.status_code, messages=messages)
+
+
+def _detail_messages(response: httpx.Response) -> list[str]:
+    """The server's `detail` as readable lines, e.g. 'hparams.dropout: min (0.5) must be < max (0.1)'."""
+    fallback = f"{response.request.method} {response.request.url.path}: HTTP {response.status_code} " \
+               f"{response.reason_phrase}".rstrip()
+    try:
+        detail = response.json().get("detail")
+    except (ValueError, AttributeError):
+        return [fallback]
+    if isinstance(detail, str) and detail:
+        return [detail]
+    if isinstance(detail, list) and detail:
+        return [_describe(item) for item in detail]
+    if isinstance(detail, dict) and detail:
+        return [_describe(detail)]
+    return [fallback]
+
+
+def _describe(item: Any) -> str:
+    if not isinstance(item, dict):
+        return str(item)
+    message = str(item.get("msg", item))
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if message.startswith(prefix):
+            message = message[len(prefix):]
+    loc = [str(part) for part in item.get("loc", [])]
+    # FastAPI roots request-validation paths at "body"/"query"/"path"; users never wrote those.
+    if loc and loc[0] in ("body", "query", "path", "header"):
+        loc = loc[1:]
+    return f"{'.'.join(loc)}: {message}" if loc else message

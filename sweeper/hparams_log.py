@@ -1,0 +1,178 @@
+"""TensorBoard HParams logging: a sweep's experiment config and each trial's session.
+
+Layout: `<logdir>/<sweep_id>/` holds exactly one hparams_config (the exact domains and the metrics);
+`<logdir>/<sweep_id>/<trial_id>/` holds a trial's session start, its final objective scalar and its
+session end. The API server writes the config, so this module loads no TensorFlow at import time and
+`write_experiment` never does; the session helpers, used by workers, import it where they run.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Mapping
+from enum import StrEnum
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+# `summary_v2` rather than the public `api` module: `api` imports the Keras callback, which imports
+# TensorFlow. `summary_v2` resolves TensorFlow lazily, and only for writing through `tf.summary`.
+from tensorboard.compat.proto import event_pb2
+from tensorboard.plugins.hparams import api_pb2, summary_v2 as hp
+from tensorboard.summary.writer.record_writer import RecordWriter
+
+from sweeper._domains import Discrete, Fixed, IntInterval, RealInterval, SearchDomain
+from sweeper._spec import SweepSpec
+
+# One fixed name, so "this sweep already has its config" is a file check, and the config sorts first.
+# TensorBoard reads any file whose name contains "tfevents".
+CONFIG_FILE = "events.out.tfevents.0000000000.sweeper.hparams_config"
+
+# (tag, group, display name, dataset type) of the per-epoch scalars that Keras's TensorBoard callback
+# writes into a trial's train/ and validation/ folders.
+_EPOCH_METRICS = (
+    ("epoch_loss", "train", "train loss", hp.Metric.TRAINING),
+    ("epoch_loss", "validation", "validation loss", hp.Metric.VALIDATION),
+    ("epoch_accuracy", "train", "train accuracy", hp.Metric.TRAINING),
+    ("epoch_accuracy", "validation", "validation accuracy", hp.Metric.VALIDATION),
+    ("epoch_learning_rate", "train", "learning rate", hp.Metric.TRAINING),
+)
+
+
+class SessionStatus(StrEnum):
+    """How a trial's session ended, as the HParams dashboard shows it."""
+
+    success = "success"
+    failure = "failure"
+
+    @property
+    def proto(self) -> int:
+        return api_pb2.STATUS_SUCCESS if self is SessionStatus.success else api_pb2.STATUS_FAILURE
+
+
+def hparams_for(spec: SweepSpec) -> list[hp.HParam]:
+    """The spec's hparams with their exact domains, in the spec's order."""
+    return [hp.HParam(name, _domain(domain), description=_description(domain))
+            for name, domain in spec.search_space().items()]
+
+
+def metrics_for(spec: SweepSpec) -> list[hp.Metric]:
+    """The objective (a scalar in each trial's own folder), then the per-epoch train/validation scalars."""
+    objective = spec.objective
+    metrics = [hp.Metric(objective.metric, display_name=f"{objective.metric} (objective)",
+                         description=f"The trial's final {objective.metric}; the sweep's goal is to "
+                                     f"{objective.goal} it.")]
+    metrics += [hp.Metric(tag, group=group, display_name=display, dataset_type=dataset_type)
+                for tag, group, display, dataset_type in _EPOCH_METRICS]
+    return metrics
+
+
+def experiment_config_pb(spec: SweepSpec) -> Any:
+    """The sweep's hparams_config as a TensorBoard `Summary` proto."""
+    return hp.hparams_config_pb(hparams_for(spec), metrics_for(spec))
+
+
+def write_experiment(sweep_dir: str | Path, spec: SweepSpec) -> None:
+    """Write the sweep's one hparams_config into `sweep_dir`, unless it already holds one.
+
+    Written to a temporary name and renamed into place, so TensorBoard never reads half a config and
+    two racing writers still leave exactly one file.
+    """
+    sweep_dir = Path(sweep_dir)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    target = sweep_dir / CONFIG_FILE
+    if target.exists():
+        return
+    now = time.time()
+    events = [
+        # The same header event that TensorBoard's own EventFileWriter starts a file with.
+        event_pb2.Event(wall_time=now, file_version="brain.Event:2"),
+        event_pb2.Event(wall_time=now, step=0, summary=experiment_config_pb(spec)),
+    ]
+    # No "tfevents" in the temporary name, so TensorBoard ignores it until the rename.
+    temporary = sweep_dir / f".hparams_config.{uuid.uuid4().hex}.tmp"
+    try:
+        # A plain file rather than EventFileWriter: that one opens files through tf.io.gfile, which
+        # would load TensorFlow into the API server.
+        with open(temporary, "wb") as file:
+            writer = RecordWriter(file)
+            for event in events:
+                writer.write(event.SerializeToString())
+        os.replace(temporary, target)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+class TrialSession:
+    """A trial's HParams session in its own folder: start on enter, end with its status on exit.
+
+    An exception inside the `with` block ends the session as FAILURE (and propagates); a normal exit
+    ends it as SUCCESS. Only the hparams in the trial's dict are written.
+    """
+
+    def __init__(self, trial_dir: str | Path, trial_id: int | str, hparams: Mapping[str, Any]):
+        self.trial_dir = str(trial_dir)
+        self.trial_id = str(trial_id)
+        self.hparams = dict(hparams)
+        self._writer: Any = None
+
+    def __enter__(self) -> TrialSession:
+        import tensorflow as tf
+
+        self._writer = tf.summary.create_file_writer(self.trial_dir)
+        with self._writer.as_default():
+            # The group name is the trial id, so the dashboard's rows match the service's trial ids.
+            hp.hparams(self.hparams, trial_id=self.trial_id)
+        # Flushed now so the dashboard lists the trial while it trains, not only once it has ended.
+        self._writer.flush()
+        return self
+
+    def write_objective(self, metric: str, value: float, step: int) -> None:
+        """The trial's final objective value, as the scalar that the config's objective metric names."""
+        import tensorflow as tf
+
+        with self._writer.as_default():
+            tf.summary.scalar(metric, float(value), step=step)
+
+    def end(self, status: SessionStatus) -> None:
+        import tensorflow as tf
+        # This TensorBoard module imports TensorFlow, hence here rather than at the top.
+        from tensorboard.plugins.hparams import summary as hparams_summary_v1
+
+        pb = hparams_summary_v1.session_end_pb(status.proto)
+        with self._writer.as_default():
+            tf.summary.experimental.write_raw_pb(pb.SerializeToString(), step=0)
+        self._writer.close()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.end(SessionStatus.success if exc_type is None else SessionStatus.failure)
+
+
+def _domain(domain: SearchDomain) -> hp.Domain:
+    if isinstance(domain, Discrete):
+        return _discrete(domain.values)
+    if isinstance(domain, RealInterval):
+        return hp.RealInterval(float(domain.min), float(domain.max))
+    if isinstance(domain, IntInterval):
+        return hp.IntInterval(domain.min, domain.max)
+    if isinstance(domain, Fixed):
+        return _discrete([domain.value])
+    raise TypeError(f"an hparam domain must be Discrete, RealInterval, IntInterval or Fixed, but got {domain!r}")
+
+
+def _discrete(values: list[Any]) -> hp.Discrete:
+    # TensorBoard wants one Python type per domain; a spec may mix ints and floats as "numbers".
+    if any(isinstance(v, float) for v in values) and all(isinstance(v, (int, float)) for v in values):
+        return hp.Discrete([float(v) for v in values], dtype=float)
+    return hp.Discrete(values)
+
+
+def _description(domain: SearchDomain) -> str | None:
+    if isinstance(domain, (RealInterval, IntInterval)) and domain.log:
+        return "Sampled log-uniformly."
+    if isinstance(domain, Fixed):
+        return "Fixed for the whole sweep."
+    return None

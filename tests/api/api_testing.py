@@ -1,0 +1,93 @@
+"""Helpers for the API tests: specs, and a test double of a worker speaking the trial protocol.
+
+Plain functions here (not in conftest.py, whose module name clashes with other test folders').
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+API = "/api/v1"
+
+
+def grid_spec(name: str = "grid", values: int = 3, **overrides: Any) -> dict[str, Any]:
+    """A grid sweep over one discrete hparam: `values` trials, in a known order."""
+    data: dict[str, Any] = {
+        "name": name,
+        "model": "mlp",
+        "dataset": "digits",
+        "objective": {"metric": "val_accuracy", "goal": "maximize"},
+        "hparams": {"units": {"type": "discrete", "values": list(range(1, values + 1))}, "batch_size": 64},
+        "search": {"strategy": "grid"},
+        "train": {"epochs": 2},
+    }
+    data.update(overrides)
+    return data
+
+
+def random_spec(name: str = "random", max_trials: int = 5, **overrides: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "name": name,
+        "model": "mlp",
+        "dataset": "digits",
+        "objective": {"metric": "val_loss", "goal": "minimize"},
+        "hparams": {
+            "units": {"type": "discrete", "values": [16, 32, 64]},
+            "dropout": {"type": "real_interval", "min": 0.1, "max": 0.5},
+            "learning_rate": {"type": "real_interval", "min": 1e-4, "max": 1e-1, "log": True},
+        },
+        "search": {"strategy": "random", "max_trials": max_trials, "seed": 7},
+    }
+    data.update(overrides)
+    return data
+
+
+class Worker:
+    """A test double of a worker: speaks the trial protocol through a client, as one worker id."""
+
+    def __init__(self, client: TestClient, worker_id: str):
+        self.client = client
+        self.id = worker_id
+
+    def claim(self) -> dict[str, Any] | None:
+        response = self.client.post(f"{API}/trials/claim", json={"worker_id": self.id, "host": "test-host"})
+        if response.status_code == 204:
+            assert response.content == b""
+            return None
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def post(self, trial_id: int, action: str, **body: Any) -> Any:
+        return self.client.post(f"{API}/trials/{trial_id}/{action}", json={"worker_id": self.id, **body})
+
+    def heartbeat(self, trial_id: int) -> Any:
+        return self.post(trial_id, "heartbeat")
+
+    def report(self, trial_id: int, epoch: int, **metrics: float) -> Any:
+        return self.post(trial_id, "metrics", epoch=epoch, metrics=metrics)
+
+    def complete(self, trial_id: int, **metrics: float) -> Any:
+        return self.post(trial_id, "complete", metrics=metrics)
+
+    def fail(self, trial_id: int, error: str = "boom", retryable: bool = False) -> Any:
+        return self.post(trial_id, "fail", error=error, retryable=retryable)
+
+
+def create_sweep(client: TestClient, spec: dict[str, Any]) -> dict[str, Any]:
+    response = client.post(f"{API}/sweeps", json=spec)
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def get_sweep(client: TestClient, sweep_id: int) -> dict[str, Any]:
+    response = client.get(f"{API}/sweeps/{sweep_id}")
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def get_trial(client: TestClient, trial_id: int) -> dict[str, Any]:
+    response = client.get(f"{API}/trials/{trial_id}")
+    assert response.status_code == 200, response.text
+    return response.json()

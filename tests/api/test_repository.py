@@ -1,0 +1,108 @@
+"""The repository on its own, without HTTP: leases follow an injected clock."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from api_testing import grid_spec
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
+
+from api.db import create_tables, make_engine, make_sessions
+from api.repository import LeaseConflictError, LeasePolicy, PlanCache, Repository, SweepNotFoundError, WORKER_LOST
+from sweeper import parse_spec
+from sweeper.messages import ClaimRequest, CompleteReport, HeartbeatRequest, SweepStatus, TrialState
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime(2030, 1, 1, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[Engine]:
+    engine = make_engine(f"sqlite:///{tmp_path / 'repo.db'}")
+    create_tables(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def repository(engine: Engine, clock: Clock) -> Iterator[Repository]:
+    with make_sessions(engine)() as session:
+        yield Repository(session, LeasePolicy(lease=timedelta(seconds=60), max_attempts=2), PlanCache(), clock)
+
+
+def claim(repository: Repository, worker: str):
+    return repository.claim(ClaimRequest(worker_id=worker, host="h"))
+
+
+def test_sqlite_runs_in_wal_mode_with_a_busy_timeout(engine: Engine):
+    with engine.connect() as connection:
+        assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert connection.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30_000
+
+
+def test_transactions_take_the_write_lock_up_front(engine: Engine):
+    with Session(engine) as holder, holder.begin():
+        holder.connection()  # begins the transaction, before any write
+        other = sqlite3.connect(engine.url.database, timeout=0)
+        try:
+            with pytest.raises(sqlite3.OperationalError, match="database is locked"):
+                other.execute("BEGIN IMMEDIATE")
+        finally:
+            other.close()
+
+
+def test_lease_is_renewed_by_heartbeats_and_lost_without_them(repository: Repository, clock: Clock):
+    repository.create_sweep(parse_spec(grid_spec(values=1)), max_trials=100)
+    trial = claim(repository, "w1").trial  # type: ignore[union-attr]
+    assert trial.lease_expires_at == clock.now + timedelta(seconds=60)
+
+    clock.advance(50)
+    repository.heartbeat(trial.id, HeartbeatRequest(worker_id="w1"))
+    clock.advance(50)
+    assert claim(repository, "w2") is None  # renewed 50 s ago: still held
+
+    clock.advance(11)
+    again = claim(repository, "w2")
+    assert again is not None and again.trial.id == trial.id and again.trial.attempts == 2
+    assert again.trial.error == WORKER_LOST
+    with pytest.raises(LeaseConflictError, match="leased to worker 'w2', not to 'w1'"):
+        repository.complete(trial.id, CompleteReport(worker_id="w1", metrics={}))
+
+    clock.advance(61)
+    assert claim(repository, "w3") is None  # out of attempts: failed for good
+    lost = repository.get_trial(trial.id).trial
+    assert lost.state == TrialState.failed and lost.error == WORKER_LOST
+    assert repository.get_sweep(lost.sweep_id).sweep.status == SweepStatus.completed
+
+
+def test_trials_are_generated_on_claim_not_up_front(repository: Repository):
+    summary = repository.create_sweep(parse_spec(grid_spec(values=5)), max_trials=100)
+    assert repository.list_trials(summary.sweep.id, limit=100, offset=0) == ([], 0)
+
+    claim(repository, "w1")
+    trials, count = repository.list_trials(summary.sweep.id, limit=100, offset=0)
+    assert count == 1 and trials[0].index == 0
+    assert repository.get_sweep(summary.sweep.id).sweep.next_index == 1
+
+
+def test_unknown_sweep_raises_sweep_not_found(repository: Repository):
+    with pytest.raises(SweepNotFoundError, match="sweep 3 not found"):
+        repository.get_sweep(3)

@@ -1,0 +1,131 @@
+"""The real server: uvicorn in a thread on a free port, many workers claiming at once, a busy database."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from api_testing import API, Worker, create_sweep, grid_spec, random_spec
+from fastapi.testclient import TestClient
+
+from api import db
+from api.app import create_app
+from api.server import RunningServer, start_in_thread
+from api.settings import Settings
+from sweeper import make_strategy, parse_spec
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[RunningServer]:
+    settings = Settings(host="127.0.0.1", port=0, database_url=f"sqlite:///{tmp_path / 'sweeper.db'}",
+                        logdir=tmp_path / "runs")
+    running = start_in_thread(settings)
+    yield running
+    running.stop()
+
+
+def test_start_in_thread_on_port_0_serves_on_the_port_it_reports(server: RunningServer):
+    assert not server.url.endswith(":0")
+    assert httpx.get(f"{server.url}/healthz").json() == {"status": "ok"}
+
+
+def test_stop_releases_the_port(tmp_path: Path):
+    running = start_in_thread(Settings(port=0, database_url=f"sqlite:///{tmp_path / 'db.sqlite'}",
+                                       logdir=tmp_path / "runs"))
+    running.stop()
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{running.url}/healthz")
+
+
+def test_start_in_thread_fails_loudly_when_the_port_is_taken(server: RunningServer, tmp_path: Path):
+    taken = int(server.url.rsplit(":", 1)[1])
+    with pytest.raises(RuntimeError, match="failed to start"):
+        start_in_thread(Settings(port=taken, database_url=f"sqlite:///{tmp_path / 'other.db'}", logdir=tmp_path))
+
+
+def test_settings_come_from_sweeper_environment_variables(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("SWEEPER_LEASE_SECONDS", "5")
+    monkeypatch.setenv("SWEEPER_MAX_ATTEMPTS", "7")
+    settings = Settings()
+    assert (settings.lease_seconds, settings.max_attempts, settings.host, settings.port) == (5.0, 7, "127.0.0.1", 8000)
+
+
+@pytest.mark.parametrize("field, value", [("lease_seconds", 0), ("max_attempts", 0), ("port", 70_000),
+                                          ("database_url", "not a url")])
+def test_unsafe_settings_fail_fast(field: str, value: object):
+    with pytest.raises(ValueError, match=field):
+        Settings(**{field: value})
+
+
+def test_many_workers_claiming_at_once_get_every_trial_exactly_once(server: RunningServer):
+    with httpx.Client(base_url=server.url + API, timeout=60) as setup:
+        grid = setup.post("/sweeps", json=grid_spec(name="grid40", values=40)).json()
+        small = setup.post("/sweeps", json=random_spec(name="random7", max_trials=7)).json()
+    claims: Counter[int] = Counter()
+    configs: dict[int, tuple[int, dict]] = {}
+    errors: list[str] = []
+    lock = threading.Lock()
+
+    def work(worker_id: str) -> None:
+        with httpx.Client(base_url=server.url + API, timeout=60) as http:
+            while True:
+                answer = http.post("/trials/claim", json={"worker_id": worker_id, "host": "test"})
+                if answer.status_code == 204:
+                    return
+                if answer.status_code != 200:
+                    errors.append(f"claim: {answer.status_code} {answer.text}")
+                    return
+                assignment = answer.json()
+                trial_id = assignment["trial_id"]
+                with lock:
+                    claims[trial_id] += 1
+                    configs[trial_id] = (assignment["sweep_id"], assignment["hparams"])
+                for action, body in (("metrics", {"epoch": 0, "metrics": {"loss": 1.0}}),
+                                     ("complete", {"metrics": {"val_accuracy": 0.5, "val_loss": 0.5}})):
+                    done = http.post(f"/trials/{trial_id}/{action}", json={"worker_id": worker_id, **body})
+                    if done.status_code != 200:
+                        errors.append(f"{action} {trial_id}: {done.status_code} {done.text}")
+                        return
+
+    threads = [threading.Thread(target=work, args=(f"worker-{i}",)) for i in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+
+    assert not any(thread.is_alive() for thread in threads)
+    assert errors == []
+    assert len(claims) == 47 and set(claims.values()) == {1}
+    specs = {grid["id"]: grid_spec(name="grid40", values=40), small["id"]: random_spec(name="random7", max_trials=7)}
+    for sweep_id, spec in specs.items():
+        strategy = make_strategy(parse_spec(spec))
+        final = httpx.get(f"{server.url}{API}/sweeps/{sweep_id}").json()
+        trials = httpx.get(f"{server.url}{API}/sweeps/{sweep_id}/trials").json()["data"]
+        assert final["status"] == "completed"
+        assert final["trial_counts"]["completed"] == strategy.total
+        assert [trial["hparams"] for trial in trials] == [strategy.config_at(i) for i in range(strategy.total)]
+        assert all(configs[trial["id"]] == (sweep_id, trial["hparams"]) for trial in trials)
+
+
+def test_a_database_locked_past_the_busy_timeout_answers_503_and_changes_nothing(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(db, "BUSY_TIMEOUT_MS", 50)
+    with TestClient(create_app(settings)) as client:
+        sweep = create_sweep(client, grid_spec())
+        blocker = sqlite3.connect(settings.database_url.removeprefix("sqlite:///"), isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        try:
+            answer = client.post(f"{API}/trials/claim", json={"worker_id": "w", "host": "h"})
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        assert answer.status_code == 503
+        assert answer.headers["retry-after"] == "1"
+        assert answer.json() == {"detail": "the database is busy; retry the request"}
+        assert client.get(f"{API}/sweeps/{sweep['id']}/trials").json()["count"] == 0
+        assert Worker(client, "w").claim() is not None

@@ -1,0 +1,171 @@
+"""The sweep's HParams config and a trial's session, read back from the real event files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import api_pb2, metadata
+
+from sweeper import parse_spec
+from sweeper.hparams_log import CONFIG_FILE, TrialSession, hparams_for, metrics_for, write_experiment
+
+SPEC = {
+    "name": "digits-mlp",
+    "model": "mlp",
+    "dataset": "digits",
+    "objective": {"metric": "val_accuracy", "goal": "maximize"},
+    "hparams": {
+        "units": {"type": "discrete", "values": [16, 32, 64]},
+        "dropout": {"type": "real_interval", "min": 0.1, "max": 0.5},
+        "depth": {"type": "int_interval", "min": 1, "max": 3},
+        "learning_rate": {"type": "real_interval", "min": 1.0e-4, "max": 1, "log": True},
+        "optimizer": {"type": "discrete", "values": ["sgd", "adam"]},
+        "momentum": {"type": "discrete", "values": [0, 0.9]},
+        "nesterov": {"type": "discrete", "values": [True, False]},
+        "batch_size": 64,
+        "lr_schedule": "cosine",
+    },
+    "search": {"strategy": "random", "max_trials": 4},
+}
+
+
+def _read_experiment(sweep_dir: Path) -> api_pb2.Experiment:
+    accumulator = EventAccumulator(str(sweep_dir))
+    accumulator.Reload()
+    content = accumulator.SummaryMetadata(metadata.EXPERIMENT_TAG).plugin_data.content
+    return metadata.parse_experiment_plugin_data(content)
+
+
+def _hparam_infos(experiment: api_pb2.Experiment) -> dict[str, api_pb2.HParamInfo]:
+    return {info.name: info for info in experiment.hparam_infos}
+
+
+def _discrete_values(info: api_pb2.HParamInfo) -> list[Any]:
+    return [getattr(value, value.WhichOneof("kind")) for value in info.domain_discrete.values]
+
+
+def test_config_holds_each_hparams_exact_domain(tmp_path: Path) -> None:
+    write_experiment(tmp_path, parse_spec(SPEC))
+
+    infos = _hparam_infos(_read_experiment(tmp_path))
+
+    assert list(infos) == list(SPEC["hparams"])
+    assert _discrete_values(infos["units"]) == [16, 32, 64]
+    assert infos["units"].type == api_pb2.DATA_TYPE_FLOAT64
+    assert (infos["dropout"].domain_interval.min_value, infos["dropout"].domain_interval.max_value) == (0.1, 0.5)
+    assert (infos["depth"].domain_interval.min_value, infos["depth"].domain_interval.max_value) == (1, 3)
+    assert (infos["learning_rate"].domain_interval.min_value,
+            infos["learning_rate"].domain_interval.max_value) == (1.0e-4, 1.0)
+    assert "log" in infos["learning_rate"].description
+    # TensorBoard sorts discrete values.
+    assert _discrete_values(infos["optimizer"]) == ["adam", "sgd"]
+    assert infos["optimizer"].type == api_pb2.DATA_TYPE_STRING
+    assert _discrete_values(infos["momentum"]) == [0.0, 0.9]
+    assert _discrete_values(infos["nesterov"]) == [False, True]
+    assert infos["nesterov"].type == api_pb2.DATA_TYPE_BOOL
+    # Fixed values are one-value discrete domains, so they still show as columns.
+    assert _discrete_values(infos["batch_size"]) == [64]
+    assert _discrete_values(infos["lr_schedule"]) == ["cosine"]
+
+
+def test_config_metrics_are_the_objective_and_keras_epoch_scalars(tmp_path: Path) -> None:
+    write_experiment(tmp_path, parse_spec(SPEC))
+
+    metrics = [(info.name.group, info.name.tag) for info in _read_experiment(tmp_path).metric_infos]
+
+    assert metrics == [
+        ("", "val_accuracy"),
+        ("train", "epoch_loss"), ("validation", "epoch_loss"),
+        ("train", "epoch_accuracy"), ("validation", "epoch_accuracy"),
+        ("train", "epoch_learning_rate"),
+    ]
+    assert all(info.display_name for info in _read_experiment(tmp_path).metric_infos)
+
+
+def test_hparams_and_metrics_for_match_the_spec() -> None:
+    spec = parse_spec(SPEC)
+
+    assert [hparam.name for hparam in hparams_for(spec)] == list(SPEC["hparams"])
+    assert metrics_for(spec)[0].as_proto().name.tag == "val_accuracy"
+
+
+def test_second_write_adds_no_second_config(tmp_path: Path) -> None:
+    spec = parse_spec(SPEC)
+    write_experiment(tmp_path, spec)
+    before = (tmp_path / CONFIG_FILE).read_bytes()
+
+    write_experiment(tmp_path, spec)
+
+    assert [path.name for path in tmp_path.iterdir()] == [CONFIG_FILE]
+    assert (tmp_path / CONFIG_FILE).read_bytes() == before
+
+
+def test_write_experiment_creates_the_sweep_folder(tmp_path: Path) -> None:
+    sweep_dir = tmp_path / "logs" / "12"
+
+    write_experiment(str(sweep_dir), parse_spec(SPEC))
+
+    assert (sweep_dir / CONFIG_FILE).is_file()
+
+
+def test_config_is_written_without_loading_tensorflow(tmp_path: Path) -> None:
+    code = (
+        "import json, sys\n"
+        "import sweeper.hparams_log as hparams_log\n"
+        "assert 'tensorflow' not in sys.modules, 'importing sweeper.hparams_log loaded tensorflow'\n"
+        "from sweeper import parse_spec\n"
+        f"hparams_log.write_experiment(sys.argv[1], parse_spec(json.loads(sys.argv[2])))\n"
+        "assert 'tensorflow' not in sys.modules, 'write_experiment loaded tensorflow'\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path), json.dumps(SPEC)],
+                            capture_output=True, text=True, timeout=60)
+
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / CONFIG_FILE).is_file()
+
+
+def _read_session(trial_dir: Path) -> tuple[Any, Any, dict[str, list[float]]]:
+    accumulator = EventAccumulator(str(trial_dir), size_guidance={"tensors": 0})
+    accumulator.Reload()
+    tags = accumulator.Tags()["tensors"]
+    start = metadata.parse_session_start_info_plugin_data(
+        accumulator.SummaryMetadata(metadata.SESSION_START_INFO_TAG).plugin_data.content)
+    end = (metadata.parse_session_end_info_plugin_data(
+        accumulator.SummaryMetadata(metadata.SESSION_END_INFO_TAG).plugin_data.content)
+        if metadata.SESSION_END_INFO_TAG in tags else None)
+    import tensorflow as tf
+
+    scalars = {tag: [float(tf.make_ndarray(event.tensor_proto)) for event in accumulator.Tensors(tag)]
+               for tag in tags if not tag.startswith("_hparams_/")}
+    return start, end, scalars
+
+
+def test_trial_session_writes_start_objective_and_success(tmp_path: Path) -> None:
+    with TrialSession(tmp_path, 7, {"units": 32, "optimizer": "adam", "dropout": 0.25}) as session:
+        session.write_objective("val_accuracy", 0.75, step=2)
+
+    start, end, scalars = _read_session(tmp_path)
+
+    assert start.group_name == "7"
+    assert {name: getattr(value, value.WhichOneof("kind")) for name, value in start.hparams.items()} \
+        == {"units": 32, "optimizer": "adam", "dropout": 0.25}
+    assert end.status == api_pb2.STATUS_SUCCESS
+    assert scalars == {"val_accuracy": [0.75]}
+
+
+def test_trial_session_ends_as_failure_when_the_block_raises(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match="boom"):
+        with TrialSession(tmp_path, "8", {"units": 16}):
+            raise RuntimeError("boom")
+
+    start, end, scalars = _read_session(tmp_path)
+
+    assert start.group_name == "8"
+    assert end.status == api_pb2.STATUS_FAILURE
+    assert scalars == {}

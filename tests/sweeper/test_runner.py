@@ -1,0 +1,259 @@
+"""Real (tiny) Keras trials on digits, checked through the event files and TensorBoard's HParams plugin."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorboard import context
+from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins import base_plugin
+from tensorboard.plugins.hparams import api_pb2, backend_context, list_session_groups, metadata
+
+from sweeper import _registry, parse_spec
+from sweeper._spec import Objective, TrainSettings
+from sweeper.hparams_log import write_experiment
+from sweeper.messages import Assignment
+from sweeper.training.devices import enable_memory_growth
+from sweeper.training.runner import TrialResult, run_trial
+
+EPOCHS = 3
+BATCH_SIZE = 256
+# 1,797 digits, 20% held out for validation: 1,437 training examples in 6 batches of 256.
+STEPS_PER_EPOCH = math.ceil(math.floor(1797 * 0.8) / BATCH_SIZE)
+BASE_HPARAMS = {"units": 16, "learning_rate": 0.01, "batch_size": BATCH_SIZE, "seed": 1}
+
+
+def _assignment(logdir: Path, trial_id: int = 7, epochs: int = EPOCHS, model: str = "mlp",
+                objective: str = "val_accuracy", **hparams: Any) -> Assignment:
+    return Assignment(
+        trial_id=trial_id, sweep_id=1, hparams={**BASE_HPARAMS, **hparams}, model=model, dataset="digits",
+        objective=Objective(metric=objective), train=TrainSettings(epochs=epochs, validation_split=0.2),
+        logdir=str(logdir / str(trial_id)), lease_expires_at=datetime.now(timezone.utc) + timedelta(minutes=5))
+
+
+class _Recorder:
+    """An `on_epoch_end` that records its calls and gives a fixed answer from a given epoch on."""
+
+    def __init__(self, answer: str = "continue", from_epoch: int = 0):
+        self.calls: list[tuple[int, dict[str, float]]] = []
+        self._answer, self._from_epoch = answer, from_epoch
+
+    def __call__(self, epoch: int, metrics: dict[str, float]) -> str:
+        self.calls.append((epoch, metrics))
+        return self._answer if epoch >= self._from_epoch else "continue"
+
+
+def _scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    accumulator = EventAccumulator(str(run_dir), size_guidance={"tensors": 0})
+    accumulator.Reload()
+    return {tag: [(event.step, float(tf.make_ndarray(event.tensor_proto))) for event in accumulator.Tensors(tag)]
+            for tag in accumulator.Tags()["tensors"] if not tag.startswith("_hparams_/")}
+
+
+def _session(trial_dir: Path) -> tuple[api_pb2.SessionStartInfo | None, int | None]:
+    accumulator = EventAccumulator(str(trial_dir))
+    accumulator.Reload()
+    tags = accumulator.Tags()["tensors"]
+    start = (metadata.parse_session_start_info_plugin_data(
+        accumulator.SummaryMetadata(metadata.SESSION_START_INFO_TAG).plugin_data.content)
+        if metadata.SESSION_START_INFO_TAG in tags else None)
+    status = (metadata.parse_session_end_info_plugin_data(
+        accumulator.SummaryMetadata(metadata.SESSION_END_INFO_TAG).plugin_data.content).status
+        if metadata.SESSION_END_INFO_TAG in tags else None)
+    return start, status
+
+
+def _session_groups(sweep_dir: Path) -> list[api_pb2.SessionGroup]:
+    """The session groups exactly as TensorBoard's HParams dashboard asks its backend for them."""
+    multiplexer = plugin_event_multiplexer.EventMultiplexer()
+    multiplexer.AddRunsFromDirectory(str(sweep_dir))
+    multiplexer.Reload()
+    tb_context = base_plugin.TBContext(logdir=str(sweep_dir), multiplexer=multiplexer,
+                                       data_provider=data_provider.MultiplexerDataProvider(multiplexer, str(sweep_dir)))
+    request = api_pb2.ListSessionGroupsRequest(start_index=0, slice_size=100, allowed_statuses=[
+        api_pb2.STATUS_UNKNOWN, api_pb2.STATUS_SUCCESS, api_pb2.STATUS_FAILURE, api_pb2.STATUS_RUNNING])
+    response = list_session_groups.Handler(context.RequestContext(), backend_context.Context(tb_context), "",
+                                           request).run()
+    return list(response.session_groups)
+
+
+def _exponential(step: int) -> float:
+    return 0.01 * 0.9 ** (step / STEPS_PER_EPOCH)
+
+
+def _step(step: int) -> float:
+    return 0.01 * 0.5 ** (step // STEPS_PER_EPOCH)
+
+
+def _cosine(step: int) -> float:
+    return 0.01 * 0.5 * (1 + math.cos(math.pi * step / (EPOCHS * STEPS_PER_EPOCH)))
+
+
+@pytest.fixture(scope="module")
+def finished_trial(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, TrialResult, _Recorder]:
+    sweep_dir = tmp_path_factory.mktemp("sweep")
+    recorder = _Recorder()
+    result = run_trial(_assignment(sweep_dir, lr_schedule="exponential"), recorder)
+    return sweep_dir, result, recorder
+
+
+def test_trial_runs_every_epoch_and_returns_the_last_epochs_metrics(finished_trial: Any) -> None:
+    _, result, recorder = finished_trial
+
+    assert (result.epochs_run, result.stopped) == (EPOCHS, False)
+    assert set(result.metrics) == {"loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"}
+    assert all(isinstance(value, float) for value in result.metrics.values())
+    assert result.metrics == recorder.calls[-1][1]
+
+
+def test_on_epoch_end_is_called_once_per_epoch_with_float_metrics(finished_trial: Any) -> None:
+    _, _, recorder = finished_trial
+
+    assert [epoch for epoch, _ in recorder.calls] == list(range(EPOCHS))
+    assert all(isinstance(value, float) for _, metrics in recorder.calls for value in metrics.values())
+
+
+def test_train_and_validation_scalars_have_one_value_per_epoch(finished_trial: Any) -> None:
+    sweep_dir, result, _ = finished_trial
+    train, validation = _scalars(sweep_dir / "7" / "train"), _scalars(sweep_dir / "7" / "validation")
+
+    for tag in ("epoch_loss", "epoch_accuracy", "epoch_learning_rate"):
+        assert [step for step, _ in train[tag]] == list(range(EPOCHS)), tag
+    for tag in ("epoch_loss", "epoch_accuracy"):
+        assert [step for step, _ in validation[tag]] == list(range(EPOCHS)), tag
+    assert validation["epoch_accuracy"][-1][1] == pytest.approx(result.metrics["val_accuracy"])
+    assert "epoch_learning_rate" not in validation
+
+
+@pytest.mark.parametrize(("schedule", "formula", "extra"), [
+    ("exponential", _exponential, {}),
+    ("step", _step, {"lr_decay_factor": 0.5, "lr_step_epochs": 1}),
+    ("cosine", _cosine, {}),
+    ("constant", lambda step: 0.01, {}),
+])
+def test_logged_learning_rate_follows_the_schedule_at_each_epochs_end(
+        tmp_path: Path, schedule: str, formula: Any, extra: dict[str, Any]) -> None:
+    result = run_trial(_assignment(tmp_path, lr_schedule=schedule, **extra), _Recorder())
+
+    logged = _scalars(tmp_path / "7" / "train")["epoch_learning_rate"]
+    # Keras logs the schedule at the optimizer's step count after the epoch: the rate of the next step.
+    expected = [formula(STEPS_PER_EPOCH * (epoch + 1)) for epoch in range(EPOCHS)]
+    assert [value for _, value in logged] == pytest.approx(expected, rel=1e-5, abs=1e-8)
+    assert result.metrics["learning_rate"] == pytest.approx(expected[-1], rel=1e-5, abs=1e-8)
+
+
+def test_trial_folder_holds_session_start_objective_and_success(finished_trial: Any) -> None:
+    sweep_dir, result, _ = finished_trial
+
+    start, status = _session(sweep_dir / "7")
+
+    assert start.group_name == "7"
+    assert {name: getattr(value, value.WhichOneof("kind")) for name, value in start.hparams.items()} == \
+        {**BASE_HPARAMS, "lr_schedule": "exponential"}
+    assert status == api_pb2.STATUS_SUCCESS
+    assert _scalars(sweep_dir / "7") == {"val_accuracy": [(EPOCHS - 1, pytest.approx(result.metrics["val_accuracy"]))]}
+
+
+def test_hparams_dashboard_shows_the_trial_with_its_status_and_metrics(finished_trial: Any) -> None:
+    sweep_dir, result, _ = finished_trial
+    spec = parse_spec({"name": "digits", "model": "mlp", "dataset": "digits",
+                       "objective": {"metric": "val_accuracy"}, "search": {"max_trials": 2},
+                       "hparams": {"units": {"type": "discrete", "values": [16, 32]},
+                                   "learning_rate": {"type": "real_interval", "min": 0.001, "max": 0.1},
+                                   "lr_schedule": "exponential", "batch_size": BATCH_SIZE, "seed": 1}})
+    write_experiment(sweep_dir, spec)
+
+    (group,) = _session_groups(sweep_dir)
+
+    assert group.name == "7"
+    assert [session.status for session in group.sessions] == [api_pb2.STATUS_SUCCESS]
+    metrics = {(value.name.group, value.name.tag): value.value for value in group.metric_values}
+    assert metrics[("", "val_accuracy")] == pytest.approx(result.metrics["val_accuracy"])
+    assert metrics[("validation", "epoch_loss")] == pytest.approx(result.metrics["val_loss"])
+    assert metrics[("train", "epoch_learning_rate")] == pytest.approx(result.metrics["learning_rate"])
+
+
+@pytest.mark.parametrize("answer", ["stop", "prune"])
+def test_stop_or_prune_answer_ends_training_after_that_epoch(tmp_path: Path, answer: str) -> None:
+    recorder = _Recorder(answer, from_epoch=0)
+
+    result = run_trial(_assignment(tmp_path, epochs=5), recorder)
+
+    assert (result.epochs_run, result.stopped) == (1, True)
+    assert [epoch for epoch, _ in recorder.calls] == [0]
+    assert [step for step, _ in _scalars(tmp_path / "7" / "train")["epoch_loss"]] == [0]
+    assert _session(tmp_path / "7")[1] == api_pb2.STATUS_SUCCESS
+
+
+def test_model_that_raises_ends_the_session_as_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(hparams: dict[str, Any], info: Any) -> Any:
+        raise RuntimeError("no such layer")
+
+    monkeypatch.setattr(_registry, "models", _registry.Registry("model", {"broken": broken}))
+    recorder = _Recorder()
+
+    with pytest.raises(RuntimeError, match="no such layer"):
+        run_trial(_assignment(tmp_path, model="broken"), recorder)
+
+    start, status = _session(tmp_path / "7")
+    assert start.group_name == "7"
+    assert status == api_pb2.STATUS_FAILURE
+    assert recorder.calls == []
+
+
+def test_unknown_objective_metric_fails_after_the_first_epoch_naming_the_metrics(tmp_path: Path) -> None:
+    recorder = _Recorder()
+
+    with pytest.raises(ValueError, match=r"objective metric 'val_f1' is not among the trial's metrics; "
+                                         r"available: accuracy, learning_rate, loss, val_accuracy, val_loss"):
+        run_trial(_assignment(tmp_path, epochs=5, objective="val_f1"), recorder)
+
+    assert recorder.calls == []
+    assert _session(tmp_path / "7")[1] == api_pb2.STATUS_FAILURE
+
+
+def test_same_seed_gives_the_same_metrics(tmp_path: Path) -> None:
+    first = run_trial(_assignment(tmp_path, trial_id=1, epochs=1), _Recorder())
+    second = run_trial(_assignment(tmp_path, trial_id=2, epochs=1), _Recorder())
+
+    assert first.metrics == second.metrics
+
+
+def test_cnn_trial_runs_on_digits(tmp_path: Path) -> None:
+    result = run_trial(_assignment(tmp_path, model="cnn", epochs=1, filters=4, blocks=2, dense_units=8),
+                       _Recorder())
+
+    assert result.epochs_run == 1
+    assert np.isfinite(result.metrics["val_loss"])
+
+
+def test_memory_growth_is_a_no_op_without_a_gpu() -> None:
+    enable_memory_growth()
+
+
+def test_retried_trial_replaces_the_earlier_attempts_logs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    first = _Recorder("prune", from_epoch=1)
+    run_trial(_assignment(tmp_path, epochs=3), first)
+    with monkeypatch.context() as patch:
+        patch.setattr(_registry, "models", _registry.Registry("model", {"mlp": _raise}))
+        with pytest.raises(RuntimeError):
+            run_trial(_assignment(tmp_path, epochs=3), _Recorder())
+
+    result = run_trial(_assignment(tmp_path, epochs=1), _Recorder())
+
+    (group,) = _session_groups(tmp_path)
+    assert [session.status for session in group.sessions] == [api_pb2.STATUS_SUCCESS]
+    assert _session(tmp_path / "7")[1] == api_pb2.STATUS_SUCCESS
+    assert _scalars(tmp_path / "7") == {"val_accuracy": [(0, pytest.approx(result.metrics["val_accuracy"]))]}
+    assert [step for step, _ in _scalars(tmp_path / "7" / "train")["epoch_loss"]] == [0]
+
+
+def _raise(hparams: dict[str, Any], info: Any) -> Any:
+    raise RuntimeError("broken on this attempt")

@@ -1,0 +1,42 @@
+"""Fixtures for the worker tests: real servers on a SQLite file in tmp_path, and fake child programs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sweeper.client import Client
+
+
+@pytest.fixture
+def start_server(tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """Start API servers in threads (port 0 unless given); all are stopped at teardown."""
+    from api.server import start_in_thread
+    from api.settings import Settings
+
+    running: list[Any] = []
+
+    def start(**overrides: Any) -> Any:
+        settings = Settings(**{"database_url": f"sqlite:///{tmp_path / 'db.sqlite'}", "logdir": tmp_path / "runs",
+                               "port": 0, **overrides})
+        server = start_in_thread(settings)
+        running.append(server)
+        return server
+
+    yield start
+    for server in reversed(running):
+        server.stop()
+
+
+@pytest.fixture
+def server(start_server: Callable[..., Any]) -> Any:
+    return start_server()
+
+
+@pytest.fixture
+def client(server: Any) -> Iterator[Client]:
+    with Client(server.url, retries=2, backoff=0.05) as client:
+        yield client

@@ -1,0 +1,80 @@
+"""Helpers for the worker tests: specs, free ports and a fake worker program for the supervisor.
+
+Plain functions here (not in conftest.py, whose module name clashes with other test folders').
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+def free_port() -> int:
+    """A port nobody listens on right now (the OS's pick, released again)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def digits_spec(name: str = "digits", trials: int = 2, epochs: int = 2, **overrides: Any) -> dict[str, Any]:
+    """A small grid sweep on the built-in digits data: `trials` trials of `epochs` epochs."""
+    spec: dict[str, Any] = {
+        "name": name,
+        "model": "mlp",
+        "dataset": "digits",
+        "objective": {"metric": "val_accuracy", "goal": "maximize"},
+        "hparams": {"units": {"type": "discrete", "values": [8 * (k + 1) for k in range(trials)]},
+                    "batch_size": 64},
+        "search": {"strategy": "grid"},
+        "train": {"epochs": epochs},
+    }
+    spec.update(overrides)
+    return spec
+
+
+# A stand-in for `python -m workers.agent`: records its environment and arguments, one JSON line per
+# run, in $FAKE_CHILD_OUT/<worker id>.jsonl, then behaves as $FAKE_CHILD_MODE says.
+FAKE_CHILD = r'''
+import json, os, signal, sys, time
+from pathlib import Path
+
+args = sys.argv[1:]
+worker_id = args[args.index("--worker-id") + 1]
+log = Path(os.environ["FAKE_CHILD_OUT"]) / f"{worker_id}.jsonl"
+runs_before = len(log.read_text().splitlines()) if log.exists() else 0
+record = {"argv": args, "pid": os.getpid(), "run": runs_before + 1,
+          **{name: os.environ.get(name) for name in
+             ("CUDA_VISIBLE_DEVICES", "TF_FORCE_GPU_ALLOW_GROWTH", "CUDA_DEVICE_ORDER")}}
+with log.open("a") as f:
+    f.write(json.dumps(record) + "\n")
+mode = os.environ.get("FAKE_CHILD_MODE", "exit0")
+first = runs_before == 0
+
+def note(event):
+    with (log.parent / f"{worker_id}.events").open("a") as f:
+        f.write(event + "\n")
+
+if mode == "exit3_once" and first:
+    sys.exit(3)
+if mode == "exit75_twice" and runs_before < 2:
+    sys.exit(75)
+if mode == "exit3_always":
+    sys.exit(3)
+if mode == "sigkill_once" and first:
+    os.kill(os.getpid(), signal.SIGKILL)
+if mode == "hold_trial_exit3_once" and first:
+    state = Path(args[args.index("--state-file") + 1])
+    state.write_text(json.dumps({"trial_id": int(os.environ["FAKE_TRIAL_ID"]), "worker_id": worker_id}))
+    sys.exit(3)
+if mode == "wait_for_sigterm":
+    signal.signal(signal.SIGTERM, lambda signum, frame: (note("SIGTERM"), sys.exit(0)))
+    note("ready")
+    time.sleep(30)
+    sys.exit(5)
+if mode == "ignore_sigterm":
+    signal.signal(signal.SIGTERM, lambda signum, frame: note("SIGTERM ignored"))
+    note("ready")
+    for _ in range(300):
+        time.sleep(0.1)
+    sys.exit(5)
+sys.exit(0)
+'''

@@ -1,0 +1,352 @@
+"""The supervisor: one worker process per GPU, each pinned to its GPU before TensorFlow can start.
+
+Pinning happens in the child's environment (`CUDA_VISIBLE_DEVICES=<index>`), set before the process
+exists, so each child's TensorFlow sees exactly one GPU and calls it GPU 0. Like RQ's work horse, a
+child that dies abnormally is recorded with its exit code or signal, the trial it held is failed on the
+server with that cause, and the child is restarted on the same GPU (bounded, with backoff).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from sweeper.client import ApiError, Client, LeaseLostError, NotFoundError
+from sweeper.messages import FailReport
+from workers.agent import EXIT_SERVER_UNREACHABLE
+from workers.gpus import discover_gpus, select_gpus
+
+__all__ = ["ChildExit", "Supervisor", "run_workers"]
+
+logger = logging.getLogger(__name__)
+
+_POLL_SECONDS = 0.1
+_FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+@dataclass(frozen=True)
+class ChildExit:
+    """An abnormal end of a worker process, as recorded by the supervisor."""
+
+    worker_id: str
+    gpu: str | None
+    returncode: int
+    trial_id: int | None
+    """The trial the child was running when it died, if any (failed on the server with this cause)."""
+
+    @property
+    def signal_name(self) -> str | None:
+        if self.returncode >= 0:
+            return None
+        try:
+            return signal.Signals(-self.returncode).name
+        except ValueError:
+            return f"signal {-self.returncode}"
+
+    def describe(self) -> str:
+        if self.signal_name is not None:
+            return f"killed by {self.signal_name}"
+        return f"exited with code {self.returncode}"
+
+
+@dataclass
+class _Slot:
+    """One worker seat: a worker id, its GPU (None for CPU) and the process currently in it."""
+
+    worker_id: str
+    gpu: str | None
+    env: dict[str, str]
+    process: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+    restarts: int = 0
+    restart_at: float | None = None
+    ended: bool = False
+    gave_up: bool = False
+
+
+class Supervisor:
+    """Starts, watches and restarts the worker processes of one host."""
+
+    def __init__(self, server_url: str, gpus: list[str], cpu_workers: int = 1, host: str | None = None,
+                 idle_exit: float | None = None, child_command: list[str] | None = None, max_restarts: int = 5,
+                 restart_backoff: float = 1.0, max_backoff: float = 60.0, healthy_after: float = 300.0):
+        if not gpus and cpu_workers < 1:
+            raise ValueError(f"with no GPUs, `cpu_workers >= 1` must hold, but got {cpu_workers=}")
+        if max_restarts < 0:
+            raise ValueError(f"`max_restarts >= 0` must hold, but got {max_restarts=}")
+        self.server_url = server_url
+        self.host = host or socket.gethostname()
+        self.idle_exit = idle_exit
+        self.child_command = list(child_command) if child_command else [sys.executable, "-m", "workers.agent"]
+        self.max_restarts = max_restarts
+        self.restart_backoff = restart_backoff
+        self.max_backoff = max_backoff
+        # A child that ran this long before dying was healthy: its crash does not count toward a crash loop.
+        self.healthy_after = healthy_after
+        self.slots = [self._gpu_slot(gpu) for gpu in gpus] if gpus else \
+            [self._cpu_slot(k) for k in range(cpu_workers)]
+        self._lock = threading.RLock()
+        self._stopping = False
+        self._signals_seen = 0
+        self._pending_signals: list[int] = []
+        self._exits: list[ChildExit] = []
+        self._state_dir: Path | None = None
+
+    @property
+    def worker_ids(self) -> list[str]:
+        return [slot.worker_id for slot in self.slots]
+
+    @property
+    def exits(self) -> list[ChildExit]:
+        """Every abnormal child exit so far, in the order they happened."""
+        with self._lock:
+            return list(self._exits)
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        with self._lock:
+            if self._state_dir is not None:
+                raise RuntimeError("this supervisor was already started")
+            self._state_dir = Path(tempfile.mkdtemp(prefix="sweeper-workers-"))
+            for slot in self.slots:
+                self._spawn(slot)
+
+    def wait(self) -> int:
+        """Block until every child has ended; 0 unless a child kept crashing and was given up on."""
+        if self._state_dir is None:
+            raise RuntimeError("start() the supervisor before waiting on it")
+        while True:
+            while self._pending_signals:
+                self.forward(self._pending_signals.pop(0))
+            with self._lock:
+                self._reap()
+                if all(slot.ended for slot in self.slots):
+                    break
+            time.sleep(_POLL_SECONDS)
+        self._cleanup()
+        gave_up = [slot.worker_id for slot in self.slots if slot.gave_up]
+        if gave_up:
+            logger.error("gave up on worker(s) %s after repeated crashes", ", ".join(gave_up))
+            return 1
+        return 0
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM every child (each finishes its current trial), then SIGKILL what is left after `timeout`.
+
+        The trial of a killed child goes back to the server's queue as a retryable failure.
+        """
+        with self._lock:
+            self._stopping = True
+            self._signal_children(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for slot in self.slots:
+            process = slot.process
+            if process is None:
+                continue
+            try:
+                process.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                logger.warning("worker %s did not stop within %.0fs; killing it", slot.worker_id, timeout)
+                process.kill()
+                process.wait()
+        with self._lock:
+            self._reap()
+            if all(slot.ended for slot in self.slots):
+                self._cleanup()
+
+    def forward(self, signum: int) -> None:
+        """Pass a SIGTERM/SIGINT on to every child; from then on nothing is restarted."""
+        with self._lock:
+            self._stopping = True
+            self._signals_seen += 1
+            name = signal.Signals(signum).name
+            if self._signals_seen == 1:
+                logger.info("%s: workers finish their current trials, then exit (send it again to stop now)", name)
+            else:
+                logger.warning("%s again: workers stop their trials now and release them", name)
+            self._signal_children(signum)
+
+    def install_signal_handlers(self) -> None:
+        """Forward SIGTERM, SIGINT and SIGHUP to the children while wait() runs (main thread only)."""
+        def handle(signum: int, _frame: object) -> None:
+            # Only queued here: wait() forwards it between two passes over the children, so a signal can
+            # never land halfway through a restart and miss the child being started.
+            self._pending_signals.append(signal.SIGTERM if signum == signal.SIGHUP else signum)
+
+        for sig in _FORWARDED:
+            signal.signal(sig, handle)
+
+    # -- children ----------------------------------------------------------------------------------
+
+    def _gpu_slot(self, gpu: str) -> _Slot:
+        # PCI bus order makes CUDA number GPUs as nvidia-smi does; CUDA's default (fastest first)
+        # could pin a child to a different GPU than the index it was given.
+        env = {"CUDA_VISIBLE_DEVICES": gpu, "CUDA_DEVICE_ORDER": "PCI_BUS_ID", "TF_FORCE_GPU_ALLOW_GROWTH": "true"}
+        return _Slot(worker_id=f"{self.host}-gpu{gpu}", gpu=gpu, env=env)
+
+    def _cpu_slot(self, k: int) -> _Slot:
+        return _Slot(worker_id=f"{self.host}-cpu{k}", gpu=None, env={"CUDA_VISIBLE_DEVICES": "-1"})
+
+    def _state_file(self, slot: _Slot) -> Path:
+        assert self._state_dir is not None
+        return self._state_dir / f"{slot.worker_id}.json"
+
+    def _spawn(self, slot: _Slot) -> None:
+        command = [*self.child_command, "--server", self.server_url, "--worker-id", slot.worker_id,
+                   "--host", self.host, "--state-file", str(self._state_file(slot)), "--exit-with-parent"]
+        if slot.gpu is not None:
+            command += ["--gpu", slot.gpu]
+        if self.idle_exit is not None:
+            command += ["--idle-exit", str(self.idle_exit)]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **slot.env}
+        # Its own process group: a terminal's Ctrl-C reaches only the supervisor, which forwards it once,
+        # so one Ctrl-C means "finish the trial", not the "stop now" of a second signal.
+        slot.process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, process_group=0)
+        slot.started_at = time.monotonic()
+        slot.restart_at = None
+        where = f"GPU {slot.gpu}" if slot.gpu is not None else "CPU"
+        logger.info("started worker %s on %s (pid %d)", slot.worker_id, where, slot.process.pid)
+
+    def _signal_children(self, signum: int) -> None:
+        for slot in self.slots:
+            if slot.process is not None and slot.process.poll() is None:
+                try:
+                    slot.process.send_signal(signum)
+                except ProcessLookupError:
+                    pass
+            elif slot.restart_at is not None:
+                # A restart that was waiting for its backoff is off: we are shutting down.
+                slot.restart_at = None
+                slot.ended = True
+
+    def _reap(self) -> None:
+        now = time.monotonic()
+        for slot in self.slots:
+            if slot.ended:
+                continue
+            if slot.process is None:
+                if slot.restart_at is not None and now >= slot.restart_at and not self._stopping:
+                    self._spawn(slot)
+                continue
+            returncode = slot.process.poll()
+            if returncode is None:
+                continue
+            ran_for = now - slot.started_at
+            slot.process = None
+            if returncode == 0:
+                logger.info("worker %s exited normally", slot.worker_id)
+                self._state_file(slot).unlink(missing_ok=True)
+                slot.ended = True
+                continue
+            record = ChildExit(slot.worker_id, slot.gpu, returncode, self._held_trial(slot))
+            self._exits.append(record)
+            self._fail_held_trial(slot, record)
+            if self._stopping:
+                logger.info("worker %s %s while stopping", slot.worker_id, record.describe())
+                slot.ended = True
+                continue
+            if returncode == EXIT_SERVER_UNREACHABLE:
+                # The server is down, not the worker: wait it out however long it takes, at the slowest pace.
+                slot.restart_at = now + self.max_backoff
+                logger.warning("worker %s could not reach the server at %s; starting it again in %.0fs",
+                               slot.worker_id, self.server_url, self.max_backoff)
+                continue
+            if ran_for >= self.healthy_after:
+                slot.restarts = 0
+            if slot.restarts >= self.max_restarts:
+                logger.error("worker %s %s; not restarting it after %d restart(s)", slot.worker_id,
+                             record.describe(), slot.restarts)
+                slot.ended = slot.gave_up = True
+                continue
+            slot.restarts += 1
+            delay = min(self.max_backoff, self.restart_backoff * 2 ** (slot.restarts - 1))
+            slot.restart_at = now + delay
+            logger.warning("worker %s %s after %.1fs; restarting it in %.1fs (restart %d of %d)", slot.worker_id,
+                           record.describe(), ran_for, delay, slot.restarts, self.max_restarts)
+
+    def _held_trial(self, slot: _Slot) -> int | None:
+        path = self._state_file(slot)
+        try:
+            trial_id = json.loads(path.read_text()).get("trial_id")
+        except (OSError, ValueError, AttributeError):
+            return None
+        finally:
+            path.unlink(missing_ok=True)
+        return trial_id if isinstance(trial_id, int) else None
+
+    def _fail_held_trial(self, slot: _Slot, record: ChildExit) -> None:
+        """Turn the death of a child into a recorded failure of the trial it was running."""
+        if record.trial_id is None:
+            return
+        # A child we killed while stopping, or one cut off from the server, did nothing wrong: its trial
+        # goes back to the queue.
+        retryable = self._stopping or record.returncode == EXIT_SERVER_UNREACHABLE
+        cause = f"worker process {slot.worker_id} on {self.host} {record.describe()} while running this trial"
+        # Few retries: this runs in the supervisor's watch loop, and the lease expires on its own anyway.
+        try:
+            with Client(self.server_url, timeout=10.0, retries=2, backoff=0.5) as client:
+                client.fail(record.trial_id, FailReport(worker_id=slot.worker_id, error=cause, retryable=retryable))
+            logger.info("recorded trial %d as failed: %s", record.trial_id, cause)
+        except (LeaseLostError, NotFoundError):
+            pass  # the server already moved the trial on
+        except ApiError as error:
+            logger.warning("could not fail trial %d on the server (its lease will expire instead): %s",
+                           record.trial_id, error)
+
+    def _cleanup(self) -> None:
+        if self._state_dir is not None:
+            shutil.rmtree(self._state_dir, ignore_errors=True)
+
+
+def run_workers(server: str, gpus: str = "all", cpu_workers: int = 1, idle_exit: float | None = None) -> int:
+    """Start one worker per selected GPU (or `cpu_workers` CPU workers) against `server`; block until done.
+
+    Raises GpuSelectionError (a ValueError) when `gpus` names a GPU this host does not have.
+    """
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s [supervisor] %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    discovered = discover_gpus()
+    selected = select_gpus(gpus, discovered)
+    supervisor = Supervisor(server, selected, cpu_workers=cpu_workers, idle_exit=idle_exit)
+    if selected:
+        print(f"Starting {len(selected)} GPU worker(s) for {server}:")
+        for slot in supervisor.slots:
+            print(f"  {slot.worker_id} on GPU {slot.gpu}")
+    else:
+        reason = "no GPUs found" if not discovered else f"--gpus {gpus}"
+        print(f"Starting {cpu_workers} CPU worker(s) for {server} ({reason}):")
+        for slot in supervisor.slots:
+            print(f"  {slot.worker_id}")
+    _warn_if_unreachable(server)
+    sys.stdout.flush()
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = {sig: signal.getsignal(sig) for sig in _FORWARDED} if in_main_thread else {}
+    if in_main_thread:
+        supervisor.install_signal_handlers()
+    supervisor.start()
+    try:
+        return supervisor.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _warn_if_unreachable(server: str) -> None:
+    # Not fatal: in a compose file or a cluster the workers may well start before the server.
+    try:
+        with Client(server, timeout=5.0, retries=2, backoff=0.5) as client:
+            client.health()
+    except ApiError as error:
+        print(f"Warning: the server is not answering yet ({error}); the workers will keep trying.")
