@@ -7,11 +7,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from sweeper.messages import MetricsReport, SweepStatus, TrialState
+from sweeper.messages import SweepStatus, TrialState
 
 from api.repository import SweepSummary, TrialHistory
 
-MAX_EPOCH = 2**31 - 1
 """The largest epoch a database integer column holds on every backend."""
 
 
@@ -90,10 +89,3 @@ class SweepsPublic(BaseModel):
 
 class Health(BaseModel):
     status: Literal["ok"] = "ok"
-
-
-class BoundedMetricsReport(MetricsReport):
-    """A MetricsReport whose epoch fits a database integer, so an absurd one is a 422, not a crash."""
-
-    epoch: Annotated[int, Field(ge=0, le=MAX_EPOCH)]
-

@@ -9,9 +9,41 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, model_validator
 
-DiscreteValue = StrictBool | StrictInt | StrictFloat | StrictStr
+# TensorBoard stores every number as a double and JSON carries no NaN or infinity, so numbers must be
+# finite and integers within a double's exact range. Strings and bools are taken as they are.
+_EXACT = 2**53
+
+
+def _number(value: Any) -> int | float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"must be a number, but got {type(value).__name__} {value!r}")
+    if isinstance(value, int) and abs(value) > _EXACT:
+        raise ValueError(f"must be within +-2**53 to stay exact, but got a {value.bit_length()}-bit integer")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"must be a finite number, but got {value}")
+    return value
+
+
+def _integer(value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"must be an integer, but got {type(value).__name__} {value!r}")
+    return int(_number(value))
+
+
+def _discrete_value(value: Any) -> bool | int | float | str:
+    if isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, (int, float)):
+        return _number(value)
+    raise ValueError(f"must be a number, a string or a bool, but got {type(value).__name__} {value!r}")
+
+
+Number = Annotated[int | float, PlainValidator(_number, json_schema_input_type=float)]
+Integer = Annotated[int, PlainValidator(_integer, json_schema_input_type=int)]
+DiscreteValue = Annotated[bool | int | float | str,
+                          PlainValidator(_discrete_value, json_schema_input_type=bool | int | float | str)]
 
 
 def _kind(value: DiscreteValue) -> str:
@@ -76,8 +108,8 @@ class RealInterval(_Domain):
     """Real numbers in [min, max]; `log: true` samples log-uniformly."""
 
     type: Literal["real_interval"] = "real_interval"
-    min: StrictFloat | StrictInt
-    max: StrictFloat | StrictInt
+    min: Number
+    max: Number
     log: bool = False
 
     @model_validator(mode="after")
@@ -103,8 +135,8 @@ class IntInterval(_Domain):
     """Integers in [min, max], both ends included; `log: true` samples log-uniformly."""
 
     type: Literal["int_interval"] = "int_interval"
-    min: StrictInt
-    max: StrictInt
+    min: Integer
+    max: Integer
     log: bool = False
 
     @model_validator(mode="after")
@@ -138,8 +170,6 @@ def _check_interval(low: float, high: float, log: bool) -> None:
         raise ValueError(f"min ({low}) must be < max ({high})")
     if log and low <= 0:
         raise ValueError(f"min ({low}) must be > 0 when log is true")
-    if not (math.isfinite(low) and math.isfinite(high)):
-        raise ValueError("min and max must be finite")
 
 
 class Fixed(BaseModel):

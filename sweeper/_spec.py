@@ -113,9 +113,9 @@ def parse_spec(data: Any, source: str | None = None) -> SweepSpec:
             if not isinstance(raw, dict):
                 try:
                     _fixed_adapter.validate_python(raw)
-                except ValidationError:
-                    problems.append((("hparams", str(name)), "a fixed value must be a number, string or bool; "
-                                     "a searched one a mapping like {type: discrete, values: [...]}"))
+                except ValidationError as error:
+                    problems.append((("hparams", str(name)), f"a fixed value {_rule(error.errors()[0])}; a searched "
+                                     "one is a mapping like {type: discrete, values: [...]}"))
                 continue
             try:
                 _domain_adapter.validate_python(raw)

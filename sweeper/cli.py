@@ -142,6 +142,7 @@ def run(
             console.print(f"Sweep {sweep['id']} {sweep['name']}: {sweep['total_trials']} trials on {where}")
             supervisor.start()
             sweep = _console.watch(client, sweep["id"], console)
+            supervisor.stop()  # before the summary, so the workers' goodbyes do not follow it
             _console.summary(sweep, logdir, console)
     except SweeperError as error:
         raise _fail(str(error)) from None

@@ -69,7 +69,7 @@ class HeartbeatRequest(_Message):
 
 class MetricsReport(_Message):
     worker_id: WorkerId
-    epoch: Annotated[int, Field(ge=0)]
+    epoch: Annotated[int, Field(ge=0, le=1_000_000)]
     metrics: dict[str, float]
 
 

@@ -9,12 +9,13 @@ from __future__ import annotations
 from fastapi import APIRouter, Response, status
 
 from sweeper import Objective, TrainSettings
-from sweeper.messages import Assignment, ClaimRequest, CompleteReport, Directive, FailReport, HeartbeatRequest
+from sweeper.messages import (Assignment, ClaimRequest, CompleteReport, Directive, FailReport, HeartbeatRequest,
+                              MetricsReport)
 
 from api.deps import ContextDep, RepositoryDep
 from api.repository import Claimed
 from api.json_guard import StrictJSONRoute
-from api.schemas import BoundedMetricsReport, TrialDetail, TrialPublic
+from api.schemas import TrialDetail, TrialPublic
 
 router = APIRouter(prefix="/trials", tags=["trials"], route_class=StrictJSONRoute)
 
@@ -47,7 +48,7 @@ def heartbeat(trial_id: int, request: HeartbeatRequest, repository: RepositoryDe
 
 
 @router.post("/{trial_id}/metrics", response_model=Directive, responses=_LEASE_RESPONSES)
-def report_metrics(trial_id: int, report: BoundedMetricsReport, repository: RepositoryDep) -> Directive:
+def report_metrics(trial_id: int, report: MetricsReport, repository: RepositoryDep) -> Directive:
     """One epoch's metrics (re-reporting an epoch replaces it); extends the lease."""
     return repository.report_metrics(trial_id, report)
 

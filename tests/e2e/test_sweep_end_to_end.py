@@ -8,7 +8,7 @@ import sys
 
 import httpx
 import pytest
-from conftest import BIN, free_port, wait_until
+from e2e_processes import BIN, free_port, wait_until
 
 pytestmark = pytest.mark.e2e
 

@@ -68,9 +68,13 @@ def test_reversed_interval_names_field_and_rule():
     ({"type": "discrete", "values": [1], "step": 2}, "hparams.x.step: unknown field"),
     ({"type": "cube", "values": [1]}, "hparams.x: type must be one of discrete, real_interval, int_interval"),
     ({"values": [1]}, "hparams.x: needs a type"),
-    ({"type": "int_interval", "min": 1.5, "max": 3}, "hparams.x.min: Input should be a valid integer"),
+    ({"type": "int_interval", "min": 1.5, "max": 3}, "hparams.x.min: must be an integer, but got float 1.5"),
     ({"type": "real_interval", "min": 0, "max": 1, "log": True}, "hparams.x: min (0) must be > 0 when log is true"),
-    ([1, 2], "hparams.x: a fixed value must be a number, string or bool"),
+    ([1, 2], "hparams.x: a fixed value must be a number, a string or a bool, but got list [1, 2]"),
+    (float("nan"), "hparams.x: a fixed value must be a finite number, but got nan"),
+    ({"type": "discrete", "values": [0.5, float("inf")]}, "hparams.x.values.1: must be a finite number, but got inf"),
+    ({"type": "int_interval", "min": 1, "max": 10**400}, "hparams.x.max: must be within +-2**53 to stay exact"),
+    ({"type": "real_interval", "min": True, "max": 2}, "hparams.x.min: must be a number, but got bool True"),
 ])
 def test_bad_domain_is_rejected_with_its_path(hparam, expected):
     assert rejection(spec(hparams={"x": hparam})).startswith(expected)
