@@ -26,6 +26,7 @@ from sweeper.client import ApiError, Client, LeaseLostError, NotFoundError
 from sweeper.messages import FailReport
 from workers.agent import EXIT_SERVER_UNREACHABLE
 from workers.gpus import discover_gpus, select_gpus
+from workers.identity import ReservedId, reserve
 
 __all__ = ["ChildExit", "Supervisor", "run_workers"]
 
@@ -94,6 +95,7 @@ class Supervisor:
         self.max_backoff = max_backoff
         # A child that ran this long before dying was healthy: its crash does not count toward a crash loop.
         self.healthy_after = healthy_after
+        self._reserved: list[ReservedId] = []
         self.slots = [self._gpu_slot(gpu) for gpu in gpus] if gpus else \
             [self._cpu_slot(k) for k in range(cpu_workers)]
         self._lock = threading.RLock()
@@ -163,8 +165,8 @@ class Supervisor:
                 process.wait()
         with self._lock:
             self._reap()
-            if all(slot.ended for slot in self.slots):
-                self._cleanup()
+            # Every child is gone now (or was never started): the ids and state files are free.
+            self._cleanup()
 
     def forward(self, signum: int) -> None:
         """Pass a SIGTERM/SIGINT on to every child; from then on nothing is restarted."""
@@ -194,10 +196,15 @@ class Supervisor:
         # PCI bus order makes CUDA number GPUs as nvidia-smi does; CUDA's default (fastest first)
         # could pin a child to a different GPU than the index it was given.
         env = {"CUDA_VISIBLE_DEVICES": gpu, "CUDA_DEVICE_ORDER": "PCI_BUS_ID", "TF_FORCE_GPU_ALLOW_GROWTH": "true"}
-        return _Slot(worker_id=f"{self.host}-gpu{gpu}", gpu=gpu, env=env)
+        return _Slot(worker_id=self._reserve(f"{self.host}-gpu{gpu}"), gpu=gpu, env=env)
 
     def _cpu_slot(self, k: int) -> _Slot:
-        return _Slot(worker_id=f"{self.host}-cpu{k}", gpu=None, env={"CUDA_VISIBLE_DEVICES": "-1"})
+        return _Slot(worker_id=self._reserve(f"{self.host}-cpu{k}"), gpu=None, env={"CUDA_VISIBLE_DEVICES": "-1"})
+
+    def _reserve(self, base: str) -> str:
+        reserved = reserve(base)
+        self._reserved.append(reserved)
+        return reserved.worker_id
 
     def _state_file(self, slot: _Slot) -> Path:
         assert self._state_dir is not None
@@ -306,6 +313,9 @@ class Supervisor:
                            record.trial_id, error)
 
     def _cleanup(self) -> None:
+        for reserved in self._reserved:
+            reserved.release()
+        self._reserved.clear()
         if self._state_dir is not None:
             shutil.rmtree(self._state_dir, ignore_errors=True)
 

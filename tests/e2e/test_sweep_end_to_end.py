@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
-import sys
 
 import httpx
 import pytest
@@ -57,8 +57,8 @@ def test_sweep_over_rest_is_trained_by_workers_and_shown_in_tensorboard_hparams(
 
     # TensorBoard on that sweep's folder alone: its hparams plugin must show every trial exactly.
     tb_port = free_port()
-    processes.start("tensorboard", sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir / str(sweep_id)),
-                    "--port", str(tb_port), "--host", "127.0.0.1", "--reload_interval", "1")
+    processes.start("tensorboard", str(BIN / "sweeper"), "tensorboard", str(sweep_id), "--logdir", str(logdir),
+                    "--port", str(tb_port))
     board = f"http://127.0.0.1:{tb_port}/data/plugin/hparams"
 
     def experiment():
@@ -92,6 +92,56 @@ def test_sweep_over_rest_is_trained_by_workers_and_shown_in_tensorboard_hparams(
         objective = next(m for m in group["metricValues"] if m["name"]["tag"] == "val_accuracy"
                          and not m["name"].get("group"))
         assert objective["value"] == pytest.approx(trial["metrics"]["val_accuracy"], rel=1e-6)
+
+
+def sweeper_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    result = subprocess.run([str(BIN / "sweeper"), *args], capture_output=True, text=True, cwd=cwd, timeout=300,
+                            env={**os.environ, "COLUMNS": "200", "TF_CPP_MIN_LOG_LEVEL": "2"})
+    return result
+
+
+def test_cli_submit_waits_with_progress_and_status_shows_the_trials(tmp_path, processes):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    processes.start("server", str(BIN / "sweeper"), "serve", "--port", str(port),
+                    "--database-url", f"sqlite:///{tmp_path / 'sweeper.db'}", "--logdir", str(tmp_path / "runs"))
+    wait_until(lambda: httpx.get(f"{url}/healthz").status_code == 200, 60, "the server")
+    processes.start("worker", str(BIN / "sweeper"), "worker", "--server", url, "--gpus", "none")
+    spec = tmp_path / "grid.yaml"
+    spec.write_text("name: cli-grid\nmodel: cnn\ndataset: digits\nobjective: {metric: val_loss, goal: minimize}\n"
+                    "hparams:\n  filters: {type: discrete, values: [4, 8]}\n  learning_rate: 0.01\n"
+                    "search: {strategy: grid}\ntrain: {epochs: 1}\n")
+
+    submitted = sweeper_cli("submit", str(spec), "--server", url, "--wait", "--logdir", str(tmp_path / "runs"))
+    assert submitted.returncode == 0, submitted.stderr + processes.logs()
+    assert "Created sweep 1 cli-grid: 2 trials" in submitted.stdout
+    assert "2/2" in submitted.stdout and "best val_loss=" in submitted.stdout
+    assert "Sweep 1 cli-grid completed: 2/2 trials finished" in submitted.stdout
+    assert f"sweeper tensorboard 1 --logdir {tmp_path / 'runs'}" in submitted.stdout
+
+    listing = sweeper_cli("status", "--server", url)
+    assert listing.returncode == 0 and "cli-grid" in listing.stdout and "completed" in listing.stdout
+    trials = sweeper_cli("status", "1", "--server", url)
+    assert trials.returncode == 0, trials.stderr
+    rows = [line for line in trials.stdout.splitlines() if "completed" in line and "│" in line]
+    assert len(rows) == 2 and any(" 4 " in row for row in rows) and any(" 8 " in row for row in rows)
+    missing = sweeper_cli("status", "99", "--server", url)
+    assert missing.returncode == 1 and "sweep 99 not found" in missing.stderr
+
+
+def test_run_does_server_workers_and_sweep_in_one_command(tmp_path):
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text("name: tiny\nmodel: mlp\ndataset: digits\nobjective: {metric: val_accuracy}\n"
+                    "hparams:\n  units: {type: discrete, values: [8, 16]}\n"
+                    "  learning_rate: {type: real_interval, min: 0.001, max: 0.01, log: true}\n"
+                    "search: {strategy: random, max_trials: 2, seed: 0}\ntrain: {epochs: 1}\n")
+    result = sweeper_cli("run", str(spec), "--gpus", "none", "--database-url", "sqlite:///run.db",
+                         "--logdir", "runs", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Sweep 1 tiny completed: 2/2 trials finished (2 completed)" in result.stdout
+    assert "Best trial" in result.stdout and "Open TensorBoard: sweeper tensorboard 1 --logdir runs" in result.stdout
+    trial_folders = sorted(p.name for p in (tmp_path / "runs" / "1").iterdir() if p.is_dir())
+    assert trial_folders == ["1", "2"]
 
 
 def test_submit_with_a_broken_spec_names_the_file_and_line_and_creates_nothing(tmp_path):

@@ -11,6 +11,12 @@ import pytest
 from sweeper.client import Client
 
 
+@pytest.fixture(autouse=True)
+def own_worker_id_reservations(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test reserves worker ids in its own folder, so tests never see each other's supervisors."""
+    monkeypatch.setenv("SWEEPER_LOCK_DIR", str(tmp_path / "worker-ids"))
+
+
 @pytest.fixture
 def start_server(tmp_path: Path) -> Iterator[Callable[..., Any]]:
     """Start API servers in threads (port 0 unless given); all are stopped at teardown."""

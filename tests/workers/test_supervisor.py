@@ -17,6 +17,7 @@ import pytest
 
 from sweeper.client import Client
 from sweeper.messages import ClaimRequest
+from workers.identity import reserve
 from workers.supervisor import ChildExit, Supervisor
 from workers_testing import FAKE_CHILD, digits_spec
 
@@ -213,3 +214,34 @@ def test_real_agents_start_and_exit_when_idle(server: Any) -> None:
 
     assert supervisor.wait() == 0
     assert supervisor.exits == []
+
+
+def test_two_supervisors_on_one_host_never_share_a_worker_id(fake_child: list[str]) -> None:
+    first = Supervisor(NOWHERE, ["0"], cpu_workers=1, host="box", child_command=fake_child)
+    second = Supervisor(NOWHERE, ["0"], cpu_workers=1, host="box", child_command=fake_child)
+    assert first.worker_ids == ["box-gpu0"]
+    assert second.worker_ids == ["box-gpu0-2"]
+    first.stop(timeout=1)
+    second.stop(timeout=1)
+
+
+def test_a_restarted_supervisor_gets_the_same_worker_ids_back(fake_child: list[str]) -> None:
+    first = Supervisor(NOWHERE, [], cpu_workers=2, host="box", child_command=fake_child)
+    assert first.worker_ids == ["box-cpu0", "box-cpu1"]
+    first.stop(timeout=1)
+    again = Supervisor(NOWHERE, [], cpu_workers=2, host="box", child_command=fake_child)
+    assert again.worker_ids == ["box-cpu0", "box-cpu1"]
+    again.stop(timeout=1)
+
+
+def test_a_worker_id_reservation_ends_with_the_process_that_held_it(tmp_path: Path) -> None:
+    holder = subprocess.Popen([sys.executable, "-c", "import time; from workers.identity import reserve; "
+                               "r = reserve('box-cpu0'); print(r.worker_id, flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "box-cpu0"
+    taken = reserve("box-cpu0")
+    assert taken.worker_id == "box-cpu0-2"
+    taken.release()
+    holder.kill()
+    holder.wait()
+    assert reserve("box-cpu0").worker_id == "box-cpu0"
