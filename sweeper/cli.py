@@ -134,12 +134,15 @@ def run(
     except ValueError as error:
         raise _fail(str(error), code=2) from None
     server = start_in_thread(Settings(host="127.0.0.1", port=0, database_url=database_url, logdir=logdir))
-    supervisor = Supervisor(server.url, gpus=chosen, cpu_workers=cpu_workers)
+    worker_log = Path(logdir) / "workers.log"
+    # The workers write to a file: the terminal belongs to the progress bar.
+    supervisor = Supervisor(server.url, gpus=chosen, cpu_workers=cpu_workers, output=worker_log)
     try:
         with Client(server.url) as client:
             sweep = client.create_sweep(spec.to_json())
             where = f"{len(chosen)} GPU(s)" if chosen else f"{cpu_workers} CPU worker(s)"
-            console.print(f"Sweep {sweep['id']} {sweep['name']}: {sweep['total_trials']} trials on {where}")
+            console.print(f"Sweep {sweep['id']} {sweep['name']}: {sweep['total_trials']} trials on {where} "
+                          f"(worker log: {worker_log})")
             supervisor.start()
             sweep = _console.watch(client, sweep["id"], console)
             supervisor.stop()  # before the summary, so the workers' goodbyes do not follow it

@@ -81,7 +81,8 @@ class Supervisor:
 
     def __init__(self, server_url: str, gpus: list[str], cpu_workers: int = 1, host: str | None = None,
                  idle_exit: float | None = None, child_command: list[str] | None = None, max_restarts: int = 5,
-                 restart_backoff: float = 1.0, max_backoff: float = 60.0, healthy_after: float = 300.0):
+                 restart_backoff: float = 1.0, max_backoff: float = 60.0, healthy_after: float = 300.0,
+                 output: Path | None = None):
         if not gpus and cpu_workers < 1:
             raise ValueError(f"with no GPUs, `cpu_workers >= 1` must hold, but got {cpu_workers=}")
         if max_restarts < 0:
@@ -95,6 +96,8 @@ class Supervisor:
         self.max_backoff = max_backoff
         # A child that ran this long before dying was healthy: its crash does not count toward a crash loop.
         self.healthy_after = healthy_after
+        # Where the children's output goes: inherited by default; a file when a live display owns the terminal.
+        self.output = output
         self._reserved: list[ReservedId] = []
         self.slots = [self._gpu_slot(gpu) for gpu in gpus] if gpus else \
             [self._cpu_slot(k) for k in range(cpu_workers)]
@@ -220,7 +223,13 @@ class Supervisor:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **slot.env}
         # Its own process group: a terminal's Ctrl-C reaches only the supervisor, which forwards it once,
         # so one Ctrl-C means "finish the trial", not the "stop now" of a second signal.
-        slot.process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, process_group=0)
+        if self.output is not None:
+            self.output.parent.mkdir(parents=True, exist_ok=True)
+            with self.output.open("ab") as sink:
+                slot.process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=sink,
+                                                stderr=subprocess.STDOUT, process_group=0)
+        else:
+            slot.process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, process_group=0)
         slot.started_at = time.monotonic()
         slot.restart_at = None
         where = f"GPU {slot.gpu}" if slot.gpu is not None else "CPU"

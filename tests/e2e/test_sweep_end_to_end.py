@@ -142,6 +142,8 @@ def test_run_does_server_workers_and_sweep_in_one_command(tmp_path):
     assert "Best trial" in result.stdout and "Open TensorBoard: sweeper tensorboard 1 --logdir runs" in result.stdout
     trial_folders = sorted(p.name for p in (tmp_path / "runs" / "1").iterdir() if p.is_dir())
     assert trial_folders == ["1", "2"]
+    assert "workers.agent" not in result.stdout + result.stderr  # worker lines go to their log, not the bar
+    assert "trial 1 finished" in (tmp_path / "runs" / "workers.log").read_text()
 
 
 def test_submit_with_a_broken_spec_names_the_file_and_line_and_creates_nothing(tmp_path):
