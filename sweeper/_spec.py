@@ -17,6 +17,7 @@ from pydantic import (BaseModel, ConfigDict, Field, PositiveInt, TypeAdapter, Va
 from sweeper import _registry
 from sweeper._domains import DiscreteValue, Domain, Fixed, SearchDomain
 from sweeper._errors import SpecError
+from sweeper._schedule_params import check_schedule_hparams
 
 Name = Annotated[str, Field(min_length=1, max_length=200)]
 HParamName = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z_][A-Za-z0-9_.\-]*$")]
@@ -70,9 +71,10 @@ class SweepSpec(_Strict):
     @field_validator("dataset")
     @classmethod
     def _registered_dataset(cls, name: str) -> str:
-        if name not in _registry.datasets:
-            raise ValueError(
-                f"unknown dataset {name!r}; registered datasets: {', '.join(_registry.datasets.names())}")
+        # The registry knows built-in names and the rules for file paths under the data root.
+        problem = _registry.datasets.explain(name)
+        if problem is not None:
+            raise ValueError(problem)
         return name
 
     @field_validator("hparams", mode="after")
@@ -132,6 +134,8 @@ def parse_spec(data: Any, source: str | None = None) -> SweepSpec:
             problems.append((loc, _rule(e)))
         problems = _dedupe(problems)
         raise SpecError(problems, source) from None
+    # Learning-rate schedule parameters are checked against the whole space, with their own paths.
+    problems += check_schedule_hparams(spec.search_space())
     if problems:
         raise SpecError(problems, source)
     return spec

@@ -29,6 +29,8 @@ Logdir = Annotated[str, typer.Option(envvar="SWEEPER_LOGDIR", help="Folder of th
 DatabaseUrl = Annotated[str, typer.Option(envvar="SWEEPER_DATABASE_URL", help="SQLAlchemy database URL.")]
 Gpus = Annotated[str, typer.Option(help="GPUs to use: all, none, or indices like 0,2.")]
 CpuWorkers = Annotated[int, typer.Option(min=1, help="CPU worker processes when no GPU is used.")]
+DataRoot = Annotated[Path, typer.Option(envvar="SWEEPER_DATA_ROOT",
+                                        help="Folder that file datasets (npz:PATH, images:PATH) are read from.")]
 DEFAULT_SERVER = "http://127.0.0.1:8000"
 
 
@@ -63,12 +65,13 @@ def worker(
     server: Server = DEFAULT_SERVER,
     gpus: Gpus = "all",
     cpu_workers: CpuWorkers = 1,
+    data_root: DataRoot = Path("data"),
 ) -> None:
     """Start one worker process per GPU (or CPU workers when there is none)."""
     from workers.supervisor import run_workers
 
     try:
-        raise typer.Exit(run_workers(server=server, gpus=gpus, cpu_workers=cpu_workers))
+        raise typer.Exit(run_workers(server=server, gpus=gpus, cpu_workers=cpu_workers, data_root=data_root))
     except ValueError as error:
         raise _fail(str(error), code=2) from None
 
@@ -120,6 +123,7 @@ def run(
     logdir: Logdir = "runs",
     gpus: Gpus = "all",
     cpu_workers: CpuWorkers = 1,
+    data_root: DataRoot = Path("data"),
 ) -> None:
     """Server, workers and sweep in one command on this machine, ending with the best trial."""
     from api.server import start_in_thread
@@ -136,7 +140,8 @@ def run(
     server = start_in_thread(Settings(host="127.0.0.1", port=0, database_url=database_url, logdir=logdir))
     worker_log = Path(logdir) / "workers.log"
     # The workers write to a file: the terminal belongs to the progress bar.
-    supervisor = Supervisor(server.url, gpus=chosen, cpu_workers=cpu_workers, output=worker_log)
+    supervisor = Supervisor(server.url, gpus=chosen, cpu_workers=cpu_workers, output=worker_log,
+                            data_root=data_root)
     try:
         with Client(server.url) as client:
             sweep = client.create_sweep(spec.to_json())

@@ -120,7 +120,8 @@ class Agent:
     def __init__(self, client: Client, worker_id: str, host: str, gpu: str | None = None, poll_interval: float = 1.0,
                  heartbeat_interval: float = 10.0, idle_exit: float | None = None,
                  state_file: str | Path | None = None, parent_pid: int | None = None,
-                 run_trial: Callable[[Assignment, EpochCallback], TrialResult] | None = None):
+                 run_trial: Callable[[Assignment, EpochCallback], TrialResult] | None = None,
+                 data_root: Path | None = None):
         if poll_interval <= 0 or heartbeat_interval <= 0:
             raise ValueError(f"intervals must be > 0, but got {poll_interval=}, {heartbeat_interval=}")
         self.client = client
@@ -136,6 +137,8 @@ class Agent:
         self.parent_pid = parent_pid
         # The trainer; by default sweeper's Keras runner, imported (with TensorFlow) on the first trial.
         self._run_trial_fn = run_trial
+        # Where file datasets (npz:..., images:...) are read from; the operator's choice, never a request's.
+        self.data_root = data_root
         self.trials_run = 0
         self._draining = threading.Event()
         self._halting = threading.Event()
@@ -246,7 +249,7 @@ class Agent:
             # Imported here, not at module level: the agent answers --help and idles without TensorFlow.
             from sweeper.training import devices, runner
             devices.enable_memory_growth()
-            self._run_trial_fn = runner.run_trial
+            self._run_trial_fn = functools.partial(runner.run_trial, data_root=self.data_root)
         return self._run_trial_fn
 
     # -- reporting ---------------------------------------------------------------------------------
@@ -313,6 +316,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--gpu", default=None, help="the GPU index this worker is pinned to (a label only)")
     parser.add_argument("--idle-exit", type=float, default=None, metavar="S",
                         help="exit after S seconds without work (default: never)")
+    parser.add_argument("--data-root", type=Path, default=None,
+                        help="folder that file datasets (npz:, images:) are read from (default: ./data)")
     parser.add_argument("--poll-interval", type=float, default=1.0, metavar="S")
     parser.add_argument("--heartbeat-interval", type=float, default=10.0, metavar="S")
     parser.add_argument("--retries", type=int, default=8, metavar="N",
@@ -349,7 +354,8 @@ def main(argv: list[str] | None = None) -> int:
     with Client(args.server, retries=args.retries) as client:
         agent = Agent(client, args.worker_id, args.host, gpu=args.gpu, poll_interval=args.poll_interval,
                       heartbeat_interval=args.heartbeat_interval, idle_exit=args.idle_exit,
-                      state_file=args.state_file, parent_pid=os.getppid() if args.exit_with_parent else None)
+                      state_file=args.state_file, parent_pid=os.getppid() if args.exit_with_parent else None,
+                      data_root=args.data_root)
         _install_signal_handlers(agent)
         try:
             agent.run()

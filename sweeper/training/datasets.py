@@ -1,18 +1,30 @@
-"""Built-in datasets and the per-process dataset cache.
+"""Built-in datasets, file datasets under the operator's data root, and the per-process dataset cache.
 
 A dataset builder takes no arguments and returns a `Dataset`: all examples as numpy arrays, already
 shuffled, plus what a model builder needs to know about them. The runner splits off validation data.
+File datasets are named `npz:<path>` or `images:<folder>`, a path relative to the data root; a request
+can name files there and nowhere else.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from sweeper import _registry
+from sweeper._errors import SweeperError
 
 _SHUFFLE_SEED = 0
+DEFAULT_DATA_ROOT = Path("data")
+IMAGE_SIZE = (64, 64)
+"""(height, width) every image of an `images:` dataset is resized to."""
+
+
+class DatasetError(SweeperError, ValueError):
+    """A dataset cannot be loaded: a path outside the data root, a missing file, or malformed contents."""
 
 
 @dataclass(frozen=True)
@@ -30,6 +42,13 @@ class Dataset:
     info: DatasetInfo
 
 
+def _shuffled(x: np.ndarray, y: np.ndarray, num_classes: int) -> Dataset:
+    # Shuffled once with a fixed seed: bundled data are ordered (by writer, by class), and the
+    # validation split is the last part of the data, so every trial must see the same, well-mixed split.
+    order = np.random.default_rng(_SHUFFLE_SEED).permutation(len(x))
+    return Dataset(x=x[order], y=y[order], info=DatasetInfo(input_shape=tuple(x.shape[1:]), num_classes=num_classes))
+
+
 def load_digits() -> Dataset:
     """scikit-learn's bundled 8x8 handwritten digits (1,797 images, 10 classes); nothing is downloaded."""
     from sklearn import datasets as sk_datasets
@@ -38,20 +57,149 @@ def load_digits() -> Dataset:
     # Pixels are integers 0..16 in this dataset.
     x = (digits.images / 16.0).astype("float32")[..., np.newaxis]
     y = digits.target.astype("int64")
-    # Shuffled once with a fixed seed: the data are ordered by writer, and the validation split is
-    # the last part of the data, so every trial must see the same, well-mixed split.
-    order = np.random.default_rng(_SHUFFLE_SEED).permutation(len(x))
-    return Dataset(x=x[order], y=y[order], info=DatasetInfo(input_shape=x.shape[1:], num_classes=10))
+    return _shuffled(x, y, num_classes=10)
 
 
-_cache: dict[str, Dataset] = {}
+def _load_tabular(loader_name: str) -> Dataset:
+    from sklearn import datasets as sk_datasets
+
+    bunch = getattr(sk_datasets, loader_name)()
+    x = np.asarray(bunch.data, dtype="float64")
+    # Features differ in scale by orders of magnitude (wine's proline is ~1000, its hue ~1), which
+    # stalls plain SGD; standardising on the whole dataset is what a tabular baseline expects.
+    std = x.std(axis=0)
+    x = (x - x.mean(axis=0)) / np.where(std > 0, std, 1.0)
+    y = np.asarray(bunch.target, dtype="int64")
+    return _shuffled(x.astype("float32"), y, num_classes=len(bunch.target_names))
 
 
-def load_dataset(name: str) -> Dataset:
-    """The registered dataset `name`, loaded once per process: a worker's later trials reuse it."""
-    if name not in _cache:
-        dataset = _registry.datasets.get(name)()
-        if not isinstance(dataset, Dataset):
-            raise TypeError(f"dataset builder {name!r} must return a Dataset, but returned {type(dataset).__name__}")
-        _cache[name] = dataset
-    return _cache[name]
+def load_iris() -> Dataset:
+    """scikit-learn's bundled iris: 150 examples, 4 standardised features, 3 classes."""
+    return _load_tabular("load_iris")
+
+
+def load_wine() -> Dataset:
+    """scikit-learn's bundled wine: 178 examples, 13 standardised features, 3 classes."""
+    return _load_tabular("load_wine")
+
+
+def load_breast_cancer() -> Dataset:
+    """scikit-learn's bundled breast cancer (Wisconsin): 569 examples, 30 standardised features, 2 classes."""
+    return _load_tabular("load_breast_cancer")
+
+
+def resolve_data_path(data_root: Path, relative: str, name: str | None = None) -> Path:
+    """The real path of `relative` under `data_root`, refusing anything that would leave the root.
+
+    `name` (e.g. 'npz:train.npz') is what error messages quote; it defaults to `relative`. Messages
+    never show the absolute path, since they reach whoever submitted the sweep.
+    """
+    shown = name if name is not None else relative
+    problem = _registry.data_path_problem(relative)
+    if problem is not None:
+        raise DatasetError(f"dataset path {shown!r} {problem}")
+    root = data_root.resolve()
+    if not root.is_dir():
+        raise DatasetError(f"the worker's data root is not a folder (check its data_root setting); "
+                           f"cannot load dataset {shown!r}")
+    try:
+        # Resolving follows every symlink, so a link inside the root that points outside it is caught here.
+        path = (root / relative).resolve()
+    except (OSError, RuntimeError):  # a symlink loop
+        raise DatasetError(f"dataset path {shown!r} cannot be resolved (a symlink loop?)") from None
+    if not path.is_relative_to(root):
+        raise DatasetError(f"dataset path {shown!r} must stay inside the data root; it links to outside it")
+    if not path.exists():
+        raise DatasetError(f"{relative!r} does not exist under the data root (dataset {shown!r})")
+    return path
+
+
+def load_npz(path: Path) -> Dataset:
+    """An .npz file with arrays `x` (examples) and `y` (integer labels 0..k-1); shuffled like the built-ins.
+
+    Features become float32 as they are (no scaling: the file's author chose its preprocessing).
+    """
+    if not path.is_file():
+        raise DatasetError("an npz dataset must be a file")
+    try:
+        # No pickles: an object array in a file would be code run on the worker.
+        with np.load(path, allow_pickle=False) as arrays:
+            missing = [key for key in ("x", "y") if key not in arrays.files]
+            if missing:
+                raise DatasetError(f"an npz dataset needs arrays 'x' and 'y', but {', '.join(missing)} "
+                                   f"is missing (found: {', '.join(arrays.files) or 'none'})")
+            x, y = arrays["x"], arrays["y"]
+    except DatasetError:
+        raise
+    except (OSError, ValueError) as error:
+        raise DatasetError(f"not a readable .npz file without pickled objects ({error})") from None
+    if len(x) == 0 or len(x) != len(y) or y.ndim != 1:
+        raise DatasetError(f"an npz dataset needs as many labels as examples, at least one, and y one-dimensional; "
+                           f"got x {x.shape} and y {y.shape}")
+    if not np.issubdtype(x.dtype, np.number) or x.dtype.kind == "c":
+        raise DatasetError(f"x must hold real numbers, but its dtype is {x.dtype}")
+    if not (np.issubdtype(y.dtype, np.number) and np.all(np.mod(y, 1) == 0) and y.min() >= 0):
+        raise DatasetError("y must hold class labels as whole numbers 0, 1, ..., num_classes - 1")
+    y = y.astype("int64")
+    return _shuffled(x.astype("float32"), y, num_classes=int(y.max()) + 1)
+
+
+def load_image_folder(path: Path) -> Dataset:
+    """A folder with one sub-folder of images per class, resized to IMAGE_SIZE, RGB, scaled to [0, 1].
+
+    Class indices follow the sub-folders' sorted names. All images are read into memory as numpy
+    arrays, because the runner trains on arrays today.
+    """
+    if not path.is_dir():
+        raise DatasetError("an images dataset must be a folder with one sub-folder per class")
+    import keras
+
+    try:
+        # Keras shuffles with a fixed seed here; the order is then fixed like the built-ins'.
+        images = keras.utils.image_dataset_from_directory(
+            path, labels="inferred", label_mode="int", color_mode="rgb", image_size=IMAGE_SIZE,
+            batch_size=256, shuffle=True, seed=_SHUFFLE_SEED, verbose=False)
+    except ValueError as error:
+        raise DatasetError(f"cannot read the image folder ({error})") from None
+    batches: list[tuple[Any, Any]] = [(np.asarray(x), np.asarray(y)) for x, y in images.as_numpy_iterator()]
+    if not batches:
+        raise DatasetError("the image folder holds no images (supported: .bmp, .gif, .jpeg, .jpg, .png)")
+    x = np.concatenate([b[0] for b in batches]).astype("float32") / 255.0
+    y = np.concatenate([b[1] for b in batches]).astype("int64")
+    return Dataset(x=x, y=y, info=DatasetInfo(input_shape=tuple(x.shape[1:]), num_classes=len(images.class_names)))
+
+
+_cache: dict[tuple[str, Path | None], Dataset] = {}
+
+
+def load_dataset(name: str, data_root: Path | None = None) -> Dataset:
+    """The dataset `name`, loaded once per process: a worker's later trials reuse it.
+
+    Registered names call their builder; `<format>:<path>` names load a file under `data_root`
+    (default ./data). Files are read once per process: changes on disk show in a new worker process.
+    """
+    registry = _registry.datasets
+    split = registry.split_file_name(name) if isinstance(registry, _registry.DatasetRegistry) else None
+    if split is None:
+        key: tuple[str, Path | None] = (name, None)
+        if key not in _cache:
+            _cache[key] = _checked(name, registry.get(name)())
+        return _cache[key]
+
+    prefix, relative = split
+    root = data_root if data_root is not None else DEFAULT_DATA_ROOT
+    key = (name, root.resolve())
+    if key not in _cache:
+        path = resolve_data_path(root, relative, name)
+        try:
+            dataset = registry.get_format(prefix)(path)
+        except DatasetError as error:
+            raise DatasetError(f"dataset {name!r}: {error}") from None
+        _cache[key] = _checked(name, dataset)
+    return _cache[key]
+
+
+def _checked(name: str, dataset: object) -> Dataset:
+    if not isinstance(dataset, Dataset):
+        raise TypeError(f"dataset builder {name!r} must return a Dataset, but returned {type(dataset).__name__}")
+    return dataset

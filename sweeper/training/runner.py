@@ -19,7 +19,7 @@ from sweeper import _registry
 from sweeper.hparams_log import TrialSession
 from sweeper.messages import Assignment
 from sweeper.training.datasets import Dataset, load_dataset
-from sweeper.training.schedules import build_learning_rate, build_optimizer
+from sweeper.training.schedules import build_learning_rate, build_optimizer, schedule_callbacks
 
 EpochCallback = Callable[[int, dict[str, float]], str]
 """Called with (epoch index from 0, metrics); answers "continue", "stop" or "prune"."""
@@ -36,10 +36,11 @@ class TrialResult:
     """True when `on_epoch_end` answered "stop" or "prune"."""
 
 
-def run_trial(assignment: Assignment, on_epoch_end: EpochCallback) -> TrialResult:
+def run_trial(assignment: Assignment, on_epoch_end: EpochCallback, data_root: Path | None = None) -> TrialResult:
     """Train the assignment's model; log train/ and validation/ scalars and the HParams session.
 
-    Any exception ends the HParams session as FAILURE and propagates, so the worker can report it.
+    File datasets (npz:..., images:...) are read under `data_root` (default ./data). Any exception
+    ends the HParams session as FAILURE and propagates, so the worker can report it.
     """
     hparams = assignment.hparams
     _remove_earlier_attempts(Path(assignment.logdir))
@@ -47,7 +48,7 @@ def run_trial(assignment: Assignment, on_epoch_end: EpochCallback) -> TrialResul
         with TrialSession(assignment.logdir, assignment.trial_id, hparams) as session:
             if "seed" in hparams:
                 keras.utils.set_random_seed(int(hparams["seed"]))
-            dataset = load_dataset(assignment.dataset)
+            dataset = load_dataset(assignment.dataset, data_root)
             (x_train, y_train), validation = _split(dataset, assignment.train.validation_split)
             batch_size = int(hparams.get("batch_size", assignment.train.batch_size))
             if batch_size < 1:
@@ -62,7 +63,8 @@ def run_trial(assignment: Assignment, on_epoch_end: EpochCallback) -> TrialResul
 
             reporter = _EpochReporter(on_epoch_end, assignment.objective.metric)
             model.fit(x_train, y_train, validation_data=validation, batch_size=batch_size, epochs=epochs,
-                      shuffle=True, verbose=0, callbacks=[_LiveTensorBoard(assignment.logdir), reporter])
+                      shuffle=True, verbose=0,
+                      callbacks=[*schedule_callbacks(hparams), _LiveTensorBoard(assignment.logdir), reporter])
 
             metrics = reporter.last_metrics
             _require_objective(assignment.objective.metric, metrics)

@@ -146,6 +146,22 @@ def test_run_does_server_workers_and_sweep_in_one_command(tmp_path):
     assert "trial 1 finished" in (tmp_path / "runs" / "workers.log").read_text()
 
 
+def test_run_trains_on_an_npz_file_under_the_data_root(tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 4)).astype("float32")
+    (tmp_path / "lab" / "sets").mkdir(parents=True)
+    np.savez(tmp_path / "lab" / "sets" / "blobs.npz", x=x, y=(x[:, 0] > 0).astype("int64"))
+    spec = tmp_path / "npz.yaml"
+    spec.write_text("name: blobs\nmodel: mlp\ndataset: npz:sets/blobs.npz\nobjective: {metric: val_accuracy}\n"
+                    "hparams:\n  units: {type: discrete, values: [8]}\nsearch: {strategy: grid}\ntrain: {epochs: 2}\n")
+    result = sweeper_cli("run", str(spec), "--gpus", "none", "--database-url", "sqlite:///run.db",
+                         "--logdir", "runs", "--data-root", "lab", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Sweep 1 blobs completed: 1/1 trials finished (1 completed)" in result.stdout
+
+
 def test_submit_with_a_broken_spec_names_the_file_and_line_and_creates_nothing(tmp_path):
     spec = tmp_path / "broken.yaml"
     spec.write_text("name: x\nmodel: mlp\nhparams:\n  units: {type: discrete, values: [1, 2\n")

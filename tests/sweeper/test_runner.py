@@ -149,6 +149,22 @@ def test_logged_learning_rate_follows_the_schedule_at_each_epochs_end(
     assert result.metrics["learning_rate"] == pytest.approx(expected[-1], rel=1e-5, abs=1e-8)
 
 
+def test_logged_learning_rate_warms_up_then_follows_the_cosine(tmp_path: Path) -> None:
+    run_trial(_assignment(tmp_path, lr_schedule="cosine", warmup_epochs=1), _Recorder())
+
+    def warmup_then_cosine(step: int) -> float:
+        warmup, decay = STEPS_PER_EPOCH, (EPOCHS - 1) * STEPS_PER_EPOCH
+        if step < warmup:
+            return 0.01 * step / warmup
+        return 0.01 * 0.5 * (1 + math.cos(math.pi * min(step - warmup, decay) / decay))
+
+    logged = _scalars(tmp_path / "7" / "train")["epoch_learning_rate"]
+    # Logged after each epoch: the end of the warmup (the full rate), halfway down the cosine, its end.
+    expected = [warmup_then_cosine(STEPS_PER_EPOCH * (epoch + 1)) for epoch in range(EPOCHS)]
+    assert expected == pytest.approx([0.01, 0.005, 0.0], abs=1e-12)
+    assert [value for _, value in logged] == pytest.approx(expected, rel=1e-5, abs=1e-8)
+
+
 def test_trial_folder_holds_session_start_objective_and_success(finished_trial: Any) -> None:
     sweep_dir, result, _ = finished_trial
 

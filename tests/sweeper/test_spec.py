@@ -146,3 +146,13 @@ def test_importing_sweeper_loads_no_tensorflow_fastapi_or_sqlalchemy():
             "heavy = [m for m in ('tensorflow', 'fastapi', 'sqlalchemy') if m in sys.modules]\n"
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize(("hparams", "expected"), [
+    ({"lr_schedule": "warp"}, "hparams.lr_schedule: unknown lr_schedule 'warp'; known schedules: constant"),
+    ({"lr_schedule": {"type": "discrete", "values": ["cosine", "nope"]}}, "hparams.lr_schedule: unknown lr_schedule 'nope'"),
+    ({"lr_decay_factor": {"type": "real_interval", "min": 0.5, "max": 2.0}},
+     "hparams.lr_decay_factor: lr_decay_factor must be in (0, 1], but the interval's max is 2.0"),
+])
+def test_learning_rate_schedule_parameters_are_checked_at_submit_time(hparams, expected):
+    assert rejection(spec(hparams=hparams)).startswith(expected)
