@@ -39,14 +39,7 @@ class Registry:
         return f"unknown {self.kind} {name!r}; registered {self.kind}s: {', '.join(self.names())}"
 
     def get(self, name: str) -> Callable[..., Any]:
-        try:
-            builder = self._entries[name]
-        except KeyError:
-            raise KeyError(f"unknown {self.kind} {name!r}; registered: {', '.join(self.names())}") from None
-        if isinstance(builder, str):
-            builder = _resolve(builder)
-            self._entries[name] = builder
-        return builder
+        return _load(self._entries, name, self.kind)
 
 
 class DatasetRegistry(Registry):
@@ -86,23 +79,25 @@ class DatasetRegistry(Registry):
     def explain(self, name: str) -> str | None:
         split = self.split_file_name(name)
         if split is None:
-            if name in self._entries:
-                return None
+            unknown = super().explain(name)
             files = " or ".join(f"{prefix}:<path>" for prefix in self.formats())
-            return (f"unknown dataset {name!r}; registered datasets: {', '.join(self.names())}"
-                    + (f"; or a file under the data root as {files}" if files else ""))
+            return unknown if unknown is None or not files else f"{unknown}; or a file under the data root as {files}"
         problem = data_path_problem(split[1])
         return None if problem is None else f"dataset path {name!r} {problem}"
 
     def get_format(self, prefix: str) -> Callable[..., Any]:
-        try:
-            loader = self._formats[prefix]
-        except KeyError:
-            raise KeyError(f"unknown dataset format {prefix!r}; registered: {', '.join(self.formats())}") from None
-        if isinstance(loader, str):
-            loader = _resolve(loader)
-            self._formats[prefix] = loader
-        return loader
+        return _load(self._formats, prefix, "dataset format")
+
+
+def _load(entries: dict[str, str | Callable[..., Any]], name: str, kind: str) -> Callable[..., Any]:
+    """The callable registered as `name`, importing a 'module:attribute' reference on first use."""
+    try:
+        entry = entries[name]
+    except KeyError:
+        raise KeyError(f"unknown {kind} {name!r}; registered: {', '.join(sorted(entries))}") from None
+    if isinstance(entry, str):
+        entry = entries[name] = _resolve(entry)
+    return entry
 
 
 def data_path_problem(relative: str) -> str | None:
