@@ -105,15 +105,6 @@ class Client:
         params = {key: value for key, value in (("limit", limit), ("offset", offset)) if value is not None}
         return self._request("GET", f"/sweeps/{sweep_id}/trials", params=params or None).json()
 
-    def cancel_sweep(self, sweep_id: int) -> dict[str, Any]:
-        return self._request("POST", f"/sweeps/{sweep_id}/cancel").json()
-
-    def pause_sweep(self, sweep_id: int) -> dict[str, Any]:
-        return self._request("POST", f"/sweeps/{sweep_id}/pause").json()
-
-    def resume_sweep(self, sweep_id: int) -> dict[str, Any]:
-        return self._request("POST", f"/sweeps/{sweep_id}/resume").json()
-
     def get_trial(self, trial_id: int) -> dict[str, Any]:
         return self._request("GET", f"/trials/{trial_id}").json()
 
