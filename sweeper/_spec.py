@@ -32,7 +32,10 @@ class _Strict(BaseModel):
 
 class Objective(_Strict):
     metric: Name
+    """Any metric the trial logs per epoch: loss, val_loss, a `train.metrics` name or its val_ form, learning_rate."""
     goal: Literal["maximize", "minimize"] = "maximize"
+    epoch: Literal["last", "best"] = "last"
+    """Which epoch's value is the trial's objective: the last one trained, or the best by `goal`."""
 
     def better(self, a: float, b: float) -> bool:
         """True when objective value `a` beats `b`."""
@@ -46,10 +49,52 @@ class SearchSettings(_Strict):
     grid_points: int = Field(default=2, ge=2, le=1000)
 
 
+LOSSES = ("sparse_categorical_crossentropy", "categorical_crossentropy", "categorical_focal_crossentropy",
+          "kl_divergence", "poisson")
+"""Keras losses that fit a softmax classifier over integer labels (categorical ones get one-hot labels)."""
+
+METRICS = ("accuracy", "sparse_categorical_accuracy", "sparse_top_k_categorical_accuracy",
+           "sparse_categorical_crossentropy", "auc", "precision", "recall")
+"""Keras metrics a spec may ask for, by the name they are logged under (val_<name> for validation)."""
+
+
+class EarlyStopping(_Strict):
+    """Keras's EarlyStopping: stop when `monitor` has not improved by `min_delta` for `patience` epochs."""
+
+    patience: int = Field(ge=0, le=100_000)
+    monitor: Name = "val_loss"
+    min_delta: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
+    restore_best_weights: bool = False
+
+
 class TrainSettings(_Strict):
     epochs: PositiveInt = Field(default=10, le=100_000)
     batch_size: PositiveInt = 32
     validation_split: float = Field(default=0.2, gt=0.0, lt=1.0)
+    loss: Literal[LOSSES] = "sparse_categorical_crossentropy"  # type: ignore[valid-type]
+    metrics: list[Literal[METRICS]] = Field(default=["accuracy"], max_length=len(METRICS))  # type: ignore[valid-type]
+    class_weight: dict[Annotated[int, Field(ge=0)], Annotated[float, Field(ge=0.0, allow_inf_nan=False)]] \
+        | Literal["balanced"] | None = None
+    """Per-class loss weights: a mapping {class index: weight}, or "balanced" (n / (k * count), as in scikit-learn)."""
+    early_stopping: EarlyStopping | None = None
+    seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
+    """Seeds Python, NumPy and TensorFlow: the same hparams and seed give the same metrics on CPU."""
+    mixed_precision: bool = False
+    """Train in float16 with float32 variables (Keras "mixed_float16"); worth it on GPUs with tensor cores."""
+    jit_compile: bool = False
+    """Compile the training step with XLA."""
+
+    @field_validator("metrics")
+    @classmethod
+    def _distinct_metrics(cls, metrics: list[str]) -> list[str]:
+        if len(set(metrics)) != len(metrics):
+            raise ValueError("metrics must not repeat")
+        return metrics
+
+    def metric_names(self) -> list[str]:
+        """Every per-epoch value a trial logs under these settings, as Keras names them."""
+        names = ["loss", *self.metrics]
+        return [*names, *(f"val_{name}" for name in names), "learning_rate"]
 
 
 class SweepSpec(_Strict):
@@ -136,9 +181,21 @@ def parse_spec(data: Any, source: str | None = None) -> SweepSpec:
         raise SpecError(problems, source) from None
     # Learning-rate schedule parameters are checked against the whole space, with their own paths.
     problems += check_schedule_hparams(spec.search_space())
+    problems += _check_metric_names(spec)
     if problems:
         raise SpecError(problems, source)
     return spec
+
+
+def _check_metric_names(spec: SweepSpec) -> list[tuple[tuple[str | int, ...], str]]:
+    # The objective and early stopping can only watch what the trial logs, known before any training.
+    logged = spec.train.metric_names()
+    watched = [(("objective", "metric"), spec.objective.metric)]
+    if spec.train.early_stopping is not None:
+        watched.append((("train", "early_stopping", "monitor"), spec.train.early_stopping.monitor))
+    return [(path, f"{name!r} is not a metric the trial logs; with train.metrics {spec.train.metrics} "
+                   f"it logs: {', '.join(logged)}")
+            for path, name in watched if name not in logged]
 
 
 def load_spec(path: str | Path) -> SweepSpec:

@@ -60,6 +60,8 @@ class Assignment(_Message):
     train: TrainSettings
     logdir: str
     """The trial's own TensorBoard folder: <server logdir>/<sweep_id>/<trial_id>."""
+    log_scaled: list[str] = []
+    """Hparams searched on a log scale; the TensorBoard session also gets `log10_<name>` for each."""
     lease_expires_at: datetime
 
 

@@ -8,6 +8,9 @@ can name files there and nowhere else.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +43,37 @@ class Dataset:
     y: np.ndarray
     """Integer class labels in [0, num_classes)."""
     info: DatasetInfo
+
+
+@dataclass(frozen=True)
+class DataSplits:
+    """A dataset that brings its own train/validation split, as a plugin's dataset function may return.
+
+    Each part is a `tf.data.Dataset` of (features, label) pairs, unbatched, or an (x, y) pair of arrays.
+    """
+
+    train: Any
+    validation: Any
+    info: DatasetInfo
+
+
+_data_root: ContextVar[Path | None] = ContextVar("sweeper_data_root", default=None)
+
+
+def current_data_root() -> Path:
+    """The data root of the trial being built (default ./data): model builders resolve files under it."""
+    root = _data_root.get()
+    return root if root is not None else DEFAULT_DATA_ROOT
+
+
+@contextmanager
+def using_data_root(root: Path | None) -> Iterator[None]:
+    """Within the block, `current_data_root()` is `root` (or the default when None)."""
+    token = _data_root.set(root)
+    try:
+        yield
+    finally:
+        _data_root.reset(token)
 
 
 def _shuffled(x: np.ndarray, y: np.ndarray, num_classes: int) -> Dataset:
