@@ -65,7 +65,7 @@ class PlanCache:
     spec and rebuilding the strategy on every claim.
     """
 
-    def __init__(self, size: int = 256):
+    def __init__(self, size: int = 4096):
         self._size = size
         self._plans: OrderedDict[int, SweepPlan] = OrderedDict()
         self._lock = threading.Lock()
@@ -102,6 +102,8 @@ class SweepSummary:
     sweep: SweepRow
     trial_counts: dict[TrialState, int]
     best_trial: TrialRow | None
+    space_size: int | None
+    """Distinct configurations in the search space (the grid's size); None when intervals make it endless."""
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,7 @@ class Claimed:
 
     trial: TrialRow
     sweep: SweepRow
+    plan: SweepPlan
 
 
 @dataclass(frozen=True)
@@ -149,7 +152,7 @@ class Repository:
             self._plans.put(sweep.id, SweepPlan(spec, strategy))
             if on_created is not None:
                 on_created(sweep.id)
-        return SweepSummary(sweep, dict.fromkeys(TrialState, 0), None)
+        return SweepSummary(sweep, dict.fromkeys(TrialState, 0), None, strategy.size)
 
     def list_sweeps(self, *, limit: int, offset: int) -> tuple[list[SweepSummary], int]:
         """A page of sweeps, newest first, and how many there are in all."""
@@ -158,12 +161,14 @@ class Repository:
             sweeps = list(self._session.scalars(
                 select(SweepRow).order_by(SweepRow.id.desc()).limit(limit).offset(offset)))
             counts = self._trial_counts([sweep.id for sweep in sweeps])
-            return [SweepSummary(sweep, counts[sweep.id], self._best_trial(sweep)) for sweep in sweeps], count
+            return [SweepSummary(sweep, counts[sweep.id], self._best_trial(sweep), self._space_size(sweep))
+                    for sweep in sweeps], count
 
     def get_sweep(self, sweep_id: int) -> SweepSummary:
         with self._session.begin():
             sweep = self._sweep(sweep_id)
-            return SweepSummary(sweep, self._trial_counts([sweep.id])[sweep.id], self._best_trial(sweep))
+            return SweepSummary(sweep, self._trial_counts([sweep.id])[sweep.id], self._best_trial(sweep),
+                                self._space_size(sweep))
 
     def list_trials(self, sweep_id: int, *, limit: int, offset: int) -> tuple[list[TrialRow], int]:
         """A page of a sweep's trials in the order they were generated, and how many there are."""
@@ -201,7 +206,7 @@ class Repository:
                 .order_by(TrialRow.id).limit(1)).first()
             if held is not None:
                 held.lease_expires_at = now + self._policy.lease
-                return Claimed(held, self._sweep(held.sweep_id))
+                return self._claimed(held)
             trial = self._next_pending_trial() or self._generate_next_trial(now)
             if trial is None:
                 return None
@@ -211,7 +216,7 @@ class Repository:
             trial.started_at = now
             trial.lease_expires_at = now + self._policy.lease
             self._session.flush()
-            return Claimed(trial, self._sweep(trial.sweep_id))
+            return self._claimed(trial)
 
     def heartbeat(self, trial_id: int, request: HeartbeatRequest) -> Directive:
         """Extend the worker's lease on its trial."""
@@ -261,6 +266,14 @@ class Repository:
             return trial
 
     # -- helpers (inside a transaction) ------------------------------------------------------------
+
+    def _space_size(self, sweep: SweepRow) -> int | None:
+        # Derived from the spec, never stored: the plan cache parses each sweep's spec once per process.
+        return self._plans.get(sweep).strategy.size
+
+    def _claimed(self, trial: TrialRow) -> Claimed:
+        sweep = self._sweep(trial.sweep_id)
+        return Claimed(trial, sweep, self._plans.get(sweep))
 
     def _sweep(self, sweep_id: int) -> SweepRow:
         sweep = self._session.get(SweepRow, sweep_id) if _is_row_id(sweep_id) else None

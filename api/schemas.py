@@ -64,6 +64,10 @@ class SweepPublic(BaseModel):
     spec: dict[str, Any]
     """The normalised spec, defaults filled in."""
     total_trials: int
+    """How many trials the sweep runs: the space's size, or search.max_trials where that is smaller."""
+    space_size: int | None
+    """Distinct configurations in the search space (for grid search, the grid's size); null when intervals
+    are sampled and the space is endless."""
     created_at: datetime
     finished_at: datetime | None
     trial_counts: dict[TrialState, int]
@@ -76,9 +80,19 @@ class SweepPublic(BaseModel):
         sweep = summary.sweep
         best = summary.best_trial
         return cls(id=sweep.id, name=sweep.name, status=sweep.status, spec=sweep.spec,
-                   total_trials=sweep.total_trials, created_at=sweep.created_at, finished_at=sweep.finished_at,
+                   total_trials=sweep.total_trials, space_size=summary.space_size, created_at=sweep.created_at, finished_at=sweep.finished_at,
                    trial_counts=summary.trial_counts,
                    best_trial=None if best is None else TrialPublic.model_validate(best))
+
+
+class SweepPlanPublic(BaseModel):
+    """What a valid spec would run, before anything is created."""
+
+    space_size: int | None
+    """Distinct configurations in the search space (the grid's size); null when it is endless."""
+    total_trials: int
+    spec: dict[str, Any]
+    """The normalised spec, defaults filled in."""
 
 
 class SweepsPublic(BaseModel):

@@ -31,6 +31,18 @@ def _format(value: Any) -> str:
     return "" if value is None else str(value)
 
 
+def search_size(sweep: dict[str, Any]) -> str:
+    """How large a sweep's search is, in words: "grid of 24 configurations, 24 trials"."""
+    search = sweep["spec"].get("search", {})
+    strategy, size, total = search.get("strategy", "random"), sweep.get("space_size"), sweep["total_trials"]
+    trials = f"{total:,} trial{'s' if total != 1 else ''}"
+    if size is None:
+        return f"{strategy} search over a continuous space, {trials} (search.max_trials)"
+    where = "grid" if strategy == "grid" else "random search over a space"
+    limited = " (search.max_trials)" if total < size else ""
+    return f"{where} of {size:,} configuration{'s' if size != 1 else ''}, {trials}{limited}"
+
+
 def sweeps_table(sweeps: list[dict[str, Any]]) -> Table:
     table = Table(title="Sweeps")
     for column in ("id", "name", "status", "finished", "best", "created"):

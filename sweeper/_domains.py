@@ -7,9 +7,10 @@ never see log scales, integer rounding or discrete choices.
 from __future__ import annotations
 
 import math
+from decimal import Decimal
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, PlainValidator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator, model_validator
 
 # TensorBoard stores every number as a double and JSON carries no NaN or infinity, so numbers must be
 # finite and integers within a double's exact range. Strings and bools are taken as they are.
@@ -55,8 +56,21 @@ def _kind(value: DiscreteValue) -> str:
     return "string"
 
 
+Condition = dict[str, Annotated[list[DiscreteValue], Field(min_length=1)]]
+"""`when`: the hparam exists only in trials where each named hparam takes one of the listed values."""
+
+
+def _listed(when: Any) -> Any:
+    # `when: {optimizer: sgd}` is short for `when: {optimizer: [sgd]}`.
+    if isinstance(when, dict):
+        return {name: value if isinstance(value, list) else [value] for name, value in when.items()}
+    return when
+
+
 class _Domain(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    when: Annotated[Condition | None, BeforeValidator(_listed)] = None
 
     @property
     def size(self) -> int | None:
@@ -64,6 +78,10 @@ class _Domain(BaseModel):
         return None
 
     def from_unit(self, u: float) -> Any:
+        raise NotImplementedError
+
+    def to_unit(self, value: Any) -> float:
+        """A point of [0, 1) that `from_unit` maps back to `value` (the middle of its share, where discrete)."""
         raise NotImplementedError
 
     def grid(self, points: int) -> list[Any]:
@@ -97,6 +115,12 @@ class Discrete(_Domain):
     def from_unit(self, u: float) -> DiscreteValue:
         return self.values[min(int(u * len(self.values)), len(self.values) - 1)]
 
+    def to_unit(self, value: Any) -> float:
+        index = next((i for i, v in enumerate(self.values) if type(v) is type(value) and v == value), None)
+        if index is None:
+            raise ValueError(f"{value!r} is not one of the values {self.values}")
+        return (index + 0.5) / len(self.values)
+
     def grid(self, points: int) -> list[DiscreteValue]:
         return list(self.values)
 
@@ -105,77 +129,142 @@ class Discrete(_Domain):
 
 
 class RealInterval(_Domain):
-    """Real numbers in [min, max]; `log: true` samples log-uniformly."""
+    """Real numbers in [min, max]; `log: true` samples log-uniformly, `step` keeps min + k * step only."""
 
     type: Literal["real_interval"] = "real_interval"
     min: Number
     max: Number
     log: bool = False
+    step: Number | None = None
 
     @model_validator(mode="after")
     def _check(self) -> RealInterval:
-        _check_interval(self.min, self.max, self.log)
+        _check_interval(self.min, self.max, self.log, self.step)
         return self
 
+    @property
+    def size(self) -> int | None:
+        return None if self.step is None else _steps(self.min, self.max, self.step)
+
     def from_unit(self, u: float) -> float:
+        if self.step is not None:
+            return self._value_at(min(int(u * self.size), self.size - 1))
         if self.log:
             lo, hi = math.log(self.min), math.log(self.max)
             return float(min(self.max, max(self.min, math.exp(lo + u * (hi - lo)))))
-        return float(self.min + u * (self.max - self.min))
+        return float(min(self.max, self.min + u * (self.max - self.min)))
+
+    def to_unit(self, value: Any) -> float:
+        if not self.contains(value):
+            raise ValueError(f"{value!r} is not in {self}")
+        if self.step is not None:
+            return (self._index_of(value) + 0.5) / self.size
+        if self.log:
+            return (math.log(value) - math.log(self.min)) / (math.log(self.max) - math.log(self.min))
+        return (value - self.min) / (self.max - self.min)
 
     def grid(self, points: int) -> list[float]:
+        if self.step is not None:
+            return [self._value_at(k) for k in _spread(self.size, points)]
         return [self.from_unit(i / (points - 1)) if 0 < i < points - 1 else float((self.min, self.max)[i > 0])
                 for i in range(points)]
 
     def contains(self, value: Any) -> bool:
-        return isinstance(value, float) and self.min <= value <= self.max
+        if not (isinstance(value, float) and self.min <= value <= self.max):
+            return False
+        return self.step is None or self._value_at(self._index_of(value)) == value
+
+    def _value_at(self, k: int) -> float:
+        # In decimal, so that 0.1 + 2 * 0.1 is 0.3, the number the user wrote, not 0.30000000000000004.
+        assert self.step is not None
+        return float(Decimal(repr(self.min)) + k * Decimal(repr(self.step)))
+
+    def _index_of(self, value: float) -> int:
+        assert self.step is not None
+        return max(0, min(self.size - 1, round((value - self.min) / self.step)))
 
 
 class IntInterval(_Domain):
-    """Integers in [min, max], both ends included; `log: true` samples log-uniformly."""
+    """Integers in [min, max], both ends included; `log: true` samples log-uniformly, `step` keeps min + k * step."""
 
     type: Literal["int_interval"] = "int_interval"
     min: Integer
     max: Integer
     log: bool = False
+    step: Integer | None = None
 
     @model_validator(mode="after")
     def _check(self) -> IntInterval:
-        _check_interval(self.min, self.max, self.log)
+        _check_interval(self.min, self.max, self.log, self.step)
         return self
 
     @property
     def size(self) -> int:
-        return self.max - self.min + 1
+        return _steps(self.min, self.max, self.step or 1)
 
     def from_unit(self, u: float) -> int:
         if self.log:
             # Widen by half a step on each side so the end values get their fair share after rounding.
             lo, hi = math.log(self.min - 0.4999), math.log(self.max + 0.4999)
             value = round(math.exp(lo + u * (hi - lo)))
-        else:
-            value = math.floor(self.min + u * (self.max - self.min + 1))
-        return int(min(self.max, max(self.min, value)))
+            return int(min(self.max, max(self.min, value)))
+        return self.min + min(int(u * self.size), self.size - 1) * (self.step or 1)
+
+    def to_unit(self, value: Any) -> float:
+        if not self.contains(value):
+            raise ValueError(f"{value!r} is not in {self}")
+        if self.log:
+            # The middle of the stretch of [0, 1) that rounds to `value`, in the widened log scale.
+            lo, hi = math.log(self.min - 0.4999), math.log(self.max + 0.4999)
+            below, above = math.log(max(value - 0.5, self.min - 0.4999)), math.log(min(value + 0.5, self.max + 0.4999))
+            return ((below + above) / 2 - lo) / (hi - lo)
+        return ((value - self.min) // (self.step or 1) + 0.5) / self.size
 
     def grid(self, points: int) -> list[int]:
+        if self.step is not None:
+            return [self.min + k * self.step for k in _spread(self.size, points)]
         spaced = RealInterval(min=float(self.min), max=float(self.max), log=self.log).grid(points)
         return list(dict.fromkeys(int(round(v)) for v in spaced))
 
     def contains(self, value: Any) -> bool:
-        return isinstance(value, int) and not isinstance(value, bool) and self.min <= value <= self.max
+        return isinstance(value, int) and not isinstance(value, bool) and self.min <= value <= self.max \
+            and (value - self.min) % (self.step or 1) == 0
 
 
-def _check_interval(low: float, high: float, log: bool) -> None:
+def _check_interval(low: float, high: float, log: bool, step: float | None) -> None:
     if not low < high:
         raise ValueError(f"min ({low}) must be < max ({high})")
     if log and low <= 0:
         raise ValueError(f"min ({low}) must be > 0 when log is true")
+    if step is not None:
+        if step <= 0:
+            raise ValueError(f"step ({step}) must be > 0")
+        if log:
+            # A log scale has no constant step; which of the two the user meant cannot be guessed.
+            raise ValueError("step and log cannot be combined: a log scale has no constant step")
+        width = Decimal(repr(high)) - Decimal(repr(low))  # in decimal: 2.01 - 2.0 is 0.01, not 0.00999...
+        if Decimal(repr(step)) > width:
+            raise ValueError(f"step ({step}) must be at most max - min ({width}), or every trial gets min")
 
 
-class Fixed(BaseModel):
-    """A bare value in the spec: the same in every trial."""
+def _steps(low: float, high: float, step: float) -> int:
+    """How many of low, low + step, ... lie in [low, high] (a hair of tolerance for decimal steps)."""
+    if isinstance(low, int) and isinstance(high, int) and isinstance(step, int):
+        return (high - low) // step + 1
+    return int(math.floor((Decimal(repr(high)) - Decimal(repr(low))) / Decimal(repr(step)))) + 1
 
-    model_config = ConfigDict(frozen=True)
+
+def _spread(size: int, points: int) -> list[int]:
+    """`points` indices spread evenly over range(size), both ends included, without repeats."""
+    if size <= points:
+        return list(range(size))
+    return list(dict.fromkeys(round(i * (size - 1) / (points - 1)) for i in range(points)))
+
+
+class Fixed(_Domain):
+    """One value in every trial: a bare value in the spec, or {type: fixed, value: ..., when: ...}."""
+
+    type: Literal["fixed"] = "fixed"
     value: DiscreteValue
 
     @property
@@ -185,12 +274,17 @@ class Fixed(BaseModel):
     def from_unit(self, u: float) -> DiscreteValue:
         return self.value
 
+    def to_unit(self, value: Any) -> float:
+        if not self.contains(value):
+            raise ValueError(f"{value!r} is not the fixed value {self.value!r}")
+        return 0.5
+
     def grid(self, points: int) -> list[DiscreteValue]:
         return [self.value]
 
     def contains(self, value: Any) -> bool:
-        return value == self.value
+        return type(value) is type(self.value) and value == self.value
 
 
-Domain = Annotated[Union[Discrete, RealInterval, IntInterval], Field(discriminator="type")]
+Domain = Annotated[Union[Discrete, RealInterval, IntInterval, Fixed], Field(discriminator="type")]
 SearchDomain = Discrete | RealInterval | IntInterval | Fixed

@@ -15,7 +15,8 @@ from pydantic import (BaseModel, ConfigDict, Field, PositiveInt, TypeAdapter, Va
                       model_validator)
 
 from sweeper import _registry
-from sweeper._domains import DiscreteValue, Domain, Fixed, SearchDomain
+from sweeper._conditions import check_conditions
+from sweeper._domains import DiscreteValue, Domain, Fixed, IntInterval, RealInterval, SearchDomain
 from sweeper._errors import SpecError
 from sweeper._schedule_params import check_schedule_hparams
 
@@ -135,7 +136,8 @@ class SweepSpec(_Strict):
     @model_validator(mode="after")
     def _finite_random_search(self) -> SweepSpec:
         if self.search.strategy == "random" and self.search.max_trials is None:
-            if any(d.type != "discrete" for d in self.hparams.values() if isinstance(d, BaseModel)):
+            # Intervals are sampled, not enumerated, so nothing else would end the sweep.
+            if any(isinstance(domain, (RealInterval, IntInterval)) for domain in self.search_space().values()):
                 raise ValueError("search.max_trials is required for random search over intervals")
         return self
 
@@ -143,6 +145,11 @@ class SweepSpec(_Strict):
         """Every hparam as a domain; bare values become Fixed."""
         return {name: value if isinstance(value, BaseModel) else Fixed(value=value)
                 for name, value in self.hparams.items()}
+
+    def log_scaled(self) -> list[str]:
+        """The hparams searched on a log scale; TensorBoard also shows them as `log10_<name>`."""
+        return [name for name, domain in self.search_space().items()
+                if isinstance(domain, (RealInterval, IntInterval)) and domain.log]
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_none=True)
@@ -180,8 +187,12 @@ def parse_spec(data: Any, source: str | None = None) -> SweepSpec:
         problems = _dedupe(problems)
         raise SpecError(problems, source) from None
     # Learning-rate schedule parameters are checked against the whole space, with their own paths.
+    problems += check_conditions(spec.search_space())
     problems += check_schedule_hparams(spec.search_space())
     problems += _check_metric_names(spec)
+    problems += [(("hparams", f"log10_{name}"), f"clashes with the log10_{name} column that TensorBoard shows for "
+                                              f"log-scaled {name}; rename it")
+                 for name in spec.log_scaled() if f"log10_{name}" in spec.hparams]
     if problems:
         raise SpecError(problems, source)
     return spec
@@ -231,9 +242,9 @@ def _rule(error: Any) -> str:
     if error.get("type") == "extra_forbidden":
         message = "unknown field (not allowed here)"
     if error.get("type") == "union_tag_invalid":
-        message = "type must be one of discrete, real_interval, int_interval"
+        message = "type must be one of discrete, real_interval, int_interval, fixed"
     if error.get("type") == "union_tag_not_found":
-        message = "needs a type: discrete, real_interval or int_interval"
+        message = "needs a type: discrete, real_interval, int_interval or fixed"
     return message
 
 

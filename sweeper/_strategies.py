@@ -7,11 +7,14 @@ index, none skipped or repeated. Strategies never train; the runner never choose
 
 from __future__ import annotations
 
+import bisect
 import hashlib
+import itertools
 import math
 import random
 from typing import Any, Protocol
 
+from sweeper._conditions import active_config, holds, parents
 from sweeper._domains import Discrete, Fixed, SearchDomain
 from sweeper._spec import SweepSpec
 
@@ -21,67 +24,98 @@ Config = dict[str, Any]
 class Strategy(Protocol):
     total: int
     """How many trials the sweep runs in all."""
+    size: int | None
+    """How many distinct configurations the strategy draws from; None when they are endless."""
 
     def config_at(self, index: int) -> Config:
         """The hparams of trial `index`, for 0 <= index < total."""
         ...
 
 
-def _decode(space: dict[str, SearchDomain], choices: dict[str, list[Any]], index: int) -> Config:
-    # Mixed-radix decoding, last hparam fastest, like the nested loops of TensorBoard's tutorial.
-    config: Config = {}
-    for name in reversed(list(space)):
-        values = choices[name]
-        index, digit = divmod(index, len(values))
-        config[name] = values[digit]
-    return {name: config[name] for name in space}
+class ConditionalGrid:
+    """Every distinct configuration of listed values, enumerated lazily, conditions honoured.
+
+    Each hparam contributes its `grid(points)` values. Without conditions this is the plain product,
+    last hparam fastest, like the nested loops of TensorBoard's tutorial. With conditions, the hparams
+    that conditions name ("parents", discrete by rule) are enumerated first; each distinct choice of the
+    active parents is a branch, whose size is the product over the hparams active in it. Trial k finds
+    its branch among prefix sums, so nothing but the branches is ever materialised.
+    """
+
+    def __init__(self, space: dict[str, SearchDomain], points: int):
+        self.space = space
+        self.choices = {name: domain.grid(points) for name, domain in space.items()}
+        parent_names = parents(space)  # the spec allows at most MAX_BRANCHES combinations of their values
+        branches: dict[tuple[tuple[str, Any], ...], list[str]] = {}
+        for values in itertools.product(*(self.choices[name] for name in parent_names)):
+            chosen = active_config(space, dict(zip(parent_names, values)))
+            # Parents that are inactive in this branch drop out, so branches that differ only in them coincide.
+            key = tuple((name, chosen[name]) for name in parent_names if name in chosen)
+            if key not in branches:
+                branches[key] = [name for name in space if name not in parent_names and holds(space[name], chosen)]
+        self.branches = list(branches.items())
+        self.starts: list[int] = []
+        self.size = 0
+        for _, free in self.branches:
+            self.starts.append(self.size)
+            self.size += math.prod(len(self.choices[name]) for name in free)
+
+    def config_at(self, index: int) -> Config:
+        _check_index(index, self.size)
+        branch = bisect.bisect_right(self.starts, index) - 1
+        fixed, free = self.branches[branch]
+        index -= self.starts[branch]
+        config: Config = dict(fixed)
+        for name in reversed(free):  # mixed-radix decoding, last hparam fastest
+            index, digit = divmod(index, len(self.choices[name]))
+            config[name] = self.choices[name][digit]
+        return {name: config[name] for name in self.space if name in config}
 
 
 class GridStrategy:
     """Every combination of discrete values and `grid_points` evenly spaced interval points."""
 
     def __init__(self, spec: SweepSpec):
-        self.space = spec.search_space()
-        self.choices = {name: domain.grid(spec.search.grid_points) for name, domain in self.space.items()}
-        self.size = math.prod(len(values) for values in self.choices.values())
+        self.grid = ConditionalGrid(spec.search_space(), spec.search.grid_points)
+        self.size: int | None = self.grid.size
         limit = spec.search.max_trials
-        self.total = self.size if limit is None else min(self.size, limit)
+        self.total = self.grid.size if limit is None else min(self.grid.size, limit)
 
     def config_at(self, index: int) -> Config:
         _check_index(index, self.total)
-        return _decode(self.space, self.choices, index)
+        return self.grid.config_at(index)
 
 
 class RandomStrategy:
     """Seeded random sampling; trial k's configuration depends only on the seed and k.
 
-    In a fully discrete space it walks a seeded permutation of all configurations, so none repeats
-    until the space is exhausted.
+    In a space of listed values only it walks a seeded permutation of all configurations, so none
+    repeats until the space is exhausted. Otherwise each trial draws one number per hparam, from its
+    own generator seeded by (seed, k), and conditions drop the hparams they switch off.
     """
 
     def __init__(self, spec: SweepSpec):
         self.space = spec.search_space()
         self.seed = spec.search.seed
         # Only a space of listed values is walked as a permutation; intervals are sampled, honouring log.
-        discrete = all(isinstance(domain, (Discrete, Fixed)) for domain in self.space.values())
-        self.size: int | None = None
-        if discrete:
-            self.choices = {name: domain.grid(2) for name, domain in self.space.items()}
-            self.size = math.prod(len(values) for values in self.choices.values())
+        listed = all(isinstance(domain, (Discrete, Fixed)) for domain in self.space.values())
+        self.size = None
         limit = spec.search.max_trials
-        if self.size is None:
-            assert limit is not None, "the spec guarantees max_trials for continuous spaces"
-            self.total = limit
-        else:
+        if listed:
+            self.grid = ConditionalGrid(self.space, points=2)
+            self.size = self.grid.size
             self.total = self.size if limit is None else min(self.size, limit)
             self.permutation = _Permutation(self.size, self.seed)
+        else:
+            assert limit is not None, "the spec guarantees max_trials for continuous spaces"
+            self.total = limit
 
     def config_at(self, index: int) -> Config:
         _check_index(index, self.total)
         if self.size is not None:
-            return _decode(self.space, self.choices, self.permutation(index))
+            return self.grid.config_at(self.permutation(index))
         rng = random.Random(f"sweeper:{self.seed}:{index}")
-        return {name: domain.from_unit(rng.random()) for name, domain in self.space.items()}
+        return active_config(self.space, {name: domain.from_unit(rng.random()) for name, domain in self.space.items()})
 
 
 class _Permutation:

@@ -6,12 +6,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Query, status
 
-from sweeper import parse_spec
+from sweeper import make_strategy, parse_spec
 from sweeper.hparams_log import write_experiment
 
 from api.deps import ContextDep, RepositoryDep
 from api.json_guard import StrictJSONRoute
-from api.schemas import SweepPublic, SweepsPublic, TrialPublic, TrialsPublic
+from api.schemas import SweepPlanPublic, SweepPublic, SweepsPublic, TrialPublic, TrialsPublic
 
 router = APIRouter(prefix="/sweeps", tags=["sweeps"], route_class=StrictJSONRoute)
 
@@ -47,6 +47,14 @@ def create_sweep(body: SpecBody, repository: RepositoryDep, context: ContextDep)
         spec, max_trials=context.settings.max_sweep_trials,
         on_created=lambda sweep_id: write_experiment(context.logdir / str(sweep_id), spec))
     return SweepPublic.from_summary(summary)
+
+
+@router.post("/validate", response_model=SweepPlanPublic)
+def validate_sweep(body: SpecBody) -> SweepPlanPublic:
+    """Check a spec without creating anything: its problems (422), or how large its search is."""
+    spec = parse_spec(body)
+    strategy = make_strategy(spec)
+    return SweepPlanPublic(space_size=strategy.size, total_trials=strategy.total, spec=spec.to_json())
 
 
 @router.get("", response_model=SweepsPublic)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response, status
 
-from sweeper import Objective, TrainSettings
 from sweeper.messages import (Assignment, ClaimRequest, CompleteReport, Directive, FailReport, HeartbeatRequest,
                               MetricsReport)
 
@@ -71,8 +70,8 @@ def _assignment(claimed: Claimed, context: ContextDep) -> Assignment:
     return Assignment(
         trial_id=trial.id, sweep_id=sweep.id, hparams=trial.hparams,
         model=sweep.spec["model"], dataset=sweep.spec["dataset"],
-        objective=Objective.model_validate(sweep.spec["objective"]),
-        train=TrainSettings.model_validate(sweep.spec["train"]),
+        objective=claimed.plan.spec.objective, train=claimed.plan.spec.train,
         logdir=str(context.logdir / str(sweep.id) / str(trial.id)),
+        log_scaled=[name for name in claimed.plan.spec.log_scaled() if name in trial.hparams],
         lease_expires_at=trial.lease_expires_at,
     )

@@ -9,7 +9,7 @@ import pytest
 from api_testing import API, Worker, create_sweep, get_sweep, get_trial, grid_spec, random_spec
 from fastapi.testclient import TestClient
 
-from sweeper import make_strategy, parse_spec
+from sweeper import TrainSettings, make_strategy, parse_spec
 
 
 def test_claim_assigns_the_first_trial_with_everything_a_worker_needs(client: TestClient, settings):
@@ -21,8 +21,9 @@ def test_claim_assigns_the_first_trial_with_everything_a_worker_needs(client: Te
     assert assignment["sweep_id"] == sweep["id"]
     assert assignment["hparams"] == make_strategy(parse_spec(grid_spec(values=3))).config_at(0)
     assert assignment["model"] == "mlp" and assignment["dataset"] == "digits"
-    assert assignment["objective"] == {"metric": "val_accuracy", "goal": "maximize"}
-    assert assignment["train"] == sweep["spec"]["train"]
+    assert assignment["objective"] == {"metric": "val_accuracy", "goal": "maximize", "epoch": "last"}
+    assert TrainSettings.model_validate(assignment["train"]) == TrainSettings.model_validate(sweep["spec"]["train"])
+    assert assignment["log_scaled"] == []
     assert assignment["logdir"] == str((settings.logdir / str(sweep["id"]) / str(assignment["trial_id"])).resolve())
     assert assignment["lease_expires_at"].endswith("Z")
     trial = get_trial(client, assignment["trial_id"])

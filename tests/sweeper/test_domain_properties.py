@@ -95,3 +95,47 @@ def test_random_over_listed_values_is_a_permutation_of_the_grid(sizes: list[int]
     strategy = make_strategy(spec)
     drawn = [tuple(strategy.config_at(k).values()) for k in range(strategy.total)]
     assert len(set(drawn)) == len(drawn) == (max(1, total // 2) if limit else total)
+
+
+@PROPERTY
+@given(int_intervals(), units)
+def test_int_interval_to_unit_finds_a_point_that_maps_back(domain: IntInterval, u: float) -> None:
+    value = domain.from_unit(u)
+
+    assert domain.from_unit(domain.to_unit(value)) == value
+
+
+@PROPERTY
+@given(st.integers(-10**6, 10**6), st.integers(1, 1000), st.integers(1, 200), units)
+def test_stepped_int_interval_lands_on_its_lattice_and_maps_back(low: int, step: int, steps: int, u: float) -> None:
+    domain = IntInterval(min=low, max=low + step * steps, step=step)
+
+    value = domain.from_unit(u)
+
+    assert (value - low) % step == 0 and low <= value <= domain.max
+    assert domain.from_unit(domain.to_unit(value)) == value
+
+
+@PROPERTY
+@given(st.decimals(min_value=-1000, max_value=1000, places=2), st.sampled_from(["0.01", "0.05", "0.1", "0.25", "1"]),
+       st.integers(1, 100), units)
+def test_stepped_real_interval_gives_the_decimal_values_people_write(low, step, steps: int, u: float) -> None:
+    from decimal import Decimal
+
+    domain = RealInterval(min=float(low), max=float(low + Decimal(step) * steps), step=float(step))
+
+    value = domain.from_unit(u)
+
+    assert domain.size == steps + 1
+    # Exactly min + k * step as a decimal, so 0.1 + 0.2 comes out as 0.3.
+    k = round((Decimal(repr(value)) - low) / Decimal(step))
+    assert value == float(low + k * Decimal(step)) and 0 <= k <= steps
+    assert domain.from_unit(domain.to_unit(value)) == value
+
+
+@PROPERTY
+@given(real_intervals(), units)
+def test_real_interval_to_unit_inverts_from_unit(domain: RealInterval, u: float) -> None:
+    value = domain.from_unit(u)
+
+    assert math.isclose(domain.from_unit(domain.to_unit(value)), value, rel_tol=1e-9, abs_tol=1e-9 * abs(domain.max))

@@ -1,10 +1,11 @@
 """Domains map [0, 1) onto their values, keep to their bounds and lay out grids as TensorBoard does."""
 
 import math
+import re
 
 import pytest
 
-from sweeper import Discrete, IntInterval, RealInterval
+from sweeper import Discrete, Fixed, IntInterval, RealInterval
 
 UNITS = [i / 1000 for i in range(1000)]
 
@@ -61,4 +62,54 @@ def test_grid_points_are_even_and_log_spaced_when_log():
 ])
 def test_invalid_domains_cannot_be_built(make):
     with pytest.raises(ValueError):
+        make()
+
+
+def test_stepped_real_interval_keeps_min_plus_whole_steps_exactly():
+    domain = RealInterval(min=0.1, max=0.5, step=0.1)
+
+    assert domain.size == 5
+    assert sorted({domain.from_unit(u) for u in UNITS}) == [0.1, 0.2, 0.3, 0.4, 0.5]
+    assert domain.grid(3) == [0.1, 0.3, 0.5]
+    assert domain.contains(0.3) and not domain.contains(0.35)
+
+
+def test_stepped_real_interval_stops_at_the_last_step_inside_max():
+    assert sorted({RealInterval(min=0.0, max=1.0, step=0.3).from_unit(u) for u in UNITS}) == [0.0, 0.3, 0.6, 0.9]
+
+
+def test_stepped_int_interval_keeps_min_plus_whole_steps():
+    domain = IntInterval(min=16, max=128, step=16)
+
+    assert domain.size == 8
+    assert sorted({domain.from_unit(u) for u in UNITS}) == [16, 32, 48, 64, 80, 96, 112, 128]
+    assert domain.grid(3) == [16, 80, 128]
+    assert domain.contains(48) and not domain.contains(50)
+
+
+@pytest.mark.parametrize("domain, value", [
+    (Discrete(values=["adam", "sgd"]), "sgd"),
+    (RealInterval(min=0.0, max=2.0), 0.5),
+    (RealInterval(min=1e-4, max=1e-1, log=True), 1e-3),
+    (RealInterval(min=0.1, max=0.5, step=0.1), 0.4),
+    (IntInterval(min=1, max=9), 4),
+    (IntInterval(min=1, max=1000, log=True), 37),
+    (IntInterval(min=0, max=100, step=25), 75),
+    (Fixed(value=True), True),
+])
+def test_to_unit_is_the_inverse_of_from_unit(domain, value):
+    u = domain.to_unit(value)
+
+    assert 0 <= u < 1
+    assert domain.from_unit(u) == pytest.approx(value)
+
+
+@pytest.mark.parametrize("make, rule", [
+    (lambda: RealInterval(min=1e-4, max=1.0, log=True, step=0.1), "step and log cannot be combined"),
+    (lambda: IntInterval(min=1, max=9, step=0), "step (0) must be > 0"),
+    (lambda: RealInterval(min=0.0, max=0.5, step=1.0), "step (1.0) must be at most max - min (0.5)"),
+    (lambda: IntInterval(min=1, max=9, step=0.5), "must be an integer"),
+])
+def test_bad_steps_are_refused_with_the_rule(make, rule):
+    with pytest.raises(ValueError, match=re.escape(rule)):
         make()
