@@ -8,6 +8,7 @@ session end. The API server writes the config, so this module loads no TensorFlo
 
 from __future__ import annotations
 
+import math
 import os
 import time
 import uuid
@@ -46,16 +47,31 @@ class SessionStatus(StrEnum):
 
     success = "success"
     failure = "failure"
+    aborted = "aborted"
+    """Stopped on purpose before its last epoch: pruned, or its sweep cancelled."""
 
     @property
     def proto(self) -> int:
-        return api_pb2.STATUS_SUCCESS if self is SessionStatus.success else api_pb2.STATUS_FAILURE
+        # TensorBoard's Status enum has no ABORTED (as of 2.21: UNKNOWN, SUCCESS, FAILURE, RUNNING), and
+        # its dashboard drops sessions whose status is not one of those, so an aborted session ends as
+        # UNKNOWN: shown, never counted as a success or a crash, and final (it has an end time).
+        return {SessionStatus.success: api_pb2.STATUS_SUCCESS, SessionStatus.failure: api_pb2.STATUS_FAILURE,
+                SessionStatus.aborted: getattr(api_pb2, "STATUS_ABORTED", api_pb2.STATUS_UNKNOWN)}[self]
 
 
 def hparams_for(spec: SweepSpec) -> list[hp.HParam]:
-    """The spec's hparams with their exact domains, in the spec's order."""
-    return [hp.HParam(name, _domain(domain), description=_description(domain))
-            for name, domain in spec.search_space().items()]
+    """The spec's hparams with their exact domains, in the spec's order, conditional ones included.
+
+    Each log-scaled hparam is followed by `log10_<name>` over the log10 of its bounds: the
+    parallel-coordinates view draws axes linearly, where 1e-4..1e-1 would crowd into one end.
+    """
+    hparams: list[hp.HParam] = []
+    for name, domain in spec.search_space().items():
+        hparams.append(hp.HParam(name, _domain(domain), description=_description(domain)))
+        if isinstance(domain, (RealInterval, IntInterval)) and domain.log:
+            hparams.append(hp.HParam(f"log10_{name}", hp.RealInterval(math.log10(domain.min), math.log10(domain.max)),
+                                     description=f"log10 of {name}, for a linear axis."))
+    return hparams
 
 
 def metrics_for(spec: SweepSpec) -> list[hp.Metric]:
@@ -108,14 +124,21 @@ def write_experiment(sweep_dir: str | Path, spec: SweepSpec) -> None:
 class TrialSession:
     """A trial's HParams session in its own folder: start on enter, end with its status on exit.
 
-    An exception inside the `with` block ends the session as FAILURE (and propagates); a normal exit
-    ends it as SUCCESS. Only the hparams in the trial's dict are written.
+    TensorBoard takes a tag's summary metadata from the first event that carries it, so a session end
+    is written exactly once, at the real end (a provisional RUNNING end would freeze the status). An
+    exception inside the `with` block ends the session as FAILURE (and propagates); a normal exit ends
+    it with `status`: SUCCESS unless the trainer set another, and no end at all when it set None (a
+    trial handed back for a retry, which rewrites the folder). Only the hparams in the trial's dict are
+    written, plus `log10_<name>` for each name in `log_scaled`, so log-scaled hparams plot evenly.
     """
 
-    def __init__(self, trial_dir: str | Path, trial_id: int | str, hparams: Mapping[str, Any]):
+    def __init__(self, trial_dir: str | Path, trial_id: int | str, hparams: Mapping[str, Any],
+                 log_scaled: tuple[str, ...] | list[str] = ()):
         self.trial_dir = str(trial_dir)
         self.trial_id = str(trial_id)
-        self.hparams = dict(hparams)
+        self.hparams = {**dict(hparams), **_log10_hparams(hparams, log_scaled)}
+        self.status: SessionStatus | None = SessionStatus.success
+        """How a normal exit ends the session; None writes no end."""
         self._writer: Any = None
 
     def __enter__(self) -> TrialSession:
@@ -130,13 +153,15 @@ class TrialSession:
         return self
 
     def write_objective(self, metric: str, value: float, step: int) -> None:
-        """The trial's final objective value, as the scalar that the config's objective metric names."""
+        """The trial's objective value, as the scalar that the config's objective metric names."""
         import tensorflow as tf
 
         with self._writer.as_default():
             tf.summary.scalar(metric, float(value), step=step)
+        self._writer.flush()
 
     def end(self, status: SessionStatus) -> None:
+        """Write the session end with `status` and close the writer; call it once, at the real end."""
         import tensorflow as tf
         # This TensorBoard module imports TensorFlow, hence here rather than at the top.
         from tensorboard.plugins.hparams import summary as hparams_summary_v1
@@ -148,7 +173,25 @@ class TrialSession:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  traceback: TracebackType | None) -> None:
-        self.end(SessionStatus.success if exc_type is None else SessionStatus.failure)
+        status = SessionStatus.failure if exc_type is not None else self.status
+        if status is None:
+            self._writer.close()
+        else:
+            self.end(status)
+
+
+def _log10_hparams(hparams: Mapping[str, Any], log_scaled: tuple[str, ...] | list[str]) -> dict[str, float]:
+    # Only names the trial has: a conditional hparam may be absent from this trial.
+    columns: dict[str, float] = {}
+    for name in log_scaled:
+        if name not in hparams:
+            continue
+        value = hparams[name]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ValueError(f"hparam {name} is searched on a log scale, so it must be a number > 0, "
+                             f"but got {value!r}")
+        columns[f"log10_{name}"] = math.log10(value)
+    return columns
 
 
 def _domain(domain: SearchDomain) -> hp.Domain:
@@ -171,8 +214,14 @@ def _discrete(values: list[Any]) -> hp.Discrete:
 
 
 def _description(domain: SearchDomain) -> str | None:
+    notes = []
     if isinstance(domain, (RealInterval, IntInterval)) and domain.log:
-        return "Sampled log-uniformly."
+        notes.append("Sampled log-uniformly.")
+    if isinstance(domain, (RealInterval, IntInterval)) and domain.step is not None:
+        notes.append(f"In steps of {domain.step} from {domain.min}.")
     if isinstance(domain, Fixed):
-        return "Fixed for the whole sweep."
-    return None
+        notes.append("Fixed for the whole sweep.")
+    if domain.when:
+        notes.append("Only in trials where " + " and ".join(
+            f"{parent} is {' or '.join(map(repr, values))}" for parent, values in domain.when.items()) + ".")
+    return " ".join(notes) or None

@@ -89,4 +89,4 @@ class FailReport(_Message):
 class Directive(_Message):
     """The server's answer to a heartbeat or a metrics report."""
 
-    action: Literal["continue", "stop", "prune"] = "continue"
+    action: Literal["continue", "stop", "prune", "cancel"] = "continue"

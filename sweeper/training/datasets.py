@@ -1,17 +1,22 @@
 """Built-in datasets, file datasets under the operator's data root, and the per-process dataset cache.
 
 A dataset builder takes no arguments and returns a `Dataset`: all examples as numpy arrays, already
-shuffled, plus what a model builder needs to know about them. The runner splits off validation data.
+shuffled, plus what a model builder needs to know about them; the runner splits off validation data.
+Or it returns `DataSplits`, a train and a validation part of its own (tf.data pipelines or arrays).
 File datasets are named `npz:<path>` or `images:<folder>`, a path relative to the data root; a request
 can name files there and nowhere else.
+
+A worker process loads each dataset once and keeps it, with its train and validation parts as cached
+`tf.data` pipelines (`training_data`): its later trials only shuffle and batch them.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -181,8 +186,9 @@ def load_npz(path: Path) -> Dataset:
 def load_image_folder(path: Path) -> Dataset:
     """A folder with one sub-folder of images per class, resized to IMAGE_SIZE, RGB, scaled to [0, 1].
 
-    Class indices follow the sub-folders' sorted names. All images are read into memory as numpy
-    arrays, because the runner trains on arrays today.
+    Class indices follow the sub-folders' sorted names. The images are decoded once, into memory, so
+    a worker's later trials never read or decode the files again; the runner then feeds them through
+    the same cached tf.data pipeline as every array dataset.
     """
     if not path.is_dir():
         raise DatasetError("an images dataset must be a folder with one sub-folder per class")
@@ -203,21 +209,131 @@ def load_image_folder(path: Path) -> Dataset:
     return Dataset(x=x, y=y, info=DatasetInfo(input_shape=tuple(x.shape[1:]), num_classes=len(images.class_names)))
 
 
-_cache: dict[tuple[str, Path | None], Dataset] = {}
+class TrainingData:
+    """A dataset ready to train on: its train and validation parts as cached tf.data pipelines.
+
+    Each part yields single (features, label) examples and is cached in memory after its first full
+    pass, so one worker's later trials read examples from memory. `batches` adds what differs per
+    trial: the shuffle seed and the batch size. Each part's size (for the steps per epoch) and the
+    training labels (for balanced class weights) come from the arrays, or from one counting pass.
+    """
+
+    def __init__(self, train: Any, validation: Any, info: DatasetInfo, train_labels: np.ndarray | None = None):
+        self.train = train
+        self.validation = validation
+        self.info = info
+        self._train_labels = train_labels
+        self._validation_size: int | None = None
+
+    @property
+    def train_size(self) -> int:
+        """The number of training examples."""
+        cardinality = int(self.train.cardinality())
+        # Negative means unknown (-2) or infinite (-1): then count, once.
+        return cardinality if cardinality >= 0 else len(self.train_labels())
+
+    @property
+    def validation_size(self) -> int:
+        """The number of validation examples."""
+        if self._validation_size is None:
+            self._validation_size = _count("validation", self.validation)
+        return self._validation_size
+
+    def train_labels(self) -> np.ndarray:
+        """Every training label, in one flat integer array (read in one pass, which fills the cache)."""
+        if self._train_labels is None:
+            _require_finite("train", self.train)
+            labels = [np.reshape(label, -1) for label in self.train.map(lambda x, y: y).as_numpy_iterator()]
+            self._train_labels = np.concatenate(labels).astype("int64") if labels else np.zeros(0, "int64")
+        return self._train_labels
+
+    def batches(self, batch_size: int, seed: int | None) -> tuple[Any, Any]:
+        """(train, validation) batched pipelines with prefetch; train reshuffled each epoch from `seed`."""
+        import tensorflow as tf
+
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, but got {batch_size}")
+        sizes = {"train": self.train_size, "validation": self.validation_size}
+        empty = [part for part, size in sizes.items() if size == 0]
+        if empty:
+            raise DatasetError(f"the {empty[0]} part of the dataset holds no examples")
+        # Keras needs the number of batches up front (so do the schedules), and without it warns that
+        # the data "ran out" at the end of each first pass; the counts are exact.
+        train, validation = (part if int(part.cardinality()) >= 0
+                             else part.apply(tf.data.experimental.assert_cardinality(sizes[name]))
+                             for name, part in (("train", self.train), ("validation", self.validation)))
+        # A full-size buffer is a true shuffle, like Keras's own for arrays; it holds references to the
+        # cached examples, not copies.
+        train = train.shuffle(sizes["train"], seed=seed, reshuffle_each_iteration=True)
+        return (train.batch(batch_size).prefetch(tf.data.AUTOTUNE),
+                validation.batch(batch_size).prefetch(tf.data.AUTOTUNE))
 
 
-def load_dataset(name: str, data_root: Path | None = None) -> Dataset:
+def _require_finite(part_name: str, part: Any) -> None:
+    if int(part.cardinality()) == -1:  # tf.data.INFINITE_CARDINALITY
+        raise DatasetError(f"the {part_name} part of a dataset must be finite, but it repeats forever")
+
+
+def _count(part_name: str, part: Any) -> int:
+    cardinality = int(part.cardinality())
+    if cardinality >= 0:
+        return cardinality
+    _require_finite(part_name, part)
+    # One full pass, which also fills the part's cache.
+    return int(part.reduce(np.int64(0), lambda count, _: count + 1))
+
+
+@dataclass
+class _Loaded:
+    dataset: Dataset | DataSplits
+    prepared: dict[float | None, TrainingData] = field(default_factory=dict)
+    """TrainingData by validation split (None for DataSplits, which bring their own)."""
+
+
+_cache: dict[tuple[str, Path | None], _Loaded] = {}
+
+
+def load_dataset(name: str, data_root: Path | None = None) -> Dataset | DataSplits:
     """The dataset `name`, loaded once per process: a worker's later trials reuse it.
 
     Registered names call their builder; `<format>:<path>` names load a file under `data_root`
     (default ./data). Files are read once per process: changes on disk show in a new worker process.
     """
+    return _load(name, data_root).dataset
+
+
+def training_data(name: str, data_root: Path | None = None, validation_split: float = 0.2) -> TrainingData:
+    """The dataset `name` as cached train and validation pipelines, made once per process.
+
+    A `Dataset` is split like Keras's own `validation_split`: the last fraction is validation. A
+    `DataSplits` keeps its own split, and `validation_split` does not apply to it.
+    """
+    loaded = _load(name, data_root)
+    key = None if isinstance(loaded.dataset, DataSplits) else validation_split
+    if key not in loaded.prepared:
+        loaded.prepared[key] = _prepare(name, loaded.dataset, validation_split)
+    return loaded.prepared[key]
+
+
+def split_arrays(dataset: Dataset, validation_split: float) -> tuple[tuple[np.ndarray, np.ndarray],
+                                                                     tuple[np.ndarray, np.ndarray]]:
+    """((x, y) train, (x, y) validation): the last `validation_split` of the examples is validation."""
+    # The same cut as Keras's own `validation_split` (the last fraction, not shuffled), done here so
+    # that the number of training examples, and with it the steps per epoch, is known exactly.
+    split_at = int(math.floor(len(dataset.x) * (1.0 - validation_split)))
+    if not 0 < split_at < len(dataset.x):
+        raise ValueError(f"validation_split {validation_split} leaves no training or no validation examples "
+                         f"out of {len(dataset.x)}")
+    return (dataset.x[:split_at], dataset.y[:split_at]), (dataset.x[split_at:], dataset.y[split_at:])
+
+
+def _load(name: str, data_root: Path | None) -> _Loaded:
     registry = _registry.datasets
     split = registry.split_file_name(name) if isinstance(registry, _registry.DatasetRegistry) else None
     if split is None:
         key: tuple[str, Path | None] = (name, None)
         if key not in _cache:
-            _cache[key] = _checked(name, registry.get(name)())
+            _cache[key] = _Loaded(_checked(name, registry.get(name)()))
         return _cache[key]
 
     prefix, relative = split
@@ -229,11 +345,47 @@ def load_dataset(name: str, data_root: Path | None = None) -> Dataset:
             dataset = registry.get_format(prefix)(path)
         except DatasetError as error:
             raise DatasetError(f"dataset {name!r}: {error}") from None
-        _cache[key] = _checked(name, dataset)
+        _cache[key] = _Loaded(_checked(name, dataset))
     return _cache[key]
 
 
-def _checked(name: str, dataset: object) -> Dataset:
-    if not isinstance(dataset, Dataset):
-        raise TypeError(f"dataset builder {name!r} must return a Dataset, but returned {type(dataset).__name__}")
+def _checked(name: str, dataset: object) -> Dataset | DataSplits:
+    if not isinstance(dataset, (Dataset, DataSplits)):
+        raise TypeError(f"dataset builder {name!r} must return a Dataset or DataSplits, "
+                        f"but returned {type(dataset).__name__}")
     return dataset
+
+
+def _prepare(name: str, dataset: Dataset | DataSplits, validation_split: float) -> TrainingData:
+    if isinstance(dataset, Dataset):
+        (x_train, y_train), validation = split_arrays(dataset, validation_split)
+        return TrainingData(_cached_pipeline((x_train, y_train)), _cached_pipeline(validation), dataset.info,
+                            train_labels=y_train)
+    parts = {}
+    for part in ("train", "validation"):
+        value = getattr(dataset, part)
+        try:
+            parts[part] = _cached_pipeline(value)
+        except DatasetError as error:
+            raise DatasetError(f"dataset {name!r}: the {part} part {error}") from None
+    labels = np.asarray(dataset.train[1]).astype("int64") if isinstance(dataset.train, (tuple, list)) else None
+    return TrainingData(parts["train"], parts["validation"], dataset.info, train_labels=labels)
+
+
+def _cached_pipeline(part: Any) -> Any:
+    """A tf.data.Dataset of single (features, label) examples, cached in memory after its first pass."""
+    import tensorflow as tf
+
+    if isinstance(part, tf.data.Dataset):
+        spec = part.element_spec
+        if not (isinstance(spec, tuple) and len(spec) == 2):
+            raise DatasetError(f"must yield (features, label) pairs, but its elements are {spec}")
+        return part.cache()
+    if isinstance(part, (tuple, list)) and len(part) == 2:
+        x, y = np.asarray(part[0]), np.asarray(part[1])
+        if len(x) != len(y) or y.ndim != 1:
+            raise DatasetError(f"needs as many labels as examples and y one-dimensional; "
+                               f"got x {x.shape} and y {y.shape}")
+        return tf.data.Dataset.from_tensor_slices((x, y)).cache()
+    raise DatasetError(f"must be a tf.data.Dataset of (features, label) pairs or an (x, y) pair of arrays, "
+                       f"but is {type(part).__name__}")

@@ -1,79 +1,343 @@
 """The Keras trial runner: train one assignment and log it for TensorBoard's HParams dashboard.
 
 The runner trains; it never decides. After each epoch it hands the metrics to `on_epoch_end` (the
-worker reports them to the server) and stops early when the answer is "stop" or "prune".
+worker reports them to the server) and stops early when the answer is "stop", "prune" or "cancel".
+Everything else comes from the assignment: the loss, metrics, class weights, early stopping, seed,
+mixed precision and XLA of `TrainSettings`, and which epoch's metrics are the trial's result.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import keras
 import numpy as np
+import tensorflow as tf
+from keras import ops
 
 from sweeper import _registry
-from sweeper.hparams_log import TrialSession
+from sweeper._spec import LOSSES, METRICS, EarlyStopping, Objective
+from sweeper.hparams_log import SessionStatus, TrialSession
 from sweeper.messages import Assignment
-from sweeper.training.datasets import Dataset, load_dataset
+from sweeper.training.datasets import TrainingData, training_data, using_data_root
 from sweeper.training.schedules import build_learning_rate, build_optimizer, schedule_callbacks
 
 EpochCallback = Callable[[int, dict[str, float]], str]
-"""Called with (epoch index from 0, metrics); answers "continue", "stop" or "prune"."""
+"""Called with (epoch index from 0, metrics); answers "continue", "stop", "prune" or "cancel"."""
 
-_STOP_ACTIONS = frozenset({"stop", "prune"})
+_STOP_ACTIONS = frozenset({"stop", "prune", "cancel"})
+EARLY_STOPPING = "early_stopping"
+"""`TrialResult.stopped_by` when Keras's EarlyStopping ended training."""
 
 
 @dataclass(frozen=True)
 class TrialResult:
     metrics: dict[str, float]
-    """The last epoch's metrics: loss, accuracy, val_loss, val_accuracy, learning_rate."""
+    """The objective epoch's metrics (loss, val_loss, each train.metrics name and its val_ form,
+    learning_rate): the last epoch's, or with objective epoch "best" the best epoch's."""
     epochs_run: int
-    stopped: bool
-    """True when `on_epoch_end` answered "stop" or "prune"."""
+    objective: float
+    """The objective metric's value in `metrics`."""
+    objective_epoch: int
+    """The epoch (from 0) that `metrics` and `objective` come from."""
+    stopped_by: str | None = None
+    """Why training ended before the last epoch: the worker's answer ("stop", "prune" or "cancel"),
+    "early_stopping", or None when every epoch ran."""
+
+    @property
+    def stopped(self) -> bool:
+        """True when `on_epoch_end` answered "stop", "prune" or "cancel" (early stopping is not a stop)."""
+        return self.stopped_by in _STOP_ACTIONS
 
 
 def run_trial(assignment: Assignment, on_epoch_end: EpochCallback, data_root: Path | None = None) -> TrialResult:
     """Train the assignment's model; log train/ and validation/ scalars and the HParams session.
 
-    File datasets (npz:..., images:...) are read under `data_root` (default ./data). Any exception
-    ends the HParams session as FAILURE and propagates, so the worker can report it.
+    File datasets (npz:..., images:...) are read under `data_root` (default ./data), which model
+    builders see as `current_data_root()`. Any exception ends the HParams session as FAILURE and
+    propagates, so the worker can report it. A "prune" or "cancel" answer ends it as aborted (see
+    `SessionStatus.proto`); a "stop" answer leaves it without an end, since the worker hands the
+    trial back for a retry.
     """
-    hparams = assignment.hparams
     _remove_earlier_attempts(Path(assignment.logdir))
+    with TrialSession(assignment.logdir, assignment.trial_id, assignment.hparams, assignment.log_scaled) as session:
+        with _trial_dtype_policy(assignment.train.mixed_precision), _seeded(_trial_seed(assignment)):
+            try:
+                result = _train(assignment, on_epoch_end, data_root)
+            finally:
+                # Frees the graph and layer-name counters, so one worker process can run many trials.
+                # It also resets Keras's dtype policy, hence inside the block that restores it.
+                keras.backend.clear_session()
+        session.write_objective(assignment.objective.metric, result.objective, step=result.objective_epoch)
+        session.status = _session_status(result.stopped_by)
+        return result
+
+
+def _train(assignment: Assignment, on_epoch_end: EpochCallback, data_root: Path | None) -> TrialResult:
+    hparams, settings = assignment.hparams, assignment.train
+    data = training_data(assignment.dataset, data_root, settings.validation_split)
+    batch_size = int(hparams.get("batch_size", settings.batch_size))
+    train, validation = data.batches(batch_size, seed=_trial_seed(assignment))
+    epochs = settings.epochs
+    steps_per_epoch = math.ceil(data.train_size / batch_size)
+
+    with using_data_root(data_root):
+        model = _registry.models.get(assignment.model)(hparams, data.info)
+    learning_rate = build_learning_rate(hparams, epochs, steps_per_epoch)
+    model.compile(optimizer=build_optimizer(hparams, learning_rate), loss=build_loss(settings.loss),
+                  metrics=build_metrics(settings.metrics), jit_compile=settings.jit_compile)
+
+    reporter = _EpochReporter(on_epoch_end, assignment.objective.metric)
+    callbacks = [*schedule_callbacks(hparams), _LearningRateInLogs(), _LiveTensorBoard(assignment.logdir),
+                 *_early_stopping(settings.early_stopping), reporter]
+    # shuffle=False: the pipeline shuffles, seeded; Keras's own flag does nothing for tf.data but warn.
+    model.fit(train, validation_data=validation, epochs=epochs, shuffle=False, verbose=0,
+              class_weight=class_weights(settings.class_weight, data), callbacks=callbacks)
+
+    if not reporter.history:
+        raise RuntimeError("training ended before its first epoch")
+    objective_epoch = _objective_epoch(assignment.objective, reporter.history)
+    metrics = reporter.history[objective_epoch]
+    _require_objective(assignment.objective.metric, metrics)
+    stopped_by = reporter.stopped_by or (EARLY_STOPPING if len(reporter.history) < epochs else None)
+    return TrialResult(metrics=metrics, epochs_run=len(reporter.history),
+                       objective=metrics[assignment.objective.metric], objective_epoch=objective_epoch,
+                       stopped_by=stopped_by)
+
+
+def _trial_seed(assignment: Assignment) -> int | None:
+    # An hparam named `seed` wins over train.seed, so a sweep can search over seeds.
+    if "seed" in assignment.hparams:
+        return int(assignment.hparams["seed"])
+    return assignment.train.seed
+
+
+@contextmanager
+def _seeded(seed: int | None) -> Iterator[None]:
+    """Python, NumPy and TensorFlow seeded, and TensorFlow's ops deterministic, for one trial.
+
+    Without deterministic ops a seed fixes the initial weights and the shuffling, but not the order in
+    which parallel kernels (on GPUs, cuDNN's and atomic adds) sum floats, so two runs could drift apart.
+    """
+    if seed is None:
+        yield
+        return
+    keras.utils.set_random_seed(seed)
+    was_deterministic = _op_determinism_enabled()
+    tf.config.experimental.enable_op_determinism()
     try:
-        with TrialSession(assignment.logdir, assignment.trial_id, hparams) as session:
-            if "seed" in hparams:
-                keras.utils.set_random_seed(int(hparams["seed"]))
-            dataset = load_dataset(assignment.dataset, data_root)
-            (x_train, y_train), validation = _split(dataset, assignment.train.validation_split)
-            batch_size = int(hparams.get("batch_size", assignment.train.batch_size))
-            if batch_size < 1:
-                raise ValueError(f"batch_size must be >= 1, but got {batch_size}")
-            epochs = assignment.train.epochs
-            steps_per_epoch = math.ceil(len(x_train) / batch_size)
-
-            model = _registry.models.get(assignment.model)(hparams, dataset.info)
-            learning_rate = build_learning_rate(hparams, epochs, steps_per_epoch)
-            model.compile(optimizer=build_optimizer(hparams, learning_rate),
-                          loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-
-            reporter = _EpochReporter(on_epoch_end, assignment.objective.metric)
-            model.fit(x_train, y_train, validation_data=validation, batch_size=batch_size, epochs=epochs,
-                      shuffle=True, verbose=0,
-                      callbacks=[*schedule_callbacks(hparams), _LiveTensorBoard(assignment.logdir), reporter])
-
-            metrics = reporter.last_metrics
-            _require_objective(assignment.objective.metric, metrics)
-            session.write_objective(assignment.objective.metric, metrics[assignment.objective.metric],
-                                    step=reporter.epochs_run - 1)
-            return TrialResult(metrics=metrics, epochs_run=reporter.epochs_run, stopped=reporter.stopped)
+        yield
     finally:
-        # Frees the graph and layer-name counters, so one worker process can run many trials.
-        keras.backend.clear_session()
+        # Deterministic kernels can be slower (on GPUs), so an unseeded trial after this one must not pay.
+        if not was_deterministic:
+            _disable_op_determinism()
+
+
+def _op_determinism_enabled() -> bool:
+    # TensorFlow's public API can only turn determinism on; the switch back lives in its config module.
+    from tensorflow.python.framework import config as tf_config
+
+    check = getattr(tf_config, "is_op_determinism_enabled", None)
+    return bool(check()) if check is not None else True
+
+
+def _disable_op_determinism() -> None:
+    from tensorflow.python.framework import config as tf_config
+
+    disable = getattr(tf_config, "disable_op_determinism", None)
+    if disable is not None:
+        disable()
+
+
+@contextmanager
+def _trial_dtype_policy(mixed_precision: bool) -> Iterator[None]:
+    """Keras's global dtype policy "mixed_float16" for this trial only; the previous one is restored after.
+
+    The policy is global in Keras, so it is restored even when the trial fails: a worker's next trial
+    must not inherit float16 layers.
+    """
+    previous = keras.mixed_precision.dtype_policy()
+    if mixed_precision:
+        keras.mixed_precision.set_dtype_policy("mixed_float16")
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_dtype_policy(previous)
+
+
+# -- losses and metrics ----------------------------------------------------------------------------
+
+def _one_hot(y_true: Any, y_pred: Any) -> Any:
+    # Datasets hold integer class labels; losses and metrics over whole distributions want one-hot rows.
+    labels = ops.cast(ops.reshape(y_true, (-1,)), "int32")
+    return ops.one_hot(labels, ops.shape(y_pred)[-1], dtype=y_pred.dtype)
+
+
+class _OnOneHotLabels(keras.losses.Loss):
+    """A Keras loss over class distributions (categorical cross-entropy, KL, ...) fed integer labels.
+
+    The labels become one-hot inside the loss rather than in the data, so the sparse metrics that may
+    sit beside it (accuracy, top-k) keep the integer labels they need.
+    """
+
+    def __init__(self, loss: Callable[[Any, Any], Any], name: str):
+        super().__init__(name=name)
+        self._loss = loss
+
+    def call(self, y_true: Any, y_pred: Any) -> Any:
+        return self._loss(_one_hot(y_true, y_pred), y_pred)
+
+
+class _FromIntegerLabels:
+    """Mixin: a metric over one-hot labels (AUC, precision, recall), updated with integer labels.
+
+    Over a softmax output it is micro-averaged: every (example, class) pair counts one-vs-rest.
+    """
+
+    def update_state(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> Any:
+        return super().update_state(_one_hot(y_true, y_pred), y_pred, sample_weight)  # type: ignore[misc]
+
+
+class _AUC(_FromIntegerLabels, keras.metrics.AUC):
+    pass
+
+
+class _Precision(_FromIntegerLabels, keras.metrics.Precision):
+    pass
+
+
+class _Recall(_FromIntegerLabels, keras.metrics.Recall):
+    pass
+
+
+_LOSSES: dict[str, Callable[[], keras.losses.Loss]] = {
+    "sparse_categorical_crossentropy": lambda: keras.losses.SparseCategoricalCrossentropy(),
+    "categorical_crossentropy": lambda: _OnOneHotLabels(keras.losses.categorical_crossentropy,
+                                                        "categorical_crossentropy"),
+    "categorical_focal_crossentropy": lambda: _OnOneHotLabels(keras.losses.categorical_focal_crossentropy,
+                                                              "categorical_focal_crossentropy"),
+    "kl_divergence": lambda: _OnOneHotLabels(keras.losses.kl_divergence, "kl_divergence"),
+    "poisson": lambda: _OnOneHotLabels(keras.losses.poisson, "poisson"),
+}
+
+# Each metric is named explicitly: Keras then logs it under exactly the name the spec checked
+# (`TrainSettings.metric_names()`), never with a suffix like "auc_1".
+_METRICS: dict[str, Callable[[], keras.metrics.Metric]] = {
+    "accuracy": lambda: keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
+    "sparse_categorical_accuracy": lambda: keras.metrics.SparseCategoricalAccuracy(name="sparse_categorical_accuracy"),
+    "sparse_top_k_categorical_accuracy": lambda: keras.metrics.SparseTopKCategoricalAccuracy(
+        name="sparse_top_k_categorical_accuracy"),
+    "sparse_categorical_crossentropy": lambda: keras.metrics.SparseCategoricalCrossentropy(
+        name="sparse_categorical_crossentropy"),
+    "auc": lambda: _AUC(name="auc"),
+    "precision": lambda: _Precision(name="precision"),
+    "recall": lambda: _Recall(name="recall"),
+}
+
+# Per-epoch values that get better as they fall; every other metric gets better as it rises.
+_MINIMIZED = frozenset({"loss", "sparse_categorical_crossentropy", "learning_rate"})
+
+if set(_LOSSES) != set(LOSSES) or set(_METRICS) != set(METRICS):
+    raise ImportError(f"the runner's losses {sorted(_LOSSES)} and metrics {sorted(_METRICS)} do not match the "
+                      f"spec's {sorted(LOSSES)} and {sorted(METRICS)}")
+
+
+def build_loss(name: str) -> keras.losses.Loss:
+    """The Keras loss `train.loss` names, taking the datasets' integer labels."""
+    try:
+        return _LOSSES[name]()
+    except KeyError:
+        raise ValueError(f"unknown loss {name!r}; allowed losses: {', '.join(_LOSSES)}") from None
+
+
+def build_metrics(names: list[str]) -> list[keras.metrics.Metric]:
+    """The Keras metrics `train.metrics` names, each logged under its own name (val_<name> for validation)."""
+    unknown = [name for name in names if name not in _METRICS]
+    if unknown:
+        raise ValueError(f"unknown metric {unknown[0]!r}; allowed metrics: {', '.join(_METRICS)}")
+    return [_METRICS[name]() for name in names]
+
+
+# -- class weights, early stopping, the objective ----------------------------------------------------
+
+def class_weights(setting: Mapping[int, float] | str | None, data: TrainingData) -> dict[int, float] | None:
+    """Keras's `class_weight` for `train.class_weight`: a weight for every class index, or None.
+
+    A mapping may leave classes out (they keep weight 1); "balanced" weighs by the training labels.
+    """
+    if setting is None:
+        return None
+    num_classes = data.info.num_classes
+    if setting == "balanced":
+        return balanced_class_weights(data.train_labels(), num_classes)
+    if isinstance(setting, str):
+        raise ValueError(f"class_weight must be a mapping {{class index: weight}} or 'balanced', but got {setting!r}")
+    outside = sorted(int(label) for label in setting if not 0 <= int(label) < num_classes)
+    if outside:
+        raise ValueError(f"class_weight names class {outside[0]}, but the dataset's classes are 0 to "
+                         f"{num_classes - 1}")
+    # Keras looks a weight up for every label, so every class index needs one.
+    return {label: float(setting.get(label, 1.0)) for label in range(num_classes)}
+
+
+def balanced_class_weights(labels: np.ndarray, num_classes: int) -> dict[int, float]:
+    """n_samples / (n_classes * count) per class, like scikit-learn's compute_class_weight("balanced").
+
+    n_classes counts the classes present in `labels`; a class absent from them weighs no training
+    example, and gets 1.0 only because Keras wants a weight for every index.
+    """
+    labels = np.asarray(labels, dtype="int64")
+    if labels.size == 0:
+        raise ValueError("class_weight 'balanced' needs training labels, but there are none")
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise ValueError(f"class labels must be 0 to {num_classes - 1}, but the training labels range from "
+                         f"{labels.min()} to {labels.max()}")
+    counts = np.bincount(labels, minlength=num_classes)
+    present = int(np.count_nonzero(counts))
+    return {label: float(len(labels) / (present * count)) if count else 1.0 for label, count in enumerate(counts)}
+
+
+def _early_stopping(settings: EarlyStopping | None) -> list[keras.callbacks.Callback]:
+    if settings is None:
+        return []
+    # Explicit, not Keras's "auto": auto cannot tell the direction of learning_rate or of our wrappers.
+    mode = "min" if settings.monitor.removeprefix("val_") in _MINIMIZED else "max"
+    return [keras.callbacks.EarlyStopping(monitor=settings.monitor, patience=settings.patience,
+                                          min_delta=settings.min_delta, mode=mode,
+                                          restore_best_weights=settings.restore_best_weights)]
+
+
+def _objective_epoch(objective: Objective, history: list[dict[str, float]]) -> int:
+    """The epoch whose metrics are the trial's result: the last one, or the best one by the goal.
+
+    Ties go to the earlier epoch; NaN values never win (a diverged epoch is no one's best).
+    """
+    last = len(history) - 1
+    if objective.epoch == "last":
+        return last
+    best: int | None = None
+    for epoch, metrics in enumerate(history):
+        value = metrics.get(objective.metric, math.nan)
+        if math.isnan(value):
+            continue
+        if best is None or objective.better(value, history[best][objective.metric]):
+            best = epoch
+    return best if best is not None else last
+
+
+def _session_status(stopped_by: str | None) -> SessionStatus | None:
+    if stopped_by == "stop":
+        # The worker hands the trial back for a retry, which rewrites this folder: no end now, since
+        # TensorBoard would keep the first end it reads.
+        return None
+    if stopped_by in ("prune", "cancel"):
+        return SessionStatus.aborted
+    return SessionStatus.success
 
 
 def _remove_earlier_attempts(trial_dir: Path) -> None:
@@ -86,21 +350,27 @@ def _remove_earlier_attempts(trial_dir: Path) -> None:
                 path.unlink(missing_ok=True)
 
 
-def _split(dataset: Dataset, validation_split: float) -> tuple[tuple[np.ndarray, np.ndarray],
-                                                                tuple[np.ndarray, np.ndarray]]:
-    # The same cut as Keras's own `validation_split` (the last fraction, not shuffled), done here so
-    # that the number of training examples, and with it the steps per epoch, is known exactly.
-    split_at = int(math.floor(len(dataset.x) * (1.0 - validation_split)))
-    if not 0 < split_at < len(dataset.x):
-        raise ValueError(f"validation_split {validation_split} leaves no training or no validation examples "
-                         f"out of {len(dataset.x)}")
-    return (dataset.x[:split_at], dataset.y[:split_at]), (dataset.x[split_at:], dataset.y[split_at:])
-
-
 def _require_objective(metric: str, metrics: dict[str, float]) -> None:
     if metric not in metrics:
         raise ValueError(f"objective metric {metric!r} is not among the trial's metrics; "
                          f"available: {', '.join(sorted(metrics))}")
+
+
+# -- callbacks -------------------------------------------------------------------------------------
+
+def _learning_rate(model: keras.Model) -> float:
+    # The rate the optimizer will use next, the same value Keras's TensorBoard callback logs as
+    # epoch_learning_rate (it evaluates a schedule at the optimizer's step count). A mixed-precision
+    # LossScaleOptimizer passes its inner optimizer's rate through.
+    return float(model.optimizer.learning_rate)
+
+
+class _LearningRateInLogs(keras.callbacks.Callback):
+    """Puts the learning rate into each epoch's logs, so EarlyStopping can watch it like any metric."""
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if logs is not None:
+            logs["learning_rate"] = _learning_rate(self.model)
 
 
 class _EpochReporter(keras.callbacks.Callback):
@@ -110,23 +380,20 @@ class _EpochReporter(keras.callbacks.Callback):
         super().__init__()
         self._on_epoch_end = on_epoch_end
         self._objective_metric = objective_metric
-        self.last_metrics: dict[str, float] = {}
-        self.epochs_run = 0
-        self.stopped = False
+        self.history: list[dict[str, float]] = []
+        self.stopped_by: str | None = None
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         metrics = {name: float(value) for name, value in (logs or {}).items()}
-        # The rate the optimizer will use next, the same value Keras's TensorBoard callback logs as
-        # epoch_learning_rate (it evaluates a schedule at the optimizer's step count).
-        metrics["learning_rate"] = float(self.model.optimizer.learning_rate)
+        metrics["learning_rate"] = _learning_rate(self.model)
         if epoch == 0:
             # Fail on the first epoch, not after the whole training, when the objective names no metric.
             _require_objective(self._objective_metric, metrics)
-        self.last_metrics = metrics
-        self.epochs_run = epoch + 1
-        if self._on_epoch_end(epoch, dict(metrics)) in _STOP_ACTIONS:
+        self.history.append(metrics)
+        answer = self._on_epoch_end(epoch, dict(metrics))
+        if answer in _STOP_ACTIONS:
             self.model.stop_training = True
-            self.stopped = True
+            self.stopped_by = answer
 
 
 class _LiveTensorBoard(keras.callbacks.TensorBoard):

@@ -13,7 +13,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import api_pb2, metadata
 
 from sweeper import parse_spec
-from sweeper.hparams_log import CONFIG_FILE, TrialSession, hparams_for, metrics_for, write_experiment
+from sweeper.hparams_log import (CONFIG_FILE, SessionStatus, TrialSession, hparams_for, metrics_for,
+                                 write_experiment)
 
 SPEC = {
     "name": "digits-mlp",
@@ -33,6 +34,32 @@ SPEC = {
     },
     "search": {"strategy": "random", "max_trials": 4},
 }
+
+# Each log-scaled hparam is followed by its log10_ column.
+WITH_LOG10_COLUMNS = ["units", "dropout", "depth", "learning_rate", "log10_learning_rate", "optimizer", "momentum",
+                      "nesterov", "batch_size", "lr_schedule"]
+
+
+def test_a_log_scaled_hparam_also_shows_as_log10_over_the_log10_of_its_bounds(tmp_path: Path) -> None:
+    write_experiment(tmp_path, parse_spec(SPEC))
+
+    column = _hparam_infos(_read_experiment(tmp_path))["log10_learning_rate"]
+
+    assert (column.domain_interval.min_value, column.domain_interval.max_value) == (-4.0, 0.0)
+    assert column.type == api_pb2.DATA_TYPE_FLOAT64
+
+
+def test_conditional_and_stepped_hparams_are_listed_with_their_rule(tmp_path: Path) -> None:
+    spec = parse_spec({**SPEC, "hparams": {
+        "optimizer": {"type": "discrete", "values": ["sgd", "adam"]},
+        "momentum": {"type": "real_interval", "min": 0.5, "max": 0.9, "step": 0.1, "when": {"optimizer": "sgd"}},
+    }})
+    write_experiment(tmp_path, spec)
+
+    momentum = _hparam_infos(_read_experiment(tmp_path))["momentum"]
+
+    assert (momentum.domain_interval.min_value, momentum.domain_interval.max_value) == (0.5, 0.9)
+    assert momentum.description == "In steps of 0.1 from 0.5. Only in trials where optimizer is 'sgd'."
 
 
 def _read_experiment(sweep_dir: Path) -> api_pb2.Experiment:
@@ -55,7 +82,7 @@ def test_config_holds_each_hparams_exact_domain(tmp_path: Path) -> None:
 
     infos = _hparam_infos(_read_experiment(tmp_path))
 
-    assert list(infos) == list(SPEC["hparams"])
+    assert list(infos) == WITH_LOG10_COLUMNS
     assert _discrete_values(infos["units"]) == [16, 32, 64]
     assert infos["units"].type == api_pb2.DATA_TYPE_FLOAT64
     assert (infos["dropout"].domain_interval.min_value, infos["dropout"].domain_interval.max_value) == (0.1, 0.5)
@@ -91,7 +118,7 @@ def test_config_metrics_are_the_objective_and_keras_epoch_scalars(tmp_path: Path
 def test_hparams_and_metrics_for_match_the_spec() -> None:
     spec = parse_spec(SPEC)
 
-    assert [hparam.name for hparam in hparams_for(spec)] == list(SPEC["hparams"])
+    assert [hparam.name for hparam in hparams_for(spec)] == WITH_LOG10_COLUMNS
     assert metrics_for(spec)[0].as_proto().name.tag == "val_accuracy"
 
 
@@ -169,3 +196,57 @@ def test_trial_session_ends_as_failure_when_the_block_raises(tmp_path: Path) -> 
     assert start.group_name == "8"
     assert end.status == api_pb2.STATUS_FAILURE
     assert scalars == {}
+
+
+def test_trial_session_adds_log10_columns_for_log_scaled_hparams(tmp_path: Path) -> None:
+    hparams = {"learning_rate": 0.001, "weight_decay": 1e-5, "units": 100, "optimizer": "adam"}
+
+    with TrialSession(tmp_path, 3, hparams, log_scaled=["learning_rate", "units", "not_in_this_trial"]):
+        pass
+
+    start, _, _ = _read_session(tmp_path)
+    written = {name: getattr(value, value.WhichOneof("kind")) for name, value in start.hparams.items()}
+    assert written == {**hparams, "log10_learning_rate": pytest.approx(-3.0), "log10_units": pytest.approx(2.0)}
+
+
+@pytest.mark.parametrize("value", [0, -0.1, "0.1", True])
+def test_trial_session_refuses_a_log_scaled_value_without_a_logarithm(tmp_path: Path, value: Any) -> None:
+    with pytest.raises(ValueError, match=r"hparam learning_rate is searched on a log scale, so it must be a "
+                                         r"number > 0, but got"):
+        TrialSession(tmp_path, 3, {"learning_rate": value}, log_scaled=["learning_rate"])
+
+
+def test_trial_session_ends_with_the_status_the_trainer_set(tmp_path: Path) -> None:
+    with TrialSession(tmp_path, 4, {"units": 16}) as session:
+        session.status = SessionStatus.aborted
+
+    _, end, _ = _read_session(tmp_path)
+
+    # TensorBoard 2.21 has no ABORTED; UNKNOWN is the status its dashboard shows and filters.
+    assert end.status == getattr(api_pb2, "STATUS_ABORTED", api_pb2.STATUS_UNKNOWN)
+    assert end.end_time_secs > 0
+
+
+def test_trial_session_without_a_status_writes_no_end(tmp_path: Path) -> None:
+    with TrialSession(tmp_path, 5, {"units": 16}) as session:
+        session.write_objective("val_accuracy", 0.5, step=0)
+        session.status = None
+
+    start, end, scalars = _read_session(tmp_path)
+
+    assert (start.group_name, end) == ("5", None)
+    assert scalars == {"val_accuracy": [0.5]}
+
+
+def test_an_exception_ends_the_session_as_failure_whatever_status_was_set(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError):
+        with TrialSession(tmp_path, 6, {"units": 16}) as session:
+            session.status = None
+            raise RuntimeError("boom")
+
+    assert _read_session(tmp_path)[1].status == api_pb2.STATUS_FAILURE
+
+
+def test_session_statuses_map_to_tensorboards() -> None:
+    assert [status.proto for status in SessionStatus] == [
+        api_pb2.STATUS_SUCCESS, api_pb2.STATUS_FAILURE, getattr(api_pb2, "STATUS_ABORTED", api_pb2.STATUS_UNKNOWN)]

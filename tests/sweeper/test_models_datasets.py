@@ -56,7 +56,8 @@ def test_load_dataset_rejects_a_builder_that_returns_something_else(monkeypatch:
     monkeypatch.setattr(_registry, "datasets", _registry.Registry("dataset", {"raw": lambda: (1, 2)}))
     monkeypatch.setattr(datasets, "_cache", {})
 
-    with pytest.raises(TypeError, match="dataset builder 'raw' must return a Dataset, but returned tuple"):
+    with pytest.raises(TypeError, match="dataset builder 'raw' must return a Dataset or DataSplits, "
+                                        "but returned tuple"):
         load_dataset("raw")
 
 
@@ -119,3 +120,39 @@ def test_cnn_defaults() -> None:
 def test_cnn_rejects_inputs_that_are_not_images() -> None:
     with pytest.raises(ValueError, match=r"needs images shaped \(height, width, channels\)"):
         build_cnn({}, DatasetInfo(input_shape=(64,), num_classes=10))
+
+
+def test_cnn_batch_norm_puts_a_normalization_after_each_convolution() -> None:
+    model = build_cnn({"filters": 4, "blocks": 2, "batch_norm": True}, DIGITS)
+
+    kinds = [type(layer).__name__ for layer in model.layers]
+    assert kinds[1:9] == ["Conv2D", "BatchNormalization", "Activation", "MaxPooling2D"] * 2
+    assert [layer.use_bias for layer in _layers(model, keras.layers.Conv2D)] == [False, False]
+    assert model.predict(np.zeros((2, 8, 8, 1), "float32"), verbose=0).shape == (2, 10)
+
+
+@pytest.mark.parametrize("hparams", [{}, {"batch_norm": False}])
+def test_cnn_has_no_batch_norm_unless_asked(hparams: dict[str, object]) -> None:
+    model = build_cnn({"blocks": 2, **hparams}, DIGITS)
+
+    assert _layers(model, keras.layers.BatchNormalization) == []
+    assert [layer.activation.__name__ for layer in _layers(model, keras.layers.Conv2D)] == ["relu", "relu"]
+
+
+def test_cnn_batch_norm_must_be_a_bool() -> None:
+    with pytest.raises(ValueError, match="hparam batch_norm must be true or false, but got 'yes'"):
+        build_cnn({"batch_norm": "yes"}, DIGITS)
+
+
+@pytest.mark.parametrize("build", [build_mlp, build_cnn])
+def test_built_in_models_keep_a_float32_softmax_under_mixed_precision(build: object) -> None:
+    keras.mixed_precision.set_dtype_policy("mixed_float16")
+    try:
+        model = build({}, DIGITS)  # type: ignore[operator]
+    finally:
+        keras.mixed_precision.set_dtype_policy("float32")
+
+    *hidden, head = _layers(model, keras.layers.Dense)
+    assert {layer.compute_dtype for layer in hidden} == {"float16"}
+    assert head.compute_dtype == "float32"
+    assert model.output.dtype == "float32"
