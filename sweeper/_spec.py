@@ -189,6 +189,7 @@ def parse_spec(data: Any, source: str | None = None) -> SweepSpec:
     # Learning-rate schedule parameters are checked against the whole space, with their own paths.
     problems += check_conditions(spec.search_space())
     problems += check_schedule_hparams(spec.search_space())
+    problems += _registry.models.check_hparams(spec.model, spec.search_space())
     problems += _check_metric_names(spec)
     problems += [(("hparams", f"log10_{name}"), f"clashes with the log10_{name} column that TensorBoard shows for "
                                               f"log-scaled {name}; rename it")

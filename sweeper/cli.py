@@ -31,12 +31,25 @@ Gpus = Annotated[str, typer.Option(help="GPUs to use: all, none, or indices like
 CpuWorkers = Annotated[int, typer.Option(min=1, help="CPU worker processes when no GPU is used.")]
 DataRoot = Annotated[Path, typer.Option(envvar="SWEEPER_DATA_ROOT",
                                         help="Folder that file datasets (npz:PATH, images:PATH) are read from.")]
+Plugins = Annotated[Optional[list[str]], typer.Option(
+    "--plugins", envvar="SWEEPER_PLUGINS", metavar="MODULE",
+    help="Operator module(s) registering models and datasets (repeat, or comma-separated); see docs/plugins.md.")]
 DEFAULT_SERVER = "http://127.0.0.1:8000"
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
     errors.print(f"[red]error:[/red] {message}", highlight=False)
     return typer.Exit(code)
+
+
+def _load_plugins(plugins: list[str] | None) -> list[str]:
+    """Import the operator's plugin modules (and entry points) now, so a broken one stops the command here."""
+    from sweeper.plugins import PluginError, load_plugins
+
+    try:
+        return load_plugins(plugins or [])
+    except PluginError as error:
+        raise _fail(str(error), code=2) from None
 
 
 def _load(path: Path):  # noqa: ANN202 - SweepSpec, imported lazily above
@@ -52,8 +65,11 @@ def serve(
     port: Annotated[int, typer.Option(envvar="SWEEPER_PORT")] = 8000,
     database_url: DatabaseUrl = "sqlite:///sweeper.db",
     logdir: Logdir = "runs",
+    plugins: Plugins = None,
 ) -> None:
     """Start the API server."""
+    # The server only validates names; the plugins' code runs on the workers.
+    _load_plugins(plugins)
     from api.server import serve as serve_api
     from api.settings import Settings
 
@@ -66,12 +82,15 @@ def worker(
     gpus: Gpus = "all",
     cpu_workers: CpuWorkers = 1,
     data_root: DataRoot = Path("data"),
+    plugins: Plugins = None,
 ) -> None:
     """Start one worker process per GPU (or CPU workers when there is none)."""
     from workers.supervisor import run_workers
 
+    modules = _load_plugins(plugins)
     try:
-        raise typer.Exit(run_workers(server=server, gpus=gpus, cpu_workers=cpu_workers, data_root=data_root))
+        raise typer.Exit(run_workers(server=server, gpus=gpus, cpu_workers=cpu_workers, data_root=data_root,
+                                     plugins=modules))
     except ValueError as error:
         raise _fail(str(error), code=2) from None
 
@@ -82,8 +101,11 @@ def submit(
     server: Server = DEFAULT_SERVER,
     wait: Annotated[bool, typer.Option(help="Show progress until the sweep ends.")] = False,
     logdir: Logdir = "runs",
+    plugins: Plugins = None,
 ) -> None:
     """Submit a sweep spec to the server."""
+    # Only for the local check of the spec: a plugin module's names must be known here too.
+    _load_plugins(plugins)
     spec = _load(file)
     from sweeper.client import Client
 
@@ -92,9 +114,20 @@ def submit(
             sweep = client.create_sweep(spec.to_json())
         except SweeperError as error:
             raise _fail(f"{file}: {error}", code=2) from None
-        console.print(f"Created sweep {sweep['id']} {sweep['name']}: {sweep['total_trials']} trials")
+        console.print(f"Created sweep {sweep['id']} {sweep['name']}: {_console.search_size(sweep)}")
         if wait:
             _console.summary(_console.watch(client, sweep["id"], console), logdir, console)
+
+
+@app.command()
+def check(file: Annotated[Path, typer.Argument(help="Sweep spec, YAML or JSON.")]) -> None:
+    """Validate a sweep spec and show how large its search is, without a server."""
+    spec = _load(file)
+    from sweeper._strategies import make_strategy
+
+    strategy = make_strategy(spec)
+    console.print(f"{file}: valid; " + _console.search_size(
+        {"spec": spec.to_json(), "space_size": strategy.size, "total_trials": strategy.total}))
 
 
 @app.command()
@@ -124,6 +157,7 @@ def run(
     gpus: Gpus = "all",
     cpu_workers: CpuWorkers = 1,
     data_root: DataRoot = Path("data"),
+    plugins: Plugins = None,
 ) -> None:
     """Server, workers and sweep in one command on this machine, ending with the best trial."""
     from api.server import start_in_thread
@@ -132,6 +166,7 @@ def run(
     from workers.gpus import discover_gpus, select_gpus
     from workers.supervisor import Supervisor
 
+    modules = _load_plugins(plugins)
     spec = _load(file)
     try:
         chosen = select_gpus(gpus, discover_gpus())
@@ -141,12 +176,12 @@ def run(
     worker_log = Path(logdir) / "workers.log"
     # The workers write to a file: the terminal belongs to the progress bar.
     supervisor = Supervisor(server.url, gpus=chosen, cpu_workers=cpu_workers, output=worker_log,
-                            data_root=data_root)
+                            data_root=data_root, plugins=modules)
     try:
         with Client(server.url) as client:
             sweep = client.create_sweep(spec.to_json())
             where = f"{len(chosen)} GPU(s)" if chosen else f"{cpu_workers} CPU worker(s)"
-            console.print(f"Sweep {sweep['id']} {sweep['name']}: {sweep['total_trials']} trials on {where} "
+            console.print(f"Sweep {sweep['id']} {sweep['name']}: {_console.search_size(sweep)}, on {where} "
                           f"(worker log: {worker_log})")
             supervisor.start()
             sweep = _console.watch(client, sweep["id"], console)

@@ -318,6 +318,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="exit after S seconds without work (default: never)")
     parser.add_argument("--data-root", type=Path, default=None,
                         help="folder that file datasets (npz:, images:) are read from (default: ./data)")
+    parser.add_argument("--plugins", action="append", default=None, metavar="MODULE",
+                        help="plugin module(s) registering models and datasets, imported at start "
+                             "(repeat, or comma-separated; default: $SWEEPER_PLUGINS)")
     parser.add_argument("--poll-interval", type=float, default=1.0, metavar="S")
     parser.add_argument("--heartbeat-interval", type=float, default=10.0, metavar="S")
     parser.add_argument("--retries", type=int, default=8, metavar="N",
@@ -351,6 +354,14 @@ def main(argv: list[str] | None = None) -> int:
                         format=f"%(asctime)s %(levelname)s [{worker}] %(name)s: %(message)s")
     # httpx logs every request at INFO: several a second per worker, drowning what matters.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    # Before the first claim: a trial naming a plugin's model or dataset must find it registered.
+    from sweeper.plugins import PluginError, load_plugins
+
+    try:
+        load_plugins(args.plugins)
+    except PluginError as error:
+        logger.error("worker %s cannot start: %s", args.worker_id, error)
+        return 1
     with Client(args.server, retries=args.retries) as client:
         agent = Agent(client, args.worker_id, args.host, gpu=args.gpu, poll_interval=args.poll_interval,
                       heartbeat_interval=args.heartbeat_interval, idle_exit=args.idle_exit,

@@ -19,6 +19,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,7 +83,7 @@ class Supervisor:
     def __init__(self, server_url: str, gpus: list[str], cpu_workers: int = 1, host: str | None = None,
                  idle_exit: float | None = None, child_command: list[str] | None = None, max_restarts: int = 5,
                  restart_backoff: float = 1.0, max_backoff: float = 60.0, healthy_after: float = 300.0,
-                 output: Path | None = None, data_root: Path | None = None):
+                 output: Path | None = None, data_root: Path | None = None, plugins: Sequence[str] = ()):
         if not gpus and cpu_workers < 1:
             raise ValueError(f"with no GPUs, `cpu_workers >= 1` must hold, but got {cpu_workers=}")
         if max_restarts < 0:
@@ -99,6 +100,8 @@ class Supervisor:
         # Where the children's output goes: inherited by default; a file when a live display owns the terminal.
         self.output = output
         self.data_root = data_root.resolve() if data_root is not None else None
+        # Plugin modules each child imports before its first trial (the operator's, from the command line).
+        self.plugins = list(plugins)
         self._reserved: list[ReservedId] = []
         self.slots = [self._gpu_slot(gpu) for gpu in gpus] if gpus else \
             [self._cpu_slot(k) for k in range(cpu_workers)]
@@ -223,6 +226,8 @@ class Supervisor:
             command += ["--idle-exit", str(self.idle_exit)]
         if self.data_root is not None:
             command += ["--data-root", str(self.data_root)]
+        if self.plugins:
+            command += ["--plugins", ",".join(self.plugins)]
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **slot.env}
         # Its own process group: a terminal's Ctrl-C reaches only the supervisor, which forwards it once,
         # so one Ctrl-C means "finish the trial", not the "stop now" of a second signal.
@@ -333,7 +338,7 @@ class Supervisor:
 
 
 def run_workers(server: str, gpus: str = "all", cpu_workers: int = 1, idle_exit: float | None = None,
-                data_root: Path | None = None) -> int:
+                data_root: Path | None = None, plugins: Sequence[str] = ()) -> int:
     """Start one worker per selected GPU (or `cpu_workers` CPU workers) against `server`; block until done.
 
     Raises GpuSelectionError (a ValueError) when `gpus` names a GPU this host does not have.
@@ -342,7 +347,8 @@ def run_workers(server: str, gpus: str = "all", cpu_workers: int = 1, idle_exit:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     discovered = discover_gpus()
     selected = select_gpus(gpus, discovered)
-    supervisor = Supervisor(server, selected, cpu_workers=cpu_workers, idle_exit=idle_exit, data_root=data_root)
+    supervisor = Supervisor(server, selected, cpu_workers=cpu_workers, idle_exit=idle_exit, data_root=data_root,
+                            plugins=plugins)
     if selected:
         print(f"Starting {len(selected)} GPU worker(s) for {server}:")
         for slot in supervisor.slots:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 
@@ -23,9 +24,10 @@ SPEC = {
         "depth": {"type": "int_interval", "min": 1, "max": 2},
         "learning_rate": {"type": "real_interval", "min": 1.0e-3, "max": 1.0e-2, "log": True},
         "lr_schedule": {"type": "discrete", "values": ["constant", "cosine"]},
+        "warmup_epochs": {"type": "int_interval", "min": 0, "max": 1, "when": {"lr_schedule": "cosine"}},
         "batch_size": 64,
     },
-    "search": {"strategy": "random", "max_trials": 4, "seed": 1},
+    "search": {"strategy": "random", "max_trials": 4, "seed": 3},  # seed 3: two constant, two cosine
     "train": {"epochs": 2, "validation_split": 0.2},
 }
 ALL_STATUSES = ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"]
@@ -73,7 +75,9 @@ def test_sweep_over_rest_is_trained_by_workers_and_shown_in_tensorboard_hparams(
 
     info = wait_until(experiment, 90, "TensorBoard's hparams experiment")
     domains = {h["name"]: h for h in info["hparamInfos"]}
-    assert set(domains) == set(SPEC["hparams"])
+    # Every hparam, the conditional one included, and a log10_ column for the log-scaled one.
+    assert set(domains) == set(SPEC["hparams"]) | {"log10_learning_rate"}
+    assert domains["log10_learning_rate"]["domainInterval"] == {"minValue": -3.0, "maxValue": -2.0}
     assert domains["units"]["domainDiscrete"] == [16, 32]
     assert domains["lr_schedule"]["domainDiscrete"] == ["constant", "cosine"]
     assert domains["dropout"]["domainInterval"] == {"minValue": 0.0, "maxValue": 0.3}
@@ -84,10 +88,14 @@ def test_sweep_over_rest_is_trained_by_workers_and_shown_in_tensorboard_hparams(
     assert {("", "val_accuracy"), ("validation", "epoch_accuracy"), ("train", "epoch_learning_rate")} <= metric_tags
 
     groups = {g["name"]: g for g in wait_until(session_groups, 90, "TensorBoard's session groups")}
+    assert {t["hparams"]["lr_schedule"] for t in trials} == {"constant", "cosine"}
     assert set(groups) == {str(t["id"]) for t in trials}
     for trial in trials:
         group = groups[str(trial["id"])]
-        assert group["hparams"] == trial["hparams"], json.dumps(group)
+        # The session holds the trial's own hparams: warmup_epochs only where lr_schedule is cosine.
+        assert ("warmup_epochs" in trial["hparams"]) == (trial["hparams"]["lr_schedule"] == "cosine")
+        logged = {**trial["hparams"], "log10_learning_rate": pytest.approx(math.log10(trial["hparams"]["learning_rate"]))}
+        assert group["hparams"] == logged, json.dumps(group)
         assert [s["status"] for s in group["sessions"]] == ["STATUS_SUCCESS"]
         objective = next(m for m in group["metricValues"] if m["name"]["tag"] == "val_accuracy"
                          and not m["name"].get("group"))
@@ -114,7 +122,7 @@ def test_cli_submit_waits_with_progress_and_status_shows_the_trials(tmp_path, pr
 
     submitted = sweeper_cli("submit", str(spec), "--server", url, "--wait", "--logdir", str(tmp_path / "runs"))
     assert submitted.returncode == 0, submitted.stderr + processes.logs()
-    assert "Created sweep 1 cli-grid: 2 trials" in submitted.stdout
+    assert "Created sweep 1 cli-grid: grid of 2 configurations, 2 trials" in submitted.stdout
     assert "2/2" in submitted.stdout and "best val_loss=" in submitted.stdout
     assert "Sweep 1 cli-grid completed: 2/2 trials finished" in submitted.stdout
     assert f"sweeper tensorboard 1 --logdir {tmp_path / 'runs'}" in submitted.stdout

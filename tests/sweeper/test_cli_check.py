@@ -1,0 +1,51 @@
+"""`sweeper check`: a spec's problems, or the size of its search, before any server or sweep exists."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from sweeper.cli import app
+
+GRID = """\
+name: g
+model: mlp
+dataset: digits
+objective: {metric: val_accuracy}
+hparams:
+  units: {type: discrete, values: [16, 32, 64]}
+  depth: {type: int_interval, min: 1, max: 3}
+  optimizer: {type: discrete, values: [adam, sgd]}
+  momentum: {type: real_interval, min: 0.5, max: 0.9, step: 0.2, when: {optimizer: sgd}}
+search: {strategy: grid, grid_points: 3}
+"""
+
+
+def check(tmp_path: Path, text: str) -> tuple[int, str]:
+    path = tmp_path / "sweep.yaml"
+    path.write_text(text)
+    result = CliRunner().invoke(app, ["check", str(path)], env={"COLUMNS": "200"})
+    return result.exit_code, " ".join(result.output.split())
+
+
+def test_check_shows_the_grid_size_counting_each_conditional_branch_once(tmp_path: Path) -> None:
+    code, output = check(tmp_path, GRID)
+
+    # units 3 x depth 3 x (adam 1 + sgd with 3 momentum steps)
+    assert code == 0
+    assert output.endswith("valid; grid of 36 configurations, 36 trials")
+
+
+def test_check_says_when_max_trials_cuts_the_search_short(tmp_path: Path) -> None:
+    code, output = check(tmp_path, GRID.replace("grid_points: 3}", "grid_points: 3, max_trials: 10}"))
+
+    assert code == 0
+    assert output.endswith("grid of 36 configurations, 10 trials (search.max_trials)")
+
+
+def test_check_names_the_file_the_field_and_the_rule(tmp_path: Path) -> None:
+    code, output = check(tmp_path, GRID.replace("when: {optimizer: sgd}", "when: {optimizer: lbfgs}"))
+
+    assert code == 2
+    assert f"{tmp_path / 'sweep.yaml'}: hparams.momentum.when.optimizer: optimizer never takes 'lbfgs'" in output
