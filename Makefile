@@ -15,7 +15,7 @@ $(INSTALLED): pyproject.toml
 	touch $(INSTALLED)
 
 demo: $(INSTALLED)
-	mkdir -p demo
+	rm -rf demo && mkdir -p demo
 	$(BIN)/sweeper run examples/digits.yaml --database-url sqlite:///demo/sweeper.db --logdir demo/runs --cpu-workers 2
 
 test: $(INSTALLED)

@@ -106,6 +106,10 @@ class SweepSpec(_Strict):
     hparams: dict[HParamName, Any] = Field(min_length=1)
     search: SearchSettings = SearchSettings()
     train: TrainSettings = TrainSettings()
+    max_attempts: int = Field(default=3, ge=1, le=100)
+    """Claims a trial gets: a lost worker's or a retryable failure's trial is retried until then."""
+    max_failures: int = Field(default=5, ge=1, le=1_000_000)
+    """Consecutive failed trials after which the sweep fails and starts no more."""
 
     @field_validator("model")
     @classmethod

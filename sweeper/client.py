@@ -18,7 +18,7 @@ import httpx
 
 from sweeper._errors import SweeperError
 from sweeper.messages import (Assignment, ClaimRequest, CompleteReport, Directive, FailReport, HeartbeatRequest,
-                              MetricsReport)
+                              MetricsReport, ReleaseReport)
 
 __all__ = ["ApiError", "Client", "LeaseLostError", "NotFoundError", "ServerUnavailableError"]
 
@@ -133,6 +133,10 @@ class Client:
 
     def fail(self, trial_id: int, report: FailReport) -> dict[str, Any]:
         return self._request("POST", f"/trials/{trial_id}/fail", json=report.model_dump(mode="json")).json()
+
+    def release(self, trial_id: int, report: ReleaseReport) -> dict[str, Any]:
+        """Give the trial back unfinished: pending again for any worker, no attempt counted."""
+        return self._request("POST", f"/trials/{trial_id}/release", json=report.model_dump(mode="json")).json()
 
     # -- transport ---------------------------------------------------------------------------------
 

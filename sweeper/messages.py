@@ -62,6 +62,12 @@ class Assignment(_Message):
     """The trial's own TensorBoard folder: <server logdir>/<sweep_id>/<trial_id>."""
     log_scaled: list[str] = []
     """Hparams searched on a log scale; the TensorBoard session also gets `log10_<name>` for each."""
+    attempt: int = 1
+    """Which attempt at the trial this is (1 for the first claim)."""
+    checkpoint_dir: str = ""
+    """The trial's checkpoint folder, beside its logs; a retried trial resumes from what is there."""
+    heartbeat_seconds: float = 10.0
+    """How often the worker extends its lease; the lease lasts longer than several of these."""
     lease_expires_at: datetime
 
 
@@ -80,10 +86,34 @@ class CompleteReport(_Message):
     metrics: dict[str, float]
 
 
+class FailureKind(StrEnum):
+    """Why a trial failed, which decides whether it is tried again."""
+
+    error = "error"
+    """An exception in model or data code: not retried unless the code marked it retryable."""
+    nan = "nan"
+    """The loss became NaN: not retried, the same configuration would diverge again."""
+    oom = "oom"
+    """Out of (GPU) memory: not retried on the same configuration."""
+    crash = "crash"
+    """The worker process died (signal or exit code): retried through its lease."""
+
+
 class FailReport(_Message):
     worker_id: WorkerId
     error: Annotated[str, Field(max_length=65_536)]
+    """One line or a short paragraph: what went wrong, e.g. "loss became NaN at epoch 3"."""
     retryable: bool = False
+    kind: FailureKind = FailureKind.error
+    traceback: Annotated[str, Field(max_length=262_144)] | None = None
+
+
+class ReleaseReport(_Message):
+    """A worker gives a trial back unfinished (it is shutting down): pending again, no attempt counted."""
+
+    worker_id: WorkerId
+    reason: Annotated[str, Field(max_length=65_536)]
+    epochs_done: Annotated[int, Field(ge=0, le=1_000_000)] = 0
 
 
 class Directive(_Message):
