@@ -17,7 +17,7 @@ from sqlalchemy.exc import OperationalError
 from sweeper import SpecError, SweeperError
 from sweeper._errors import UnknownTrialError
 
-from api.repository import LeaseConflictError, SweepNotFoundError
+from api.repository import LeaseConflictError, SweepNotFoundError, SweepStateError
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +28,7 @@ _STATUS_OF: dict[type[SweeperError], int] = {
     SweepNotFoundError: status.HTTP_404_NOT_FOUND,
     UnknownTrialError: status.HTTP_404_NOT_FOUND,
     LeaseConflictError: status.HTTP_409_CONFLICT,
+    SweepStateError: status.HTTP_409_CONFLICT,
     # Any other deliberate core error is a request the core refused.
     SweeperError: status.HTTP_400_BAD_REQUEST,
 }

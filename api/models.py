@@ -1,4 +1,4 @@
-"""Database rows: sweeps, their trials, and each trial's per-epoch metrics."""
+"""Database rows: sweeps, their trials, each trial's per-epoch metrics, and the workers seen."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-from sweeper.messages import SweepStatus, TrialState
+from sweeper.messages import FailureKind, SweepStatus, TrialState
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -45,6 +45,7 @@ class Base(DeclarativeBase):
         # Stored as plain strings (no native enum, no CHECK), so a new state needs no migration.
         SweepStatus: Enum(SweepStatus, native_enum=False, length=16),
         TrialState: Enum(TrialState, native_enum=False, length=16),
+        FailureKind: Enum(FailureKind, native_enum=False, length=16),
     }
 
 # Ids name TensorBoard folders and session groups, so SQLite must never reuse a deleted row's id.
@@ -65,6 +66,10 @@ class SweepRow(Base):
     """How many trials the strategy has handed out: trial k is created when first claimed."""
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None]
+    status_reason: Mapped[str | None] = mapped_column(Text)
+    """Why the sweep ended early (failed or cancelled); None while it runs or once it completed."""
+    consecutive_failures: Mapped[int] = mapped_column(default=0)
+    """Trials failed for good since the last completed one; the sweep fails at its spec's max_failures."""
 
 
 class TrialRow(Base):
@@ -89,6 +94,9 @@ class TrialRow(Base):
     worker_id: Mapped[str | None] = mapped_column(String(200))
     lease_expires_at: Mapped[datetime | None]
     error: Mapped[str | None] = mapped_column(Text)
+    """The latest failed attempt's error, kept while a retry runs; cleared when the trial completes."""
+    failure_kind: Mapped[FailureKind | None]
+    traceback: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
     """When the latest attempt started."""
@@ -104,3 +112,21 @@ class TrialEpochRow(Base):
     epoch: Mapped[int]
     metrics: Mapped[dict[str, Any]]
     reported_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WorkerRow(Base):
+    """A worker process as last seen: recorded on its claims and every call it makes on a trial.
+
+    Its state (idle, busy, lost) is derived when read, from the lease TTL and the trials it holds, so
+    it can never disagree with them.
+    """
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    """The worker's own id, as it sends it in every message."""
+    host: Mapped[str | None] = mapped_column(String(255))
+    """None until a claim of the worker's is recorded (heartbeats and reports carry no host)."""
+    gpu: Mapped[str | None] = mapped_column(String(64))
+    first_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -7,9 +7,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from sweeper.messages import SweepStatus, TrialState
+from sweeper.messages import FailureKind, SweepStatus, TrialState
 
-from api.repository import SweepSummary, TrialHistory
+from api.repository import SweepSummary, TrialHistory, WorkerState, WorkerStatus
 
 """The largest epoch a database integer column holds on every backend."""
 
@@ -29,6 +29,10 @@ class TrialPublic(BaseModel):
     attempts: int
     worker_id: str | None
     error: str | None
+    """The latest failed attempt's error (kept while a retry runs; cleared when the trial completes)."""
+    failure_kind: FailureKind | None
+    """What kind of failure that was: error, nan, oom, or crash (a worker process died or was lost)."""
+    traceback: str | None
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -70,6 +74,8 @@ class SweepPublic(BaseModel):
     are sampled and the space is endless."""
     created_at: datetime
     finished_at: datetime | None
+    reason: str | None
+    """Why the sweep ended early (failed or cancelled); null otherwise."""
     trial_counts: dict[TrialState, int]
     """Trials by state, every state present; trials not yet handed out are in none of them."""
     best_trial: TrialPublic | None
@@ -80,8 +86,8 @@ class SweepPublic(BaseModel):
         sweep = summary.sweep
         best = summary.best_trial
         return cls(id=sweep.id, name=sweep.name, status=sweep.status, spec=sweep.spec,
-                   total_trials=sweep.total_trials, space_size=summary.space_size, created_at=sweep.created_at, finished_at=sweep.finished_at,
-                   trial_counts=summary.trial_counts,
+                   total_trials=sweep.total_trials, space_size=summary.space_size, created_at=sweep.created_at,
+                   finished_at=sweep.finished_at, reason=sweep.status_reason, trial_counts=summary.trial_counts,
                    best_trial=None if best is None else TrialPublic.model_validate(best))
 
 
@@ -99,6 +105,33 @@ class SweepsPublic(BaseModel):
     data: list[SweepPublic]
     count: int
     """How many sweeps there are in all, not on this page."""
+
+
+class WorkerPublic(BaseModel):
+    id: str
+    host: str | None
+    """null until a claim of the worker's is recorded (heartbeats and reports carry no host)."""
+    gpu: str | None
+    """The GPU the worker is pinned to; null for a CPU worker."""
+    state: WorkerState
+    """idle or busy, or lost when it has made no call for longer than the lease."""
+    trial_id: int | None
+    """The running trial it holds."""
+    first_seen_at: datetime
+    last_heartbeat_at: datetime
+    """Its latest call: a claim, a heartbeat, or a report on its trial."""
+
+    @classmethod
+    def from_status(cls, status: WorkerStatus) -> WorkerPublic:
+        worker = status.worker
+        return cls(id=worker.id, host=worker.host, gpu=worker.gpu, state=status.state, trial_id=status.trial_id,
+                   first_seen_at=worker.first_seen_at, last_heartbeat_at=worker.last_seen_at)
+
+
+class WorkersPublic(BaseModel):
+    data: list[WorkerPublic]
+    count: int
+    """How many workers were ever seen, not on this page."""
 
 
 class Health(BaseModel):

@@ -1,8 +1,9 @@
-"""What the CLI shows: sweep tables, trial tables and a live progress bar of a running sweep."""
+"""What the CLI shows: sweep, trial and worker tables, and a live progress bar of a running sweep."""
 
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 from rich.console import Console
@@ -11,6 +12,7 @@ from rich.table import Table
 
 FINISHED_STATES = ("completed", "failed", "pruned", "cancelled")
 ACTIVE_STATUSES = ("running", "paused")
+WORKER_STATE_STYLES = {"idle": "green", "busy": "cyan", "lost": "bold red"}
 
 
 def finished_count(sweep: dict[str, Any]) -> int:
@@ -70,6 +72,34 @@ def trials_table(sweep: dict[str, Any], trials: list[dict[str, Any]]) -> Table:
                       *(_format(trial["hparams"].get(name)) for name in names), str(trial["attempts"]),
                       style=style)
     return table
+
+
+def workers_table(workers: list[dict[str, Any]], now: datetime | None = None) -> Table:
+    """One row per worker: where it runs, what it does, and how long ago it last called."""
+    now = now or datetime.now(UTC)
+    table = Table(title=f"Workers ({_worker_counts(workers)})" if workers else "Workers: none seen yet")
+    for column in ("worker", "host", "gpu", "state", "trial", "last heartbeat"):
+        table.add_column(column)
+    for worker in workers:
+        state = worker["state"]
+        table.add_row(worker["id"], worker["host"] or "", worker["gpu"] or "cpu",
+                      f"[{WORKER_STATE_STYLES.get(state, 'default')}]{state}[/]", _format(worker["trial_id"]),
+                      _ago(worker["last_heartbeat_at"], now))
+    return table
+
+
+def _worker_counts(workers: list[dict[str, Any]]) -> str:
+    counts = {state: sum(worker["state"] == state for worker in workers) for state in WORKER_STATE_STYLES}
+    return ", ".join(f"{n} {state}" for state, n in counts.items() if n)
+
+
+def _ago(timestamp: str, now: datetime) -> str:
+    """"12s ago", "5m ago", "3h ago", "2d ago": how long since an ISO timestamp."""
+    seconds = max(0.0, (now - datetime.fromisoformat(timestamp)).total_seconds())
+    for unit, size in (("d", 86_400), ("h", 3_600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit} ago"
+    return f"{int(seconds)}s ago"
 
 
 def watch(client: Any, sweep_id: int, console: Console, poll_interval: float = 1.0) -> dict[str, Any]:

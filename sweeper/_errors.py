@@ -26,5 +26,17 @@ class UnknownTrialError(SweeperError):
     """A trial id that the server does not know."""
 
 
+class RetryableError(SweeperError):
+    """Raised by model or data code for a failure that another attempt may not meet (a flaky file
+    system, a busy data service): the trial is tried again, from its checkpoint, while attempts remain.
+
+    Any other exception fails the trial for good: the same code on the same configuration would fail again.
+    """
+
+
+class NonFiniteLossError(SweeperError):
+    """The training loss became NaN or infinite: the configuration diverged, and would again if retried."""
+
+
 def _dotted(path: tuple[str | int, ...]) -> str:
     return ".".join(str(part) for part in path)

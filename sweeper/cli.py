@@ -9,8 +9,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
@@ -29,6 +30,8 @@ Logdir = Annotated[str, typer.Option(envvar="SWEEPER_LOGDIR", help="Folder of th
 DatabaseUrl = Annotated[str, typer.Option(envvar="SWEEPER_DATABASE_URL", help="SQLAlchemy database URL.")]
 Gpus = Annotated[str, typer.Option(help="GPUs to use: all, none, or indices like 0,2.")]
 CpuWorkers = Annotated[int, typer.Option(min=1, help="CPU worker processes when no GPU is used.")]
+TrialsPerGpu = Annotated[int, typer.Option(min=1, help="Worker processes per GPU, each limited to an equal share "
+                                                       "of its memory (1: one worker, growing as it needs).")]
 DataRoot = Annotated[Path, typer.Option(envvar="SWEEPER_DATA_ROOT",
                                         help="Folder that file datasets (npz:PATH, images:PATH) are read from.")]
 Plugins = Annotated[Optional[list[str]], typer.Option(
@@ -66,14 +69,34 @@ def serve(
     database_url: DatabaseUrl = "sqlite:///sweeper.db",
     logdir: Logdir = "runs",
     plugins: Plugins = None,
+    lease_seconds: Annotated[Optional[float], typer.Option(
+        envvar="SWEEPER_LEASE_SECONDS", help="Seconds a silent worker keeps its trial (default 60).")] = None,
+    heartbeat_seconds: Annotated[Optional[float], typer.Option(
+        envvar="SWEEPER_HEARTBEAT_SECONDS", help="Seconds between a worker's heartbeats (default: lease / 6, at "
+                                                 "most 10); the lease must last at least 2.")] = None,
 ) -> None:
     """Start the API server."""
     # The server only validates names; the plugins' code runs on the workers.
     _load_plugins(plugins)
+    from pydantic import ValidationError
+
     from api.server import serve as serve_api
     from api.settings import Settings
 
-    serve_api(Settings(host=host, port=port, database_url=database_url, logdir=logdir))
+    # Left out when not given, so the settings' own defaults (the heartbeat follows the lease) apply.
+    leases = {name: value for name, value in (("lease_seconds", lease_seconds),
+                                              ("heartbeat_seconds", heartbeat_seconds)) if value is not None}
+    try:
+        settings = Settings(host=host, port=port, database_url=database_url, logdir=logdir, **leases)
+    except ValidationError as error:
+        raise _fail("; ".join(_setting_problem(problem) for problem in error.errors()), code=2) from None
+    serve_api(settings)
+
+
+def _setting_problem(problem: Any) -> str:
+    field = ".".join(str(part) for part in problem["loc"])
+    message = str(problem["msg"]).removeprefix("Value error, ")
+    return f"{field}: {message}" if field else message
 
 
 @app.command()
@@ -81,16 +104,17 @@ def worker(
     server: Server = DEFAULT_SERVER,
     gpus: Gpus = "all",
     cpu_workers: CpuWorkers = 1,
+    trials_per_gpu: TrialsPerGpu = 1,
     data_root: DataRoot = Path("data"),
     plugins: Plugins = None,
 ) -> None:
-    """Start one worker process per GPU (or CPU workers when there is none)."""
+    """Start one worker process per GPU, or --trials-per-gpu sharing each (CPU workers when there is none)."""
     from workers.supervisor import run_workers
 
     modules = _load_plugins(plugins)
     try:
         raise typer.Exit(run_workers(server=server, gpus=gpus, cpu_workers=cpu_workers, data_root=data_root,
-                                     plugins=modules))
+                                     plugins=modules, trials_per_gpu=trials_per_gpu))
     except ValueError as error:
         raise _fail(str(error), code=2) from None
 
@@ -149,6 +173,56 @@ def status(
             raise _fail(str(error)) from None
 
 
+SweepId = Annotated[int, typer.Argument(help="The sweep's id.")]
+
+
+@app.command("pause")
+def pause_sweep(sweep_id: SweepId, server: Server = DEFAULT_SERVER) -> None:
+    """Stop handing out a sweep's trials; its running trials finish normally."""
+    sweep = _control_sweep(server, lambda client: client.pause_sweep(sweep_id))
+    running = sweep["trial_counts"]["running"]
+    console.print(f"Sweep {sweep['id']} {sweep['name']}: {sweep['status']}"
+                  + (f"; {running} running trial(s) will finish" if running else ""))
+
+
+@app.command("resume")
+def resume_sweep(sweep_id: SweepId, server: Server = DEFAULT_SERVER) -> None:
+    """Hand out a paused sweep's trials again."""
+    sweep = _control_sweep(server, lambda client: client.resume_sweep(sweep_id))
+    console.print(f"Sweep {sweep['id']} {sweep['name']}: {sweep['status']}")
+
+
+@app.command("cancel")
+def cancel_sweep(sweep_id: SweepId, server: Server = DEFAULT_SERVER) -> None:
+    """End a sweep: pending trials are cancelled, running ones stop at their next heartbeat."""
+    sweep = _control_sweep(server, lambda client: client.cancel_sweep(sweep_id))
+    running = sweep["trial_counts"]["running"]
+    console.print(f"Sweep {sweep['id']} {sweep['name']}: {sweep['status']}"
+                  + (f"; {running} running trial(s) stop at their next heartbeat" if running else ""))
+
+
+def _control_sweep(server: str, call: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
+    from sweeper.client import Client
+
+    with Client(server) as client:
+        try:
+            return call(client)
+        except SweeperError as error:
+            raise _fail(str(error)) from None
+
+
+@app.command("workers")
+def list_workers(server: Server = DEFAULT_SERVER) -> None:
+    """Show every worker the server has seen: host, GPU, state (idle, busy, lost) and trial."""
+    from sweeper.client import Client
+
+    with Client(server) as client:
+        try:
+            console.print(_console.workers_table(client.list_workers()["data"]))
+        except SweeperError as error:
+            raise _fail(str(error)) from None
+
+
 @app.command()
 def run(
     file: Annotated[Path, typer.Argument(help="Sweep spec, YAML or JSON.")],
@@ -156,6 +230,7 @@ def run(
     logdir: Logdir = "runs",
     gpus: Gpus = "all",
     cpu_workers: CpuWorkers = 1,
+    trials_per_gpu: TrialsPerGpu = 1,
     data_root: DataRoot = Path("data"),
     plugins: Plugins = None,
 ) -> None:
@@ -163,24 +238,27 @@ def run(
     from api.server import start_in_thread
     from api.settings import Settings
     from sweeper.client import Client
-    from workers.gpus import discover_gpus, select_gpus
+    from workers.gpus import discover_gpus, memory_share_mb, select_gpus
     from workers.supervisor import Supervisor
 
     modules = _load_plugins(plugins)
     spec = _load(file)
     try:
         chosen = select_gpus(gpus, discover_gpus())
+        for gpu in chosen:
+            memory_share_mb(gpu, trials_per_gpu)  # too small to share: say so before starting anything
     except ValueError as error:
         raise _fail(str(error), code=2) from None
     server = start_in_thread(Settings(host="127.0.0.1", port=0, database_url=database_url, logdir=logdir))
     worker_log = Path(logdir) / "workers.log"
     # The workers write to a file: the terminal belongs to the progress bar.
     supervisor = Supervisor(server.url, gpus=chosen, cpu_workers=cpu_workers, output=worker_log,
-                            data_root=data_root, plugins=modules)
+                            data_root=data_root, plugins=modules, trials_per_gpu=trials_per_gpu)
     try:
         with Client(server.url) as client:
             sweep = client.create_sweep(spec.to_json())
-            where = f"{len(chosen)} GPU(s)" if chosen else f"{cpu_workers} CPU worker(s)"
+            where = (f"{len(chosen)} GPU(s)" + (f", {trials_per_gpu} trials each" if trials_per_gpu > 1 else "")
+                     if chosen else f"{cpu_workers} CPU worker(s)")
             console.print(f"Sweep {sweep['id']} {sweep['name']}: {_console.search_size(sweep)}, on {where} "
                           f"(worker log: {worker_log})")
             supervisor.start()

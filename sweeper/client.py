@@ -1,8 +1,8 @@
 """The HTTP client of the sweeper REST API, used by the CLI and the workers.
 
-Worker calls (claim, heartbeat, metrics, complete, fail) and reads survive a short server restart:
-connection errors and 5xx answers are retried with bounded exponential backoff. A 4xx answer is never
-retried; it becomes an `ApiError` whose message is the server's own `detail`, with field paths.
+Worker calls (claim, heartbeat, metrics, complete, fail, release) and reads survive a short server
+restart: connection errors and 5xx answers are retried with bounded exponential backoff. A 4xx answer
+is never retried; it becomes an `ApiError` whose message is the server's own `detail`, with field paths.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from sweeper._errors import SweeperError
 from sweeper.messages import (Assignment, ClaimRequest, CompleteReport, Directive, FailReport, HeartbeatRequest,
                               MetricsReport, ReleaseReport)
 
-__all__ = ["ApiError", "Client", "LeaseLostError", "NotFoundError", "ServerUnavailableError"]
+__all__ = ["ApiError", "Client", "ConflictError", "LeaseLostError", "NotFoundError", "ServerUnavailableError",
+           "SweepStateError"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +45,16 @@ class NotFoundError(ApiError):
     """404: the sweep or trial id is unknown to the server."""
 
 
-class LeaseLostError(ApiError):
-    """409: this worker no longer holds the trial's lease (it expired or the trial was reassigned)."""
+class ConflictError(ApiError):
+    """409: the request conflicts with the current state on the server; nothing was changed."""
+
+
+class LeaseLostError(ConflictError):
+    """409 on a trial call: this worker no longer holds the trial's lease (it expired or the trial was reassigned)."""
+
+
+class SweepStateError(ConflictError):
+    """409 on a pause, resume or cancel: the sweep's status does not allow it (the message names the status)."""
 
 
 class ServerUnavailableError(ApiError):
@@ -108,6 +117,27 @@ class Client:
     def get_trial(self, trial_id: int) -> dict[str, Any]:
         return self._request("GET", f"/trials/{trial_id}").json()
 
+    # -- sweep control and workers -----------------------------------------------------------------
+    # A control request retried after the server carried it out would answer 409 ("sweep 3 is
+    # cancelled: ..."), hiding that it worked, so only failures to connect are retried.
+
+    def pause_sweep(self, sweep_id: int) -> dict[str, Any]:
+        """Stop handing out the sweep's trials; running ones finish. ApiError (409) unless it is running."""
+        return self._request("POST", f"/sweeps/{sweep_id}/pause", retry="connect", conflict=SweepStateError).json()
+
+    def resume_sweep(self, sweep_id: int) -> dict[str, Any]:
+        """Hand out a paused sweep's trials again. ApiError (409) unless it is paused."""
+        return self._request("POST", f"/sweeps/{sweep_id}/resume", retry="connect", conflict=SweepStateError).json()
+
+    def cancel_sweep(self, sweep_id: int) -> dict[str, Any]:
+        """End the sweep; its running trials stop at their next heartbeat. ApiError (409) once it has ended."""
+        return self._request("POST", f"/sweeps/{sweep_id}/cancel", retry="connect", conflict=SweepStateError).json()
+
+    def list_workers(self, limit: int | None = None, offset: int | None = None) -> dict[str, Any]:
+        """Every worker the server has seen: {"data": [...], "count": n}, each with its state and trial."""
+        params = {key: value for key, value in (("limit", limit), ("offset", offset)) if value is not None}
+        return self._request("GET", "/workers", params=params or None).json()
+
     # -- worker calls ------------------------------------------------------------------------------
     # Claiming is idempotent on the server (a worker asking again gets its own trial back), and the
     # trial calls are keyed by trial and worker, so all of them are safe to retry.
@@ -141,8 +171,12 @@ class Client:
     # -- transport ---------------------------------------------------------------------------------
 
     def _request(self, method: str, path: str, *, prefix: str = API_PREFIX, json: Any = None,
-                 params: dict[str, Any] | None = None, retry: str = "all") -> httpx.Response:
-        """Send with retries; `retry` is "all" (transport errors and 5xx) or "connect" (connect errors only)."""
+                 params: dict[str, Any] | None = None, retry: str = "all",
+                 conflict: type[ConflictError] = LeaseLostError) -> httpx.Response:
+        """Send with retries; `retry` is "all" (transport errors and 5xx) or "connect" (connect errors only).
+
+        A 409 answer raises `conflict`: what a conflict means depends on the call.
+        """
         url = prefix + path
         attempts = self.retries + 1
         for attempt in range(1, attempts + 1):
@@ -160,8 +194,8 @@ class Client:
                 raise ApiError(f"{method} {self.base_url}{url} failed: {type(error).__name__}: {error}") from error
             else:
                 if response.status_code < 500 or retry != "all":
-                    return _checked(response)
-                answered = _error_for(response)
+                    return _checked(response, conflict)
+                answered = _error_for(response, conflict)
                 retry_after = _retry_after(response)
                 failure = f"server answered {response.status_code}: {answered}"
             if attempt == attempts:
@@ -210,16 +244,16 @@ def _with_finite_metrics(body: dict[str, Any], metrics: Mapping[str, float]) -> 
     return {**body, "metrics": {name: value for name, value in metrics.items() if math.isfinite(value)}}
 
 
-def _checked(response: httpx.Response) -> httpx.Response:
+def _checked(response: httpx.Response, conflict: type[ConflictError] = LeaseLostError) -> httpx.Response:
     if response.is_success:
         return response
-    raise _error_for(response)
+    raise _error_for(response, conflict)
 
 
-def _error_for(response: httpx.Response) -> ApiError:
+def _error_for(response: httpx.Response, conflict: type[ConflictError] = LeaseLostError) -> ApiError:
     messages = _detail_messages(response)
     message = "; ".join(messages)
-    kind = {404: NotFoundError, 409: LeaseLostError}.get(response.status_code, ApiError)
+    kind: type[ApiError] = {404: NotFoundError, 409: conflict}.get(response.status_code, ApiError)
     if response.status_code >= 500:
         kind = ServerUnavailableError
     return kind(message, status_code=response.status_code, messages=messages)

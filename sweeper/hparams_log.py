@@ -128,15 +128,20 @@ class TrialSession:
     is written exactly once, at the real end (a provisional RUNNING end would freeze the status). An
     exception inside the `with` block ends the session as FAILURE (and propagates); a normal exit ends
     it with `status`: SUCCESS unless the trainer set another, and no end at all when it set None (a
-    trial handed back for a retry, which rewrites the folder). Only the hparams in the trial's dict are
-    written, plus `log10_<name>` for each name in `log_scaled`, so log-scaled hparams plot evenly.
+    trial handed back for a retry, which continues in the same folder). Only the hparams in the trial's
+    dict are written, plus `log10_<name>` for each name in `log_scaled`, so log-scaled hparams plot evenly.
+
+    `resumed` continues a session whose start an earlier attempt already wrote (and which the retry
+    kept, see `sweeper.training.trial_logs`): no second start is written, since TensorBoard would show
+    the trial twice, and the dashboard keeps the trial's first start time.
     """
 
     def __init__(self, trial_dir: str | Path, trial_id: int | str, hparams: Mapping[str, Any],
-                 log_scaled: tuple[str, ...] | list[str] = ()):
+                 log_scaled: tuple[str, ...] | list[str] = (), resumed: bool = False):
         self.trial_dir = str(trial_dir)
         self.trial_id = str(trial_id)
         self.hparams = {**dict(hparams), **_log10_hparams(hparams, log_scaled)}
+        self.resumed = resumed
         self.status: SessionStatus | None = SessionStatus.success
         """How a normal exit ends the session; None writes no end."""
         self._writer: Any = None
@@ -145,11 +150,12 @@ class TrialSession:
         import tensorflow as tf
 
         self._writer = tf.summary.create_file_writer(self.trial_dir)
-        with self._writer.as_default():
-            # The group name is the trial id, so the dashboard's rows match the service's trial ids.
-            hp.hparams(self.hparams, trial_id=self.trial_id)
-        # Flushed now so the dashboard lists the trial while it trains, not only once it has ended.
-        self._writer.flush()
+        if not self.resumed:
+            with self._writer.as_default():
+                # The group name is the trial id, so the dashboard's rows match the service's trial ids.
+                hp.hparams(self.hparams, trial_id=self.trial_id)
+            # Flushed now so the dashboard lists the trial while it trains, not only once it has ended.
+            self._writer.flush()
         return self
 
     def write_objective(self, metric: str, value: float, step: int) -> None:

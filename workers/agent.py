@@ -1,16 +1,28 @@
 """The worker agent: one process that claims trials from the server and trains them one at a time.
 
-Run by the supervisor, one per GPU, with the environment already pinning it to its GPU; the agent
-itself sets nothing GPU-related. TensorFlow is imported on the first trial and kept for the next.
+Run by the supervisor, one per GPU, with the environment already pinning it to its GPU (and, when
+several share one, capping its memory); the agent only applies that. TensorFlow is imported on the
+first trial and kept for the next.
 
-Shutdown follows RQ: the first SIGTERM (or SIGINT) finishes the current trial and exits; the second
-stops training at the end of the current epoch and releases the trial to the server as retryable.
+A trial ends in one report. Completed or pruned: `complete` with its metrics. An exception: `fail`,
+with its kind (error, nan or oom), a one-line error, the traceback, and retryable only for a
+`RetryableError` (see workers.failures); out of memory leaves the process able to run the next
+trial, since the runner clears the Keras session. Cancelled (the server answers "cancel" to a
+heartbeat or an epoch report): training stops after the current batch and the trial is failed as
+"cancelled". Stopped ("stop" from the server, or this worker shutting down): it stops at the end of
+the epoch, whose checkpoint the next attempt resumes from, and is released: pending again, no attempt
+counted. Heartbeats extend the lease every `heartbeat_seconds` of the assignment meanwhile.
+
+Shutdown: the first SIGTERM (or SIGINT) finishes the current epoch, releases the trial and exits 0;
+the second ends the process at once, by that signal: its lease (or the supervisor, which reads the
+trial from the state file) puts the trial back in the queue.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import gc
 import json
 import logging
 import math
@@ -27,12 +39,18 @@ from typing import TYPE_CHECKING
 
 from sweeper._errors import SweeperError
 from sweeper.client import ApiError, Client, LeaseLostError, NotFoundError, ServerUnavailableError
-from sweeper.messages import Assignment, ClaimRequest, CompleteReport, FailReport, MetricsReport
+from sweeper.messages import (Assignment, ClaimRequest, CompleteReport, FailReport, FailureKind, MetricsReport,
+                              ReleaseReport, TrialState)
+from sweeper.training.checkpoints import TrialCheckpoint, checkpoint_folder
+from workers.failures import clip, failure_report
 
 if TYPE_CHECKING:
-    from sweeper.training.runner import EpochCallback, TrialResult
+    from sweeper.training.runner import TrialResult
 
-__all__ = ["EXIT_SERVER_UNREACHABLE", "Agent", "FatalWorkerError", "main"]
+    Trainer = Callable[..., TrialResult]
+    """Called as `trainer(assignment, on_epoch_end, interrupt=...)`, like `runner.run_trial`."""
+
+__all__ = ["EXIT_SERVER_UNREACHABLE", "Agent", "FatalWorkerError", "ended_for_good", "main", "release_or_fail"]
 
 # Named, not __name__: run as `python -m workers.agent` the module is __main__.
 logger = logging.getLogger("workers.agent")
@@ -41,7 +59,8 @@ EXIT_SERVER_UNREACHABLE = 75
 """Exit status (BSD's EX_TEMPFAIL) when the server stayed unreachable through every retry: the
 supervisor restarts such a worker without counting it as a crash, so workers outlast a server outage."""
 
-_MAX_ERROR_CHARS = 60_000  # FailReport.error allows 65,536; keep room for the truncation note.
+_MAX_REASON_CHARS = 60_000  # ReleaseReport.reason allows 65,536
+_MIN_HEARTBEAT_SECONDS = 0.05  # whatever an assignment says, never a busy loop against the server
 
 
 class FatalWorkerError(SweeperError):
@@ -59,19 +78,32 @@ class _TrialControl:
 
     def server_says(self, action: str) -> None:
         with self._lock:
-            # "stop" and "prune" are final: a later "continue" must not undo them.
-            if self.server_action == "continue":
+            # "stop", "prune" and "cancel" are final: a later "continue" must not undo them, and a
+            # "cancel" (the sweep is over) outranks the others.
+            if self.server_action == "continue" or action == "cancel":
                 self.server_action = action
 
     def lose_lease(self, error: ApiError) -> None:
         with self._lock:
             self.lease_lost = self.lease_lost or error
 
-    def action(self, halting: bool) -> str:
+    def action(self, draining: bool) -> str:
+        """The answer to an epoch's end: what the server said, or "stop" when the trial must be left."""
         with self._lock:
-            if self.lease_lost is not None or self.unreachable is not None or halting:
+            if self.server_action == "cancel":
+                return "cancel"
+            if self.lease_lost is not None or self.unreachable is not None or draining:
                 return "stop"
             return self.server_action
+
+    def interrupt(self) -> str | None:
+        """The answer after each batch: stop at once when the sweep is cancelled or the trial is another's."""
+        with self._lock:
+            if self.server_action == "cancel":
+                return "cancel"
+            if self.lease_lost is not None:
+                return "stop"
+            return None
 
 
 class _Heartbeat:
@@ -118,20 +150,20 @@ class Agent:
     """Claims trials and trains them, one at a time, until idle for `idle_exit` seconds or shut down."""
 
     def __init__(self, client: Client, worker_id: str, host: str, gpu: str | None = None, poll_interval: float = 1.0,
-                 heartbeat_interval: float = 10.0, idle_exit: float | None = None,
+                 heartbeat_interval: float | None = None, idle_exit: float | None = None,
                  state_file: str | Path | None = None, parent_pid: int | None = None,
-                 run_trial: Callable[[Assignment, EpochCallback], TrialResult] | None = None,
-                 data_root: Path | None = None):
-        if poll_interval <= 0 or heartbeat_interval <= 0:
+                 run_trial: Trainer | None = None, data_root: Path | None = None):
+        if poll_interval <= 0 or (heartbeat_interval is not None and heartbeat_interval <= 0):
             raise ValueError(f"intervals must be > 0, but got {poll_interval=}, {heartbeat_interval=}")
         self.client = client
         self.worker_id = worker_id
         self.host = host
         self.gpu = gpu
         self.poll_interval = poll_interval
+        # None: every `heartbeat_seconds` the server puts in the assignment; a number overrides it.
         self.heartbeat_interval = heartbeat_interval
         self.idle_exit = idle_exit
-        # The supervisor reads this file when the process dies, to fail the trial it was running.
+        # The supervisor reads this file when the process dies, to report the trial it was running.
         self.state_file = Path(state_file) if state_file is not None else None
         # Set when supervised: if the supervisor dies, finish the current trial and exit, not run on orphaned.
         self.parent_pid = parent_pid
@@ -141,17 +173,18 @@ class Agent:
         self.data_root = data_root
         self.trials_run = 0
         self._draining = threading.Event()
-        self._halting = threading.Event()
 
     @property
     def draining(self) -> bool:
         return self._draining.is_set()
 
-    def shutdown(self, now: bool = False) -> None:
-        """Exit after the current trial; with `now`, stop it at the next epoch end and release it."""
+    def shutdown(self) -> None:
+        """Finish the current epoch, release the trial (its checkpoint has that epoch), then exit.
+
+        An idle agent exits at once. Stopping sooner than an epoch's end is the process's business: a
+        second signal ends it (see `main`), and its supervisor releases the trial, or its lease runs out.
+        """
         self._draining.set()
-        if now:
-            self._halting.set()
 
     def run(self) -> None:
         """Claim and train until idle for `idle_exit` seconds or shut down; raises on a fatal error."""
@@ -170,7 +203,7 @@ class Agent:
                 continue
             if self._draining.is_set():
                 # Shut down while the claim was in flight: hand the trial straight back.
-                self._release(assignment, "worker shut down before starting it")
+                self._release(assignment, f"worker {self.worker_id} shut down before starting it")
                 break
             self._run_trial(assignment)
             idle_since = time.monotonic()
@@ -180,9 +213,9 @@ class Agent:
 
     def _run_trial(self, assignment: Assignment) -> None:
         trial_id = assignment.trial_id
-        logger.info("claimed trial %d of sweep %d (%s on %s): %s", trial_id, assignment.sweep_id, assignment.model,
-                    assignment.dataset, assignment.hparams)
-        self._record_current(trial_id)
+        logger.info("claimed trial %d of sweep %d (%s on %s, attempt %d): %s", trial_id, assignment.sweep_id,
+                    assignment.model, assignment.dataset, assignment.attempt, assignment.hparams)
+        self._record_current(assignment)
         try:
             self._train_and_report(assignment)
         finally:
@@ -193,8 +226,11 @@ class Agent:
         trial_id = assignment.trial_id
         control = _TrialControl()
         on_epoch_end = functools.partial(self._on_epoch_end, assignment, control)
-        failure: str | None = None
-        with _Heartbeat(self.client, trial_id, self.worker_id, self.heartbeat_interval, control):
+        interval = self.heartbeat_interval if self.heartbeat_interval is not None else assignment.heartbeat_seconds
+        interval = max(interval, _MIN_HEARTBEAT_SECONDS)
+        failure: Exception | None = None
+        trace = ""
+        with _Heartbeat(self.client, trial_id, self.worker_id, interval, control):
             try:
                 train = self._trainer()
             except Exception as error:
@@ -203,9 +239,9 @@ class Agent:
                 raise FatalWorkerError(f"cannot load the trainer: {type(error).__name__}: {error}") from error
             started = time.monotonic()
             try:
-                result = train(assignment, on_epoch_end)
-            except Exception:
-                failure = traceback.format_exc()
+                result = train(assignment, on_epoch_end, interrupt=control.interrupt)
+            except Exception as error:
+                failure, trace = error, traceback.format_exc()
         elapsed = time.monotonic() - started
 
         if control.lease_lost is not None:
@@ -215,21 +251,40 @@ class Agent:
             # Not the trial's fault: leave it to the server's lease expiry and let the supervisor restart us.
             raise control.unreachable
         if failure is not None:
-            logger.error("trial %d failed after %.1fs:\n%s", trial_id, elapsed, failure.rstrip())
-            self._send(trial_id, lambda: self.client.fail(
-                trial_id, FailReport(worker_id=self.worker_id, error=_clip(failure), retryable=False)))
+            self._report_failure(assignment, failure, trace, elapsed)
             return
-        if self._halting.is_set() and result.stopped and control.server_action == "continue":
-            self._release(assignment, f"worker {self.worker_id} shut down after {result.epochs_run} epoch(s)")
+        if result.stopped_by == "stop":
+            why = "shut down" if self.draining else "was asked by the server to stop it"
+            self._release(assignment, f"worker {self.worker_id} {why} after {result.epochs_run} epoch(s)",
+                          epochs_done=result.epochs_run)
+            return
+        if result.stopped_by == "cancel":
+            logger.info("trial %d cancelled after %d epoch(s) in %.1fs", trial_id, result.epochs_run, elapsed)
+            self._send(trial_id, lambda: self.client.fail(trial_id, FailReport(
+                worker_id=self.worker_id, error="cancelled", retryable=False, kind=FailureKind.error)))
             return
         logger.info("trial %d finished: %d epoch(s) in %.1fs%s, metrics %s", trial_id, result.epochs_run, elapsed,
-                    f" (stopped early: {control.server_action})" if result.stopped else "", _short(result.metrics))
+                    f" (stopped early: {result.stopped_by})" if result.stopped else "", _short(result.metrics))
         self._send(trial_id, lambda: self.client.complete(
             trial_id, CompleteReport(worker_id=self.worker_id, metrics=_floats(result.metrics))))
 
+    def _report_failure(self, assignment: Assignment, error: Exception, trace: str, elapsed: float) -> None:
+        trial_id = assignment.trial_id
+        report = failure_report(self.worker_id, error, trace, assignment.hparams)
+        logger.error("trial %d failed after %.1fs (%s%s): %s\n%s", trial_id, elapsed, report.kind.value,
+                     ", retryable" if report.retryable else "", report.error, trace.rstrip())
+        if report.kind is FailureKind.oom:
+            # The runner cleared the Keras session; collecting now frees what the failed trial still held,
+            # so the next trial, likely a smaller one, gets the memory back.
+            gc.collect()
+        answer = self._send(trial_id, lambda: self.client.fail(trial_id, report))
+        if report.retryable and ended_for_good(answer):
+            # No attempts left: the checkpoint kept for a retry will never be used.
+            TrialCheckpoint(checkpoint_folder(assignment)).delete()
+
     def _on_epoch_end(self, assignment: Assignment, control: _TrialControl, epoch: int,
                       metrics: dict[str, float]) -> str:
-        """Post the epoch's metrics; the answer tells the runner to continue, stop or prune."""
+        """Post the epoch's metrics; the answer tells the runner to continue, stop, prune or cancel."""
         if control.lease_lost is None and control.unreachable is None:
             report = MetricsReport(worker_id=self.worker_id, epoch=epoch, metrics=_floats(metrics))
             try:
@@ -242,38 +297,41 @@ class Agent:
             except ApiError as error:
                 # A rejected report (a bad metric name, say) costs one point of history, not the trial.
                 logger.warning("server rejected epoch %d of trial %d: %s", epoch, assignment.trial_id, error)
-        return control.action(halting=self._halting.is_set())
+        return control.action(draining=self._draining.is_set())
 
-    def _trainer(self) -> Callable[[Assignment, EpochCallback], TrialResult]:
+    def _trainer(self) -> Trainer:
         if self._run_trial_fn is None:
             # Imported here, not at module level: the agent answers --help and idles without TensorFlow.
             from sweeper.training import devices, runner
-            devices.enable_memory_growth()
+            devices.configure_gpus(devices.memory_limit_from_environment())
             self._run_trial_fn = functools.partial(runner.run_trial, data_root=self.data_root)
         return self._run_trial_fn
 
     # -- reporting ---------------------------------------------------------------------------------
 
-    def _release(self, assignment: Assignment, reason: str) -> None:
-        """Give the trial back as retryable, so another worker (or this one, later) runs it."""
+    def _release(self, assignment: Assignment, reason: str, epochs_done: int = 0) -> None:
+        """Give the trial back unfinished: pending again for any worker, no attempt counted."""
         logger.warning("releasing trial %d: %s", assignment.trial_id, reason.splitlines()[0])
-        self._send(assignment.trial_id, lambda: self.client.fail(
-            assignment.trial_id, FailReport(worker_id=self.worker_id, error=_clip(reason), retryable=True)))
+        report = ReleaseReport(worker_id=self.worker_id, reason=clip(reason, _MAX_REASON_CHARS),
+                               epochs_done=epochs_done)
+        self._send(assignment.trial_id, lambda: release_or_fail(self.client, assignment.trial_id, report))
 
-    def _send(self, trial_id: int, call: Callable[[], object]) -> None:
+    def _send(self, trial_id: int, call: Callable[[], object]) -> object:
         try:
-            call()
+            return call()
         except (LeaseLostError, NotFoundError) as error:
             logger.warning("dropping trial %d: %s", trial_id, error)
+            return None
 
-    def _record_current(self, trial_id: int | None) -> None:
+    def _record_current(self, assignment: Assignment | None) -> None:
         if self.state_file is None:
             return
-        if trial_id is None:
+        if assignment is None:
             self.state_file.unlink(missing_ok=True)
             return
         partial = self.state_file.with_name(self.state_file.name + ".tmp")
-        partial.write_text(json.dumps({"trial_id": trial_id, "worker_id": self.worker_id}))
+        partial.write_text(json.dumps({"trial_id": assignment.trial_id, "worker_id": self.worker_id,
+                                       "checkpoint_dir": str(checkpoint_folder(assignment))}))
         os.replace(partial, self.state_file)  # atomic: the supervisor never reads half a file
 
     def _should_exit(self) -> bool:
@@ -281,6 +339,27 @@ class Agent:
             logger.warning("supervisor (pid %d) is gone; exiting", self.parent_pid)
             self._draining.set()
         return self._draining.is_set()
+
+
+def release_or_fail(client: Client, trial_id: int, report: ReleaseReport) -> object:
+    """`client.release`, or on a server from before releases existed, a retryable failure (which counts
+    an attempt there, but still puts the trial back in the queue)."""
+    try:
+        return client.release(trial_id, report)
+    except ApiError as error:
+        # FastAPI's own answers for a path or method it has no route for, unlike a trial it does not know.
+        if error.status_code not in (404, 405) or error.messages not in (["Not Found"], ["Method Not Allowed"]):
+            raise
+    logger.warning("the server at %s cannot release trials; failing trial %d as retryable instead",
+                   client.base_url, trial_id)
+    return client.fail(trial_id, FailReport(worker_id=report.worker_id, error=report.reason, retryable=True))
+
+
+def ended_for_good(answer: object) -> bool:
+    """Whether the server's answer to a report (the trial, as JSON) shows the trial finished: no retry
+    will resume it, so its checkpoint can go."""
+    state = answer.get("state") if isinstance(answer, dict) else None
+    return state in {member.value for member in TrialState} and TrialState(state).finished
 
 
 def _floats(metrics: dict[str, float]) -> dict[str, float]:
@@ -299,13 +378,6 @@ def _short(metrics: dict[str, float]) -> str:
                      for name, value in sorted(_floats(metrics).items()))
 
 
-def _clip(text: str) -> str:
-    # Keep the end of a long traceback: the exception itself is on its last lines.
-    if len(text) <= _MAX_ERROR_CHARS:
-        return text
-    return f"[... {len(text) - _MAX_ERROR_CHARS} characters cut ...]\n" + text[-_MAX_ERROR_CHARS:]
-
-
 # -- entry point -----------------------------------------------------------------------------------
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -322,7 +394,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="plugin module(s) registering models and datasets, imported at start "
                              "(repeat, or comma-separated; default: $SWEEPER_PLUGINS)")
     parser.add_argument("--poll-interval", type=float, default=1.0, metavar="S")
-    parser.add_argument("--heartbeat-interval", type=float, default=10.0, metavar="S")
+    parser.add_argument("--heartbeat-interval", type=float, default=None, metavar="S",
+                        help="seconds between heartbeats (default: the server's, in each assignment)")
     parser.add_argument("--retries", type=int, default=8, metavar="N",
                         help="retries of a call when the server is unreachable or answers 5xx (default: 8)")
     parser.add_argument("--state-file", default=None, help="where to record the running trial (for a supervisor)")
@@ -333,15 +406,15 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def _install_signal_handlers(agent: Agent) -> None:
     def handle(signum: int, _frame: object) -> None:
-        name = signal.Signals(signum).name
-        if not agent.draining:
-            logger.info("%s: finishing the current trial, then exiting (send it again to stop now)", name)
-            agent.shutdown()
-            return
-        logger.warning("%s again: stopping the current trial at the end of this epoch and releasing it", name)
-        agent.shutdown(now=True)
+        logger.info("%s: finishing the current epoch, handing the trial back, then exiting (send it again to "
+                    "stop now; the trial then goes back to the queue when its lease ends)",
+                    signal.Signals(signum).name)
+        agent.shutdown()
+        # The next signal ends the process where it stands, by that signal (its exit status says so):
+        # the operating system's default action needs no Python code to run, so it works even while the
+        # main thread is inside a long TensorFlow op, and nothing of the trial is written on the way out.
         for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, signal.SIG_DFL)  # a third signal ends the process at once
+            signal.signal(sig, signal.SIG_DFL)
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, handle)

@@ -1,9 +1,14 @@
-"""The supervisor: one worker process per GPU, each pinned to its GPU before TensorFlow can start.
+"""The supervisor: worker processes per GPU, each pinned to its GPU before TensorFlow can start.
 
 Pinning happens in the child's environment (`CUDA_VISIBLE_DEVICES=<index>`), set before the process
-exists, so each child's TensorFlow sees exactly one GPU and calls it GPU 0. Like RQ's work horse, a
-child that dies abnormally is recorded with its exit code or signal, the trial it held is failed on the
-server with that cause, and the child is restarted on the same GPU (bounded, with backoff).
+exists, so each child's TensorFlow sees exactly one GPU and calls it GPU 0. With `trials_per_gpu` N
+above 1, N children share each GPU, each limited to an equal share of its memory
+(`SWEEPER_GPU_MEMORY_MB`, see `workers.gpus.memory_share_mb`).
+
+Like RQ's work horse, a child that dies abnormally is recorded with its exit code or signal, the trial
+it held is failed on the server as a crash (retryable: it resumes from its checkpoint while attempts
+remain), and the child is restarted on the same GPU (bounded, with backoff). A child that dies while
+the supervisor is stopping did nothing wrong: its trial is released, with no attempt counted.
 """
 
 from __future__ import annotations
@@ -24,9 +29,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sweeper.client import ApiError, Client, LeaseLostError, NotFoundError
-from sweeper.messages import FailReport
-from workers.agent import EXIT_SERVER_UNREACHABLE
-from workers.gpus import discover_gpus, select_gpus
+from sweeper.messages import FailReport, FailureKind, ReleaseReport
+from sweeper.training.checkpoints import TrialCheckpoint
+from sweeper.training.devices import MEMORY_LIMIT_VARIABLE
+from workers.agent import EXIT_SERVER_UNREACHABLE, ended_for_good, release_or_fail
+from workers.gpus import Gpu, discover_gpus, memory_share_mb, select_gpus
 from workers.identity import ReservedId, reserve
 
 __all__ = ["ChildExit", "Supervisor", "run_workers"]
@@ -45,7 +52,7 @@ class ChildExit:
     gpu: str | None
     returncode: int
     trial_id: int | None
-    """The trial the child was running when it died, if any (failed on the server with this cause)."""
+    """The trial the child was running when it died, if any (reported to the server with this cause)."""
 
     @property
     def signal_name(self) -> str | None:
@@ -61,10 +68,17 @@ class ChildExit:
             return f"killed by {self.signal_name}"
         return f"exited with code {self.returncode}"
 
+    @property
+    def cause(self) -> str:
+        """Why it died, for the trial's error: "signal SIGKILL" or "exit code 3"."""
+        if self.signal_name is not None:
+            return self.signal_name if self.signal_name.startswith("signal ") else f"signal {self.signal_name}"
+        return f"exit code {self.returncode}"
+
 
 @dataclass
 class _Slot:
-    """One worker seat: a worker id, its GPU (None for CPU) and the process currently in it."""
+    """One worker seat: a worker id, its GPU index (None for CPU) and the process currently in it."""
 
     worker_id: str
     gpu: str | None
@@ -80,14 +94,22 @@ class _Slot:
 class Supervisor:
     """Starts, watches and restarts the worker processes of one host."""
 
-    def __init__(self, server_url: str, gpus: list[str], cpu_workers: int = 1, host: str | None = None,
+    def __init__(self, server_url: str, gpus: Sequence[Gpu | str], cpu_workers: int = 1, host: str | None = None,
                  idle_exit: float | None = None, child_command: list[str] | None = None, max_restarts: int = 5,
                  restart_backoff: float = 1.0, max_backoff: float = 60.0, healthy_after: float = 300.0,
-                 output: Path | None = None, data_root: Path | None = None, plugins: Sequence[str] = ()):
+                 output: Path | None = None, data_root: Path | None = None, plugins: Sequence[str] = (),
+                 trials_per_gpu: int = 1):
         if not gpus and cpu_workers < 1:
             raise ValueError(f"with no GPUs, `cpu_workers >= 1` must hold, but got {cpu_workers=}")
         if max_restarts < 0:
             raise ValueError(f"`max_restarts >= 0` must hold, but got {max_restarts=}")
+        if trials_per_gpu < 1:
+            raise ValueError(f"`trials_per_gpu >= 1` must hold, but got {trials_per_gpu=}")
+        # A bare index is a GPU of unknown memory: shared, its workers grow their memory instead.
+        gpus = [gpu if isinstance(gpu, Gpu) else Gpu(index=str(gpu)) for gpu in gpus]
+        for gpu in gpus:
+            memory_share_mb(gpu, trials_per_gpu)  # a GPU too small to share fails here, before ids are reserved
+        self.trials_per_gpu = trials_per_gpu
         self.server_url = server_url
         self.host = host or socket.gethostname()
         self.idle_exit = idle_exit
@@ -103,7 +125,7 @@ class Supervisor:
         # Plugin modules each child imports before its first trial (the operator's, from the command line).
         self.plugins = list(plugins)
         self._reserved: list[ReservedId] = []
-        self.slots = [self._gpu_slot(gpu) for gpu in gpus] if gpus else \
+        self.slots = [self._gpu_slot(gpu, slot) for gpu in gpus for slot in range(trials_per_gpu)] if gpus else \
             [self._cpu_slot(k) for k in range(cpu_workers)]
         self._lock = threading.RLock()
         self._stopping = False
@@ -152,9 +174,10 @@ class Supervisor:
         return 0
 
     def stop(self, timeout: float = 30.0) -> None:
-        """SIGTERM every child (each finishes its current trial), then SIGKILL what is left after `timeout`.
+        """SIGTERM every child (each finishes its current epoch and releases its trial), then SIGKILL
+        what is left after `timeout`.
 
-        The trial of a killed child goes back to the server's queue as a retryable failure.
+        The trial of a killed child is released too: pending again, resumed from its last saved epoch.
         """
         with self._lock:
             self._stopping = True
@@ -182,9 +205,10 @@ class Supervisor:
             self._signals_seen += 1
             name = signal.Signals(signum).name
             if self._signals_seen == 1:
-                logger.info("%s: workers finish their current trials, then exit (send it again to stop now)", name)
+                logger.info("%s: workers finish their current epochs, hand their trials back and exit "
+                            "(send it again to stop now)", name)
             else:
-                logger.warning("%s again: workers stop their trials now and release them", name)
+                logger.warning("%s again: workers stop now; their trials go back to the queue", name)
             self._signal_children(signum)
 
     def install_signal_handlers(self) -> None:
@@ -199,11 +223,19 @@ class Supervisor:
 
     # -- children ----------------------------------------------------------------------------------
 
-    def _gpu_slot(self, gpu: str) -> _Slot:
-        # PCI bus order makes CUDA number GPUs as nvidia-smi does; CUDA's default (fastest first)
-        # could pin a child to a different GPU than the index it was given.
-        env = {"CUDA_VISIBLE_DEVICES": gpu, "CUDA_DEVICE_ORDER": "PCI_BUS_ID", "TF_FORCE_GPU_ALLOW_GROWTH": "true"}
-        return _Slot(worker_id=self._reserve(f"{self.host}-gpu{gpu}"), gpu=gpu, env=env)
+    def _gpu_slot(self, gpu: Gpu, slot: int) -> _Slot:
+        # PCI bus order makes CUDA number GPUs as NVML and nvidia-smi do; CUDA's default (fastest
+        # first) could pin a child to a different GPU than the index it was given.
+        env = {"CUDA_VISIBLE_DEVICES": gpu.index, "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+        share = memory_share_mb(gpu, self.trials_per_gpu)
+        if share is None:
+            env["TF_FORCE_GPU_ALLOW_GROWTH"] = "true"
+        else:
+            # A fixed share instead of growth: TensorFlow cannot combine the two (see sweeper.training.devices).
+            env[MEMORY_LIMIT_VARIABLE] = str(share)
+        # One worker per GPU keeps the id it always had; sharing ones are told apart by their slot.
+        base = f"{self.host}-gpu{gpu.index}" if self.trials_per_gpu == 1 else f"{self.host}-gpu{gpu.index}-{slot}"
+        return _Slot(worker_id=self._reserve(base), gpu=gpu.index, env=env)
 
     def _cpu_slot(self, k: int) -> _Slot:
         return _Slot(worker_id=self._reserve(f"{self.host}-cpu{k}"), gpu=None, env={"CUDA_VISIBLE_DEVICES": "-1"})
@@ -241,6 +273,8 @@ class Supervisor:
         slot.started_at = time.monotonic()
         slot.restart_at = None
         where = f"GPU {slot.gpu}" if slot.gpu is not None else "CPU"
+        if MEMORY_LIMIT_VARIABLE in slot.env:
+            where += f" ({slot.env[MEMORY_LIMIT_VARIABLE]} MB)"
         logger.info("started worker %s on %s (pid %d)", slot.worker_id, where, slot.process.pid)
 
     def _signal_children(self, signum: int) -> None:
@@ -274,11 +308,14 @@ class Supervisor:
                 self._state_file(slot).unlink(missing_ok=True)
                 slot.ended = True
                 continue
-            record = ChildExit(slot.worker_id, slot.gpu, returncode, self._held_trial(slot))
+            held = self._held_trial(slot)
+            record = ChildExit(slot.worker_id, slot.gpu, returncode, held[0] if held else None)
             self._exits.append(record)
-            self._fail_held_trial(slot, record)
+            if held is not None:
+                self._report_held_trial(slot, record, checkpoint_dir=held[1])
+            running = f" while running trial {record.trial_id}" if record.trial_id is not None else ""
             if self._stopping:
-                logger.info("worker %s %s while stopping", slot.worker_id, record.describe())
+                logger.info("worker %s %s while stopping%s", slot.worker_id, record.describe(), running)
                 slot.ended = True
                 continue
             if returncode == EXIT_SERVER_UNREACHABLE:
@@ -290,44 +327,59 @@ class Supervisor:
             if ran_for >= self.healthy_after:
                 slot.restarts = 0
             if slot.restarts >= self.max_restarts:
-                logger.error("worker %s %s; not restarting it after %d restart(s)", slot.worker_id,
-                             record.describe(), slot.restarts)
+                logger.error("worker %s %s%s; not restarting it after %d restart(s)", slot.worker_id,
+                             record.describe(), running, slot.restarts)
                 slot.ended = slot.gave_up = True
                 continue
             slot.restarts += 1
             delay = min(self.max_backoff, self.restart_backoff * 2 ** (slot.restarts - 1))
             slot.restart_at = now + delay
-            logger.warning("worker %s %s after %.1fs; restarting it in %.1fs (restart %d of %d)", slot.worker_id,
-                           record.describe(), ran_for, delay, slot.restarts, self.max_restarts)
+            logger.warning("worker %s %s after %.1fs%s; restarting it in %.1fs (restart %d of %d)", slot.worker_id,
+                           record.describe(), ran_for, running, delay, slot.restarts, self.max_restarts)
 
-    def _held_trial(self, slot: _Slot) -> int | None:
+    def _held_trial(self, slot: _Slot) -> tuple[int, str | None] | None:
+        """The trial (and its checkpoint folder) the child's state file names, if any; the file is removed."""
         path = self._state_file(slot)
         try:
-            trial_id = json.loads(path.read_text()).get("trial_id")
+            state = json.loads(path.read_text())
+            trial_id, checkpoint_dir = state.get("trial_id"), state.get("checkpoint_dir")
         except (OSError, ValueError, AttributeError):
             return None
         finally:
             path.unlink(missing_ok=True)
-        return trial_id if isinstance(trial_id, int) else None
+        if not isinstance(trial_id, int):
+            return None
+        return trial_id, checkpoint_dir if isinstance(checkpoint_dir, str) else None
 
-    def _fail_held_trial(self, slot: _Slot, record: ChildExit) -> None:
-        """Turn the death of a child into a recorded failure of the trial it was running."""
-        if record.trial_id is None:
-            return
-        # A child we killed while stopping, or one cut off from the server, did nothing wrong: its trial
-        # goes back to the queue.
-        retryable = self._stopping or record.returncode == EXIT_SERVER_UNREACHABLE
-        cause = f"worker process {slot.worker_id} on {self.host} {record.describe()} while running this trial"
+    def _report_held_trial(self, slot: _Slot, record: ChildExit, checkpoint_dir: str | None) -> None:
+        """Tell the server what became of the trial a dead child was running.
+
+        A crash fails it as retryable (an attempt counted: a trial that kills every worker must run out
+        of attempts). A child that died while we were stopping (a second signal, or killed after the
+        stop timeout), or one cut off from the server, did nothing wrong: its trial is released.
+        """
+        assert record.trial_id is not None
+        trial_id = record.trial_id
         # Few retries: this runs in the supervisor's watch loop, and the lease expires on its own anyway.
         try:
             with Client(self.server_url, timeout=10.0, retries=2, backoff=0.5) as client:
-                client.fail(record.trial_id, FailReport(worker_id=slot.worker_id, error=cause, retryable=retryable))
-            logger.info("recorded trial %d as failed: %s", record.trial_id, cause)
+                if self._stopping or record.returncode == EXIT_SERVER_UNREACHABLE:
+                    reason = f"worker {slot.worker_id} on {self.host} stopped ({record.cause}) while running it"
+                    release_or_fail(client, trial_id, ReleaseReport(worker_id=slot.worker_id, reason=reason))
+                    logger.info("released trial %d: %s", trial_id, reason)
+                    return
+                error = f"worker {slot.worker_id} died: {record.cause}"
+                answer = client.fail(trial_id, FailReport(worker_id=slot.worker_id, error=error, retryable=True,
+                                                          kind=FailureKind.crash))
+            logger.info("reported trial %d as crashed: %s", trial_id, error)
+            if checkpoint_dir and ended_for_good(answer):
+                # Out of attempts: no retry will resume from it.
+                TrialCheckpoint(checkpoint_dir).delete()
         except (LeaseLostError, NotFoundError):
             pass  # the server already moved the trial on
         except ApiError as error:
-            logger.warning("could not fail trial %d on the server (its lease will expire instead): %s",
-                           record.trial_id, error)
+            logger.warning("could not report trial %d to the server (its lease will expire instead): %s",
+                           trial_id, error)
 
     def _cleanup(self) -> None:
         for reserved in self._reserved:
@@ -338,21 +390,24 @@ class Supervisor:
 
 
 def run_workers(server: str, gpus: str = "all", cpu_workers: int = 1, idle_exit: float | None = None,
-                data_root: Path | None = None, plugins: Sequence[str] = ()) -> int:
-    """Start one worker per selected GPU (or `cpu_workers` CPU workers) against `server`; block until done.
+                data_root: Path | None = None, plugins: Sequence[str] = (), trials_per_gpu: int = 1) -> int:
+    """Start `trials_per_gpu` workers per selected GPU (or `cpu_workers` CPU workers) against `server`;
+    block until done.
 
-    Raises GpuSelectionError (a ValueError) when `gpus` names a GPU this host does not have.
+    Raises GpuSelectionError (a ValueError) when `gpus` names a GPU this host does not have, or when a
+    GPU's memory is too small to share among `trials_per_gpu` workers.
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s [supervisor] %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     discovered = discover_gpus()
     selected = select_gpus(gpus, discovered)
     supervisor = Supervisor(server, selected, cpu_workers=cpu_workers, idle_exit=idle_exit, data_root=data_root,
-                            plugins=plugins)
+                            plugins=plugins, trials_per_gpu=trials_per_gpu)
     if selected:
-        print(f"Starting {len(selected)} GPU worker(s) for {server}:")
+        print(f"Starting {len(supervisor.slots)} GPU worker(s) for {server}:")
         for slot in supervisor.slots:
-            print(f"  {slot.worker_id} on GPU {slot.gpu}")
+            limit = slot.env.get(MEMORY_LIMIT_VARIABLE)
+            print(f"  {slot.worker_id} on GPU {slot.gpu}" + (f", {limit} MB" if limit else ""))
     else:
         reason = "no GPUs found" if not discovered else f"--gpus {gpus}"
         print(f"Starting {cpu_workers} CPU worker(s) for {server} ({reason}):")

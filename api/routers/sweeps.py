@@ -1,4 +1,4 @@
-"""Sweeps: create one from a spec, list them, read one with its trials."""
+"""Sweeps: create one from a spec, list them, read one with its trials; pause, resume or cancel one."""
 
 from __future__ import annotations
 
@@ -77,3 +77,28 @@ def list_trials(sweep_id: int, repository: RepositoryDep,
     """The sweep's trials so far, in search order; `count` is the total."""
     trials, count = repository.list_trials(sweep_id, limit=limit, offset=offset)
     return TrialsPublic(data=[TrialPublic.model_validate(trial) for trial in trials], count=count)
+
+
+_CONTROL_RESPONSES: dict[int | str, dict[str, str]] = {
+    404: {"description": "No sweep with this id."},
+    409: {"description": "The sweep's current status does not allow this; the message names it."},
+}
+
+
+@router.post("/{sweep_id}/pause", response_model=SweepPublic, responses=_CONTROL_RESPONSES)
+def pause_sweep(sweep_id: int, repository: RepositoryDep) -> SweepPublic:
+    """Stop handing out the sweep's trials; the running ones finish normally. Only a running sweep."""
+    return SweepPublic.from_summary(repository.pause_sweep(sweep_id))
+
+
+@router.post("/{sweep_id}/resume", response_model=SweepPublic, responses=_CONTROL_RESPONSES)
+def resume_sweep(sweep_id: int, repository: RepositoryDep) -> SweepPublic:
+    """Hand out the sweep's trials again. Only a paused sweep."""
+    return SweepPublic.from_summary(repository.resume_sweep(sweep_id))
+
+
+@router.post("/{sweep_id}/cancel", response_model=SweepPublic, responses=_CONTROL_RESPONSES)
+def cancel_sweep(sweep_id: int, repository: RepositoryDep) -> SweepPublic:
+    """End the sweep: pending trials are cancelled, running ones are told to cancel at their next heartbeat
+    or metrics report and end cancelled. Only a running or paused sweep."""
+    return SweepPublic.from_summary(repository.cancel_sweep(sweep_id))

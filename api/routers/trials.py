@@ -1,4 +1,4 @@
-"""Trials: the worker protocol (claim, heartbeat, metrics, complete, fail) and reading one trial.
+"""Trials: the worker protocol (claim, heartbeat, metrics, complete, fail, release) and reading one trial.
 
 Every call on a trial names the worker; one that does not hold the trial's lease gets 409 and
 changes nothing.
@@ -9,7 +9,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response, status
 
 from sweeper.messages import (Assignment, ClaimRequest, CompleteReport, Directive, FailReport, HeartbeatRequest,
-                              MetricsReport)
+                              MetricsReport, ReleaseReport)
 
 from api.deps import ContextDep, RepositoryDep
 from api.repository import Claimed
@@ -17,6 +17,8 @@ from api.json_guard import StrictJSONRoute
 from api.schemas import TrialDetail, TrialPublic
 
 router = APIRouter(prefix="/trials", tags=["trials"], route_class=StrictJSONRoute)
+
+CHECKPOINT_FOLDER = "checkpoint"
 
 _LEASE_RESPONSES: dict[int | str, dict[str, str]] = {
     404: {"description": "No trial with this id."},
@@ -42,36 +44,47 @@ def get_trial(trial_id: int, repository: RepositoryDep) -> TrialDetail:
 
 @router.post("/{trial_id}/heartbeat", response_model=Directive, responses=_LEASE_RESPONSES)
 def heartbeat(trial_id: int, request: HeartbeatRequest, repository: RepositoryDep) -> Directive:
-    """Extend the lease; the answer says whether to go on."""
+    """Extend the lease; the answer says whether to go on ("continue") or stop now ("cancel")."""
     return repository.heartbeat(trial_id, request)
 
 
 @router.post("/{trial_id}/metrics", response_model=Directive, responses=_LEASE_RESPONSES)
 def report_metrics(trial_id: int, report: MetricsReport, repository: RepositoryDep) -> Directive:
-    """One epoch's metrics (re-reporting an epoch replaces it); extends the lease."""
+    """One epoch's metrics (re-reporting an epoch replaces it); extends the lease, and answers like a heartbeat."""
     return repository.report_metrics(trial_id, report)
 
 
 @router.post("/{trial_id}/complete", response_model=TrialPublic, responses=_LEASE_RESPONSES)
 def complete(trial_id: int, report: CompleteReport, repository: RepositoryDep) -> TrialPublic:
-    """The trial finished: record its final metrics."""
+    """The trial finished: record its final metrics (it ends cancelled if its sweep was cancelled or failed)."""
     return TrialPublic.model_validate(repository.complete(trial_id, report))
 
 
 @router.post("/{trial_id}/fail", response_model=TrialPublic, responses=_LEASE_RESPONSES)
 def fail(trial_id: int, report: FailReport, repository: RepositoryDep) -> TrialPublic:
-    """The trial failed: a retryable failure with attempts left goes back to the queue."""
+    """The trial failed: a retryable failure or a crash with attempts left goes back to the queue."""
     return TrialPublic.model_validate(repository.fail(trial_id, report))
+
+
+@router.post("/{trial_id}/release", response_model=TrialPublic, responses=_LEASE_RESPONSES)
+def release(trial_id: int, report: ReleaseReport, repository: RepositoryDep) -> TrialPublic:
+    """The worker gives the trial back unfinished: pending again, its attempt not counted, its history kept."""
+    return TrialPublic.model_validate(repository.release(trial_id, report))
 
 
 def _assignment(claimed: Claimed, context: ContextDep) -> Assignment:
     trial, sweep = claimed.trial, claimed.sweep
     assert trial.lease_expires_at is not None, "a claimed trial is running, so it has a lease"
+    folder = context.logdir / str(sweep.id) / str(trial.id)
     return Assignment(
         trial_id=trial.id, sweep_id=sweep.id, hparams=trial.hparams,
         model=sweep.spec["model"], dataset=sweep.spec["dataset"],
         objective=claimed.plan.spec.objective, train=claimed.plan.spec.train,
-        logdir=str(context.logdir / str(sweep.id) / str(trial.id)),
+        logdir=str(folder),
         log_scaled=[name for name in claimed.plan.spec.log_scaled() if name in trial.hparams],
+        attempt=trial.attempts,
+        # Beside the trial's logs, so a retry on any worker sharing the logdir resumes from it.
+        checkpoint_dir=str(folder / CHECKPOINT_FOLDER),
+        heartbeat_seconds=context.policy.heartbeat.total_seconds(),
         lease_expires_at=trial.lease_expires_at,
     )

@@ -1,15 +1,23 @@
 """The Keras trial runner: train one assignment and log it for TensorBoard's HParams dashboard.
 
 The runner trains; it never decides. After each epoch it hands the metrics to `on_epoch_end` (the
-worker reports them to the server) and stops early when the answer is "stop", "prune" or "cancel".
+worker reports them to the server) and stops early when the answer is "stop", "prune" or "cancel";
+after each batch it asks `interrupt` whether to stop at once (a cancelled sweep, a lost lease).
 Everything else comes from the assignment: the loss, metrics, class weights, early stopping, seed,
-mixed precision and XLA of `TrainSettings`, and which epoch's metrics are the trial's result.
+mixed precision and XLA of `TrainSettings`, which epoch's metrics are the trial's result, and the
+checkpoint folder that an interrupted trial resumes from (see `sweeper.training.checkpoints`).
+
+How a trial ends decides what is left of it. Completed, pruned or cancelled: a session end and no
+checkpoint. Stopped ("stop", to be handed back): no session end and the checkpoint, which the retry
+continues. Failed: a FAILURE session end, and the checkpoint only when the error is a
+`RetryableError`; a loss that becomes NaN or infinite fails it with `NonFiniteLossError`.
 """
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,14 +29,25 @@ import tensorflow as tf
 from keras import ops
 
 from sweeper import _registry
+from sweeper._errors import NonFiniteLossError, RetryableError
 from sweeper._spec import LOSSES, METRICS, EarlyStopping, Objective
 from sweeper.hparams_log import SessionStatus, TrialSession
 from sweeper.messages import Assignment
+from sweeper.training.checkpoints import CheckpointError, Resume, TrialCheckpoint, checkpoint_folder
 from sweeper.training.datasets import TrainingData, training_data, using_data_root
 from sweeper.training.schedules import build_learning_rate, build_optimizer, schedule_callbacks
+from sweeper.training.trial_logs import rewind_trial_logs
+
+logger = logging.getLogger(__name__)
 
 EpochCallback = Callable[[int, dict[str, float]], str]
 """Called with (epoch index from 0, metrics); answers "continue", "stop", "prune" or "cancel"."""
+
+Interrupt = Callable[[], str | None]
+"""Polled after every training batch: None to go on, or "cancel" or "stop" to end training at once.
+
+The epoch it cuts short leaves no trace (no metrics, scalars or checkpoint): its partial metrics would
+be no epoch's. "cancel" ends the trial for good; "stop" keeps the checkpoint for a retry."""
 
 _STOP_ACTIONS = frozenset({"stop", "prune", "cancel"})
 EARLY_STOPPING = "early_stopping"
@@ -37,6 +56,9 @@ EARLY_STOPPING = "early_stopping"
 
 @dataclass(frozen=True)
 class TrialResult:
+    """How a trial's training ended. When an `interrupt` stopped it before any epoch finished,
+    `metrics` is empty, `epochs_run` 0, `objective` NaN and `objective_epoch` -1."""
+
     metrics: dict[str, float]
     """The objective epoch's metrics (loss, val_loss, each train.metrics name and its val_ form,
     learning_rate): the last epoch's, or with objective epoch "best" the best epoch's."""
@@ -48,37 +70,69 @@ class TrialResult:
     stopped_by: str | None = None
     """Why training ended before the last epoch: the worker's answer ("stop", "prune" or "cancel"),
     "early_stopping", or None when every epoch ran."""
+    resumed_from: int = 0
+    """The epoch this attempt started at: 0, or the number of epochs its checkpoint had finished.
+    `epochs_run` and `objective_epoch` count the trial's epochs from 0 all the same."""
 
     @property
     def stopped(self) -> bool:
-        """True when `on_epoch_end` answered "stop", "prune" or "cancel" (early stopping is not a stop)."""
+        """True when `on_epoch_end` or `interrupt` answered "stop", "prune" or "cancel" (early stopping is
+        not a stop)."""
         return self.stopped_by in _STOP_ACTIONS
 
 
-def run_trial(assignment: Assignment, on_epoch_end: EpochCallback, data_root: Path | None = None) -> TrialResult:
+def run_trial(assignment: Assignment, on_epoch_end: EpochCallback, data_root: Path | None = None,
+              interrupt: Interrupt | None = None, callbacks: Sequence[keras.callbacks.Callback] = ()) -> TrialResult:
     """Train the assignment's model; log train/ and validation/ scalars and the HParams session.
 
+    `callbacks` are extra Keras callbacks for `fit`, after sweeper's own (a benchmark's clock, a
+    profiler); they see every batch but cannot change what is reported.
+
     File datasets (npz:..., images:...) are read under `data_root` (default ./data), which model
-    builders see as `current_data_root()`. Any exception ends the HParams session as FAILURE and
-    propagates, so the worker can report it. A "prune" or "cancel" answer ends it as aborted (see
-    `SessionStatus.proto`); a "stop" answer leaves it without an end, since the worker hands the
-    trial back for a retry.
+    builders see as `current_data_root()`. When the assignment's checkpoint folder holds an earlier
+    attempt's checkpoint, training resumes after its last finished epoch, and the trial's TensorBoard
+    folder keeps exactly what those epochs logged, so every epoch is logged once, and its session start.
+
+    Any exception ends the HParams session as FAILURE and propagates, so the worker can report it. A
+    "prune" or "cancel" answer ends it as aborted (see `SessionStatus.proto`); a "stop" answer leaves
+    it without an end, since the worker hands the trial back and the retry continues the session.
     """
-    _remove_earlier_attempts(Path(assignment.logdir))
-    with TrialSession(assignment.logdir, assignment.trial_id, assignment.hparams, assignment.log_scaled) as session:
-        with _trial_dtype_policy(assignment.train.mixed_precision), _seeded(_trial_seed(assignment)):
-            try:
-                result = _train(assignment, on_epoch_end, data_root)
-            finally:
-                # Frees the graph and layer-name counters, so one worker process can run many trials.
-                # It also resets Keras's dtype policy, hence inside the block that restores it.
-                keras.backend.clear_session()
-        session.write_objective(assignment.objective.metric, result.objective, step=result.objective_epoch)
-        session.status = _session_status(result.stopped_by)
-        return result
+    checkpoint = TrialCheckpoint(checkpoint_folder(assignment))
+    try:
+        resume = checkpoint.load()
+    except CheckpointError as error:
+        logger.warning("trial %d: %s", assignment.trial_id, error)
+        resume = None
+    if resume is not None:
+        logger.info("trial %d resumes after epoch %d (attempt %d)", assignment.trial_id, resume.epochs_done - 1,
+                    assignment.attempt)
+    session_started = rewind_trial_logs(assignment.logdir, resume.epochs_done if resume is not None else 0)
+    try:
+        with TrialSession(assignment.logdir, assignment.trial_id, assignment.hparams, assignment.log_scaled,
+                          resumed=session_started) as session:
+            with _trial_dtype_policy(assignment.train.mixed_precision), _seeded(_trial_seed(assignment)):
+                try:
+                    result = _train(assignment, on_epoch_end, data_root, checkpoint, resume, interrupt, callbacks)
+                finally:
+                    # Frees the graph and layer-name counters, so one worker process can run many trials.
+                    # It also resets Keras's dtype policy, hence inside the block that restores it.
+                    keras.backend.clear_session()
+            if result.objective_epoch >= 0:
+                session.write_objective(assignment.objective.metric, result.objective, step=result.objective_epoch)
+            session.status = _session_status(result.stopped_by)
+    except Exception as error:
+        # Only a retry could use the checkpoint, and only a RetryableError is retried.
+        if not isinstance(error, RetryableError):
+            checkpoint.delete()
+        raise
+    if result.stopped_by != "stop":
+        checkpoint.delete()
+    return result
 
 
-def _train(assignment: Assignment, on_epoch_end: EpochCallback, data_root: Path | None) -> TrialResult:
+def _train(assignment: Assignment, on_epoch_end: EpochCallback, data_root: Path | None,
+           checkpoint: TrialCheckpoint, resume: Resume | None, interrupt: Interrupt | None,
+           extra_callbacks: Sequence[keras.callbacks.Callback] = ()) -> TrialResult:
     hparams, settings = assignment.hparams, assignment.train
     data = training_data(assignment.dataset, data_root, settings.validation_split)
     batch_size = int(hparams.get("batch_size", settings.batch_size))
@@ -91,23 +145,53 @@ def _train(assignment: Assignment, on_epoch_end: EpochCallback, data_root: Path 
     learning_rate = build_learning_rate(hparams, epochs, steps_per_epoch)
     model.compile(optimizer=build_optimizer(hparams, learning_rate), loss=build_loss(settings.loss),
                   metrics=build_metrics(settings.metrics), jit_compile=settings.jit_compile)
+    history: list[dict[str, float]] = []
+    if resume is not None:
+        _build(model, train)
+        checkpoint.restore(model, resume)
+        history = list(resume.history)
+    first_epoch = len(history)
 
-    reporter = _EpochReporter(on_epoch_end, assignment.objective.metric)
-    callbacks = [*schedule_callbacks(hparams), _LearningRateInLogs(), _LiveTensorBoard(assignment.logdir),
-                 *_early_stopping(settings.early_stopping), reporter]
-    # shuffle=False: the pipeline shuffles, seeded; Keras's own flag does nothing for tf.data but warn.
-    model.fit(train, validation_data=validation, epochs=epochs, shuffle=False, verbose=0,
-              class_weight=class_weights(settings.class_weight, data), callbacks=callbacks)
+    reporter = _EpochReporter(on_epoch_end, assignment.objective.metric, epochs, history)
+    tensorboard = _LiveTensorBoard(assignment.logdir)
+    # Order matters at an epoch's end: the scalars are logged, then the metrics reported (whose answer
+    # may stop training), then the checkpoint saved, so a crash in between trains that epoch again.
+    callbacks = [_FailOnNaN(), *schedule_callbacks(hparams), _LearningRateInLogs(), tensorboard,
+                 *_early_stopping(settings.early_stopping), reporter, _Checkpointing(checkpoint, reporter)]
+    if interrupt is not None:
+        callbacks.append(_Interruptible(interrupt))
+    callbacks.extend(extra_callbacks)
+    interrupted: str | None = None
+    try:
+        if first_epoch < epochs:  # a checkpoint saved after the last epoch leaves nothing to train
+            # shuffle=False: the pipeline shuffles, seeded; Keras's own flag does nothing for tf.data but warn.
+            model.fit(train, validation_data=validation, epochs=epochs, initial_epoch=first_epoch, shuffle=False,
+                      verbose=0, class_weight=class_weights(settings.class_weight, data), callbacks=callbacks)
+    except _Interrupted as stop:
+        interrupted = stop.action
+    finally:
+        tensorboard.close()
 
     if not reporter.history:
+        if interrupted is not None:
+            return TrialResult(metrics={}, epochs_run=0, objective=math.nan, objective_epoch=-1,
+                               stopped_by=interrupted, resumed_from=first_epoch)
         raise RuntimeError("training ended before its first epoch")
     objective_epoch = _objective_epoch(assignment.objective, reporter.history)
     metrics = reporter.history[objective_epoch]
     _require_objective(assignment.objective.metric, metrics)
-    stopped_by = reporter.stopped_by or (EARLY_STOPPING if len(reporter.history) < epochs else None)
+    stopped_by = interrupted or reporter.stopped_by or (EARLY_STOPPING if len(reporter.history) < epochs else None)
     return TrialResult(metrics=metrics, epochs_run=len(reporter.history),
                        objective=metrics[assignment.objective.metric], objective_epoch=objective_epoch,
-                       stopped_by=stopped_by)
+                       stopped_by=stopped_by, resumed_from=first_epoch)
+
+
+def _build(model: keras.Model, train: Any) -> None:
+    # A checkpoint loads only into a model with its variables; a plugin's subclassed model may get
+    # them only when first called.
+    if not model.built:
+        features = next(iter(train.take(1)))[0]
+        model(features, training=False)
 
 
 def _trial_seed(assignment: Assignment) -> int | None:
@@ -340,16 +424,6 @@ def _session_status(stopped_by: str | None) -> SessionStatus | None:
     return SessionStatus.success
 
 
-def _remove_earlier_attempts(trial_dir: Path) -> None:
-    # A retried trial gets the same folder. Left there, an earlier attempt's scalars would mix with
-    # this one's (the dashboard takes a metric's value at the highest step, whichever attempt wrote
-    # it) and its session would compete with this one. Only event files go: nothing else is ours.
-    for folder in (trial_dir, trial_dir / "train", trial_dir / "validation"):
-        for path in folder.glob("*tfevents*"):
-            if path.is_file():
-                path.unlink(missing_ok=True)
-
-
 def _require_objective(metric: str, metrics: dict[str, float]) -> None:
     if metric not in metrics:
         raise ValueError(f"objective metric {metric!r} is not among the trial's metrics; "
@@ -374,26 +448,108 @@ class _LearningRateInLogs(keras.callbacks.Callback):
 
 
 class _EpochReporter(keras.callbacks.Callback):
-    """Hands each epoch's metrics (and the learning rate) to the worker and obeys its answer."""
+    """Hands each epoch's metrics (and the learning rate) to the worker and obeys its answer.
 
-    def __init__(self, on_epoch_end: EpochCallback, objective_metric: str):
+    `history` starts with the metrics of the epochs a checkpoint restored: only the epochs this
+    attempt trains are handed on, but the trial's result is judged over all of them.
+    """
+
+    def __init__(self, on_epoch_end: EpochCallback, objective_metric: str, epochs: int,
+                 history: list[dict[str, float]]):
         super().__init__()
         self._on_epoch_end = on_epoch_end
         self._objective_metric = objective_metric
-        self.history: list[dict[str, float]] = []
+        self._epochs = epochs
+        self._first_epoch = len(history)
+        self.history = history
         self.stopped_by: str | None = None
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         metrics = {name: float(value) for name, value in (logs or {}).items()}
         metrics["learning_rate"] = _learning_rate(self.model)
-        if epoch == 0:
+        if epoch == self._first_epoch:
             # Fail on the first epoch, not after the whole training, when the objective names no metric.
             _require_objective(self._objective_metric, metrics)
         self.history.append(metrics)
         answer = self._on_epoch_end(epoch, dict(metrics))
+        if answer == "stop" and (epoch + 1 >= self._epochs or self.model.stop_training):
+            # Nothing is left to hand back: that was the last epoch, or early stopping ends training here.
+            return
         if answer in _STOP_ACTIONS:
             self.model.stop_training = True
             self.stopped_by = answer
+
+
+class _Checkpointing(keras.callbacks.Callback):
+    """Saves the trial's checkpoint after each epoch, unless the epoch's answer ended the trial for good."""
+
+    def __init__(self, checkpoint: TrialCheckpoint, reporter: _EpochReporter):
+        super().__init__()
+        self._checkpoint = checkpoint
+        self._reporter = reporter
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if self._reporter.stopped_by in ("prune", "cancel"):
+            return  # deleted right after; saving it would only cost time
+        self._checkpoint.save(self.model, self._reporter.history)
+
+
+class _FailOnNaN(keras.callbacks.TerminateOnNaN):
+    """Keras's TerminateOnNaN, failing the trial instead of ending its training as if it had finished.
+
+    A diverged configuration is a result ("loss became NaN"), not a trial to complete with the last
+    epoch's metrics, and a batch's NaN ends it at once, before validating a broken model.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self._epoch = epoch
+
+    def on_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        loss = (logs or {}).get("loss")
+        if loss is None:
+            return
+        loss = float(loss)
+        if not math.isfinite(loss):
+            self.model.stop_training = True
+            raise NonFiniteLossError(f"loss became {'NaN' if math.isnan(loss) else 'infinite'} at epoch "
+                                     f"{self._epoch} (batch {batch})")
+
+
+class _Interrupted(Exception):
+    """Raised out of `fit` to end it after the current batch, without finishing the epoch."""
+
+    def __init__(self, action: str):
+        super().__init__(action)
+        self.action = action
+
+
+class _Interruptible(keras.callbacks.Callback):
+    """Asks `interrupt` after every batch, so a cancel takes effect within a batch, not an epoch.
+
+    It raises rather than setting `model.stop_training`: Keras would still validate and end the cut
+    epoch, logging and checkpointing a partial one.
+    """
+
+    def __init__(self, interrupt: Interrupt):
+        super().__init__()
+        self._interrupt = interrupt
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        self._check()
+
+    def on_test_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        self._check()  # validating a big set can take a while too
+
+    def _check(self) -> None:
+        action = self._interrupt()
+        if action is not None:
+            if action not in ("cancel", "stop"):
+                raise ValueError(f"an interrupt must answer None, 'cancel' or 'stop', but got {action!r}")
+            raise _Interrupted(action)
 
 
 class _LiveTensorBoard(keras.callbacks.TensorBoard):
@@ -411,3 +567,8 @@ class _LiveTensorBoard(keras.callbacks.TensorBoard):
         # `_writers` is the callback's own cache of the writers it has opened (Keras 3).
         for writer in getattr(self, "_writers", {}).values():
             writer.flush()
+
+    def close(self) -> None:
+        """Close the writers, which `fit` leaves open when an exception ends it (a retry rewrites the files)."""
+        for writer in getattr(self, "_writers", {}).values():
+            writer.close()

@@ -47,12 +47,15 @@ def random_spec(name: str = "random", max_trials: int = 5, **overrides: Any) -> 
 class Worker:
     """A test double of a worker: speaks the trial protocol through a client, as one worker id."""
 
-    def __init__(self, client: TestClient, worker_id: str):
+    def __init__(self, client: TestClient, worker_id: str, host: str = "test-host", gpu: str | None = None):
         self.client = client
         self.id = worker_id
+        self.host = host
+        self.gpu = gpu
 
     def claim(self) -> dict[str, Any] | None:
-        response = self.client.post(f"{API}/trials/claim", json={"worker_id": self.id, "host": "test-host"})
+        response = self.client.post(f"{API}/trials/claim", json={"worker_id": self.id, "host": self.host,
+                                                                 "gpu": self.gpu})
         if response.status_code == 204:
             assert response.content == b""
             return None
@@ -71,8 +74,17 @@ class Worker:
     def complete(self, trial_id: int, **metrics: float) -> Any:
         return self.post(trial_id, "complete", metrics=metrics)
 
-    def fail(self, trial_id: int, error: str = "boom", retryable: bool = False) -> Any:
-        return self.post(trial_id, "fail", error=error, retryable=retryable)
+    def fail(self, trial_id: int, error: str = "boom", retryable: bool = False, **report: Any) -> Any:
+        return self.post(trial_id, "fail", error=error, retryable=retryable, **report)
+
+    def release(self, trial_id: int, reason: str = "shutting down", epochs_done: int = 0) -> Any:
+        return self.post(trial_id, "release", reason=reason, epochs_done=epochs_done)
+
+    def claim_id(self) -> int:
+        """Claim, insisting on a trial; its id."""
+        assignment = self.claim()
+        assert assignment is not None, f"worker {self.id} got no trial"
+        return assignment["trial_id"]
 
 
 def create_sweep(client: TestClient, spec: dict[str, Any]) -> dict[str, Any]:
@@ -85,6 +97,18 @@ def get_sweep(client: TestClient, sweep_id: int) -> dict[str, Any]:
     response = client.get(f"{API}/sweeps/{sweep_id}")
     assert response.status_code == 200, response.text
     return response.json()
+
+
+def control(client: TestClient, sweep_id: int, action: str) -> Any:
+    """POST /sweeps/{id}/{action} for pause, resume or cancel; the raw response."""
+    return client.post(f"{API}/sweeps/{sweep_id}/{action}")
+
+
+def list_workers(client: TestClient) -> dict[str, dict[str, Any]]:
+    """GET /workers, by worker id."""
+    response = client.get(f"{API}/workers")
+    assert response.status_code == 200, response.text
+    return {worker["id"]: worker for worker in response.json()["data"]}
 
 
 def get_trial(client: TestClient, trial_id: int) -> dict[str, Any]:

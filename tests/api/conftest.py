@@ -36,3 +36,13 @@ def make_client() -> Iterator[Callable[..., TestClient]]:
 @pytest.fixture
 def client(settings: Settings, make_client: Callable[..., TestClient]) -> TestClient:
     return make_client(settings)
+
+
+@pytest.fixture
+def client_with(settings: Settings, make_client: Callable[..., TestClient]) -> Callable[..., TestClient]:
+    """A client for an app whose settings differ from `settings` by the given fields (validated, unlike model_copy)."""
+
+    def make(**overrides: object) -> TestClient:
+        return make_client(Settings(**{**settings.model_dump(), **overrides}))
+
+    return make

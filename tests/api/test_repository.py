@@ -13,9 +13,10 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from api.db import create_tables, make_engine, make_sessions
-from api.repository import LeaseConflictError, LeasePolicy, PlanCache, Repository, SweepNotFoundError, WORKER_LOST
+from api.repository import (LeaseConflictError, LeasePolicy, PlanCache, Repository, SweepNotFoundError, WORKER_LOST,
+                            WorkerState)
 from sweeper import parse_spec
-from sweeper.messages import ClaimRequest, CompleteReport, HeartbeatRequest, SweepStatus, TrialState
+from sweeper.messages import ClaimRequest, CompleteReport, FailureKind, HeartbeatRequest, SweepStatus, TrialState
 
 
 class Clock:
@@ -45,7 +46,8 @@ def clock() -> Clock:
 @pytest.fixture
 def repository(engine: Engine, clock: Clock) -> Iterator[Repository]:
     with make_sessions(engine)() as session:
-        yield Repository(session, LeasePolicy(lease=timedelta(seconds=60), max_attempts=2), PlanCache(), clock)
+        yield Repository(session, LeasePolicy(lease=timedelta(seconds=60), heartbeat=timedelta(seconds=10)),
+                         PlanCache(), clock)
 
 
 def claim(repository: Repository, worker: str):
@@ -70,7 +72,7 @@ def test_transactions_take_the_write_lock_up_front(engine: Engine):
 
 
 def test_lease_is_renewed_by_heartbeats_and_lost_without_them(repository: Repository, clock: Clock):
-    repository.create_sweep(parse_spec(grid_spec(values=1)), max_trials=100)
+    repository.create_sweep(parse_spec(grid_spec(values=1, max_attempts=2)), max_trials=100)
     trial = claim(repository, "w1").trial  # type: ignore[union-attr]
     assert trial.lease_expires_at == clock.now + timedelta(seconds=60)
 
@@ -106,3 +108,48 @@ def test_trials_are_generated_on_claim_not_up_front(repository: Repository):
 def test_unknown_sweep_raises_sweep_not_found(repository: Repository):
     with pytest.raises(SweepNotFoundError, match="sweep 3 not found"):
         repository.get_sweep(3)
+
+
+def test_one_reaping_pass_counts_every_lost_trial_towards_the_failure_budget(repository: Repository, clock: Clock):
+    summary = repository.create_sweep(parse_spec(grid_spec(values=5, max_attempts=1, max_failures=3)), max_trials=100)
+    for worker in ("w1", "w2", "w3"):
+        claim(repository, worker)
+    clock.advance(61)
+
+    assert repository.reap_expired_leases() == 3
+    assert repository.reap_expired_leases() == 0
+
+    sweep = repository.get_sweep(summary.sweep.id).sweep
+    assert sweep.status == SweepStatus.failed and sweep.consecutive_failures == 3
+    assert sweep.status_reason is not None and sweep.status_reason.startswith("3 trials failed in a row")
+    assert sweep.status_reason.endswith(WORKER_LOST)
+
+
+def test_reaping_requeues_within_the_specs_attempts(repository: Repository, clock: Clock):
+    repository.create_sweep(parse_spec(grid_spec(values=1, max_attempts=2)), max_trials=100)
+    trial_id = claim(repository, "w1").trial.id  # type: ignore[union-attr]
+    clock.advance(59)
+    assert repository.reap_expired_leases() == 0
+    clock.advance(2)
+
+    assert repository.reap_expired_leases() == 1
+
+    trial = repository.get_trial(trial_id).trial
+    assert (trial.state, trial.error, trial.failure_kind, trial.worker_id) == (
+        TrialState.pending, WORKER_LOST, FailureKind.crash, None)
+
+
+def test_a_worker_is_lost_once_silent_for_the_lease(repository: Repository, clock: Clock):
+    repository.create_sweep(parse_spec(grid_spec(values=1)), max_trials=100)
+    trial_id = claim(repository, "w1").trial.id  # type: ignore[union-attr]
+
+    def state() -> tuple[WorkerState, int | None]:
+        [status], _ = repository.list_workers(limit=10, offset=0)
+        return status.state, status.trial_id
+
+    clock.advance(60)
+    assert state() == (WorkerState.busy, trial_id)
+    clock.advance(1)
+    assert state() == (WorkerState.lost, trial_id)
+    repository.heartbeat(trial_id, HeartbeatRequest(worker_id="w1"))
+    assert state() == (WorkerState.busy, trial_id)

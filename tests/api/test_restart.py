@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import socket
+import threading
+import time
 from collections.abc import Callable
+from pathlib import Path
 
+import pytest
 from api_testing import Worker, create_sweep, get_sweep, random_spec
 from fastapi.testclient import TestClient
 
 from api.app import create_app
+from api.server import RunningServer, start_in_thread
+from api.settings import Settings
 from sweeper import make_strategy, parse_spec
+from sweeper.client import Client, LeaseLostError
+from sweeper.messages import ClaimRequest, CompleteReport, MetricsReport
 
 
 def test_restart_continues_with_the_next_index_none_skipped_or_repeated(settings):
@@ -46,3 +55,48 @@ def test_a_trial_running_at_restart_is_still_held_by_its_worker(settings, make_c
     worker = Worker(second, "w1")
     assert worker.heartbeat(trial_id).status_code == 200
     assert worker.claim()["trial_id"] == trial_id  # type: ignore[index]
+
+
+def test_a_running_trials_lease_survives_a_server_restart_and_it_completes_exactly_once(tmp_path: Path):
+    # Real servers on one port and the workers' own client, which retries while the server is down.
+    port = free_port()
+    settings = Settings(host="127.0.0.1", port=port, database_url=f"sqlite:///{tmp_path / 'sweeper.db'}",
+                        logdir=tmp_path / "runs", lease_seconds=5, reap_interval_seconds=0.05)
+    first = start_in_thread(settings)
+    with Client(first.url, retries=20, backoff=0.05, max_backoff=0.2) as client:
+        sweep = client.create_sweep(random_spec(max_trials=1))
+        assignment = client.claim(ClaimRequest(worker_id="w1", host="test-host"))
+        assert assignment is not None
+        trial_id = assignment.trial_id
+        client.report_metrics(trial_id, MetricsReport(worker_id="w1", epoch=0, metrics={"val_loss": 0.9}))
+
+        first.stop()
+        servers: list[RunningServer] = []
+        second_start = threading.Timer(0.5, lambda: servers.append(start_in_thread(settings)))
+        second_start.start()
+        try:
+            # Sent while the server is down: answered by the restarted one.
+            assert client.heartbeat(trial_id, "w1").action == "continue"
+            time.sleep(0.3)  # the new server's reaper makes a few passes
+            assert client.report_metrics(
+                trial_id, MetricsReport(worker_id="w1", epoch=1, metrics={"val_loss": 0.5})).action == "continue"
+            done = client.complete(trial_id, CompleteReport(worker_id="w1", metrics={"val_loss": 0.5}))
+
+            assert done["state"] == "completed" and done["attempts"] == 1 and done["worker_id"] == "w1"
+            with pytest.raises(LeaseLostError):
+                client.complete(trial_id, CompleteReport(worker_id="w1", metrics={"val_loss": 0.1}))
+            assert client.claim(ClaimRequest(worker_id="w2", host="test-host")) is None
+            finished = client.get_sweep(sweep["id"])
+            assert finished["status"] == "completed" and finished["trial_counts"]["completed"] == 1
+            assert finished["best_trial"]["metrics"] == {"val_loss": 0.5}
+            assert [entry["epoch"] for entry in client.get_trial(trial_id)["history"]] == [0, 1]
+        finally:
+            second_start.join()
+            for server in servers:
+                server.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

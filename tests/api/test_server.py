@@ -50,13 +50,28 @@ def test_start_in_thread_fails_loudly_when_the_port_is_taken(server: RunningServ
 
 def test_settings_come_from_sweeper_environment_variables(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("SWEEPER_LEASE_SECONDS", "5")
-    monkeypatch.setenv("SWEEPER_MAX_ATTEMPTS", "7")
+    monkeypatch.setenv("SWEEPER_HEARTBEAT_SECONDS", "2")
+    monkeypatch.setenv("SWEEPER_REAP_INTERVAL_SECONDS", "0.5")
     settings = Settings()
-    assert (settings.lease_seconds, settings.max_attempts, settings.host, settings.port) == (5.0, 7, "127.0.0.1", 8000)
+    assert (settings.lease_seconds, settings.heartbeat_interval, settings.reap_interval_seconds, settings.host,
+            settings.port) == (5.0, 2.0, 0.5, "127.0.0.1", 8000)
 
 
-@pytest.mark.parametrize("field, value", [("lease_seconds", 0), ("max_attempts", 0), ("port", 70_000),
-                                          ("database_url", "not a url")])
+def test_the_heartbeat_defaults_to_a_sixth_of_the_lease_and_at_most_10_seconds():
+    assert Settings().heartbeat_interval == 10.0
+    assert Settings(lease_seconds=600).heartbeat_interval == 10.0
+    assert Settings(lease_seconds=3).heartbeat_interval == 0.5
+    assert Settings(lease_seconds=3, heartbeat_seconds=1.5).heartbeat_interval == 1.5
+
+
+def test_a_lease_shorter_than_two_heartbeats_is_refused_naming_both():
+    with pytest.raises(ValueError, match=r"lease_seconds \(15\) must last at least 2 heartbeats \(20 s with "
+                                         r"heartbeat_seconds 10\)"):
+        Settings(lease_seconds=15, heartbeat_seconds=10)
+
+
+@pytest.mark.parametrize("field, value", [("lease_seconds", 0), ("heartbeat_seconds", 0), ("reap_interval_seconds", 0),
+                                          ("port", 70_000), ("database_url", "not a url")])
 def test_unsafe_settings_fail_fast(field: str, value: object):
     with pytest.raises(ValueError, match=field):
         Settings(**{field: value})

@@ -173,9 +173,8 @@ def test_non_retryable_failure_fails_the_trial_with_its_error(client: TestClient
     assert worker.claim() is None
 
 
-def test_retryable_failure_requeues_the_trial_until_attempts_run_out(settings, make_client: Callable):
-    client = make_client(settings.model_copy(update={"max_attempts": 2}))
-    sweep = create_sweep(client, grid_spec(values=1))
+def test_retryable_failure_requeues_the_trial_until_the_specs_attempts_run_out(client: TestClient):
+    sweep = create_sweep(client, grid_spec(values=1, max_attempts=2))
     first, second = Worker(client, "w1"), Worker(client, "w2")
     trial_id = first.claim()["trial_id"]  # type: ignore[index]
 
@@ -200,8 +199,8 @@ def test_a_retried_trial_that_completes_drops_its_old_error(client: TestClient):
     assert done["state"] == "completed" and done["error"] is None and done["attempts"] == 2
 
 
-def test_lease_expiry_requeues_trial_for_another_worker(settings, make_client: Callable):
-    client = make_client(settings.model_copy(update={"lease_seconds": 0.05}))
+def test_lease_expiry_requeues_trial_for_another_worker(client_with: Callable[..., TestClient]):
+    client = client_with(lease_seconds=0.05)
     create_sweep(client, grid_spec(values=1))
     lost, rescuer = Worker(client, "lost"), Worker(client, "rescuer")
     trial_id = lost.claim()["trial_id"]  # type: ignore[index]
@@ -216,9 +215,9 @@ def test_lease_expiry_requeues_trial_for_another_worker(settings, make_client: C
     assert rescuer.complete(trial_id, val_accuracy=0.5).status_code == 200
 
 
-def test_lease_expiry_fails_the_trial_as_worker_lost_after_max_attempts(settings, make_client: Callable):
-    client = make_client(settings.model_copy(update={"lease_seconds": 0.05, "max_attempts": 1}))
-    sweep = create_sweep(client, grid_spec(values=1))
+def test_lease_expiry_fails_the_trial_as_worker_lost_after_max_attempts(client_with: Callable[..., TestClient]):
+    client = client_with(lease_seconds=0.05)
+    sweep = create_sweep(client, grid_spec(values=1, max_attempts=1))
     trial_id = Worker(client, "lost").claim()["trial_id"]  # type: ignore[index]
     time.sleep(0.1)
 
@@ -226,11 +225,13 @@ def test_lease_expiry_fails_the_trial_as_worker_lost_after_max_attempts(settings
 
     trial = get_trial(client, trial_id)
     assert trial["state"] == "failed" and trial["error"] == "worker lost" and trial["worker_id"] == "lost"
+    assert trial["failure_kind"] == "crash" and trial["traceback"] is None
     assert get_sweep(client, sweep["id"])["status"] == "completed"
 
 
-def test_an_expired_lease_still_counts_until_another_claim_reaps_it(settings, make_client: Callable):
-    client = make_client(settings.model_copy(update={"lease_seconds": 0.05}))
+def test_an_expired_lease_still_counts_until_it_is_reaped(client_with: Callable[..., TestClient]):
+    # The reaper's first pass is an hour away: only a claim would reap the lease here.
+    client = client_with(lease_seconds=0.05, reap_interval_seconds=3600)
     create_sweep(client, grid_spec(values=1))
     worker = Worker(client, "slow")
     trial_id = worker.claim()["trial_id"]  # type: ignore[index]

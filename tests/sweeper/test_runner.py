@@ -7,6 +7,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -20,7 +21,7 @@ from sweeper import _registry, parse_spec
 from sweeper._spec import Objective, TrainSettings
 from sweeper.hparams_log import write_experiment
 from sweeper.messages import Assignment
-from sweeper.training.devices import enable_memory_growth
+from sweeper.training.devices import configure_gpus, enable_memory_growth, memory_limit_from_environment
 from sweeper.training.runner import TrialResult, run_trial
 
 EPOCHS = 3
@@ -296,8 +297,38 @@ def test_cnn_with_batch_norm_trains_on_digits(tmp_path: Path) -> None:
     assert np.isfinite(result.metrics["val_loss"])
 
 
-def test_memory_growth_is_a_no_op_without_a_gpu() -> None:
+def test_memory_growth_and_limits_are_no_ops_without_a_gpu() -> None:
     enable_memory_growth()
+    configure_gpus(None)
+    configure_gpus(2048)
+
+
+def test_a_memory_limit_gives_the_gpu_one_logical_device_of_that_size_instead_of_growth(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # As on a worker that shares its GPU: TensorFlow sees one physical GPU.
+    calls: list[tuple[Any, ...]] = []
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: ["GPU:0"] if kind == "GPU" else [])
+    monkeypatch.setattr(tf.config, "set_logical_device_configuration",
+                        lambda device, configs: calls.append(("limit", device, [c.memory_limit for c in configs])))
+    monkeypatch.setattr(tf.config.experimental, "set_memory_growth",
+                        lambda device, enable: calls.append(("growth", device, enable)))
+
+    configure_gpus(2048)
+    configure_gpus(None)
+
+    assert calls == [("limit", "GPU:0", [2048]), ("growth", "GPU:0", True)]
+
+
+@pytest.mark.parametrize(("value", "limit"), [(None, None), ("", None), (" 1536 ", 1536)])
+def test_the_memory_limit_comes_from_the_supervisors_variable(value: str | None, limit: int | None) -> None:
+    environ = {} if value is None else {"SWEEPER_GPU_MEMORY_MB": value}
+    assert memory_limit_from_environment(environ) == limit
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "lots", "1.5"])
+def test_a_memory_limit_that_is_not_a_positive_whole_number_is_refused(value: str) -> None:
+    with pytest.raises(ValueError, match=rf"SWEEPER_GPU_MEMORY_MB must be a whole number of MB > 0, but got '{value}'"):
+        memory_limit_from_environment({"SWEEPER_GPU_MEMORY_MB": value})
 
 
 def test_retried_trial_replaces_the_earlier_attempts_logs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -319,3 +350,16 @@ def test_retried_trial_replaces_the_earlier_attempts_logs(tmp_path: Path, monkey
 
 def _raise(hparams: dict[str, Any], info: Any) -> Any:
     raise RuntimeError("broken on this attempt")
+
+
+def test_extra_callbacks_see_every_training_batch(tmp_path: Path) -> None:
+    class BatchCounter(keras.callbacks.Callback):
+        batches = 0
+
+        def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+            BatchCounter.batches += 1
+
+    result = run_trial(_assignment(tmp_path, epochs=2, batch_size=64), _Recorder(), callbacks=[BatchCounter()])
+
+    # 1,797 digits, 20% held out: 1,437 training examples in batches of 64.
+    assert result.epochs_run == 2 and BatchCounter.batches == 2 * math.ceil(1437 / 64)

@@ -1,9 +1,11 @@
-"""The worker agent against a real server: a real Keras sweep, then the protocol's edge cases with
-a scripted trainer in place of Keras.
+"""The worker agent against a real server: real Keras sweeps (resume, cancel, out of memory), then the
+protocol's edge cases with a scripted trainer in place of Keras.
 """
 
 from __future__ import annotations
 
+import json
+import signal
 import subprocess
 import sys
 import threading
@@ -15,12 +17,15 @@ from typing import Any
 
 import pytest
 
+from sweeper import RetryableError
+from sweeper._errors import NonFiniteLossError
 from sweeper.client import Client
-from sweeper.messages import Assignment, ClaimRequest
+from sweeper.messages import Assignment, ClaimRequest, ReleaseReport
 from workers.agent import EXIT_SERVER_UNREACHABLE, Agent, FatalWorkerError
-from workers_testing import digits_spec, free_port
+from workers_testing import digits_spec, free_port, wait_until
 
 EpochCallback = Callable[[int, dict[str, float]], str]
+Interrupt = Callable[[], "str | None"]
 
 
 @dataclass(frozen=True)
@@ -29,24 +34,32 @@ class Result:
 
     metrics: dict[str, float]
     epochs_run: int
-    stopped: bool
+    stopped_by: str | None = None
+
+    @property
+    def stopped(self) -> bool:
+        return self.stopped_by in ("stop", "prune", "cancel")
 
 
-Trainer = Callable[[Assignment, EpochCallback], Result]
+Trainer = Callable[..., Result]
 
 
-def scripted_trainer(epochs: int = 2, seconds_per_epoch: float = 0.0,
+def scripted_trainer(epochs: int = 2, seconds_per_epoch: float = 0.0, batches_per_epoch: int = 1,
                      before_epoch: Callable[[int], None] | None = None) -> Trainer:
-    def train(assignment: Assignment, on_epoch_end: EpochCallback) -> Result:
+    """Epochs of `batches_per_epoch` sleeps, asking `interrupt` after each batch like the Keras runner."""
+    def train(assignment: Assignment, on_epoch_end: EpochCallback, interrupt: Interrupt) -> Result:
         metrics: dict[str, float] = {}
         for epoch in range(epochs):
             if before_epoch is not None:
                 before_epoch(epoch)
-            time.sleep(seconds_per_epoch)
+            for _ in range(batches_per_epoch):
+                time.sleep(seconds_per_epoch / batches_per_epoch)
+                if (action := interrupt()) is not None:
+                    return Result(metrics, epoch, stopped_by=action)
             metrics = {"loss": 1.0 / (epoch + 1), "val_accuracy": 0.5 + epoch / 10}
-            if on_epoch_end(epoch, dict(metrics)) != "continue":
-                return Result(metrics, epoch + 1, stopped=True)
-        return Result(metrics, epochs, stopped=False)
+            if (answer := on_epoch_end(epoch, dict(metrics))) != "continue":
+                return Result(metrics, epoch + 1, stopped_by=answer)
+        return Result(metrics, epochs)
     return train
 
 
@@ -57,6 +70,20 @@ def make_agent(client: Client, **options: Any) -> Agent:
 
 def trials(client: Client, sweep_id: int) -> list[dict[str, Any]]:
     return sorted(client.list_trials(sweep_id)["data"], key=lambda trial: trial["id"])
+
+
+def recording(client: Client) -> list[tuple[str, int, Any]]:
+    """Record every fail and release report the agent sends (what the server stores of them may be less)."""
+    sent: list[tuple[str, int, Any]] = []
+    for name in ("fail", "release"):
+        real = getattr(client, name)
+
+        def record(trial_id: int, report: Any, real: Any = real, name: str = name) -> Any:
+            sent.append((name, trial_id, report))
+            return real(trial_id, report)
+
+        setattr(client, name, record)
+    return sent
 
 
 def test_agent_trains_every_trial_of_a_keras_sweep(client: Client, tmp_path: Path) -> None:
@@ -77,18 +104,48 @@ def test_agent_trains_every_trial_of_a_keras_sweep(client: Client, tmp_path: Pat
         assert (tmp_path / "runs" / str(sweep["id"]) / str(trial["id"]) / "train").is_dir()
 
 
-def test_a_trial_that_raises_is_failed_with_its_traceback_and_the_agent_goes_on(client: Client) -> None:
+def test_a_trial_that_raises_is_failed_with_a_summary_and_its_traceback_and_the_agent_goes_on(
+        client: Client) -> None:
     sweep = client.create_sweep(digits_spec(trials=2))
+    sent = recording(client)
 
     def explode(epoch: int) -> None:
-        raise ValueError("exploding gradients")
+        raise ValueError("exploding gradients\nin layer dense_3")
 
     make_agent(client, run_trial=scripted_trainer(before_epoch=explode)).run()
 
     for trial in trials(client, sweep["id"]):
         assert trial["state"] == "failed"
-        assert "Traceback (most recent call last)" in trial["error"]
-        assert trial["error"].rstrip().endswith("ValueError: exploding gradients")
+        assert trial["error"] == "ValueError: exploding gradients"
+    assert [(name, report.kind, report.retryable) for name, _, report in sent] == [("fail", "error", False)] * 2
+    trace = sent[0][2].traceback
+    assert trace.startswith("Traceback (most recent call last)") and "in explode" in trace
+    assert trace.rstrip().endswith("in layer dense_3")
+
+
+@pytest.mark.parametrize(("error", "kind", "retryable", "state"), [
+    (RetryableError("the feature store timed out"), "error", True, "pending"),
+    (NonFiniteLossError("loss became NaN at epoch 1 (batch 2)"), "nan", False, "failed"),
+])
+def test_a_trial_failure_is_reported_with_its_kind(client: Client, error: Exception, kind: str, retryable: bool,
+                                                   state: str) -> None:
+    sweep = client.create_sweep(digits_spec(trials=1, max_attempts=3))
+    sent = recording(client)
+
+    def fail_once(epoch: int) -> None:
+        if not sent:
+            raise error
+
+    agent = make_agent(client, run_trial=scripted_trainer(before_epoch=fail_once))
+    agent.run()
+
+    [(name, _, report), *_] = sent
+    assert (name, report.kind, report.retryable, report.error) == ("fail", kind, retryable,
+                                                                   f"{type(error).__name__}: {error}")
+    [trial] = trials(client, sweep["id"])
+    # A retryable failure is tried again (here by the same agent, which completes it); the rest fail for good.
+    assert trial["state"] == ("completed" if retryable else state)
+    assert trial["attempts"] == (2 if retryable else 1)
 
 
 def test_heartbeats_are_sent_while_a_trial_trains(client: Client) -> None:
@@ -141,32 +198,102 @@ def test_a_lost_lease_drops_the_trial_silently_and_the_agent_goes_on(
         assert f"dropping trial {trial['id']}" in caplog.text
 
 
-def test_shutdown_now_releases_the_running_trial_for_a_retry(client: Client) -> None:
-    sweep = client.create_sweep(digits_spec(trials=1))
-    agents: list[Agent] = []
-    agent = make_agent(client, idle_exit=None, run_trial=scripted_trainer(
-        epochs=5, before_epoch=lambda epoch: agents[0].shutdown(now=True)))  # as on a second SIGTERM
-    agents.append(agent)
-
-    agent.run()
-
-    [trial] = trials(client, sweep["id"])
-    assert trial["state"] == "pending"
-    assert "shut down after 1 epoch" in trial["error"]
-
-
-def test_shutdown_lets_the_running_trial_finish(client: Client) -> None:
+def test_shutdown_finishes_the_epoch_and_releases_the_trial_without_using_an_attempt(client: Client) -> None:
     sweep = client.create_sweep(digits_spec(trials=2))
+    sent = recording(client)
     agents: list[Agent] = []
     agent = make_agent(client, idle_exit=None, run_trial=scripted_trainer(
-        epochs=2, before_epoch=lambda epoch: agents[0].shutdown()))  # as on a first SIGTERM
+        epochs=5, seconds_per_epoch=0.2, batches_per_epoch=4,
+        before_epoch=lambda epoch: agents[0].shutdown() if epoch == 1 else None))  # as on a first SIGTERM
     agents.append(agent)
 
     agent.run()
 
-    states = [trial["state"] for trial in trials(client, sweep["id"])]
-    assert states.count("completed") == 1 and "running" not in states
-    assert agent.trials_run == 1
+    [(name, trial_id, report)] = sent
+    assert name == "release" and isinstance(report, ReleaseReport)
+    assert report.epochs_done == 2  # epoch 1, under way at the signal, was finished first
+    assert "shut down after 2 epoch(s)" in report.reason
+    assert agent.trials_run == 1  # and the second trial was never claimed
+    trial = client.get_trial(trial_id)
+    assert (trial["state"], trial["attempts"]) == ("pending", 0)
+    assert [point["epoch"] for point in trial["history"]] == [0, 1]
+    again = client.claim(ClaimRequest(worker_id="another", host="test-host"))
+    assert again is not None and (again.trial_id, again.attempt) == (trial_id, 1)
+    assert client.get_sweep(sweep["id"])["trial_counts"]["failed"] == 0
+
+
+def test_a_cancelled_sweep_stops_its_trial_within_a_heartbeat(client: Client) -> None:
+    sweep = client.create_sweep(digits_spec(trials=2))
+    sent = recording(client)
+    stopped_at: list[float] = []
+    cancelled_at: list[float] = []
+
+    def cancel_during_epoch(epoch: int) -> None:
+        if epoch == 1:
+            cancelled_at.append(time.monotonic())
+            threading.Timer(0.05, client.cancel_sweep, args=[sweep["id"]]).start()
+
+    def train(assignment: Assignment, on_epoch_end: EpochCallback, interrupt: Interrupt) -> Result:
+        def watched() -> str | None:
+            action = interrupt()
+            if action is not None and not stopped_at:
+                stopped_at.append(time.monotonic())
+            return action
+        # Epochs far longer than a heartbeat: only a check after each batch can stop in time.
+        return scripted_trainer(epochs=3, seconds_per_epoch=5.0, batches_per_epoch=100,
+                                before_epoch=cancel_during_epoch)(assignment, on_epoch_end, watched)
+
+    agent = make_agent(client, heartbeat_interval=0.2, run_trial=train)
+    started = time.monotonic()
+    agent.run()
+
+    assert stopped_at[0] - cancelled_at[0] < 2.0  # one heartbeat (0.2 s), a batch, and slack; an epoch is 5 s
+    assert time.monotonic() - started < 15
+    [(name, trial_id, report)] = sent
+    assert (name, report.error, report.kind, report.retryable) == ("fail", "cancelled", "error", False)
+    assert client.get_trial(trial_id)["state"] == "cancelled"
+    assert agent.trials_run == 1  # the cancelled sweep's other trial was never handed out
+
+
+def test_heartbeats_follow_the_interval_the_server_assigns(start_server: Callable[..., Any]) -> None:
+    server = start_server(heartbeat_seconds=0.1, lease_seconds=5)
+    with Client(server.url, retries=2, backoff=0.05) as client:
+        client.create_sweep(digits_spec(trials=1))
+        beats: list[float] = []
+        real_heartbeat = client.heartbeat
+
+        def counting_heartbeat(trial_id: int, worker_id: str) -> Any:
+            beats.append(time.monotonic())
+            return real_heartbeat(trial_id, worker_id)
+
+        client.heartbeat = counting_heartbeat  # type: ignore[method-assign]
+        make_agent(client, heartbeat_interval=None, run_trial=scripted_trainer(epochs=2, seconds_per_epoch=0.6)).run()
+
+    assert len(beats) >= 8  # 1.2 s of training at 0.1 s a beat (the agent's own default would be 10 s)
+
+
+def test_a_worker_keeps_training_through_a_short_server_outage(start_server: Callable[..., Any]) -> None:
+    port = free_port()
+    first = start_server(port=port)
+    with Client(first.url, retries=8, backoff=0.2, max_backoff=1.0) as client:
+        sweep = client.create_sweep(digits_spec(trials=1))
+        outages: list[threading.Thread] = []
+
+        def outage_during_epoch_1(epoch: int) -> None:
+            if epoch == 1:
+                # Down for a second and a half, heartbeats and the epoch's report included, then back.
+                first.stop()
+                outages.append(threading.Timer(1.5, start_server, kwargs={"port": port}))
+                outages[0].start()
+
+        agent = make_agent(client, heartbeat_interval=0.2, run_trial=scripted_trainer(
+            epochs=4, seconds_per_epoch=0.3, before_epoch=outage_during_epoch_1))
+        agent.run()
+        outages[0].join()
+
+        [trial] = trials(client, sweep["id"])
+        assert trial["state"] == "completed" and trial["attempts"] == 1
+        assert [point["epoch"] for point in client.get_trial(trial["id"])["history"]] == [0, 1, 2, 3]
 
 
 def test_shutdown_wakes_an_idle_agent(client: Client) -> None:
@@ -211,3 +338,160 @@ def test_the_entry_point_exits_with_tempfail_when_the_server_stays_away() -> Non
 
     assert done.returncode == EXIT_SERVER_UNREACHABLE == 75
     assert "is unreachable" in done.stderr
+
+
+# -- real Keras trials --------------------------------------------------------------------------------
+
+def test_a_released_trial_resumes_from_its_checkpoint_on_the_next_claim(client: Client, tmp_path: Path) -> None:
+    sweep = client.create_sweep(digits_spec(trials=1, epochs=4))
+    reported: list[int] = []
+    real_report = client.report_metrics
+
+    def note_epoch(trial_id: int, report: Any) -> Any:
+        reported.append(report.epoch)
+        if report.epoch == 1 and first.trials_run == 0:
+            first.shutdown()  # as on a first SIGTERM, during epoch 1's report
+        return real_report(trial_id, report)
+
+    client.report_metrics = note_epoch  # type: ignore[method-assign]
+    first = Agent(client, "test-cpu0", "test-host", poll_interval=0.2, heartbeat_interval=1.0, idle_exit=2)
+    first.run()
+    [trial] = trials(client, sweep["id"])
+    checkpoint = tmp_path / "runs" / str(sweep["id"]) / str(trial["id"]) / "checkpoint"
+    assert trial["state"] == "pending" and (checkpoint / "state.json").is_file()
+
+    Agent(client, "test-cpu1", "test-host", poll_interval=0.2, heartbeat_interval=1.0, idle_exit=2).run()
+
+    assert reported == [0, 1, 2, 3]  # each epoch trained (and reported) once, across both workers
+    [trial] = trials(client, sweep["id"])
+    assert (trial["state"], trial["worker_id"], trial["attempts"]) == ("completed", "test-cpu1", 1)
+    assert [point["epoch"] for point in client.get_trial(trial["id"])["history"]] == [0, 1, 2, 3]
+    assert not checkpoint.exists()
+
+
+def test_out_of_memory_fails_the_trial_with_its_hparams_and_the_worker_goes_on(
+        client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tensorflow as tf
+
+    from sweeper import _registry
+    from sweeper.training.models import build_mlp
+
+    def mlp_too_big_at_8_units(hparams: dict[str, Any], info: Any) -> Any:
+        if hparams["units"] == 8:
+            raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor with shape[8,1048576]")
+        return build_mlp(hparams, info)
+
+    monkeypatch.setattr(_registry, "models", _registry.Registry("model", {"mlp": mlp_too_big_at_8_units}))
+    sweep = client.create_sweep(digits_spec(trials=2, epochs=1))
+    sent = recording(client)
+
+    agent = Agent(client, "test-cpu0", "test-host", poll_interval=0.2, heartbeat_interval=1.0, idle_exit=2)
+    agent.run()
+
+    [(name, trial_id, report)] = sent
+    assert (name, report.kind, report.retryable) == ("fail", "oom", False)
+    assert report.error.startswith('out of memory with hparams {"batch_size": 64, "units": 8}')
+    assert "ResourceExhaustedError" in report.traceback
+    states = {trial["id"]: trial["state"] for trial in trials(client, sweep["id"])}
+    assert states.pop(trial_id) == "failed"
+    assert list(states.values()) == ["completed"]  # the same process trained the next trial
+    assert agent.trials_run == 2
+
+
+def test_cancelling_a_sweep_stops_a_keras_trial_mid_epoch(client: Client, tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import api_pb2, metadata
+
+    # Epochs of 1,437 one-example batches: seconds each, where a heartbeat is 0.2 s.
+    sweep = client.create_sweep(digits_spec(trials=1, epochs=50, hparams={"units": {"type": "discrete", "values": [8]},
+                                                                          "batch_size": 1}))
+    reported: list[float] = []
+    real_report = client.report_metrics
+
+    def timed_report(trial_id: int, report: Any) -> Any:
+        reported.append(time.monotonic())
+        return real_report(trial_id, report)
+
+    client.report_metrics = timed_report  # type: ignore[method-assign]
+    sent = recording(client)
+    failed: list[float] = []
+    real_fail = client.fail
+
+    def timed_fail(trial_id: int, report: Any) -> Any:
+        failed.append(time.monotonic())
+        return real_fail(trial_id, report)
+
+    client.fail = timed_fail  # type: ignore[method-assign]
+    agent = Agent(client, "test-cpu0", "test-host", poll_interval=0.2, heartbeat_interval=0.2, idle_exit=1)
+    runner = threading.Thread(target=agent.run)
+    runner.start()
+    try:
+        wait_until(lambda: len(reported) >= 2, timeout=120)
+        epoch_seconds = reported[1] - reported[0]
+        [trial] = trials(client, sweep["id"])
+        client.cancel_sweep(sweep["id"])
+        cancelled = time.monotonic()
+    finally:
+        runner.join(timeout=60)
+
+    # Stopped (and reported) within a heartbeat or so, far sooner than the epoch under way would end.
+    # Relative to the epoch's length, not in seconds: a loaded machine slows both alike.
+    stopped_within = failed[0] - cancelled
+    assert stopped_within < epoch_seconds / 2, (stopped_within, epoch_seconds)
+    assert [(name, report.error) for name, _, report in sent] == [("fail", "cancelled")]
+    trial = client.get_trial(trial["id"])
+    assert trial["state"] == "cancelled"
+    trial_dir = tmp_path / "runs" / str(sweep["id"]) / str(trial["id"])
+    assert not (trial_dir / "checkpoint").exists()
+    accumulator = EventAccumulator(str(trial_dir))
+    accumulator.Reload()
+    end = metadata.parse_session_end_info_plugin_data(
+        accumulator.SummaryMetadata(metadata.SESSION_END_INFO_TAG).plugin_data.content)
+    # Ended as aborted (UNKNOWN with an end time where TensorBoard has no ABORTED), not as a success.
+    assert end.status == getattr(api_pb2, "STATUS_ABORTED", api_pb2.STATUS_UNKNOWN) and end.end_time_secs > 0
+    train = EventAccumulator(str(trial_dir / "train"))
+    train.Reload()
+    # The epoch under way at the cancel left no scalar: every epoch logged is one the server has.
+    assert len(train.Tensors("epoch_loss")) == len(trial["history"])
+
+
+def test_the_agent_applies_the_gpu_memory_limit_the_supervisor_set(
+        client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sweeper.training import devices
+
+    applied: list[int | None] = []
+    monkeypatch.setattr(devices, "configure_gpus", applied.append)
+    monkeypatch.setenv("SWEEPER_GPU_MEMORY_MB", "1234")
+    client.create_sweep(digits_spec(trials=1, epochs=1))
+
+    Agent(client, "test-cpu0", "test-host", poll_interval=0.2, heartbeat_interval=1.0, idle_exit=1).run()
+
+    assert applied == [1234]
+
+
+# -- the process ---------------------------------------------------------------------------------------
+
+def test_a_second_signal_ends_the_agent_at_once_by_that_signal(server: Any, client: Client, tmp_path: Path) -> None:
+    client.create_sweep(digits_spec(trials=1, epochs=200))
+    state_file = tmp_path / "state.json"
+    process = subprocess.Popen([sys.executable, "-m", "workers.agent", "--server", server.url,
+                                "--worker-id", "box-cpu0", "--state-file", str(state_file),
+                                "--heartbeat-interval", "0.5"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: state_file.exists(), timeout=60)
+        trial_id = json.loads(state_file.read_text())["trial_id"]
+        wait_until(lambda: client.get_trial(trial_id)["history"], timeout=60)
+        process.send_signal(signal.SIGTERM)
+        time.sleep(0.2)
+        process.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        assert process.wait(timeout=10) == -signal.SIGTERM
+        assert time.monotonic() - started < 5
+    finally:
+        process.kill()
+        stderr = process.communicate()[1]
+    assert "SIGTERM: finishing the current epoch" in stderr and "exiting after" not in stderr
+    # Left for the supervisor: the trial it held, and its checkpoint folder.
+    assert json.loads(state_file.read_text())["trial_id"] == trial_id
+    assert client.get_trial(trial_id)["state"] == "running"

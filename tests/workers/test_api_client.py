@@ -7,14 +7,17 @@ import math
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from sweeper import SweeperError
-from sweeper.client import ApiError, Client, LeaseLostError, NotFoundError, ServerUnavailableError
-from sweeper.messages import Assignment, ClaimRequest, CompleteReport, FailReport, MetricsReport
+from sweeper.client import (ApiError, Client, ConflictError, LeaseLostError, NotFoundError, ServerUnavailableError,
+                            SweepStateError)
+from sweeper.messages import (Assignment, ClaimRequest, CompleteReport, FailReport, FailureKind, MetricsReport,
+                              ReleaseReport)
 from workers_testing import digits_spec, free_port
 
 
@@ -184,3 +187,86 @@ def test_creating_a_sweep_is_not_retried_once_the_server_got_it() -> None:
 def test_the_server_url_may_be_given_loosely(url: str) -> None:
     with Client(url) as client:
         assert client.base_url == "http://localhost:8000"
+
+
+def test_release_gives_the_trial_back_without_using_an_attempt(client: Client) -> None:
+    client.create_sweep(digits_spec(trials=1))
+    assignment = claim(client, "leaving")
+    client.report_metrics(assignment.trial_id, MetricsReport(worker_id="leaving", epoch=0, metrics={"loss": 1.0}))
+
+    released = client.release(assignment.trial_id, ReleaseReport(worker_id="leaving", reason="SIGTERM", epochs_done=1))
+
+    assert released["state"] == "pending" and released["attempts"] == 0
+    again = claim(client, "next")
+    assert again.trial_id == assignment.trial_id and again.attempt == 1
+    assert client.get_trial(assignment.trial_id)["history"] == [{"epoch": 0, "metrics": {"loss": 1.0}}]
+    with pytest.raises(LeaseLostError):
+        client.release(assignment.trial_id, ReleaseReport(worker_id="leaving", reason="again"))
+
+
+def test_fail_sends_the_kind_and_traceback(client: Client) -> None:
+    client.create_sweep(digits_spec(trials=1))
+    assignment = claim(client)
+
+    failed = client.fail(assignment.trial_id, FailReport(worker_id="w1", error="loss became NaN at epoch 3",
+                                                         kind=FailureKind.nan, traceback="Traceback: ..."))
+
+    assert (failed["state"], failed["failure_kind"], failed["traceback"]) == ("failed", "nan", "Traceback: ...")
+
+
+def test_an_assignment_says_the_attempt_checkpoint_folder_and_heartbeat(client: Client) -> None:
+    sweep = client.create_sweep(digits_spec(trials=1))
+    assignment = claim(client)
+    assert assignment.attempt == 1 and assignment.heartbeat_seconds == 10.0
+    assert assignment.checkpoint_dir == str(Path(assignment.logdir) / "checkpoint")
+    assert Path(assignment.logdir).parts[-2:] == (str(sweep["id"]), str(assignment.trial_id))
+
+
+def test_pause_resume_and_cancel_a_sweep(client: Client) -> None:
+    sweep = client.create_sweep(digits_spec(trials=2))
+    assignment = claim(client)
+
+    assert client.pause_sweep(sweep["id"])["status"] == "paused"
+    assert client.claim(ClaimRequest(worker_id="w2", host="test-host")) is None
+    assert client.resume_sweep(sweep["id"])["status"] == "running"
+    cancelled = client.cancel_sweep(sweep["id"])
+
+    assert cancelled["status"] == "cancelled" and cancelled["reason"] == "cancelled on request"
+    assert client.heartbeat(assignment.trial_id, "w1").action == "cancel"
+
+
+def test_an_invalid_sweep_transition_raises_sweep_state_error_naming_the_status(client: Client) -> None:
+    sweep = client.create_sweep(digits_spec(trials=1))
+    client.cancel_sweep(sweep["id"])
+
+    with pytest.raises(SweepStateError) as caught:
+        client.resume_sweep(sweep["id"])
+
+    assert caught.value.status_code == 409 and isinstance(caught.value, ConflictError)
+    assert not isinstance(caught.value, LeaseLostError)
+    assert str(caught.value) == f"sweep {sweep['id']} is cancelled: only a paused sweep can be resumed"
+    with pytest.raises(NotFoundError):
+        client.cancel_sweep(424242)
+
+
+def test_a_sweep_control_request_is_not_retried_once_the_server_got_it() -> None:
+    # A retried cancel that had gone through would answer 409 and hide that it worked.
+    transport, seen = scripted([httpx.ConnectError("refused"), 500, 200])
+    with Client("http://sweeper", retries=5, backoff=0.0, transport=transport) as client:
+        with pytest.raises(ServerUnavailableError):
+            client.cancel_sweep(1)
+    assert len(seen) == 2
+
+
+def test_list_workers(client: Client) -> None:
+    client.create_sweep(digits_spec(trials=1))
+    assignment = client.claim(ClaimRequest(worker_id="box-gpu1", host="box", gpu="1"))
+    assert assignment is not None
+    client.claim(ClaimRequest(worker_id="box-cpu0", host="box"))
+
+    workers = client.list_workers()
+
+    assert workers["count"] == 2
+    assert [(w["id"], w["host"], w["gpu"], w["state"], w["trial_id"]) for w in workers["data"]] == [
+        ("box-cpu0", "box", None, "idle", None), ("box-gpu1", "box", "1", "busy", assignment.trial_id)]
+    assert [w["id"] for w in client.list_workers(limit=1, offset=1)["data"]] == ["box-gpu1"]

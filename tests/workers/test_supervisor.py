@@ -1,4 +1,5 @@
-"""The supervisor: one pinned child per GPU, restarts of crashed children, signal forwarding.
+"""The supervisor: pinned children per GPU, restarts of crashed children and what becomes of their
+trials, signal forwarding.
 
 Most tests run a fake child program that records what it was started with (see workers_testing).
 """
@@ -17,9 +18,10 @@ import pytest
 
 from sweeper.client import Client
 from sweeper.messages import ClaimRequest
+from workers.gpus import Gpu, GpuSelectionError, discover_gpus
 from workers.identity import reserve
 from workers.supervisor import ChildExit, Supervisor
-from workers_testing import FAKE_CHILD, digits_spec
+from workers_testing import FAKE_CHILD, digits_spec, wait_until
 
 NOWHERE = "http://127.0.0.1:9"  # the fake children never connect
 
@@ -49,13 +51,6 @@ def option(run: dict[str, Any], name: str) -> str | None:
     return argv[argv.index(name) + 1] if name in argv else None
 
 
-def wait_until(condition: Any, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out waiting"
-        time.sleep(0.05)
-
-
 def test_each_gpu_child_is_pinned_to_exactly_one_gpu(tmp_path: Path, fake_child: list[str]) -> None:
     supervisor = Supervisor(NOWHERE, ["0", "2"], host="box", child_command=fake_child)
     supervisor.start()
@@ -66,6 +61,7 @@ def test_each_gpu_child_is_pinned_to_exactly_one_gpu(tmp_path: Path, fake_child:
         [run] = runs(tmp_path, f"box-gpu{gpu}")
         assert run["CUDA_VISIBLE_DEVICES"] == gpu
         assert run["TF_FORCE_GPU_ALLOW_GROWTH"] == "true"
+        assert run["SWEEPER_GPU_MEMORY_MB"] is None  # alone on its GPU: it grows instead
         assert run["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
         assert option(run, "--worker-id") == f"box-gpu{gpu}"
         assert option(run, "--gpu") == gpu
@@ -73,6 +69,49 @@ def test_each_gpu_child_is_pinned_to_exactly_one_gpu(tmp_path: Path, fake_child:
         assert option(run, "--host") == "box"
         assert option(run, "--idle-exit") is None
     assert supervisor.exits == []
+
+
+def test_trials_per_gpu_packs_children_on_each_gpu_with_a_share_of_its_memory(
+        tmp_path: Path, fake_child: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    # Two GPUs as nvidia-smi lists them (NVML left out): 80 GB and 16 GB.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "nvidia-smi").write_text('#!/bin/sh\nprintf "0, 81559, NVIDIA H100\\n1, 16384, Tesla T4\\n"\n')
+    (bin_dir / "nvidia-smi").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    gpus = discover_gpus(nvml=None)
+
+    supervisor = Supervisor(NOWHERE, gpus, host="box", child_command=fake_child, trials_per_gpu=3)
+    supervisor.start()
+
+    assert supervisor.wait() == 0
+    assert supervisor.worker_ids == ["box-gpu0-0", "box-gpu0-1", "box-gpu0-2", "box-gpu1-0", "box-gpu1-1", "box-gpu1-2"]
+    for worker_id in supervisor.worker_ids:
+        [run] = runs(tmp_path, worker_id)
+        gpu = worker_id.split("-")[1].removeprefix("gpu")
+        assert run["CUDA_VISIBLE_DEVICES"] == gpu and option(run, "--gpu") == gpu
+        # An equal share, less a margin for the CUDA context; a fixed limit, so no growth.
+        assert run["SWEEPER_GPU_MEMORY_MB"] == {"0": str(81559 // 3 - 768), "1": str(16384 // 3 - 768)}[gpu]
+        assert run["TF_FORCE_GPU_ALLOW_GROWTH"] is None
+        assert option(run, "--worker-id") == worker_id
+
+
+def test_a_gpu_of_unknown_memory_is_shared_by_children_that_grow(tmp_path: Path, fake_child: list[str]) -> None:
+    supervisor = Supervisor(NOWHERE, ["3"], host="box", child_command=fake_child, trials_per_gpu=2)
+    supervisor.start()
+
+    assert supervisor.wait() == 0
+    for worker_id in ("box-gpu3-0", "box-gpu3-1"):
+        [run] = runs(tmp_path, worker_id)
+        assert (run["CUDA_VISIBLE_DEVICES"], run["SWEEPER_GPU_MEMORY_MB"], run["TF_FORCE_GPU_ALLOW_GROWTH"]) == \
+            ("3", None, "true")
+
+
+def test_a_gpu_too_small_to_share_is_refused_before_any_child_starts(fake_child: list[str]) -> None:
+    with pytest.raises(GpuSelectionError, match=r"--trials-per-gpu 8 leaves 0 MB per trial on GPU 0 \(4096 MB"):
+        Supervisor(NOWHERE, [Gpu("0", memory_mb=4096)], host="box", child_command=fake_child, trials_per_gpu=8)
+    # Nothing was reserved: the ids are free for the next try.
+    assert reserve("box-gpu0-0").worker_id == "box-gpu0-0"
 
 
 def test_without_gpus_cpu_workers_run_with_gpus_hidden(tmp_path: Path, fake_child: list[str]) -> None:
@@ -189,22 +228,72 @@ def test_sigterm_to_the_supervisor_is_forwarded_to_every_child(tmp_path: Path, f
     assert events(tmp_path, "box-gpu0") == events(tmp_path, "box-gpu1") == ["ready", "SIGTERM"]
 
 
-def test_a_dead_child_fails_the_trial_it_held_with_its_exit_code(
-        tmp_path: Path, fake_child: list[str], monkeypatch: pytest.MonkeyPatch, client: Client, server: Any) -> None:
+@pytest.mark.parametrize(("mode", "returncode", "cause"), [
+    ("hold_trial_exit3_once", 3, "exit code 3"),
+    ("hold_trial_sigkill_once", -signal.SIGKILL, "signal SIGKILL"),
+])
+def test_a_dead_child_fails_the_trial_it_held_as_a_crash_to_retry(
+        tmp_path: Path, fake_child: list[str], monkeypatch: pytest.MonkeyPatch, client: Client, server: Any,
+        caplog: pytest.LogCaptureFixture, mode: str, returncode: int, cause: str) -> None:
     sweep = client.create_sweep(digits_spec(trials=2))
     assignment = client.claim(ClaimRequest(worker_id="box-cpu0", host="box"))
     assert assignment is not None
-    monkeypatch.setenv("FAKE_CHILD_MODE", "hold_trial_exit3_once")
+    monkeypatch.setenv("FAKE_CHILD_MODE", mode)
     monkeypatch.setenv("FAKE_TRIAL_ID", str(assignment.trial_id))
     supervisor = Supervisor(server.url, [], host="box", child_command=fake_child, restart_backoff=0.05)
     supervisor.start()
 
     assert supervisor.wait() == 0
-    assert supervisor.exits == [ChildExit("box-cpu0", None, 3, trial_id=assignment.trial_id)]
+    assert supervisor.exits == [ChildExit("box-cpu0", None, returncode, trial_id=assignment.trial_id)]
+    assert len(runs(tmp_path, "box-cpu0")) == 2  # restarted in the same seat
     trial = client.get_trial(assignment.trial_id)
-    assert trial["state"] == "failed"
-    assert "box-cpu0" in trial["error"] and "exited with code 3" in trial["error"]
-    assert client.get_sweep(sweep["id"])["trial_counts"]["failed"] == 1
+    # Retried: pending again, with the attempt counted (a trial that kills every worker runs out of them).
+    assert (trial["state"], trial["attempts"]) == ("pending", 1)
+    assert trial["error"] == f"worker box-cpu0 died: {cause}"
+    assert f"worker box-cpu0 {supervisor.exits[0].describe()}" in caplog.text
+    assert client.get_sweep(sweep["id"])["trial_counts"]["failed"] == 0
+
+
+def test_a_crash_on_the_last_attempt_fails_the_trial_and_deletes_its_checkpoint(
+        tmp_path: Path, fake_child: list[str], monkeypatch: pytest.MonkeyPatch, client: Client, server: Any) -> None:
+    client.create_sweep(digits_spec(trials=1, max_attempts=1))
+    assignment = client.claim(ClaimRequest(worker_id="box-cpu0", host="box"))
+    assert assignment is not None
+    checkpoint = tmp_path / "checkpoint"
+    checkpoint.mkdir()
+    (checkpoint / "state.json").write_text("{}")
+    monkeypatch.setenv("FAKE_CHILD_MODE", "hold_trial_exit3_once")
+    monkeypatch.setenv("FAKE_TRIAL_ID", str(assignment.trial_id))
+    monkeypatch.setenv("FAKE_CHECKPOINT_DIR", str(checkpoint))
+    supervisor = Supervisor(server.url, [], host="box", child_command=fake_child, restart_backoff=0.05)
+    supervisor.start()
+
+    assert supervisor.wait() == 0
+    assert client.get_trial(assignment.trial_id)["state"] == "failed"
+    assert not checkpoint.exists()
+
+
+def test_a_child_killed_while_stopping_has_its_trial_released(
+        tmp_path: Path, fake_child: list[str], monkeypatch: pytest.MonkeyPatch, client: Client, server: Any) -> None:
+    client.create_sweep(digits_spec(trials=1))
+    assignment = client.claim(ClaimRequest(worker_id="box-cpu0", host="box"))
+    assert assignment is not None
+    checkpoint = tmp_path / "checkpoint"
+    checkpoint.mkdir()
+    monkeypatch.setenv("FAKE_CHILD_MODE", "hold_trial_until_killed")
+    monkeypatch.setenv("FAKE_TRIAL_ID", str(assignment.trial_id))
+    monkeypatch.setenv("FAKE_CHECKPOINT_DIR", str(checkpoint))
+    supervisor = Supervisor(server.url, [], host="box", child_command=fake_child)
+    supervisor.start()
+    wait_until(lambda: events(tmp_path, "box-cpu0") == ["ready"])
+
+    supervisor.stop(timeout=0.5)
+
+    trial = client.get_trial(assignment.trial_id)
+    # Not the trial's fault: pending again with its attempt given back, and its checkpoint kept to resume.
+    assert (trial["state"], trial["attempts"]) == ("pending", 0)
+    assert checkpoint.is_dir()
+    assert [death.signal_name for death in supervisor.exits] == ["SIGKILL"]
 
 
 def test_real_agents_start_and_exit_when_idle(server: Any) -> None:
@@ -245,3 +334,115 @@ def test_a_worker_id_reservation_ends_with_the_process_that_held_it(tmp_path: Pa
     holder.kill()
     holder.wait()
     assert reserve("box-cpu0").worker_id == "box-cpu0"
+
+
+def _train_until_an_epoch_is_reported(client: Client, server: Any, signals: int) -> tuple[Supervisor, int]:
+    """A real agent under a supervisor, training a trial of long epochs; `signals` SIGTERMs once it has
+    reported its first epoch. The trial's id comes back with the supervisor."""
+    # Epochs of 360 batches: a second or more, so the second signal lands while the first one's epoch runs.
+    sweep = client.create_sweep(digits_spec(trials=1, epochs=200, hparams={"units": {"type": "discrete", "values": [8]},
+                                                                           "batch_size": 4}))
+    supervisor = Supervisor(server.url, [], cpu_workers=1, host="box", idle_exit=30)
+    supervisor.start()
+    trial_ids: list[int] = []
+
+    def first_epoch_reported() -> bool:
+        if not trial_ids:
+            trial_ids.extend(trial["id"] for trial in client.list_trials(sweep["id"])["data"])
+        return bool(trial_ids) and bool(client.get_trial(trial_ids[0])["history"])
+
+    wait_until(first_epoch_reported, timeout=90)
+    for _ in range(signals):
+        supervisor.forward(signal.SIGTERM)
+        time.sleep(0.3)
+    return supervisor, trial_ids[0]
+
+
+def test_a_sigterm_lets_real_agents_finish_the_epoch_and_release_their_trials(
+        client: Client, server: Any, tmp_path: Path) -> None:
+    supervisor, trial_id = _train_until_an_epoch_is_reported(client, server, signals=1)
+
+    assert supervisor.wait() == 0
+    assert supervisor.exits == []  # each child exited 0 after releasing its trial
+    trial = client.get_trial(trial_id)
+    assert (trial["state"], trial["attempts"]) == ("pending", 0)
+    checkpoint = tmp_path / "runs" / str(client.get_trial(trial_id)["sweep_id"]) / str(trial_id) / "checkpoint"
+    # The checkpoint holds every epoch the server has: the one under way at the signal was finished.
+    resumed_at = json.loads((checkpoint / "state.json").read_text())["epochs_done"]
+    assert resumed_at == len(trial["history"]) >= 1
+
+
+def test_a_second_sigterm_stops_real_agents_now_and_their_trials_are_released(
+        client: Client, server: Any, tmp_path: Path) -> None:
+    supervisor, trial_id = _train_until_an_epoch_is_reported(client, server, signals=2)
+
+    started = time.monotonic()
+    assert supervisor.wait() == 0
+    assert time.monotonic() - started < 10
+    assert [death.signal_name for death in supervisor.exits] == ["SIGTERM"]
+    trial = client.get_trial(trial_id)
+    assert (trial["state"], trial["attempts"]) == ("pending", 0)
+
+
+@pytest.mark.parametrize("command", ["worker", "run"])
+def test_the_cli_refuses_more_trials_per_gpu_than_its_memory_holds(
+        command: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    import workers.gpus
+    from sweeper.cli import app
+
+    # One 8 GB GPU, as nvidia-smi lists it (NVML left out, so a real driver cannot answer instead).
+    monkeypatch.setattr(workers.gpus, "_import_nvml", lambda: None)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "nvidia-smi").write_text('#!/bin/sh\nprintf "0, 8192, Tesla T4\\n"\n')
+    (bin_dir / "nvidia-smi").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    spec = tmp_path / "digits.json"
+    spec.write_text(json.dumps(digits_spec()))
+    arguments = ["worker", "--server", NOWHERE] if command == "worker" else \
+        ["run", str(spec), "--logdir", str(tmp_path / "runs"), "--database-url", f"sqlite:///{tmp_path / 'db'}"]
+
+    result = CliRunner().invoke(app, [*arguments, "--gpus", "0", "--trials-per-gpu", "16"])
+
+    assert result.exit_code == 2, result.output
+    assert "--trials-per-gpu 16 leaves 0 MB per trial on GPU 0 (8192 MB" in " ".join(result.output.split())
+    assert not (tmp_path / "db").exists()  # refused before anything started
+
+
+def test_a_trial_whose_worker_is_killed_is_retried_and_resumes_where_it_was(
+        client: Client, server: Any, tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.util import tensor_util
+
+    epochs = 6
+    sweep = client.create_sweep(digits_spec(trials=1, epochs=epochs, hparams={
+        "units": {"type": "discrete", "values": [8]}, "batch_size": 4, "lr_schedule": "exponential"}))
+    supervisor = Supervisor(server.url, [], cpu_workers=1, host="box", idle_exit=3, restart_backoff=0.1)
+    supervisor.start()
+    try:
+        wait_until(lambda: client.list_trials(sweep["id"])["data"], timeout=60)
+        [trial] = client.list_trials(sweep["id"])["data"]
+        wait_until(lambda: len(client.get_trial(trial["id"])["history"]) >= 2, timeout=90)
+        process = supervisor.slots[0].process
+        assert process is not None
+        process.kill()  # as the kernel's OOM killer would
+        assert supervisor.wait() == 0
+    finally:
+        supervisor.stop(timeout=5)
+
+    assert [(death.signal_name, death.trial_id) for death in supervisor.exits] == [("SIGKILL", trial["id"])]
+    done = client.get_trial(trial["id"])
+    assert (done["state"], done["attempts"], done["worker_id"]) == ("completed", 2, "box-cpu0")
+    assert [point["epoch"] for point in done["history"]] == list(range(epochs))
+    trial_dir = tmp_path / "runs" / str(sweep["id"]) / str(trial["id"])
+    train = EventAccumulator(str(trial_dir / "train"), size_guidance={"tensors": 0})
+    train.Reload()
+    # Each epoch's learning rate once: the killed attempt's epochs kept, the retry's following on.
+    rates = train.Tensors("epoch_learning_rate")
+    assert [event.step for event in rates] == list(range(epochs))
+    # And the decay went on from where it was: a restarted schedule would jump back up.
+    values = [float(tensor_util.make_ndarray(event.tensor_proto)) for event in rates]
+    assert values == sorted(values, reverse=True) and len(set(values)) == epochs
+    assert not (trial_dir / "checkpoint").exists()

@@ -6,6 +6,8 @@ Plain functions here (not in conftest.py, whose module name clashes with other t
 from __future__ import annotations
 
 import socket
+import time
+from collections.abc import Callable
 from typing import Any
 
 def free_port() -> int:
@@ -13,6 +15,13 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def wait_until(condition: Callable[[], object], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.05)
 
 
 def digits_spec(name: str = "digits", trials: int = 2, epochs: int = 2, **overrides: Any) -> dict[str, Any]:
@@ -43,7 +52,7 @@ log = Path(os.environ["FAKE_CHILD_OUT"]) / f"{worker_id}.jsonl"
 runs_before = len(log.read_text().splitlines()) if log.exists() else 0
 record = {"argv": args, "pid": os.getpid(), "run": runs_before + 1,
           **{name: os.environ.get(name) for name in
-             ("CUDA_VISIBLE_DEVICES", "TF_FORCE_GPU_ALLOW_GROWTH", "CUDA_DEVICE_ORDER")}}
+             ("CUDA_VISIBLE_DEVICES", "TF_FORCE_GPU_ALLOW_GROWTH", "CUDA_DEVICE_ORDER", "SWEEPER_GPU_MEMORY_MB")}}
 with log.open("a") as f:
     f.write(json.dumps(record) + "\n")
 mode = os.environ.get("FAKE_CHILD_MODE", "exit0")
@@ -61,10 +70,25 @@ if mode == "exit3_always":
     sys.exit(3)
 if mode == "sigkill_once" and first:
     os.kill(os.getpid(), signal.SIGKILL)
-if mode == "hold_trial_exit3_once" and first:
+def hold_trial():
+    # What the agent writes while it runs a trial: the supervisor reads it when the process dies.
     state = Path(args[args.index("--state-file") + 1])
-    state.write_text(json.dumps({"trial_id": int(os.environ["FAKE_TRIAL_ID"]), "worker_id": worker_id}))
+    state.write_text(json.dumps({"trial_id": int(os.environ["FAKE_TRIAL_ID"]), "worker_id": worker_id,
+                                 "checkpoint_dir": os.environ.get("FAKE_CHECKPOINT_DIR", "")}))
+
+if mode == "hold_trial_exit3_once" and first:
+    hold_trial()
     sys.exit(3)
+if mode == "hold_trial_sigkill_once" and first:
+    hold_trial()
+    os.kill(os.getpid(), signal.SIGKILL)
+if mode == "hold_trial_until_killed":
+    hold_trial()
+    signal.signal(signal.SIGTERM, lambda signum, frame: note("SIGTERM ignored"))
+    note("ready")
+    for _ in range(300):
+        time.sleep(0.1)
+    sys.exit(5)
 if mode == "wait_for_sigterm":
     signal.signal(signal.SIGTERM, lambda signum, frame: (note("SIGTERM"), sys.exit(0)))
     note("ready")

@@ -1,0 +1,114 @@
+"""Preparing a trial's TensorBoard folder for an attempt: start over, or rewind to the checkpoint's epoch.
+
+A retried trial writes into the same folder as its earlier attempts. Left there, their events would
+mix with the new ones: TensorBoard takes a metric's value at the highest step whichever attempt wrote
+it, keeps the first session end it reads, and shows an epoch written twice as two points. So an
+attempt that starts over removes every earlier event file, and one that resumes after `epoch` finished
+epochs keeps exactly what those epochs wrote (their train/ and validation/ scalars, and the session
+start) and drops the rest: scalars of the epochs it trains again, the objective and any session end.
+Event files are rewritten whole under a temporary name and renamed into place.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
+from tensorboard.compat.proto import event_pb2
+from tensorboard.plugins.hparams import metadata as hparams_metadata
+from tensorboard.summary.writer.record_writer import RecordWriter
+
+__all__ = ["rewind_trial_logs"]
+
+# The sub-folders Keras's TensorBoard callback writes per-epoch scalars into.
+_EPOCH_FOLDERS = ("train", "validation")
+
+
+def rewind_trial_logs(trial_dir: str | Path, epoch: int) -> bool:
+    """Keep the events of the `epoch` epochs a resumed attempt will not train again; True when a
+    session start was kept (the attempt must not write another). With `epoch` 0, remove them all.
+
+    Only event files are touched: nothing else in the folder is ours.
+    """
+    trial_dir = Path(trial_dir)
+    if epoch < 0:
+        raise ValueError(f"`epoch >= 0` must hold, but got {epoch=}")
+    if epoch == 0:
+        for folder in (trial_dir, *(trial_dir / name for name in _EPOCH_FOLDERS)):
+            for path in _event_files(folder):
+                path.unlink(missing_ok=True)
+        return False
+    for name in _EPOCH_FOLDERS:
+        _rewind_epoch_folder(trial_dir / name, epoch)
+    return _keep_first_session_start(trial_dir)
+
+
+def _rewind_epoch_folder(folder: Path, epoch: int) -> None:
+    """Keep what Keras wrote during the epochs before `epoch`, in train/ or validation/.
+
+    Its `epoch_<metric>` scalars have the epoch as their step, but the `evaluation_<metric>_vs_iterations`
+    scalars it writes after each validation pass count optimizer steps instead. Both are written in
+    training order, each epoch's `epoch_*` scalars last, so the events to keep are exactly those up to
+    the last `epoch_*` scalar of an epoch before `epoch`: what follows belongs to epochs trained again.
+    """
+    files = [(path, _read(path)) for path in _event_files(folder)]
+    cut: tuple[int, int] = (-1, -1)
+    for n, (_, events) in enumerate(files):
+        for k, (_, event) in enumerate(events):
+            if _is_epoch_scalar(event) and event.step < epoch:
+                cut = (n, k)
+    for n, (path, events) in enumerate(files):
+        _write(path, [record for k, (record, event) in enumerate(events)
+                      if not event.HasField("summary")
+                      or ((n, k) <= cut and not (_is_epoch_scalar(event) and event.step >= epoch))])
+
+
+def _keep_first_session_start(trial_dir: Path) -> bool:
+    """Keep only the trial folder's first session start: drop its objective scalar and any session end."""
+    kept = False
+    for path in _event_files(trial_dir):
+        records = []
+        for record, event in _read(path):
+            if not event.HasField("summary"):
+                records.append(record)  # the file's header
+            elif not kept and all(value.tag == hparams_metadata.SESSION_START_INFO_TAG
+                                  for value in event.summary.value):
+                records.append(record)
+                kept = True
+        _write(path, records)
+    return kept
+
+
+def _is_epoch_scalar(event: event_pb2.Event) -> bool:
+    values = event.summary.value if event.HasField("summary") else ()
+    return bool(values) and all(value.tag.startswith("epoch_") for value in values)
+
+
+def _event_files(folder: Path) -> list[Path]:
+    # In name order, which is TensorBoard's reading order (the names start with the creation time).
+    return sorted(path for path in folder.glob("*tfevents*") if path.is_file())
+
+
+def _read(path: Path) -> list[tuple[bytes, event_pb2.Event]]:
+    # A record cut short by a killed writer ends the file: the loader stops there.
+    return [(record, event_pb2.Event.FromString(record)) for record in RawEventFileLoader(str(path)).Load()]
+
+
+def _write(path: Path, records: list[bytes]) -> None:
+    """Replace an event file's events with `records`; remove it when nothing but its header is left."""
+    if all(not event_pb2.Event.FromString(record).HasField("summary") for record in records):
+        path.unlink(missing_ok=True)
+        return
+    # Written under a name without "tfevents" (TensorBoard ignores it), then renamed over the original,
+    # so a TensorBoard reading the folder meanwhile never sees a half-written file.
+    partial = path.with_name(f".rewind.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(partial, "wb") as file:
+            writer = RecordWriter(file)
+            for record in records:
+                writer.write(record)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)

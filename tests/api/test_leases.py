@@ -1,0 +1,206 @@
+"""Leases: what an assignment tells a worker, the background reaper, and workers that restart or lose a lease."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from api_testing import API, Worker, create_sweep, get_sweep, get_trial, grid_spec
+from fastapi.testclient import TestClient
+
+from api.app import create_app
+from api.reaper import THREAD_NAME
+from api.settings import Settings
+
+
+def wait_until(condition: Callable[[], Any], timeout: float = 5.0) -> Any:
+    """Poll until `condition()` is truthy; its value. Fails the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+    return value
+
+
+def reaper_threads() -> list[threading.Thread]:
+    return [thread for thread in threading.enumerate() if thread.name == THREAD_NAME]
+
+
+# -- assignments -----------------------------------------------------------------------------------
+
+
+def test_an_assignment_carries_the_attempt_checkpoint_folder_and_heartbeat(client_with, settings: Settings):
+    client = client_with(lease_seconds=30, heartbeat_seconds=4)
+    sweep = create_sweep(client, grid_spec(values=1))
+
+    assignment = Worker(client, "w1").claim()
+
+    assert assignment is not None
+    folder = (settings.logdir / str(sweep["id"]) / str(assignment["trial_id"])).resolve()
+    assert assignment["checkpoint_dir"] == str(folder / "checkpoint")
+    assert Path(assignment["checkpoint_dir"]).is_absolute()
+    assert assignment["heartbeat_seconds"] == 4.0
+    assert assignment["attempt"] == 1
+
+
+def test_the_heartbeat_in_an_assignment_follows_the_lease_by_default(client_with):
+    client = client_with(lease_seconds=3)
+    create_sweep(client, grid_spec(values=1))
+    assert Worker(client, "w1").claim()["heartbeat_seconds"] == 0.5  # type: ignore[index]
+
+
+def test_the_attempt_counts_claims_and_a_reclaim_by_the_same_worker_is_the_same_attempt(client: TestClient):
+    create_sweep(client, grid_spec(values=1, max_attempts=3))
+    first, second = Worker(client, "w1"), Worker(client, "w2")
+
+    trial_id = first.claim_id()
+    assert first.claim()["attempt"] == 1  # type: ignore[index]
+    first.fail(trial_id, "flaky", retryable=True)
+    assert second.claim()["attempt"] == 2  # type: ignore[index]
+    assert second.claim()["attempt"] == 2  # type: ignore[index]
+
+
+# -- workers that restart, or lose their lease -------------------------------------------------
+
+
+def test_a_restarted_worker_gets_its_own_unfinished_trial_back_before_older_pending_ones(client: TestClient):
+    create_sweep(client, grid_spec(values=3))
+    restarting, other = Worker(client, "gpu-0"), Worker(client, "other")
+    older = other.claim_id()
+    own = restarting.claim_id()
+    restarting.report(own, 0, loss=1.0)
+    other.fail(older, "flaky", retryable=True)  # an older trial now waits, pending
+
+    # The worker process restarts under the same id and asks for work, as it does on start-up.
+    again = Worker(client, "gpu-0").claim()
+
+    assert again is not None and again["trial_id"] == own and again["attempt"] == 1
+    trial = get_trial(client, own)
+    assert trial["state"] == "running" and trial["attempts"] == 1
+    assert trial["history"] == [{"epoch": 0, "metrics": {"loss": 1.0}}]
+    assert Worker(client, "third").claim_id() == older
+
+
+def test_a_worker_whose_lease_was_taken_over_gets_409_on_every_call_and_nothing_changes(client_with):
+    client = client_with(lease_seconds=0.05, reap_interval_seconds=3600)
+    create_sweep(client, grid_spec(values=1))
+    lost, rescuer = Worker(client, "lost"), Worker(client, "rescuer")
+    trial_id = lost.claim_id()
+    time.sleep(0.1)
+    assert rescuer.claim_id() == trial_id
+    rescuer.report(trial_id, 0, loss=0.5)
+    before = get_trial(client, trial_id)
+
+    answers = [lost.heartbeat(trial_id), lost.report(trial_id, 0, loss=9.0), lost.complete(trial_id, val_accuracy=1.0),
+               lost.fail(trial_id, "late", retryable=True), lost.fail(trial_id, "late", kind="crash"),
+               lost.release(trial_id)]
+
+    for answer in answers:
+        assert answer.status_code == 409, answer.text
+        assert answer.json()["detail"] == f"trial {trial_id} is leased to worker 'rescuer', not to 'lost'"
+    assert get_trial(client, trial_id) == before
+
+
+# -- the reaper ------------------------------------------------------------------------------------
+
+
+def test_the_reaper_requeues_a_lost_workers_trial_without_any_claim(client_with):
+    client = client_with(lease_seconds=0.3, reap_interval_seconds=0.05)
+    sweep = create_sweep(client, grid_spec(values=1, max_attempts=2))
+    trial_id = Worker(client, "lost").claim_id()
+
+    trial = wait_until(lambda: (t := get_trial(client, trial_id))["state"] == "pending" and t)
+
+    assert trial["error"] == "worker lost" and trial["failure_kind"] == "crash"
+    assert trial["worker_id"] is None and trial["lease_expires_at"] is None and trial["attempts"] == 1
+    assert get_sweep(client, sweep["id"])["status"] == "running"
+    assert Worker(client, "rescuer").claim()["attempt"] == 2  # type: ignore[index]
+
+
+def test_the_reaper_fails_a_trial_as_worker_lost_once_the_specs_attempts_are_used(client_with):
+    # The server has no attempts setting of its own: the spec's max_attempts (1 here) decides.
+    client = client_with(lease_seconds=0.3, reap_interval_seconds=0.05)
+    sweep = create_sweep(client, grid_spec(values=1, max_attempts=1))
+    trial_id = Worker(client, "lost").claim_id()
+
+    trial = wait_until(lambda: (t := get_trial(client, trial_id))["state"] == "failed" and t)
+
+    assert trial["error"] == "worker lost" and trial["failure_kind"] == "crash" and trial["worker_id"] == "lost"
+    assert trial["finished_at"] is not None
+    assert get_sweep(client, sweep["id"])["status"] == "completed"
+
+
+def test_a_heartbeating_worker_is_never_reaped(client_with):
+    client = client_with(lease_seconds=0.3, reap_interval_seconds=0.02)
+    create_sweep(client, grid_spec(values=1))
+    worker = Worker(client, "alive")
+    trial_id = worker.claim_id()
+
+    for _ in range(20):  # 1 s: three leases long
+        assert worker.heartbeat(trial_id).json() == {"action": "continue"}
+        time.sleep(0.05)
+
+    assert get_trial(client, trial_id)["attempts"] == 1
+    assert worker.complete(trial_id, val_accuracy=0.5).json()["state"] == "completed"
+
+
+def test_the_reaper_runs_while_the_app_runs_and_stops_on_shutdown(settings: Settings):
+    already = set(reaper_threads())
+    app = create_app(settings)
+    assert set(reaper_threads()) == already  # built, not started: the lifespan starts it
+
+    with TestClient(app):
+        running = [thread for thread in reaper_threads() if thread not in already]
+        assert len(running) == 1 and app.state.reaper.running
+
+    assert not running[0].is_alive() and not app.state.reaper.running
+
+
+def test_two_server_processes_on_one_database_reap_a_lost_lease_once(settings: Settings, make_client: Callable):
+    # max_failures 2: a lease counted lost twice would fail the sweep.
+    fast = Settings(**{**settings.model_dump(), "lease_seconds": 0.3, "reap_interval_seconds": 0.01})
+    first, second = make_client(fast), make_client(fast)
+    sweep = create_sweep(first, grid_spec(values=2, max_attempts=1, max_failures=2))
+    trial_id = Worker(second, "lost").claim_id()
+
+    wait_until(lambda: get_trial(first, trial_id)["state"] == "failed")
+    time.sleep(0.1)  # both reapers make several more passes
+
+    assert get_sweep(second, sweep["id"])["status"] == "running"
+    assert get_sweep(first, sweep["id"])["reason"] is None
+    assert Worker(first, "next").claim() is not None
+
+
+@pytest.mark.parametrize("action", ["heartbeat", "metrics"])
+def test_calls_on_an_expired_but_unreaped_lease_still_succeed(client_with, action: str):
+    client = client_with(lease_seconds=0.05, reap_interval_seconds=3600)
+    create_sweep(client, grid_spec(values=1))
+    worker = Worker(client, "slow")
+    trial_id = worker.claim_id()
+    time.sleep(0.1)
+
+    body = {"epoch": 0, "metrics": {"loss": 1.0}} if action == "metrics" else {}
+    answer = client.post(f"{API}/trials/{trial_id}/{action}", json={"worker_id": "slow", **body})
+
+    assert answer.status_code == 200 and answer.json() == {"action": "continue"}
+
+
+def test_a_restarted_server_renews_the_leases_that_ran_out_while_it_was_down(settings: Settings):
+    # Workers could not heartbeat during the outage; their trials must not be reaped the moment it ends.
+    short = Settings(**{**settings.model_dump(), "lease_seconds": 0.6, "reap_interval_seconds": 0.02})
+    with TestClient(create_app(short)) as before:
+        create_sweep(before, grid_spec(values=1))
+        trial_id = Worker(before, "survivor").claim_id()
+    time.sleep(0.8)  # the server is down for longer than a lease
+
+    with TestClient(create_app(short)) as after:
+        time.sleep(0.1)  # several reaper passes
+        trial = get_trial(after, trial_id)
+        assert (trial["state"], trial["worker_id"], trial["attempts"]) == ("running", "survivor", 1)
+        worker = Worker(after, "survivor")
+        assert worker.heartbeat(trial_id).json() == {"action": "continue"}
+        assert worker.complete(trial_id, val_accuracy=0.5).json()["state"] == "completed"
