@@ -88,9 +88,9 @@ def worker_gaps(spec_path: Path, work: Path) -> list[float]:
 
     clocks: list[BatchClock] = []
 
-    def run_trial(assignment, on_epoch_end):  # noqa: ANN001, ANN202 - the agent's trainer signature
+    def run_trial(assignment, on_epoch_end, **options):  # noqa: ANN001, ANN003, ANN202 - the agent's trainer
         clocks.append(BatchClock())
-        return runner.run_trial(assignment, on_epoch_end, callbacks=[Clock(clocks[-1])])
+        return runner.run_trial(assignment, on_epoch_end, callbacks=[Clock(clocks[-1])], **options)
 
     server = start_in_thread(Settings(host="127.0.0.1", port=0, database_url=f"sqlite:///{work / 'gaps.db'}",
                                       logdir=str(work / "gaps")))
@@ -108,6 +108,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spec", type=Path, default=SPEC)
     parser.add_argument("--skip-cold", action="store_true", help="leave out the process-per-trial run")
+    parser.add_argument("--gaps-only", action="store_true", help="only measure the gap between trials in a worker")
     args = parser.parse_args()
 
     from sweeper import load_spec, make_strategy
@@ -118,19 +119,24 @@ def main() -> None:
                   f"Python {platform.python_version()}")
     with tempfile.TemporaryDirectory(prefix="sweeper-bench-") as tmp:
         work = Path(tmp)
-        walls = {"bare loop (one process)": bare_loop(args.spec, work),
-                 "sweeper run (server + 1 worker)": service(args.spec, work)}
-        if not args.skip_cold:
-            walls["new process per trial"] = process_per_trial(args.spec, work, trials)
+        walls: dict[str, float] = {}
+        if not args.gaps_only:
+            walls["bare loop (one process)"] = bare_loop(args.spec, work)
+            walls["sweeper run (server + 1 worker)"] = service(args.spec, work)
+            if not args.skip_cold:
+                walls["new process per trial"] = process_per_trial(args.spec, work, trials)
         gaps = worker_gaps(args.spec, work)
 
-    base = walls["bare loop (one process)"]
-    table = Table(title="Same trials, three ways (wall time of the whole command)")
-    for column in ("mode", "wall s", "per trial s", "ratio to bare loop"):
-        table.add_column(column, justify="right" if column != "mode" else "left")
-    for mode, wall in walls.items():
-        table.add_row(mode, f"{wall:.1f}", f"{wall / trials:.2f}", f"{wall / base:.3f}")
-    console.print(table)
+    if walls:
+        base = walls["bare loop (one process)"]
+        table = Table(title="Same trials, three ways (wall time of the whole command)")
+        for column in ("mode", "wall s", "per trial s", "ratio to bare loop"):
+            table.add_column(column, justify="right" if column != "mode" else "left")
+        for mode, wall in walls.items():
+            table.add_row(mode, f"{wall:.1f}", f"{wall / trials:.2f}", f"{wall / base:.3f}")
+        console.print(table)
+    if len(gaps) < 1:
+        raise SystemExit("no gaps measured: the worker ran fewer than two trials (see its log above)")
     gap_table = Table(title="Gap in a worker: last batch of one trial to first batch of the next")
     for column in ("trials", "median s", "p90 s", "max s"):
         gap_table.add_column(column, justify="right")
