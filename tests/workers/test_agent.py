@@ -123,12 +123,15 @@ def test_a_trial_that_raises_is_failed_with_a_summary_and_its_traceback_and_the_
     assert trace.rstrip().endswith("in layer dense_3")
 
 
-@pytest.mark.parametrize(("error", "kind", "retryable", "state"), [
-    (RetryableError("the feature store timed out"), "error", True, "pending"),
-    (NonFiniteLossError("loss became NaN at epoch 1 (batch 2)"), "nan", False, "failed"),
+@pytest.mark.parametrize(("error", "kind", "retryable", "state", "message"), [
+    (RetryableError("the feature store timed out"), "error", True, "pending",
+     "RetryableError: the feature store timed out"),
+    # Sweeper's own NaN message needs no class name in front of it.
+    (NonFiniteLossError("loss became NaN at epoch 1 (batch 2)"), "nan", False, "failed",
+     "loss became NaN at epoch 1 (batch 2)"),
 ])
 def test_a_trial_failure_is_reported_with_its_kind(client: Client, error: Exception, kind: str, retryable: bool,
-                                                   state: str) -> None:
+                                                   state: str, message: str) -> None:
     sweep = client.create_sweep(digits_spec(trials=1, max_attempts=3))
     sent = recording(client)
 
@@ -140,8 +143,7 @@ def test_a_trial_failure_is_reported_with_its_kind(client: Client, error: Except
     agent.run()
 
     [(name, _, report), *_] = sent
-    assert (name, report.kind, report.retryable, report.error) == ("fail", kind, retryable,
-                                                                   f"{type(error).__name__}: {error}")
+    assert (name, report.kind, report.retryable, report.error) == ("fail", kind, retryable, message)
     [trial] = trials(client, sweep["id"])
     # A retryable failure is tried again (here by the same agent, which completes it); the rest fail for good.
     assert trial["state"] == ("completed" if retryable else state)
@@ -434,10 +436,10 @@ def test_cancelling_a_sweep_stops_a_keras_trial_mid_epoch(client: Client, tmp_pa
     finally:
         runner.join(timeout=60)
 
-    # Stopped (and reported) within a heartbeat or so, far sooner than the epoch under way would end.
-    # Relative to the epoch's length, not in seconds: a loaded machine slows both alike.
-    stopped_within = failed[0] - cancelled
-    assert stopped_within < epoch_seconds / 2, (stopped_within, epoch_seconds)
+    # Stopped (and reported) mid-epoch: before the epoch under way, begun at the second report, would
+    # have ended, and without reporting it. Relative to the epoch's length: load slows both alike.
+    assert failed[0] < reported[1] + 0.9 * epoch_seconds, (failed[0] - cancelled, epoch_seconds)
+    assert len(reported) == 2
     assert [(name, report.error) for name, _, report in sent] == [("fail", "cancelled")]
     trial = client.get_trial(trial["id"])
     assert trial["state"] == "cancelled"
