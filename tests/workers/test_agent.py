@@ -150,6 +150,19 @@ def test_a_trial_failure_is_reported_with_its_kind(client: Client, error: Except
     assert trial["attempts"] == (2 if retryable else 1)
 
 
+def timed_calls(client: Client, method: str) -> list[float]:
+    """When (monotonic seconds) each later call to `client.<method>` was made; the calls still go through."""
+    times: list[float] = []
+    real = getattr(client, method)
+
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        times.append(time.monotonic())
+        return real(*args, **kwargs)
+
+    setattr(client, method, timed)
+    return times
+
+
 def test_heartbeats_are_sent_while_a_trial_trains(client: Client) -> None:
     client.create_sweep(digits_spec(trials=1))
     beats: list[str] = []
@@ -261,14 +274,7 @@ def test_heartbeats_follow_the_interval_the_server_assigns(start_server: Callabl
     server = start_server(heartbeat_seconds=0.1, lease_seconds=5)
     with Client(server.url, retries=2, backoff=0.05) as client:
         client.create_sweep(digits_spec(trials=1))
-        beats: list[float] = []
-        real_heartbeat = client.heartbeat
-
-        def counting_heartbeat(trial_id: int, worker_id: str) -> Any:
-            beats.append(time.monotonic())
-            return real_heartbeat(trial_id, worker_id)
-
-        client.heartbeat = counting_heartbeat  # type: ignore[method-assign]
+        beats = timed_calls(client, "heartbeat")
         make_agent(client, heartbeat_interval=None, run_trial=scripted_trainer(epochs=2, seconds_per_epoch=0.6)).run()
 
     assert len(beats) >= 8  # 1.2 s of training at 0.1 s a beat (the agent's own default would be 10 s)
@@ -407,23 +413,9 @@ def test_cancelling_a_sweep_stops_a_keras_trial_mid_epoch(client: Client, tmp_pa
     # Epochs of 1,437 one-example batches: seconds each, where a heartbeat is 0.2 s.
     sweep = client.create_sweep(digits_spec(trials=1, epochs=50, hparams={"units": {"type": "discrete", "values": [8]},
                                                                           "batch_size": 1}))
-    reported: list[float] = []
-    real_report = client.report_metrics
-
-    def timed_report(trial_id: int, report: Any) -> Any:
-        reported.append(time.monotonic())
-        return real_report(trial_id, report)
-
-    client.report_metrics = timed_report  # type: ignore[method-assign]
+    reported = timed_calls(client, "report_metrics")
     sent = recording(client)
-    failed: list[float] = []
-    real_fail = client.fail
-
-    def timed_fail(trial_id: int, report: Any) -> Any:
-        failed.append(time.monotonic())
-        return real_fail(trial_id, report)
-
-    client.fail = timed_fail  # type: ignore[method-assign]
+    failed = timed_calls(client, "fail")
     agent = Agent(client, "test-cpu0", "test-host", poll_interval=0.2, heartbeat_interval=0.2, idle_exit=1)
     runner = threading.Thread(target=agent.run)
     runner.start()
