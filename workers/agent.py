@@ -220,6 +220,8 @@ class Agent:
             self._train_and_report(assignment)
         finally:
             self._record_current(None)
+        if self.trials_run == 0:
+            _freeze_long_lived_objects()
         self.trials_run += 1
 
     def _train_and_report(self, assignment: Assignment) -> None:
@@ -339,6 +341,22 @@ class Agent:
             logger.warning("supervisor (pid %d) is gone; exiting", self.parent_pid)
             self._draining.set()
         return self._draining.is_set()
+
+
+def _freeze_long_lived_objects() -> None:
+    """Move what outlives every trial (TensorFlow's and Keras's modules, the cached datasets, traced
+    function caches) out of the garbage collector's sight.
+
+    The runner clears the Keras session after each trial, and Keras then runs a full `gc.collect()`;
+    with TensorFlow loaded that walks some 350,000 long-lived objects, about 0.15 s of every gap
+    between two trials. After the first trial the process holds what it will keep, so it is collected
+    once more and frozen (`gc.freeze`): later collections walk only what later trials create, about
+    0.01 s. A frozen object that later becomes garbage is never freed, which costs nothing here since
+    these live as long as the process.
+    """
+    gc.collect()
+    gc.freeze()
+    logger.debug("froze %d long-lived objects out of garbage collection", gc.get_freeze_count())
 
 
 def release_or_fail(client: Client, trial_id: int, report: ReleaseReport) -> object:

@@ -9,11 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import keras
 import pytest
 from tensorboard.plugins.hparams import api_pb2, metadata
 
 from sweeper import RetryableError
-from sweeper._spec import Objective
+from sweeper._spec import EarlyStopping, Objective
 from sweeper.training.checkpoints import STATE_FILE, TrialCheckpoint
 from sweeper.training.runner import run_trial
 from test_runner import ABORTED, _assignment, _Recorder, _scalars, _session, _session_groups
@@ -219,3 +220,40 @@ def test_a_checkpoint_of_every_epoch_completes_the_trial_without_training(tmp_pa
     assert [step for step, _ in _scalars(tmp_path / "7" / "train")["epoch_loss"]] == [0, 1]
     assert _session(tmp_path / "7")[1] == api_pb2.STATUS_SUCCESS
     assert not (tmp_path / "7" / "checkpoint").exists()
+
+
+class _SavedEpochs(keras.callbacks.Callback):
+    """Runs after the runner's own callbacks: after each epoch, how many epochs the checkpoint holds."""
+
+    def __init__(self, folder: Path):
+        super().__init__()
+        self.checkpoint = TrialCheckpoint(folder)
+        self.saved: list[int | None] = []
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        resume = self.checkpoint.load()
+        self.saved.append(resume.epochs_done if resume is not None else None)
+
+
+def test_the_epoch_a_trial_ends_with_saves_no_checkpoint(tmp_path: Path) -> None:
+    # The checkpoint is deleted as the trial completes; saving it would only delay the next trial.
+    saved = _SavedEpochs(tmp_path / "7" / "checkpoint")
+    run_trial(_assignment(tmp_path, epochs=3), _Recorder(), callbacks=[saved])
+    assert saved.saved == [1, 2, 2]
+
+
+def test_the_epoch_early_stopping_ends_with_saves_no_checkpoint(tmp_path: Path) -> None:
+    assignment = _assignment(tmp_path, epochs=6)
+    assignment = assignment.model_copy(update={"train": assignment.train.model_copy(update={
+        "early_stopping": EarlyStopping(monitor="learning_rate", patience=1)})})
+    saved = _SavedEpochs(tmp_path / "7" / "checkpoint")
+    result = run_trial(assignment, _Recorder(), callbacks=[saved])
+    # A constant learning rate never improves: early stopping ends training after epoch 1.
+    assert (result.stopped_by, result.epochs_run) == ("early_stopping", 2)
+    assert saved.saved == [1, 1]
+
+
+def test_a_stop_answer_saves_the_epoch_to_hand_back(tmp_path: Path) -> None:
+    saved = _SavedEpochs(tmp_path / "7" / "checkpoint")
+    run_trial(_assignment(tmp_path, epochs=3), _InterruptAt(1, "stop"), callbacks=[saved])
+    assert saved.saved == [1, 2]

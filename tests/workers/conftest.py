@@ -46,3 +46,13 @@ def server(start_server: Callable[..., Any]) -> Any:
 def client(server: Any) -> Iterator[Client]:
     with Client(server.url, retries=2, backoff=0.05) as client:
         yield client
+
+
+@pytest.fixture(autouse=True)
+def unfreeze_garbage_collection() -> Iterator[None]:
+    """An agent run in the test process freezes what lives then (see workers.agent); thaw it after the
+    test, so the suite's own objects stay collectable."""
+    import gc
+
+    yield
+    gc.unfreeze()
