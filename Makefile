@@ -23,6 +23,7 @@ test: $(INSTALLED)
 
 bench: $(INSTALLED)
 	$(BIN)/python bench/overhead.py
+	$(BIN)/python bench/claims.py
 
 clean:
 	rm -rf demo .pytest_cache

@@ -10,13 +10,19 @@ from fastapi import FastAPI
 
 import sweeper
 
+from api import metrics
+from api.auth import AdminDep, TokenGate
 from api.db import create_tables, make_engine, make_sessions
 from api.deps import AppContext
 from api.errors import install_error_handlers
+from api.limits import BodySizeLimit
+from api.openapi import install_openapi
 from api.reaper import LeaseReaper
 from api.repository import LeasePolicy, PlanCache, Repository
-from api.routers import health, sweeps, trials, workers
+from api.routers import health, session, sweeps, tensorboard, trials, web, workers
+from api.schemas import COMMON_ERRORS
 from api.settings import Settings
+from api.tensorboards import TensorBoards
 
 API_PREFIX = "/api/v1"
 
@@ -40,6 +46,7 @@ def create_app(settings: Settings) -> FastAPI:
         policy=LeasePolicy(lease=timedelta(seconds=settings.lease_seconds),
                            heartbeat=timedelta(seconds=settings.heartbeat_interval)),
     )
+    tensorboards = TensorBoards(context.logdir, idle_seconds=settings.tensorboard_idle_seconds)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -48,18 +55,34 @@ def create_app(settings: Settings) -> FastAPI:
         reaper = LeaseReaper(context.sessions, context.policy, context.plans, interval=settings.reap_interval_seconds)
         app.state.reaper = reaper
         reaper.start()
+        tensorboards.start()
         try:
             yield
         finally:
+            await tensorboards.aclose()
             reaper.stop()
             engine.dispose()
 
     app = FastAPI(title="sweeper", version=sweeper.__version__, lifespan=lifespan,
                   summary="Hyperparameter sweeps for tf.keras, with TensorBoard HParams as the result view.")
     app.state.context = context
+    app.state.tensorboards = tensorboards
+    metrics.install_metrics(app, context.sessions, context.policy.lease)
     install_error_handlers(app)
+    # Default-deny in front of everything: a token is needed except on the public routes (api.auth).
+    app.add_middleware(TokenGate, settings=settings)
+    # Outermost: no body over the limit reaches the gate or any route, whatever its Content-Length says.
+    app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)
     app.include_router(health.router)
-    app.include_router(sweeps.router, prefix=API_PREFIX)
-    app.include_router(trials.router, prefix=API_PREFIX)
-    app.include_router(workers.router, prefix=API_PREFIX)
+    app.include_router(session.router, prefix=API_PREFIX)
+    app.include_router(sweeps.router, prefix=API_PREFIX, dependencies=[AdminDep])
+    app.include_router(trials.router, prefix=API_PREFIX,  # its routes declare worker or admin one by one
+                       responses=COMMON_ERRORS)
+    app.include_router(workers.router, prefix=API_PREFIX, dependencies=[AdminDep])
+    app.include_router(tensorboard.router, prefix=API_PREFIX, dependencies=[AdminDep])
+    app.include_router(tensorboard.proxy_router, dependencies=[AdminDep])
+    app.include_router(web.registry_router, prefix=API_PREFIX, dependencies=[AdminDep])
+    app.include_router(web.router)
+    app.include_router(metrics.router, dependencies=[AdminDep])
+    install_openapi(app)
     return app

@@ -17,6 +17,7 @@ from sqlalchemy.exc import OperationalError
 from sweeper import SpecError, SweeperError
 from sweeper._errors import UnknownTrialError
 
+from api.queries import QueryError
 from api.repository import LeaseConflictError, SweepNotFoundError, SweepStateError
 
 logger = logging.getLogger(__name__)
@@ -36,7 +37,25 @@ _STATUS_OF: dict[type[SweeperError], int] = {
 
 def spec_problems(error: SpecError) -> list[dict[str, Any]]:
     """SpecError's problems in FastAPI's validation-error shape, rooted at the request body."""
-    return [{"loc": ["body", *path], "msg": message, "type": "value_error"} for path, message in error.problems]
+    return [{"loc": ["body", *map(_loc_part, path)], "msg": message, "type": "value_error"}
+            for path, message in error.problems]
+
+
+def _loc_part(part: Any) -> str | int:
+    # A loc holds strings and integers; a YAML spec's keys may also be bools, floats or null.
+    return part if isinstance(part, str) or (isinstance(part, int) and not isinstance(part, bool)) else str(part)
+
+
+async def _query_error(request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, QueryError)
+    return JSONResponse({"detail": [{"loc": ["query", error.parameter], "msg": _json_safe(str(error)),
+                                     "type": "value_error"}]}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+
+
+async def _unexpected_error(request: Request, error: Exception) -> JSONResponse:
+    # A bug: the server still logs it with its traceback (Starlette re-raises it after this answer), and
+    # the client gets the one error shape, without internals.
+    return JSONResponse({"detail": "internal server error"}, status_code=status.HTTP_500_INTERNAL_SERVER_ERROR)
 
 
 async def _spec_error(request: Request, error: Exception) -> JSONResponse:
@@ -72,6 +91,8 @@ async def _database_error(request: Request, error: Exception) -> JSONResponse:
 
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(SpecError, _spec_error)
+    app.add_exception_handler(QueryError, _query_error)
+    app.add_exception_handler(Exception, _unexpected_error)
     for kind in _STATUS_OF:
         app.add_exception_handler(kind, _core_error)
     app.add_exception_handler(RequestValidationError, _request_validation_error)

@@ -31,6 +31,10 @@ class StrictJSONRoute(APIRoute):
                 try:
                     # Starlette caches the parsed body, so FastAPI does not parse it a second time.
                     data = await request.json()
+                except UnicodeDecodeError as error:
+                    # FastAPI would answer a bare 400; it is malformed JSON like any other, so 422.
+                    raise RequestValidationError([{"type": "json_invalid", "loc": ("body",), "input": None,
+                                                   "msg": f"JSON must be UTF-8 text, but byte {error.start} is not"}])
                 except (ValueError, RecursionError):
                     data = None  # FastAPI reports the syntax error itself
                 problems = list(unstorable_values(data))

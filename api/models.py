@@ -77,8 +77,11 @@ class TrialRow(Base):
     __table_args__ = (
         # A trial index is generated once per sweep; a second insert would be a lost update.
         UniqueConstraint("sweep_id", "index", name="uq_trials_sweep_index"),
+        # The claim path's lookups, each an index probe however many finished trials there are: pending
+        # trials by sweep, a worker's running trials, and whether any running trial's lease has expired.
         Index("ix_trials_state_sweep", "state", "sweep_id"),
         Index("ix_trials_worker_state", "worker_id", "state"),
+        Index("ix_trials_state_lease", "state", "lease_expires_at"),
         _NEVER_REUSE_IDS,
     )
 

@@ -4,6 +4,10 @@ Claiming, reaping and every report are compare-and-set inside one transaction: o
 transaction begins with BEGIN IMMEDIATE (see api.db), so two claims never see the same pending trial or
 the same next index, and two server processes never reap the same lease twice; on other databases the
 rows read are locked FOR UPDATE (SKIP LOCKED for pending trials and expired leases).
+
+The worker protocol's hot path (claim, heartbeat, metrics, complete) runs prebuilt Core statements
+(api.trial_statements) and returns plain records; the rarer paths (fail, release, reaping, sweep
+control) and every read go through the ORM.
 """
 
 from __future__ import annotations
@@ -12,20 +16,26 @@ import logging
 import math
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import Any
 
-from sqlalchemy import exists, func, select
+from sqlalchemy import Connection, Row, exists, func, select
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.orm.util import identity_key
 
 from sweeper import Objective, SpecError, Strategy, SweeperError, SweepSpec, make_strategy, parse_spec
 from sweeper._errors import UnknownTrialError
 from sweeper.messages import (ClaimRequest, CompleteReport, Directive, FailReport, FailureKind, HeartbeatRequest,
                               MetricsReport, ReleaseReport, SweepStatus, TrialState)
 
-from api.models import SweepRow, TrialEpochRow, TrialRow, WorkerRow, utcnow
+from api import trial_statements as sql
+from api.models import Base, SweepRow, TrialEpochRow, TrialRow, WorkerRow, utcnow
+from api.queries import (ObjectivePoint, SortOrder, best_trials, objective_of, objective_points, ordered_trials,
+                         stored_space_size, trial_stats, worker_state_is)
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +79,8 @@ class SweepPlan:
 
     spec: SweepSpec
     strategy: Strategy
+    stored_spec: dict[str, Any]
+    """The spec as stored (SweepRow.spec), so a claim needs not read and decode it again; never modified."""
 
 
 class PlanCache:
@@ -84,14 +96,19 @@ class PlanCache:
         self._lock = threading.Lock()
 
     def get(self, sweep: SweepRow) -> SweepPlan:
+        return self.lookup(sweep.id, lambda: sweep.spec)
+
+    def lookup(self, sweep_id: int, stored_spec: Callable[[], dict[str, Any]]) -> SweepPlan:
+        """The sweep's plan; `stored_spec()` (its SweepRow.spec) is only called when it is not cached."""
         with self._lock:
-            plan = self._plans.get(sweep.id)
+            plan = self._plans.get(sweep_id)
             if plan is not None:
-                self._plans.move_to_end(sweep.id)
+                self._plans.move_to_end(sweep_id)
                 return plan
-        spec = parse_spec(sweep.spec)
-        plan = SweepPlan(spec, make_strategy(spec))
-        self.put(sweep.id, plan)
+        stored = stored_spec()
+        spec = parse_spec(stored)
+        plan = SweepPlan(spec, make_strategy(spec), stored)
+        self.put(sweep_id, plan)
         return plan
 
     def put(self, sweep_id: int, plan: SweepPlan) -> None:
@@ -136,14 +153,24 @@ class SweepSummary:
     best_trial: TrialRow | None
     space_size: int | None
     """Distinct configurations in the search space (the grid's size); None when intervals make it endless."""
+    started_at: datetime | None = None
+    """When its first trial started; None before any did."""
+
+
+@dataclass(frozen=True)
+class ObjectiveSeries:
+    """A sweep's objective and every completed trial's value of it, in index order."""
+
+    objective: Objective
+    points: list[ObjectivePoint]
 
 
 @dataclass(frozen=True)
 class Claimed:
     """A trial just claimed (or claimed again) by a worker, and its sweep."""
 
-    trial: TrialRow
-    sweep: SweepRow
+    trial: sql.TrialRecord
+    sweep: sql.SweepRecord
     plan: SweepPlan
 
 
@@ -177,39 +204,60 @@ class Repository:
                               f"a sweep may have at most {max_trials} trials on this server, but this one has "
                               f"{strategy.total}; set search.max_trials to at most {max_trials}")])
         with self._session.begin():
-            sweep = SweepRow(name=spec.name, status=SweepStatus.running, spec=spec.to_json(),
+            stored = spec.to_json()
+            sweep = SweepRow(name=spec.name, status=SweepStatus.running, spec=stored,
                              total_trials=strategy.total, next_index=0, created_at=self._clock())
             self._session.add(sweep)
             self._session.flush()
-            self._plans.put(sweep.id, SweepPlan(spec, strategy))
+            self._plans.put(sweep.id, SweepPlan(spec, strategy, stored))
             if on_created is not None:
                 on_created(sweep.id)
         return SweepSummary(sweep, dict.fromkeys(TrialState, 0), None, strategy.size)
 
-    def list_sweeps(self, *, limit: int, offset: int) -> tuple[list[SweepSummary], int]:
-        """A page of sweeps, newest first, and how many there are in all."""
+    def list_sweeps(self, *, limit: int, offset: int, status: SweepStatus | None = None,
+                    ) -> tuple[list[SweepSummary], int]:
+        """A page of sweeps (of one status, if given), newest first, and how many there are in all.
+
+        A fixed number of statements whatever the page size: none per sweep.
+        """
         with self._session.begin():
-            count = self._session.scalar(select(func.count()).select_from(SweepRow)) or 0
-            sweeps = list(self._session.scalars(
-                select(SweepRow).order_by(SweepRow.id.desc()).limit(limit).offset(offset)))
-            counts = self._trial_counts([sweep.id for sweep in sweeps])
-            return [SweepSummary(sweep, counts[sweep.id], self._best_trial(sweep), self._space_size(sweep))
-                    for sweep in sweeps], count
+            matching = select(SweepRow) if status is None else select(SweepRow).where(SweepRow.status == status)
+            count = self._session.scalar(select(func.count()).select_from(matching.subquery())) or 0
+            sweeps = list(self._session.scalars(matching.order_by(SweepRow.id.desc()).limit(limit).offset(offset)))
+            return self._summaries(sweeps), count
 
     def get_sweep(self, sweep_id: int) -> SweepSummary:
         with self._session.begin():
             return self._summary(self._sweep(sweep_id))
 
-    def list_trials(self, sweep_id: int, *, limit: int, offset: int) -> tuple[list[TrialRow], int]:
-        """A page of a sweep's trials in the order they were generated, and how many there are."""
+    def list_trials(self, sweep_id: int, *, limit: int, offset: int, state: TrialState | None = None,
+                    sort: str = "index", order: SortOrder | None = None) -> tuple[list[TrialRow], int]:
+        """A page of a sweep's trials (of one state, if given), by `sort`, and how many there are.
+
+        `sort` is index (search order), objective (best first by default), metrics.<name> or
+        hparams.<name>; trials without the value come last. See api.queries.ordered_trials.
+        """
         with self._session.begin():
-            self._sweep(sweep_id)
-            count = self._session.scalar(
-                select(func.count()).select_from(TrialRow).where(TrialRow.sweep_id == sweep_id)) or 0
+            sweep = self._sweep(sweep_id)
+            matching = select(TrialRow).where(TrialRow.sweep_id == sweep_id)
+            if state is not None:
+                matching = matching.where(TrialRow.state == state)
+            count = self._session.scalar(select(func.count()).select_from(matching.subquery())) or 0
             trials = list(self._session.scalars(
-                select(TrialRow).where(TrialRow.sweep_id == sweep_id).order_by(TrialRow.index)
-                .limit(limit).offset(offset)))
+                ordered_trials(matching, sweep, sort, order).limit(limit).offset(offset)))
             return trials, count
+
+    def best_trial(self, sweep_id: int) -> TrialRow | None:
+        """The sweep's completed trial with the best objective so far (the earliest wins a tie), if any."""
+        with self._session.begin():
+            sweep = self._sweep(sweep_id)
+            return best_trials(self._session, [sweep]).get(sweep.id)
+
+    def objective(self, sweep_id: int) -> ObjectiveSeries:
+        """The sweep's objective and each completed trial's value of it, in index order."""
+        with self._session.begin():
+            sweep = self._sweep(sweep_id)
+            return ObjectiveSeries(objective_of(sweep), objective_points(self._session, sweep))
 
     def get_trial(self, trial_id: int) -> TrialHistory:
         with self._session.begin():
@@ -229,32 +277,29 @@ class Repository:
         sweep that has some left. The worker is recorded as seen, with its host and GPU.
         """
         with self._session.begin():
+            connection = self._session.connection()
             now = self._clock()
-            self._seen(request.worker_id, now, claim=request)
-            if self._reap_expired_leases(now):
-                self._complete_finished_sweeps(now)
-            held = self._held_by(request.worker_id, now)
-            if held is not None:
-                return self._claimed(held)
-            trial = self._next_pending_trial() or self._generate_next_trial(now)
-            if trial is None:
-                return None
-            trial.state = TrialState.running
-            trial.worker_id = request.worker_id
-            trial.attempts += 1
-            trial.started_at = now
-            trial.lease_expires_at = now + self._policy.lease
-            self._session.flush()
-            return self._claimed(trial)
+            self._seen(request.worker_id, now, claim=request, connection=connection)
+            # Reaping goes through the ORM (it is rare, and shared with the reaper); its changes are
+            # flushed before the Core statements below read the same rows.
+            if connection.execute(sql.EXPIRED_LEASE, {"now": now}).first() is not None:
+                if self._reap_expired_leases(now):
+                    self._complete_finished_sweeps(now)
+                self._session.flush()
+            trial = (self._held_by(connection, request.worker_id, now)
+                     or self._next_pending_trial(connection, request.worker_id, now)
+                     or self._generate_next_trial(connection, request.worker_id, now))
+            return None if trial is None else self._claimed(connection, trial)
 
     def heartbeat(self, trial_id: int, request: HeartbeatRequest) -> Directive:
         """Extend the worker's lease on its trial; the answer says "cancel" once its sweep has ended."""
         with self._session.begin():
-            trial = self._held_trial(trial_id, request.worker_id)
+            connection = self._session.connection()
+            held = self._lease_holder(connection, trial_id, request.worker_id)
             now = self._clock()
-            self._seen(request.worker_id, now)
-            trial.lease_expires_at = now + self._policy.lease
-            return self._directive(trial)
+            self._seen(request.worker_id, now, connection=connection)
+            self._update_trial(connection, trial_id, lease_expires_at=now + self._policy.lease)
+            return _directive(held.sweep_status)
 
     def report_metrics(self, trial_id: int, report: MetricsReport) -> Directive:
         """Store one epoch's metrics and extend the lease.
@@ -263,41 +308,45 @@ class Repository:
         and a repeated epoch replaces the earlier report.
         """
         with self._session.begin():
-            trial = self._held_trial(trial_id, report.worker_id)
+            connection = self._session.connection()
+            held = self._lease_holder(connection, trial_id, report.worker_id)
             now = self._clock()
-            self._seen(report.worker_id, now)
-            metrics = _finite(report.metrics)
-            row = self._session.scalars(select(TrialEpochRow).where(
-                TrialEpochRow.trial_id == trial_id, TrialEpochRow.epoch == report.epoch)).first()
-            if row is None:
-                self._session.add(TrialEpochRow(trial_id=trial_id, epoch=report.epoch, metrics=metrics,
-                                                reported_at=now))
+            self._seen(report.worker_id, now, connection=connection)
+            values = {"metrics": _finite(report.metrics), "reported_at": now}
+            row_id = connection.execute(sql.EPOCH_ID, {"trial": trial_id, "epoch": report.epoch}).scalar()
+            if row_id is None:
+                connection.execute(sql.INSERT_EPOCH, {"trial_id": trial_id, "epoch": report.epoch, **values})
             else:
-                row.metrics = metrics
-                row.reported_at = now
-            trial.lease_expires_at = now + self._policy.lease
-            return self._directive(trial)
+                connection.execute(sql.UPDATE_EPOCH, {"row": row_id, **values})
+                self._loaded_copy_takes(TrialEpochRow, row_id, values)
+            self._update_trial(connection, trial_id, lease_expires_at=now + self._policy.lease)
+            return _directive(held.sweep_status)
 
-    def complete(self, trial_id: int, report: CompleteReport) -> TrialRow:
+    def complete(self, trial_id: int, report: CompleteReport) -> sql.TrialRecord:
         """Record the final metrics and release the lease: completed, or cancelled if its sweep has ended."""
         with self._session.begin():
-            trial = self._held_trial(trial_id, report.worker_id)
+            connection = self._session.connection()
+            held = self._lease_holder(connection, trial_id, report.worker_id)
             now = self._clock()
-            self._seen(report.worker_id, now)
-            sweep = self._sweep(trial.sweep_id, lock=True)
+            self._seen(report.worker_id, now, connection=connection)
             # Kept also for a cancelled trial: they are what it reached before it was stopped.
-            trial.metrics = _finite(report.metrics)
-            if sweep.status in _ENDED_EARLY:
-                self._cancel_trial(trial, now)
-                return trial
-            trial.state = TrialState.completed
+            metrics = _finite(report.metrics)
+            if held.sweep_status in _ENDED_EARLY:
+                changes: dict[str, Any] = {"state": TrialState.cancelled, "metrics": metrics, "lease_expires_at": None,
+                                           "finished_at": now}
+                self._update_trial(connection, trial_id, **changes)
+                return sql.trial_record(held, **changes)
             # An earlier attempt's failure no longer describes a trial that succeeded.
-            trial.error = trial.failure_kind = trial.traceback = None
-            trial.finished_at = now
-            trial.lease_expires_at = None
-            sweep.consecutive_failures = 0
-            self._complete_finished_sweeps(now, sweep_id=trial.sweep_id)
-            return trial
+            changes = {"state": TrialState.completed, "metrics": metrics, "error": None, "failure_kind": None,
+                       "traceback": None, "finished_at": now, "lease_expires_at": None}
+            self._update_trial(connection, trial_id, **changes)
+            if held.sweep_consecutive_failures:
+                self._update_sweep(connection, held.sweep_id, consecutive_failures=0)
+            if held.sweep_next_index >= held.sweep_total_trials:  # its last trials: it may be done now
+                if connection.execute(sql.FINISH_SWEEP, {"sweep": held.sweep_id, "now": now}).rowcount:
+                    self._loaded_copy_takes(SweepRow, held.sweep_id,
+                                            {"status": SweepStatus.completed, "finished_at": now})
+            return sql.trial_record(held, **changes)
 
     def fail(self, trial_id: int, report: FailReport) -> TrialRow:
         """Record a failure with its kind and traceback.
@@ -396,12 +445,17 @@ class Repository:
 
     # -- workers -----------------------------------------------------------------------------------
 
-    def list_workers(self, *, limit: int, offset: int) -> tuple[list[WorkerStatus], int]:
-        """A page of the workers ever seen, by id, each with its state now, and how many there are."""
+    def list_workers(self, *, limit: int, offset: int, state: WorkerState | None = None,
+                     ) -> tuple[list[WorkerStatus], int]:
+        """A page of the workers ever seen (in one state, if given), by id, each with its state now, and how
+        many there are."""
         with self._session.begin():
             now = self._clock()
-            count = self._session.scalar(select(func.count()).select_from(WorkerRow)) or 0
-            workers = list(self._session.scalars(select(WorkerRow).order_by(WorkerRow.id).limit(limit).offset(offset)))
+            matching = select(WorkerRow)
+            if state is not None:
+                matching = matching.where(worker_state_is(state, now - self._policy.lease))
+            count = self._session.scalar(select(func.count()).select_from(matching.subquery())) or 0
+            workers = list(self._session.scalars(matching.order_by(WorkerRow.id).limit(limit).offset(offset)))
             held: dict[str, int] = {}
             for worker_id, trial_id in self._session.execute(
                     select(TrialRow.worker_id, TrialRow.id)
@@ -414,16 +468,53 @@ class Repository:
     # -- helpers (inside a transaction) ------------------------------------------------------------
 
     def _summary(self, sweep: SweepRow) -> SweepSummary:
-        return SweepSummary(sweep, self._trial_counts([sweep.id])[sweep.id], self._best_trial(sweep),
-                            self._space_size(sweep))
+        return self._summaries([sweep])[0]
+
+    def _summaries(self, sweeps: list[SweepRow]) -> list[SweepSummary]:
+        """Summaries of many sweeps in two statements (plus one per distinct objective), none per sweep."""
+        stats = trial_stats(self._session, (sweep.id for sweep in sweeps))
+        best = best_trials(self._session, sweeps)
+        return [SweepSummary(sweep, stats[sweep.id].counts, best.get(sweep.id), self._space_size(sweep),
+                             stats[sweep.id].started_at) for sweep in sweeps]
 
     def _space_size(self, sweep: SweepRow) -> int | None:
         # Derived from the spec, never stored: the plan cache parses each sweep's spec once per process.
-        return self._plans.get(sweep).strategy.size
+        try:
+            return self._plans.get(sweep).strategy.size
+        except SweeperError:
+            # The spec no longer parses as a whole (its model's plugin is gone): reads must still answer.
+            return stored_space_size(sweep.spec)
 
-    def _claimed(self, trial: TrialRow) -> Claimed:
-        sweep = self._sweep(trial.sweep_id)
-        return Claimed(trial, sweep, self._plans.get(sweep))
+    def _update_trial(self, connection: Connection, trial_id: int, **values: Any) -> None:
+        connection.execute(sql.UPDATE_TRIAL, {"trial": trial_id, **values})
+        self._loaded_copy_takes(TrialRow, trial_id, values)
+
+    def _update_sweep(self, connection: Connection, sweep_id: int, **values: Any) -> None:
+        connection.execute(sql.UPDATE_SWEEP, {"sweep": sweep_id, **values})
+        self._loaded_copy_takes(SweepRow, sweep_id, values)
+
+    def _loaded_copy_takes(self, row_class: type[Base], key: Any, values: Mapping[str, Any]) -> None:
+        """A row this session loaded earlier takes the values a Core statement just wrote to the database.
+
+        Core statements bypass the session's identity map: without this, a Repository used for several
+        calls (a script, a test) would be handed its stale copy by the ORM reads of a later call.
+        """
+        if not self._session.identity_map:  # the usual case: one Repository per request
+            return
+        loaded = self._session.identity_map.get(identity_key(row_class, key))
+        if loaded is not None:
+            for name, value in values.items():
+                set_committed_value(loaded, name, value)
+
+    def _claimed(self, connection: Connection, trial: sql.TrialRecord) -> Claimed:
+        plan = self._plan(connection, trial.sweep_id)
+        row = connection.execute(sql.SWEEP_WITHOUT_SPEC, {"sweep": trial.sweep_id}).one()
+        return Claimed(trial, sql.SweepRecord(**row._mapping, spec=plan.stored_spec), plan)
+
+    def _plan(self, connection: Connection, sweep_id: int) -> SweepPlan:
+        """The sweep's plan, from the cache; its spec is read from the database on a miss only."""
+        return self._plans.lookup(
+            sweep_id, lambda: connection.execute(sql.SWEEP_SPEC, {"sweep": sweep_id}).scalar_one())
 
     def _sweep(self, sweep_id: int, *, lock: bool = False) -> SweepRow:
         """The sweep; `lock` when its status or counters are about to change (FOR UPDATE beyond SQLite)."""
@@ -440,35 +531,40 @@ class Repository:
             raise TrialNotFoundError(trial_id)
         return trial
 
-    def _seen(self, worker_id: str, now: datetime, claim: ClaimRequest | None = None) -> None:
-        """Record that the worker called now; a claim also says where it runs."""
-        worker = self._session.get(WorkerRow, worker_id)
-        if worker is None:
-            worker = WorkerRow(id=worker_id, first_seen_at=now)
-            self._session.add(worker)
-        worker.last_seen_at = now
+    def _seen(self, worker_id: str, now: datetime, claim: ClaimRequest | None = None,
+              connection: Connection | None = None) -> None:
+        """Record that the worker called now; a claim also says where it runs.
+
+        One UPDATE for a worker seen before (every call but its first), an INSERT for a new one.
+        """
+        values: dict[str, Any] = {"last_seen_at": now}
         if claim is not None:
-            worker.host, worker.gpu = claim.host, claim.gpu
+            values.update(host=claim.host, gpu=claim.gpu)
+        connection = connection or self._session.connection()
+        if connection.execute(sql.UPDATE_WORKER, {"worker": worker_id, **values}).rowcount == 0:
+            connection.execute(sql.INSERT_WORKER, {"id": worker_id, "first_seen_at": now, **values})
+        else:
+            self._loaded_copy_takes(WorkerRow, worker_id, values)
 
     def _worker_state(self, worker: WorkerRow, trial_id: int | None, now: datetime) -> WorkerState:
         if worker.last_seen_at + self._policy.lease < now:
             return WorkerState.lost
         return WorkerState.idle if trial_id is None else WorkerState.busy
 
-    def _held_by(self, worker_id: str, now: datetime) -> TrialRow | None:
+    def _held_by(self, connection: Connection, worker_id: str, now: datetime) -> sql.TrialRecord | None:
         """The running trial this worker already holds, its lease renewed, if its sweep goes on.
 
         A held trial whose sweep ended while its worker was away (restarting, say) is cancelled here:
         the worker must not start it again.
         """
-        for trial in self._session.scalars(
-                select(TrialRow).where(TrialRow.state == TrialState.running, TrialRow.worker_id == worker_id)
-                .order_by(TrialRow.id).with_for_update()).all():
-            if self._sweep(trial.sweep_id).status in _ENDED_EARLY:
-                self._cancel_trial(trial, now)
+        for row in connection.execute(sql.HELD_BY, {"worker": worker_id}).all():
+            if row.sweep_status in _ENDED_EARLY:
+                self._update_trial(connection, row.id, state=TrialState.cancelled, lease_expires_at=None,
+                                   finished_at=now)
                 continue
-            trial.lease_expires_at = now + self._policy.lease
-            return trial
+            lease = now + self._policy.lease
+            self._update_trial(connection, row.id, lease_expires_at=lease)
+            return sql.trial_record(row, lease_expires_at=lease)
         return None
 
     def _held_trial(self, trial_id: int, worker_id: str) -> TrialRow:
@@ -477,17 +573,18 @@ class Repository:
         A lease past its expiry still counts until it is reaped: no one else has the trial yet.
         """
         trial = self._trial(trial_id, lock=True)
-        if trial.state != TrialState.running:
-            raise LeaseConflictError(f"trial {trial_id} is {trial.state.value}, not running: worker {worker_id!r} "
-                                     f"holds no lease on it")
-        if trial.worker_id != worker_id:
-            raise LeaseConflictError(f"trial {trial_id} is leased to worker {trial.worker_id!r}, not to {worker_id!r}")
+        _require_lease(trial_id, trial.state, trial.worker_id, worker_id)
         return trial
 
-    def _directive(self, trial: TrialRow) -> Directive:
-        # A paused sweep's running trials finish normally; an ended sweep's stop now.
-        sweep = self._sweep(trial.sweep_id)
-        return Directive(action="cancel" if sweep.status in _ENDED_EARLY else "continue")
+    @staticmethod
+    def _lease_holder(connection: Connection, trial_id: int, worker_id: str) -> Row[Any]:
+        """Like _held_trial, as one Core row: the trial's columns and its sweep's (sql.LEASE_HOLDER), locked."""
+        row = connection.execute(sql.LEASE_HOLDER, {"trial": trial_id}).first() \
+            if _is_row_id(trial_id) else None
+        if row is None:
+            raise TrialNotFoundError(trial_id)
+        _require_lease(trial_id, row.state, row.worker_id, worker_id)
+        return row
 
     def _end_attempt(self, trial: TrialRow, sweep: SweepRow, now: datetime, *, retry: bool) -> None:
         """End an attempt that did not succeed: back to pending while attempts remain, else failed.
@@ -543,37 +640,45 @@ class Repository:
             self._end_attempt(trial, sweep, now, retry=True)
         return len(expired)
 
-    def _next_pending_trial(self) -> TrialRow | None:
-        return self._session.scalars(
-            select(TrialRow).join(SweepRow, SweepRow.id == TrialRow.sweep_id)
-            .where(TrialRow.state == TrialState.pending, SweepRow.status == SweepStatus.running)
-            .order_by(TrialRow.id).limit(1).with_for_update(of=TrialRow, skip_locked=True)).first()
+    def _next_pending_trial(self, connection: Connection, worker_id: str, now: datetime) -> sql.TrialRecord | None:
+        """The oldest pending trial of a running sweep, now running for the worker (one more attempt)."""
+        row = connection.execute(sql.NEXT_PENDING).first()
+        if row is None:
+            return None
+        started = {"state": TrialState.running, "worker_id": worker_id, "attempts": row.attempts + 1,
+                   "started_at": now, "lease_expires_at": now + self._policy.lease}
+        if connection.execute(sql.START_PENDING, {"trial": row.id, **started}).rowcount != 1:
+            # Cannot happen while each transaction is the only writer (BEGIN IMMEDIATE) or holds its rows
+            # (FOR UPDATE); if it ever did, failing the claim is the safe answer.
+            raise RuntimeError(f"trial {row.id} stopped being pending while it was being claimed")
+        self._loaded_copy_takes(TrialRow, row.id, started)
+        return sql.trial_record(row, **started)
 
-    def _generate_next_trial(self, now: datetime) -> TrialRow | None:
-        """Create trial `next_index` of the oldest running sweep that has trials left to hand out.
+    def _generate_next_trial(self, connection: Connection, worker_id: str, now: datetime) -> sql.TrialRecord | None:
+        """Create trial `next_index` of the oldest running sweep with trials left, running for the worker.
 
         The strategy is a pure function of the index, so after a restart the sweep simply goes on
         with the stored next_index: no trial is skipped or repeated.
         """
-        candidates = select(SweepRow).where(
-            SweepRow.status == SweepStatus.running, SweepRow.next_index < SweepRow.total_trials,
-        ).order_by(SweepRow.id).limit(1).with_for_update()
-        while (sweep := self._session.scalars(candidates).first()) is not None:
+        while (sweep := connection.execute(sql.NEXT_SWEEP).first()) is not None:
             try:
-                plan = self._plans.get(sweep)
-                hparams = plan.strategy.config_at(sweep.next_index)
+                hparams = self._plan(connection, sweep.id).strategy.config_at(sweep.next_index)
             except (SweeperError, IndexError) as error:
                 # E.g. its model was unregistered since: the sweep cannot go on, the others can.
                 logger.error("sweep %d cannot generate trial %d, marking it failed: %s", sweep.id,
                              sweep.next_index, error)
-                sweep.status = SweepStatus.failed
-                sweep.finished_at = now
+                self._update_sweep(connection, sweep.id, status=SweepStatus.failed, finished_at=now)
                 continue
-            trial = TrialRow(sweep_id=sweep.id, index=sweep.next_index, state=TrialState.pending,
-                             hparams=hparams, metrics={}, attempts=0, created_at=now)
-            sweep.next_index += 1
-            self._session.add(trial)
-            return trial
+            if connection.execute(sql.ADVANCE_SWEEP, {"sweep": sweep.id, "index": sweep.next_index}).rowcount != 1:
+                raise RuntimeError(f"sweep {sweep.id}'s trial {sweep.next_index} was generated by another claim")
+            self._loaded_copy_takes(SweepRow, sweep.id, {"next_index": sweep.next_index + 1})
+            values: dict[str, Any] = {
+                "sweep_id": sweep.id, "index": sweep.next_index, "state": TrialState.running, "hparams": hparams,
+                "metrics": {}, "attempts": 1, "worker_id": worker_id, "lease_expires_at": now + self._policy.lease,
+                "error": None, "failure_kind": None, "traceback": None, "created_at": now, "started_at": now,
+                "finished_at": None}
+            [trial_id] = connection.execute(sql.INSERT_TRIAL, values).inserted_primary_key
+            return sql.TrialRecord(id=trial_id, **values)
         return None
 
     def _complete_finished_sweeps(self, now: datetime, sweep_id: int | None = None) -> None:
@@ -590,36 +695,18 @@ class Repository:
             sweep.status = SweepStatus.completed
             sweep.finished_at = now
 
-    def _trial_counts(self, sweep_ids: Iterable[int]) -> dict[int, dict[TrialState, int]]:
-        ids = list(sweep_ids)
-        counts = {sweep_id: dict.fromkeys(TrialState, 0) for sweep_id in ids}
-        if ids:
-            rows = self._session.execute(
-                select(TrialRow.sweep_id, TrialRow.state, func.count())
-                .where(TrialRow.sweep_id.in_(ids)).group_by(TrialRow.sweep_id, TrialRow.state))
-            for sweep_id, state, count in rows:
-                counts[sweep_id][TrialState(state)] = count
-        return counts
 
-    def _best_trial(self, sweep: SweepRow) -> TrialRow | None:
-        """The completed trial with the best objective; the earliest one wins a tie.
+def _require_lease(trial_id: int, state: TrialState, holder: str | None, worker_id: str) -> None:
+    if state != TrialState.running:
+        raise LeaseConflictError(f"trial {trial_id} is {state.value}, not running: worker {worker_id!r} "
+                                 f"holds no lease on it")
+    if holder != worker_id:
+        raise LeaseConflictError(f"trial {trial_id} is leased to worker {holder!r}, not to {worker_id!r}")
 
-        Chosen in Python rather than with JSON operators in SQL, whose path syntax differs between
-        databases and breaks on metric names with quotes.
-        """
-        # Read from the stored spec alone: a GET must not depend on the registries still naming its model.
-        objective = Objective.model_validate(sweep.spec["objective"])
-        best: tuple[int, float] | None = None
-        # Only ids and metrics: a sweep may have thousands of completed trials.
-        for trial_id, metrics in self._session.execute(
-                select(TrialRow.id, TrialRow.metrics)
-                .where(TrialRow.sweep_id == sweep.id, TrialRow.state == TrialState.completed).order_by(TrialRow.id)):
-            value = metrics.get(objective.metric)
-            if not isinstance(value, (int, float)) or not math.isfinite(value):
-                continue
-            if best is None or objective.better(value, best[1]):
-                best = trial_id, value
-        return None if best is None else self._session.get(TrialRow, best[0])
+
+def _directive(sweep_status: SweepStatus) -> Directive:
+    # A paused sweep's running trials finish normally; an ended sweep's stop now.
+    return Directive(action="cancel" if sweep_status in _ENDED_EARLY else "continue")
 
 
 def _require_status(sweep: SweepRow, allowed: tuple[SweepStatus, ...], done: str) -> None:

@@ -1,17 +1,15 @@
-"""What the REST API answers with (and the one request body it bounds beyond the wire messages)."""
+"""What the REST API answers with, its errors included, and the error responses every route documents."""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 
 from sweeper.messages import FailureKind, SweepStatus, TrialState
 
-from api.repository import SweepSummary, TrialHistory, WorkerState, WorkerStatus
-
-"""The largest epoch a database integer column holds on every backend."""
+from api.repository import ObjectiveSeries, SweepSummary, TrialHistory, WorkerState, WorkerStatus
 
 
 class TrialPublic(BaseModel):
@@ -45,10 +43,13 @@ class TrialsPublic(BaseModel):
 
 
 class EpochMetrics(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
+    model_config = ConfigDict(from_attributes=True, json_schema_extra={
+        "examples": [{"epoch": 3, "metrics": {"loss": 0.41, "val_loss": 0.45, "val_accuracy": 0.87,
+                                              "learning_rate": 0.001}}]})
 
     epoch: int
     metrics: dict[str, float | None]
+    """What the trial logged that epoch, the learning rate it trained with included."""
 
 
 class TrialDetail(TrialPublic):
@@ -73,6 +74,8 @@ class SweepPublic(BaseModel):
     """Distinct configurations in the search space (for grid search, the grid's size); null when intervals
     are sampled and the space is endless."""
     created_at: datetime
+    started_at: datetime | None
+    """When its first trial started; null before any did."""
     finished_at: datetime | None
     reason: str | None
     """Why the sweep ended early (failed or cancelled); null otherwise."""
@@ -87,7 +90,8 @@ class SweepPublic(BaseModel):
         best = summary.best_trial
         return cls(id=sweep.id, name=sweep.name, status=sweep.status, spec=sweep.spec,
                    total_trials=sweep.total_trials, space_size=summary.space_size, created_at=sweep.created_at,
-                   finished_at=sweep.finished_at, reason=sweep.status_reason, trial_counts=summary.trial_counts,
+                   started_at=summary.started_at, finished_at=sweep.finished_at, reason=sweep.status_reason,
+                   trial_counts=summary.trial_counts,
                    best_trial=None if best is None else TrialPublic.model_validate(best))
 
 
@@ -104,7 +108,28 @@ class SweepPlanPublic(BaseModel):
 class SweepsPublic(BaseModel):
     data: list[SweepPublic]
     count: int
-    """How many sweeps there are in all, not on this page."""
+    """How many sweeps there are in all (of the status asked for), not on this page."""
+
+
+class ObjectivePoint(BaseModel):
+    trial_id: int
+    index: int
+    value: float | None
+    """The trial's objective; null when it reported no finite value for it."""
+
+
+class ObjectivePublic(BaseModel):
+    """Every completed trial's objective value, in index order: what a chart of the sweep needs, and no more."""
+
+    metric: str
+    goal: Literal["maximize", "minimize"]
+    points: list[ObjectivePoint]
+
+    @classmethod
+    def from_series(cls, series: ObjectiveSeries) -> ObjectivePublic:
+        # One validation of plain data: for 10,000 points, far cheaper than a model per point.
+        return cls.model_validate({"metric": series.objective.metric, "goal": series.objective.goal, "points": [
+            {"trial_id": point.trial_id, "index": point.index, "value": point.value} for point in series.points]})
 
 
 class WorkerPublic(BaseModel):
@@ -136,3 +161,54 @@ class WorkersPublic(BaseModel):
 
 class Health(BaseModel):
     status: Literal["ok"] = "ok"
+
+
+class ErrorMessage(BaseModel):
+    """Every error but a validation error: one sentence naming what is wrong."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"detail": "sweep 7 not found"}]})
+
+    detail: str
+
+
+class ValidationProblem(BaseModel):
+    """One problem, FastAPI's shape: where (`loc`, rooted at body, query or path), the rule broken, its kind."""
+
+    model_config = ConfigDict(extra="allow")
+
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ValidationErrorMessage(BaseModel):
+    """422: every problem with the request, each with its field path."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"detail": [
+        {"loc": ["body", "hparams", "dropout"], "msg": "min (0.5) must be < max (0.1)", "type": "value_error"}]}]})
+
+    detail: list[ValidationProblem]
+
+
+ERRORS: dict[int, tuple[type[BaseModel], str]] = {
+    401: (ErrorMessage, "No valid token (only when the server is configured with tokens)."),
+    403: (ErrorMessage, "A worker token on an endpoint that needs the admin token."),
+    404: (ErrorMessage, "No such sweep or trial; the message names the id."),
+    409: (ErrorMessage, "The current state does not allow this; the message names it, and nothing changed."),
+    413: (ErrorMessage, "The request body is larger than the server accepts; the message names the limit."),
+    415: (ErrorMessage, "A body in a media type this endpoint does not read."),
+    422: (ValidationErrorMessage, "The request broke a rule: each problem with its field path."),
+    503: (ErrorMessage, "The database stayed busy; nothing changed, retry after the Retry-After seconds."),
+}
+
+
+def error_responses(*codes: int, **descriptions: str) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for these error codes, each with its schema; `e404="No sweep with this id."`
+    words one for a route."""
+    return {code: {"model": ERRORS[code][0], "description": descriptions.get(f"e{code}", ERRORS[code][1])}
+            for code in codes}
+
+
+COMMON_ERRORS = error_responses(422, 503)
+"""What any route with parameters may answer: a bad parameter, a busy database. 401 and 403 are added
+where auth applies, by api.openapi."""

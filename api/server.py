@@ -16,9 +16,13 @@ from api.settings import Settings
 STARTUP_TIMEOUT_SECONDS = 30.0
 
 
-def serve(settings: Settings) -> None:
-    """Serve until interrupted (Ctrl+C or SIGTERM); blocks. Logs each request."""
-    uvicorn.Server(_config(settings, embedded=False)).run()
+def serve(settings: Settings, *, access_log: bool = False) -> None:
+    """Serve until interrupted (Ctrl+C or SIGTERM); blocks. `access_log` logs a line per request.
+
+    Off by default: with a fleet claiming and reporting, the access log is most of the log and a
+    noticeable share of each request's CPU; warnings and errors are logged either way.
+    """
+    uvicorn.Server(_config(settings, embedded=False, access_log=access_log)).run()
 
 
 @dataclass
@@ -73,12 +77,14 @@ def _run(server: uvicorn.Server) -> None:
         pass  # uvicorn exits when it cannot start (port taken); start_in_thread raises for it
 
 
-def _config(settings: Settings, *, embedded: bool) -> uvicorn.Config:
+def _config(settings: Settings, *, embedded: bool, access_log: bool = False) -> uvicorn.Config:
     # The app is built here, not at import, so each server gets the engine its settings name.
+    # uvicorn's loop and HTTP parser are left on "auto": uvloop and httptools when they are installed
+    # (each takes a good share off a request's CPU), asyncio and h11 otherwise.
     if embedded:
         # Inside another program (`sweeper run` draws a progress bar): no access log, and leave the
         # host's logging configuration alone instead of replacing it with uvicorn's.
         return uvicorn.Config(create_app(settings), host=settings.host, port=settings.port, log_config=None,
                               log_level="warning", access_log=False, timeout_graceful_shutdown=5)
     return uvicorn.Config(create_app(settings), host=settings.host, port=settings.port, log_level="info",
-                          timeout_graceful_shutdown=5)
+                          access_log=access_log, timeout_graceful_shutdown=5)

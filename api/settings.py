@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_HEARTBEAT_SECONDS = 10.0
@@ -13,6 +15,11 @@ HEARTBEATS_PER_LEASE = 6
 """The default heartbeat's share of the lease."""
 MIN_HEARTBEATS_PER_LEASE = 2
 """The fewest heartbeats a lease must outlast."""
+MIN_TOKEN_CHARS = 16
+TOKEN_CHARACTERS = re.compile(r"[A-Za-z0-9._~+/=-]+")
+"""RFC 6750's bearer-token characters: what `secrets.token_urlsafe`, base64 and hex produce, and what
+travels unchanged in a header and a cookie."""
+MAKE_A_TOKEN = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
 
 
 class Settings(BaseSettings):
@@ -21,9 +28,11 @@ class Settings(BaseSettings):
     Built explicitly (`Settings(...)`) by the CLI and by tests; nothing creates one at import time.
     """
 
-    model_config = SettingsConfigDict(env_prefix="SWEEPER_", extra="forbid", frozen=True)
+    # hide_input_in_errors: a refused token must not be printed with the error that refuses it.
+    model_config = SettingsConfigDict(env_prefix="SWEEPER_", extra="forbid", frozen=True, hide_input_in_errors=True)
 
     host: str = "127.0.0.1"
+    """Any address but a loopback one needs admin_token: whoever reaches the server can run sweeps on its workers."""
     port: Annotated[int, Field(ge=0, le=65_535)] = 8000
     """0 picks a free port (read it back from the running server)."""
     database_url: Annotated[str, Field(min_length=1)] = "sqlite:///sweeper.db"
@@ -40,6 +49,15 @@ class Settings(BaseSettings):
     (or failed) even when no worker is claiming."""
     max_sweep_trials: Annotated[int, Field(ge=1, le=2**62)] = 1_000_000
     """The largest sweep accepted; a bigger grid is almost always a typo, and would never finish."""
+    max_body_bytes: Annotated[int, Field(ge=1024, le=2**31)] = 1_048_576
+    """The largest request body accepted (413 beyond it): a spec is a few kilobytes."""
+    admin_token: SecretStr | None = None
+    """The token for everything: sweeps, the web page, metrics, TensorBoard. None: auth is off (loopback only)."""
+    worker_token: SecretStr | None = None
+    """The token for the worker protocol only (claim a trial, report on it); needs admin_token."""
+    tensorboard_idle_seconds: Annotated[float, Field(gt=0, le=7 * 24 * 3600)] = 600.0
+    """A sweep's TensorBoard (started on demand by the web page) is stopped after this long without a request
+    through the server; the next request starts it again."""
 
     @property
     def heartbeat_interval(self) -> float:
@@ -72,3 +90,50 @@ class Settings(BaseSettings):
         except ArgumentError as error:
             raise ValueError(f"database_url must be a SQLAlchemy URL like sqlite:///sweeper.db: {error}") from None
         return url
+
+    @field_validator("admin_token", "worker_token")
+    @classmethod
+    def _guessable_token(cls, token: SecretStr | None) -> SecretStr | None:
+        # The token is never echoed: an error message ends up in logs and terminals.
+        if token is None:
+            return None
+        value = token.get_secret_value()
+        if len(value) < MIN_TOKEN_CHARS:
+            raise ValueError(f"must be at least {MIN_TOKEN_CHARS} characters, but got {len(value)}; make one with: "
+                             f"{MAKE_A_TOKEN}")
+        if not TOKEN_CHARACTERS.fullmatch(value):
+            raise ValueError(f"may hold only letters, digits and - . _ ~ + / = (so it travels unchanged in a header "
+                             f"and a cookie), but it holds other characters; make one with: {MAKE_A_TOKEN}")
+        return token
+
+    @model_validator(mode="after")
+    def _tokens_guard_what_they_must(self) -> Settings:
+        if self.worker_token is not None and self.admin_token is None:
+            raise ValueError("worker_token needs admin_token too: with a worker token alone, the server would "
+                             "answer only workers and nobody could create or read a sweep; set admin_token "
+                             "(--admin-token or SWEEPER_ADMIN_TOKEN)")
+        if (self.worker_token is not None and self.admin_token is not None
+                and self.worker_token.get_secret_value() == self.admin_token.get_secret_value()):
+            raise ValueError("admin_token and worker_token must differ: every worker machine holds the worker "
+                             "token, and must not get admin rights with it")
+        if self.admin_token is None and not is_loopback(self.host):
+            raise ValueError(f"host {self.host!r} is not a loopback address, and no admin_token is set: anyone who "
+                             f"can reach this machine could create sweeps that run on your workers and read every "
+                             f"result. Set a token (--admin-token or SWEEPER_ADMIN_TOKEN, and --worker-token or "
+                             f"SWEEPER_WORKER_TOKEN for the workers; make one with: {MAKE_A_TOKEN}), or bind "
+                             f"127.0.0.1")
+        return self
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding `host` keeps the server reachable from this machine only ('localhost' counts)."""
+    name = host.strip().removeprefix("[").removesuffix("]").lower()
+    if name == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        return False  # another host name: it may resolve to any interface
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback

@@ -81,8 +81,7 @@ def active_config(space: Mapping[str, SearchDomain], config: Mapping[str, Any]) 
 
 def holds(domain: SearchDomain, active: Mapping[str, Any]) -> bool:
     """True when every parent named in the domain's `when` is active with one of the listed values."""
-    return all(parent in active and any(type(v) is type(active[parent]) and v == active[parent] for v in values)
-               for parent, values in (domain.when or {}).items())
+    return all(parent in active and domain.when_allows(parent, active[parent]) for parent in (domain.when or {}))
 
 
 def parents(space: Mapping[str, SearchDomain]) -> list[str]:

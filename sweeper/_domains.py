@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from decimal import Decimal
+from functools import cached_property
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator, model_validator
@@ -15,6 +16,15 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainValidat
 # TensorBoard stores every number as a double and JSON carries no NaN or infinity, so numbers must be
 # finite and integers within a double's exact range. Strings and bools are taken as they are.
 _EXACT = 2**53
+
+MAX_HPARAMS = 256
+"""The most hparams a sweep may have (and so the most conditions one hparam may name): each is a column
+of TensorBoard's HParams table and an axis of its parallel-coordinates view."""
+MAX_DISCRETE_VALUES = 10_000
+"""The most values a discrete domain (or a condition) may list: a grid enumerates them, and TensorBoard's
+HParams dashboard draws each one."""
+MAX_TEXT_LENGTH = 1_000
+"""The longest string value an hparam may take: it is stored with every trial and shown in TensorBoard's table."""
 
 
 def _number(value: Any) -> int | float:
@@ -34,6 +44,8 @@ def _integer(value: Any) -> int:
 
 
 def _discrete_value(value: Any) -> bool | int | float | str:
+    if isinstance(value, str) and len(value) > MAX_TEXT_LENGTH:
+        raise ValueError(f"must be at most {MAX_TEXT_LENGTH} characters, but got {len(value)}")
     if isinstance(value, (bool, str)):
         return value
     if isinstance(value, (int, float)):
@@ -47,6 +59,11 @@ DiscreteValue = Annotated[bool | int | float | str,
                           PlainValidator(_discrete_value, json_schema_input_type=bool | int | float | str)]
 
 
+def value_key(value: Any) -> tuple[type, Any]:
+    """What makes two hparam values the same value: equal and of one type (1, 1.0 and True are three values)."""
+    return type(value), value
+
+
 def _kind(value: DiscreteValue) -> str:
     # bool is a subclass of int in Python, so it must be tested first.
     if isinstance(value, bool):
@@ -56,7 +73,19 @@ def _kind(value: DiscreteValue) -> str:
     return "string"
 
 
-Condition = dict[str, Annotated[list[DiscreteValue], Field(min_length=1)]]
+def _at_most(limit: int, what: str) -> Any:
+    """A before-validator refusing a list longer than `limit`, checked before any item is validated."""
+
+    def check(items: Any) -> Any:
+        if isinstance(items, (list, dict)) and len(items) > limit:
+            raise ValueError(f"at most {limit} {what}, but got {len(items)}")
+        return items
+
+    return BeforeValidator(check)
+
+
+Condition = dict[str, Annotated[list[DiscreteValue], Field(min_length=1),
+                                _at_most(MAX_DISCRETE_VALUES, "values")]]
 """`when`: the hparam exists only in trials where each named hparam takes one of the listed values."""
 
 
@@ -70,7 +99,7 @@ def _listed(when: Any) -> Any:
 class _Domain(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    when: Annotated[Condition | None, BeforeValidator(_listed)] = None
+    when: Annotated[Condition | None, BeforeValidator(_listed), _at_most(MAX_HPARAMS, "conditions")] = None
 
     @property
     def size(self) -> int | None:
@@ -90,12 +119,22 @@ class _Domain(BaseModel):
     def contains(self, value: Any) -> bool:
         raise NotImplementedError
 
+    def when_allows(self, parent: str, value: Any) -> bool:
+        """True when `when` names `parent` and lists `value` for it."""
+        keys = self._when_keys.get(parent)
+        return keys is not None and value_key(value) in keys
+
+    @cached_property
+    def _when_keys(self) -> dict[str, frozenset[tuple[type, Any]]]:
+        # Sets, built once: with thousands of listed values, a scan per lookup made a grid's branches quadratic.
+        return {parent: frozenset(map(value_key, values)) for parent, values in (self.when or {}).items()}
+
 
 class Discrete(_Domain):
     """A finite list of numbers, strings or bools (one kind per domain, as TensorBoard requires)."""
 
     type: Literal["discrete"] = "discrete"
-    values: list[DiscreteValue]
+    values: Annotated[list[DiscreteValue], _at_most(MAX_DISCRETE_VALUES, "values")]
 
     @model_validator(mode="after")
     def _check(self) -> Discrete:
@@ -125,7 +164,11 @@ class Discrete(_Domain):
         return list(self.values)
 
     def contains(self, value: Any) -> bool:
-        return any(type(v) is type(value) and v == value for v in self.values)
+        return value_key(value) in self._keys
+
+    @cached_property
+    def _keys(self) -> frozenset[tuple[type, Any]]:
+        return frozenset(map(value_key, self.values))
 
 
 class RealInterval(_Domain):

@@ -16,12 +16,20 @@ from pydantic import (BaseModel, ConfigDict, Field, PositiveInt, TypeAdapter, Va
 
 from sweeper import _registry
 from sweeper._conditions import check_conditions
-from sweeper._domains import DiscreteValue, Domain, Fixed, IntInterval, RealInterval, SearchDomain
+from sweeper._domains import (MAX_HPARAMS, DiscreteValue, Domain, Fixed, IntInterval, RealInterval, SearchDomain,
+                              _at_most)
 from sweeper._errors import SpecError
 from sweeper._schedule_params import check_schedule_hparams
 
-Name = Annotated[str, Field(min_length=1, max_length=200)]
-HParamName = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z_][A-Za-z0-9_.\-]*$")]
+MAX_NAME_LENGTH = 200
+"""The longest sweep name, model, dataset or metric name."""
+MAX_HPARAM_NAME_LENGTH = 100
+MAX_CLASS_WEIGHTS = 10_000
+"""The most classes `train.class_weight` may weigh."""
+
+Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME_LENGTH)]
+HParamName = Annotated[str, Field(min_length=1, max_length=MAX_HPARAM_NAME_LENGTH,
+                                  pattern=r"^[A-Za-z_][A-Za-z0-9_.\-]*$")]
 
 _domain_adapter: TypeAdapter[Any] = TypeAdapter(Domain)
 _fixed_adapter: TypeAdapter[Any] = TypeAdapter(DiscreteValue)
@@ -85,6 +93,14 @@ class TrainSettings(_Strict):
     jit_compile: bool = False
     """Compile the training step with XLA."""
 
+    @field_validator("class_weight", mode="before")
+    @classmethod
+    def _bounded_class_weight(cls, weights: Any) -> Any:
+        # Before validation, so the message is this one rule rather than one per branch of the union.
+        if isinstance(weights, dict) and len(weights) > MAX_CLASS_WEIGHTS:
+            raise ValueError(f"at most {MAX_CLASS_WEIGHTS} classes, but got {len(weights)}")
+        return weights
+
     @field_validator("metrics")
     @classmethod
     def _distinct_metrics(cls, metrics: list[str]) -> list[str]:
@@ -103,7 +119,7 @@ class SweepSpec(_Strict):
     model: Name
     dataset: Name
     objective: Objective
-    hparams: dict[HParamName, Any] = Field(min_length=1)
+    hparams: Annotated[dict[HParamName, Any], Field(min_length=1), _at_most(MAX_HPARAMS, "hparams")]
     search: SearchSettings = SearchSettings()
     train: TrainSettings = TrainSettings()
     max_attempts: int = Field(default=3, ge=1, le=100)
@@ -166,7 +182,8 @@ def parse_spec(data: Any, source: str | None = None) -> SweepSpec:
     problems: list[tuple[tuple[str | int, ...], str]] = []
     # Validate each hparam on its own first, to report its problems with a path like hparams.dropout.min.
     hparams = data.get("hparams")
-    if isinstance(hparams, dict):
+    # Past the limit, the model reports the count alone: validating each of a million hparams would take long.
+    if isinstance(hparams, dict) and len(hparams) <= MAX_HPARAMS:
         for name, raw in hparams.items():
             if not isinstance(raw, dict):
                 try:
@@ -221,15 +238,25 @@ def load_spec(path: str | Path) -> SweepSpec:
         text = path.read_text()
     except OSError as error:
         raise SpecError([((), f"cannot read spec file: {error.strerror}")], str(path)) from None
+    data = read_spec_text(text, syntax="json" if path.suffix == ".json" else "yaml", source=str(path))
+    return parse_spec(data, source=str(path))
+
+
+def read_spec_text(text: str, *, syntax: Literal["yaml", "json"] = "yaml", source: str | None = None) -> Any:
+    """A spec document's text parsed into plain data (not yet validated); a syntax error names its line.
+
+    Shared by spec files and the REST API's YAML bodies, so both report a typo the same way.
+    """
     try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        return json.loads(text) if syntax == "json" else yaml.safe_load(text)
+    except RecursionError:
+        raise SpecError([((), "the document nests too deeply to be a sweep spec")], source) from None
     except json.JSONDecodeError as error:
-        raise SpecError([((), f"line {error.lineno}: invalid JSON: {error.msg}")], str(path)) from None
+        raise SpecError([((), f"line {error.lineno}: invalid JSON: {error.msg}")], source) from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark is not None else ""
-        raise SpecError([((), f"{where}invalid YAML: {getattr(error, 'problem', None) or error}")], str(path)) from None
-    return parse_spec(data, source=str(path))
+        raise SpecError([((), f"{where}invalid YAML: {getattr(error, 'problem', None) or error}")], source) from None
 
 
 def _inner_loc(loc: tuple[Any, ...], raw: Any) -> tuple[Any, ...]:

@@ -26,6 +26,10 @@ console = Console()
 errors = Console(stderr=True)
 
 Server = Annotated[str, typer.Option(envvar="SWEEPER_SERVER", help="URL of the sweeper server.")]
+Token = Annotated[Optional[str], typer.Option(
+    envvar="SWEEPER_TOKEN", show_default=False,
+    help="The server's token: the admin token (the worker token for `sweeper worker`). Prefer the environment "
+         "variable: a flag shows in `ps`.")]
 Logdir = Annotated[str, typer.Option(envvar="SWEEPER_LOGDIR", help="Folder of the TensorBoard logs.")]
 DatabaseUrl = Annotated[str, typer.Option(envvar="SWEEPER_DATABASE_URL", help="SQLAlchemy database URL.")]
 Gpus = Annotated[str, typer.Option(help="GPUs to use: all, none, or indices like 0,2.")]
@@ -74,6 +78,13 @@ def serve(
     heartbeat_seconds: Annotated[Optional[float], typer.Option(
         envvar="SWEEPER_HEARTBEAT_SECONDS", help="Seconds between a worker's heartbeats (default: lease / 6, at "
                                                  "most 10); the lease must last at least 2.")] = None,
+    admin_token: Annotated[Optional[str], typer.Option(
+        envvar="SWEEPER_ADMIN_TOKEN", show_default=False,
+        help="Token for everything (sweeps, web page); required to bind a non-loopback --host. At least 16 "
+             "characters; prefer the environment variable, a flag shows in `ps`.")] = None,
+    worker_token: Annotated[Optional[str], typer.Option(
+        envvar="SWEEPER_WORKER_TOKEN", show_default=False,
+        help="Token that can only claim trials and report on them, for the workers.")] = None,
 ) -> None:
     """Start the API server."""
     # The server only validates names; the plugins' code runs on the workers.
@@ -84,13 +95,50 @@ def serve(
     from api.settings import Settings
 
     # Left out when not given, so the settings' own defaults (the heartbeat follows the lease) apply.
-    leases = {name: value for name, value in (("lease_seconds", lease_seconds),
-                                              ("heartbeat_seconds", heartbeat_seconds)) if value is not None}
+    given = {name: value for name, value in (("lease_seconds", lease_seconds), ("heartbeat_seconds", heartbeat_seconds),
+                                             ("admin_token", admin_token), ("worker_token", worker_token))
+             if value is not None}
     try:
-        settings = Settings(host=host, port=port, database_url=database_url, logdir=logdir, **leases)
+        # A non-loopback host without an admin token is refused here, with the reason and the fix.
+        settings = Settings(host=host, port=port, database_url=database_url, logdir=logdir, **given)
     except ValidationError as error:
         raise _fail("; ".join(_setting_problem(problem) for problem in error.errors()), code=2) from None
     serve_api(settings)
+
+
+database = typer.Typer(help="The server's database: its schema migrations.", no_args_is_help=True)
+app.add_typer(database, name="db")
+
+
+@database.command("upgrade")
+def upgrade_database(
+    database_url: DatabaseUrl = "sqlite:///sweeper.db",
+    revision: Annotated[str, typer.Option(help="Revision to upgrade to.")] = "head",
+) -> None:
+    """Upgrade the database's schema to this version of sweeper, keeping every row (`serve` does it on start)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from api.db import make_engine
+    from api.migrate import upgrade
+
+    engine = make_engine(database_url)
+    try:
+        before, after = upgrade(engine, revision)
+    except SQLAlchemyError as error:
+        raise _fail(f"{_shown_url(database_url)}: cannot upgrade: {error}", code=1) from None
+    finally:
+        engine.dispose()
+    if before == after:
+        console.print(f"{_shown_url(database_url)} is at revision {after}; nothing to do")
+    else:
+        console.print(f"upgraded {_shown_url(database_url)} from revision {before or 'none (empty)'} to {after}")
+
+
+def _shown_url(database_url: str) -> str:
+    # Never print a password that the URL carries.
+    from sqlalchemy.engine import make_url
+
+    return make_url(database_url).render_as_string(hide_password=True)
 
 
 def _setting_problem(problem: Any) -> str:
@@ -107,6 +155,7 @@ def worker(
     trials_per_gpu: TrialsPerGpu = 1,
     data_root: DataRoot = Path("data"),
     plugins: Plugins = None,
+    token: Token = None,
 ) -> None:
     """Start one worker process per GPU, or --trials-per-gpu sharing each (CPU workers when there is none)."""
     from workers.supervisor import run_workers
@@ -114,8 +163,8 @@ def worker(
     modules = _load_plugins(plugins)
     try:
         raise typer.Exit(run_workers(server=server, gpus=gpus, cpu_workers=cpu_workers, data_root=data_root,
-                                     plugins=modules, trials_per_gpu=trials_per_gpu))
-    except ValueError as error:
+                                     plugins=modules, trials_per_gpu=trials_per_gpu, token=token))
+    except (ValueError, SweeperError) as error:  # no such GPU; the server refuses the token
         raise _fail(str(error), code=2) from None
 
 
@@ -126,6 +175,7 @@ def submit(
     wait: Annotated[bool, typer.Option(help="Show progress until the sweep ends.")] = False,
     logdir: Logdir = "runs",
     plugins: Plugins = None,
+    token: Token = None,
 ) -> None:
     """Submit a sweep spec to the server."""
     # Only for the local check of the spec: a plugin module's names must be known here too.
@@ -133,7 +183,7 @@ def submit(
     spec = _load(file)
     from sweeper.client import Client
 
-    with Client(server) as client:
+    with Client(server, token=token) as client:
         try:
             sweep = client.create_sweep(spec.to_json())
         except SweeperError as error:
@@ -158,11 +208,12 @@ def check(file: Annotated[Path, typer.Argument(help="Sweep spec, YAML or JSON.")
 def status(
     sweep_id: Annotated[Optional[int], typer.Argument(help="A sweep id; all sweeps when left out.")] = None,
     server: Server = DEFAULT_SERVER,
+    token: Token = None,
 ) -> None:
     """Show all sweeps, or one sweep's trials."""
     from sweeper.client import Client
 
-    with Client(server) as client:
+    with Client(server, token=token) as client:
         try:
             if sweep_id is None:
                 console.print(_console.sweeps_table(client.list_sweeps(limit=100, offset=0)["data"]))
@@ -177,34 +228,34 @@ SweepId = Annotated[int, typer.Argument(help="The sweep's id.")]
 
 
 @app.command("pause")
-def pause_sweep(sweep_id: SweepId, server: Server = DEFAULT_SERVER) -> None:
+def pause_sweep(sweep_id: SweepId, server: Server = DEFAULT_SERVER, token: Token = None) -> None:
     """Stop handing out a sweep's trials; its running trials finish normally."""
-    sweep = _control_sweep(server, lambda client: client.pause_sweep(sweep_id))
+    sweep = _control_sweep(server, token, lambda client: client.pause_sweep(sweep_id))
     running = sweep["trial_counts"]["running"]
     console.print(f"Sweep {sweep['id']} {sweep['name']}: {sweep['status']}"
                   + (f"; {running} running trial(s) will finish" if running else ""))
 
 
 @app.command("resume")
-def resume_sweep(sweep_id: SweepId, server: Server = DEFAULT_SERVER) -> None:
+def resume_sweep(sweep_id: SweepId, server: Server = DEFAULT_SERVER, token: Token = None) -> None:
     """Hand out a paused sweep's trials again."""
-    sweep = _control_sweep(server, lambda client: client.resume_sweep(sweep_id))
+    sweep = _control_sweep(server, token, lambda client: client.resume_sweep(sweep_id))
     console.print(f"Sweep {sweep['id']} {sweep['name']}: {sweep['status']}")
 
 
 @app.command("cancel")
-def cancel_sweep(sweep_id: SweepId, server: Server = DEFAULT_SERVER) -> None:
+def cancel_sweep(sweep_id: SweepId, server: Server = DEFAULT_SERVER, token: Token = None) -> None:
     """End a sweep: pending trials are cancelled, running ones stop at their next heartbeat."""
-    sweep = _control_sweep(server, lambda client: client.cancel_sweep(sweep_id))
+    sweep = _control_sweep(server, token, lambda client: client.cancel_sweep(sweep_id))
     running = sweep["trial_counts"]["running"]
     console.print(f"Sweep {sweep['id']} {sweep['name']}: {sweep['status']}"
                   + (f"; {running} running trial(s) stop at their next heartbeat" if running else ""))
 
 
-def _control_sweep(server: str, call: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
+def _control_sweep(server: str, token: str | None, call: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
     from sweeper.client import Client
 
-    with Client(server) as client:
+    with Client(server, token=token) as client:
         try:
             return call(client)
         except SweeperError as error:
@@ -212,11 +263,11 @@ def _control_sweep(server: str, call: Callable[[Any], dict[str, Any]]) -> dict[s
 
 
 @app.command("workers")
-def list_workers(server: Server = DEFAULT_SERVER) -> None:
+def list_workers(server: Server = DEFAULT_SERVER, token: Token = None) -> None:
     """Show every worker the server has seen: host, GPU, state (idle, busy, lost) and trial."""
     from sweeper.client import Client
 
-    with Client(server) as client:
+    with Client(server, token=token) as client:
         try:
             console.print(_console.workers_table(client.list_workers()["data"]))
         except SweeperError as error:
@@ -249,7 +300,9 @@ def run(
             memory_share_mb(gpu, trials_per_gpu)  # too small to share: say so before starting anything
     except ValueError as error:
         raise _fail(str(error), code=2) from None
-    server = start_in_thread(Settings(host="127.0.0.1", port=0, database_url=database_url, logdir=logdir))
+    # On loopback and for this command alone: no tokens, even when SWEEPER_ADMIN_TOKEN is set for `serve`.
+    server = start_in_thread(Settings(host="127.0.0.1", port=0, database_url=database_url, logdir=logdir,
+                                      admin_token=None, worker_token=None))
     worker_log = Path(logdir) / "workers.log"
     # The workers write to a file: the terminal belongs to the progress bar.
     supervisor = Supervisor(server.url, gpus=chosen, cpu_workers=cpu_workers, output=worker_log,

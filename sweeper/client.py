@@ -20,8 +20,8 @@ from sweeper._errors import SweeperError
 from sweeper.messages import (Assignment, ClaimRequest, CompleteReport, Directive, FailReport, HeartbeatRequest,
                               MetricsReport, ReleaseReport)
 
-__all__ = ["ApiError", "Client", "ConflictError", "LeaseLostError", "NotFoundError", "ServerUnavailableError",
-           "SweepStateError"]
+__all__ = ["ApiError", "AuthError", "Client", "ConflictError", "LeaseLostError", "NotFoundError",
+           "ServerUnavailableError", "SweepStateError"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +39,13 @@ class ApiError(SweeperError):
         super().__init__(message)
         self.status_code = status_code
         self.messages = messages if messages is not None else [message]
+
+
+class AuthError(ApiError):
+    """401 or 403: no token, a wrong one, or the worker token on a call that needs the admin token.
+
+    Never retried: the same token gets the same answer.
+    """
 
 
 class NotFoundError(ApiError):
@@ -68,7 +75,9 @@ class Client:
     """
 
     def __init__(self, base_url: str, timeout: float = 30.0, retries: int = 8, backoff: float = 0.5,
-                 max_backoff: float = 10.0, transport: httpx.BaseTransport | None = None):
+                 max_backoff: float = 10.0, transport: httpx.BaseTransport | None = None, token: str | None = None):
+        """`token`: the server's admin token, or its worker token for the worker calls; None when the
+        server has none (sent as `Authorization: Bearer`, never logged or shown in repr)."""
         if retries < 0:
             raise ValueError(f"`retries >= 0` must hold, but got {retries=}")
         if backoff < 0 or max_backoff < 0:
@@ -77,8 +86,10 @@ class Client:
         self.retries = retries
         self.backoff = backoff
         self.max_backoff = max_backoff
-        self._http = httpx.Client(base_url=self.base_url, timeout=timeout, transport=transport,
-                                  headers={"User-Agent": "sweeper-client"})
+        headers = {"User-Agent": "sweeper-client"}
+        if token and token.strip():
+            headers["Authorization"] = f"Bearer {token.strip()}"
+        self._http = httpx.Client(base_url=self.base_url, timeout=timeout, transport=transport, headers=headers)
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -99,20 +110,43 @@ class Client:
     def health(self) -> dict[str, Any]:
         return self._request("GET", "/healthz", prefix="").json()
 
+    def session(self) -> dict[str, Any]:
+        """{"role": "admin" | "worker" | "open"}: what this client's token may do; AuthError when it is not valid."""
+        return self._request("GET", "/session").json()
+
     def create_sweep(self, spec: Mapping[str, Any]) -> dict[str, Any]:
         # Not idempotent: a retry after the server received the request could create the sweep twice,
         # so only failures to connect (the request never left) are retried.
         return self._request("POST", "/sweeps", json=dict(spec), retry="connect").json()
 
-    def list_sweeps(self, limit: int = 100, offset: int = 0) -> dict[str, Any]:
-        return self._request("GET", "/sweeps", params={"limit": limit, "offset": offset}).json()
+    def list_sweeps(self, limit: int = 100, offset: int = 0, state: str | None = None) -> dict[str, Any]:
+        """{"data": [...], "count": n}: a page of sweeps, newest first; `state` keeps one status ("running", ...)."""
+        return self._request("GET", "/sweeps", params=_present(limit=limit, offset=offset, state=state)).json()
 
     def get_sweep(self, sweep_id: int) -> dict[str, Any]:
         return self._request("GET", f"/sweeps/{sweep_id}").json()
 
-    def list_trials(self, sweep_id: int, limit: int | None = None, offset: int | None = None) -> dict[str, Any]:
-        params = {key: value for key, value in (("limit", limit), ("offset", offset)) if value is not None}
+    def list_trials(self, sweep_id: int, limit: int | None = None, offset: int | None = None,
+                    state: str | None = None, sort: str | None = None, order: str | None = None) -> dict[str, Any]:
+        """{"data": [...], "count": n}: a page of the sweep's trials. `sort` is "index" (the default), "objective"
+        (best first), "metrics.<name>" or "hparams.<name>"; `order` "asc" or "desc"; `state` keeps one state."""
+        params = _present(limit=limit, offset=offset, state=state, sort=sort, order=order)
         return self._request("GET", f"/sweeps/{sweep_id}/trials", params=params or None).json()
+
+    def best_trial(self, sweep_id: int) -> dict[str, Any] | None:
+        """The sweep's completed trial with the best objective, or None while none has completed.
+
+        NotFoundError when the sweep does not exist.
+        """
+        try:
+            return self._request("GET", f"/sweeps/{sweep_id}/best").json()
+        except NotFoundError:
+            self.get_sweep(sweep_id)  # raises NotFoundError itself for an unknown sweep
+            return None
+
+    def objective(self, sweep_id: int) -> dict[str, Any]:
+        """{"metric", "goal", "points": [{"trial_id", "index", "value"}]}: every completed trial's objective."""
+        return self._request("GET", f"/sweeps/{sweep_id}/objective").json()
 
     def get_trial(self, trial_id: int) -> dict[str, Any]:
         return self._request("GET", f"/trials/{trial_id}").json()
@@ -133,9 +167,11 @@ class Client:
         """End the sweep; its running trials stop at their next heartbeat. ApiError (409) once it has ended."""
         return self._request("POST", f"/sweeps/{sweep_id}/cancel", retry="connect", conflict=SweepStateError).json()
 
-    def list_workers(self, limit: int | None = None, offset: int | None = None) -> dict[str, Any]:
-        """Every worker the server has seen: {"data": [...], "count": n}, each with its state and trial."""
-        params = {key: value for key, value in (("limit", limit), ("offset", offset)) if value is not None}
+    def list_workers(self, limit: int | None = None, offset: int | None = None,
+                     state: str | None = None) -> dict[str, Any]:
+        """Every worker the server has seen: {"data": [...], "count": n}, each with its state and trial;
+        `state` keeps the "idle", "busy" or "lost" ones."""
+        params = _present(limit=limit, offset=offset, state=state)
         return self._request("GET", "/workers", params=params or None).json()
 
     # -- worker calls ------------------------------------------------------------------------------
@@ -215,6 +251,11 @@ class Client:
         return ceiling * random.uniform(0.5, 1.0)
 
 
+def _present(**params: Any) -> dict[str, Any]:
+    """Query parameters that were given (None means "the server's default")."""
+    return {name: value for name, value in params.items() if value is not None}
+
+
 def _retry_after(response: httpx.Response) -> float:
     # Seconds only: the server sends Retry-After with a 503 when its database is busy.
     try:
@@ -253,6 +294,11 @@ def _checked(response: httpx.Response, conflict: type[ConflictError] = LeaseLost
 def _error_for(response: httpx.Response, conflict: type[ConflictError] = LeaseLostError) -> ApiError:
     messages = _detail_messages(response)
     message = "; ".join(messages)
+    if response.status_code in (httpx.codes.UNAUTHORIZED, httpx.codes.FORBIDDEN):
+        which = "the admin token" if response.status_code == httpx.codes.FORBIDDEN else "a token of this server"
+        message = f"{message} ({response.request.method} {response.request.url}); pass {which} with --token or " \
+                  f"set SWEEPER_TOKEN"
+        return AuthError(message, status_code=response.status_code, messages=[message])
     kind: type[ApiError] = {404: NotFoundError, 409: conflict}.get(response.status_code, ApiError)
     if response.status_code >= 500:
         kind = ServerUnavailableError

@@ -43,6 +43,10 @@ class _Message(BaseModel):
 
 
 class ClaimRequest(_Message):
+    # An example for the OpenAPI docs.
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"worker_id": "gpu-box-1/0", "host": "gpu-box-1", "gpu": "0"}]})
+
     worker_id: WorkerId
     host: Annotated[str, Field(min_length=1, max_length=255)]
     gpu: Annotated[str, Field(max_length=64)] | None = None
@@ -72,16 +76,29 @@ class Assignment(_Message):
 
 
 class HeartbeatRequest(_Message):
+    # An example for the OpenAPI docs.
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"worker_id": "gpu-box-1/0"}]})
+
     worker_id: WorkerId
 
 
 class MetricsReport(_Message):
+    # An example for the OpenAPI docs.
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"worker_id": "gpu-box-1/0", "epoch": 3,
+         "metrics": {"loss": 0.41, "val_loss": 0.45, "val_accuracy": 0.87, "learning_rate": 0.001}}]})
+
     worker_id: WorkerId
     epoch: Annotated[int, Field(ge=0, le=1_000_000)]
     metrics: dict[str, float]
 
 
 class CompleteReport(_Message):
+    # An example for the OpenAPI docs.
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"worker_id": "gpu-box-1/0", "metrics": {"loss": 0.2, "val_loss": 0.31, "val_accuracy": 0.93}}]})
+
     worker_id: WorkerId
     metrics: dict[str, float]
 
@@ -100,6 +117,10 @@ class FailureKind(StrEnum):
 
 
 class FailReport(_Message):
+    # An example for the OpenAPI docs.
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"worker_id": "gpu-box-1/0", "error": "loss became NaN at epoch 3", "kind": "nan", "retryable": False}]})
+
     worker_id: WorkerId
     error: Annotated[str, Field(max_length=65_536)]
     """One line or a short paragraph: what went wrong, e.g. "loss became NaN at epoch 3"."""
@@ -110,6 +131,10 @@ class FailReport(_Message):
 
 class ReleaseReport(_Message):
     """A worker gives a trial back unfinished (it is shutting down): pending again, no attempt counted."""
+
+    # An example for the OpenAPI docs.
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"worker_id": "gpu-box-1/0", "reason": "SIGTERM: shutting down", "epochs_done": 4}]})
 
     worker_id: WorkerId
     reason: Annotated[str, Field(max_length=65_536)]

@@ -401,6 +401,9 @@ def _short(metrics: dict[str, float]) -> str:
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m workers.agent", description=__doc__.splitlines()[0])
     parser.add_argument("--server", required=True, help="base URL of the sweeper server, e.g. http://host:8000")
+    parser.add_argument("--token", default=None,
+                        help="the server's worker token (default: $SWEEPER_TOKEN, which is how the supervisor "
+                             "passes it: a command line shows in `ps`)")
     parser.add_argument("--worker-id", required=True, help="unique id of this worker, e.g. <host>-gpu0")
     parser.add_argument("--host", default=socket.gethostname(), help="host name reported to the server")
     parser.add_argument("--gpu", default=None, help="the GPU index this worker is pinned to (a label only)")
@@ -453,7 +456,8 @@ def main(argv: list[str] | None = None) -> int:
     except PluginError as error:
         logger.error("worker %s cannot start: %s", args.worker_id, error)
         return 1
-    with Client(args.server, retries=args.retries) as client:
+    token = args.token if args.token is not None else os.environ.get("SWEEPER_TOKEN")
+    with Client(args.server, retries=args.retries, token=token) as client:
         agent = Agent(client, args.worker_id, args.host, gpu=args.gpu, poll_interval=args.poll_interval,
                       heartbeat_interval=args.heartbeat_interval, idle_exit=args.idle_exit,
                       state_file=args.state_file, parent_pid=os.getppid() if args.exit_with_parent else None,

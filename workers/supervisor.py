@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from sweeper.client import ApiError, Client, LeaseLostError, NotFoundError
+from sweeper.client import ApiError, AuthError, Client, LeaseLostError, NotFoundError
 from sweeper.messages import FailReport, FailureKind, ReleaseReport
 from sweeper.training.checkpoints import TrialCheckpoint
 from sweeper.training.devices import MEMORY_LIMIT_VARIABLE
@@ -41,6 +41,7 @@ __all__ = ["ChildExit", "Supervisor", "run_workers"]
 logger = logging.getLogger(__name__)
 
 _POLL_SECONDS = 0.1
+TOKEN_VARIABLE = "SWEEPER_TOKEN"
 _FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
@@ -98,7 +99,7 @@ class Supervisor:
                  idle_exit: float | None = None, child_command: list[str] | None = None, max_restarts: int = 5,
                  restart_backoff: float = 1.0, max_backoff: float = 60.0, healthy_after: float = 300.0,
                  output: Path | None = None, data_root: Path | None = None, plugins: Sequence[str] = (),
-                 trials_per_gpu: int = 1):
+                 trials_per_gpu: int = 1, token: str | None = None):
         if not gpus and cpu_workers < 1:
             raise ValueError(f"with no GPUs, `cpu_workers >= 1` must hold, but got {cpu_workers=}")
         if max_restarts < 0:
@@ -124,6 +125,9 @@ class Supervisor:
         self.data_root = data_root.resolve() if data_root is not None else None
         # Plugin modules each child imports before its first trial (the operator's, from the command line).
         self.plugins = list(plugins)
+        # The server's worker token: given to each child in its environment, never on its command line,
+        # which any user of the machine can read with `ps`.
+        self._token = token
         self._reserved: list[ReservedId] = []
         self.slots = [self._gpu_slot(gpu, slot) for gpu in gpus for slot in range(trials_per_gpu)] if gpus else \
             [self._cpu_slot(k) for k in range(cpu_workers)]
@@ -261,6 +265,8 @@ class Supervisor:
         if self.plugins:
             command += ["--plugins", ",".join(self.plugins)]
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **slot.env}
+        if self._token is not None:
+            env[TOKEN_VARIABLE] = self._token
         # Its own process group: a terminal's Ctrl-C reaches only the supervisor, which forwards it once,
         # so one Ctrl-C means "finish the trial", not the "stop now" of a second signal.
         if self.output is not None:
@@ -362,7 +368,7 @@ class Supervisor:
         trial_id = record.trial_id
         # Few retries: this runs in the supervisor's watch loop, and the lease expires on its own anyway.
         try:
-            with Client(self.server_url, timeout=10.0, retries=2, backoff=0.5) as client:
+            with Client(self.server_url, timeout=10.0, retries=2, backoff=0.5, token=self._token) as client:
                 if self._stopping or record.returncode == EXIT_SERVER_UNREACHABLE:
                     reason = f"worker {slot.worker_id} on {self.host} stopped ({record.cause}) while running it"
                     release_or_fail(client, trial_id, ReleaseReport(worker_id=slot.worker_id, reason=reason))
@@ -390,19 +396,21 @@ class Supervisor:
 
 
 def run_workers(server: str, gpus: str = "all", cpu_workers: int = 1, idle_exit: float | None = None,
-                data_root: Path | None = None, plugins: Sequence[str] = (), trials_per_gpu: int = 1) -> int:
+                data_root: Path | None = None, plugins: Sequence[str] = (), trials_per_gpu: int = 1,
+                token: str | None = None) -> int:
     """Start `trials_per_gpu` workers per selected GPU (or `cpu_workers` CPU workers) against `server`;
     block until done.
 
     Raises GpuSelectionError (a ValueError) when `gpus` names a GPU this host does not have, or when a
-    GPU's memory is too small to share among `trials_per_gpu` workers.
+    GPU's memory is too small to share among `trials_per_gpu` workers; AuthError when the server
+    answers but refuses `token`.
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s [supervisor] %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     discovered = discover_gpus()
     selected = select_gpus(gpus, discovered)
     supervisor = Supervisor(server, selected, cpu_workers=cpu_workers, idle_exit=idle_exit, data_root=data_root,
-                            plugins=plugins, trials_per_gpu=trials_per_gpu)
+                            plugins=plugins, trials_per_gpu=trials_per_gpu, token=token)
     if selected:
         print(f"Starting {len(supervisor.slots)} GPU worker(s) for {server}:")
         for slot in supervisor.slots:
@@ -413,7 +421,11 @@ def run_workers(server: str, gpus: str = "all", cpu_workers: int = 1, idle_exit:
         print(f"Starting {cpu_workers} CPU worker(s) for {server} ({reason}):")
         for slot in supervisor.slots:
             print(f"  {slot.worker_id}")
-    _warn_if_unreachable(server)
+    try:
+        _check_server(server, token)
+    except AuthError:
+        supervisor.stop()  # frees the reserved worker ids; no child was started
+        raise
     sys.stdout.flush()
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = {sig: signal.getsignal(sig) for sig in _FORWARDED} if in_main_thread else {}
@@ -427,10 +439,14 @@ def run_workers(server: str, gpus: str = "all", cpu_workers: int = 1, idle_exit:
             signal.signal(sig, handler)
 
 
-def _warn_if_unreachable(server: str) -> None:
-    # Not fatal: in a compose file or a cluster the workers may well start before the server.
+def _check_server(server: str, token: str | None) -> None:
+    # Not fatal: in a compose file or a cluster the workers may well start before the server. A server
+    # that answers but refuses the token is: every child would be refused the same way.
     try:
-        with Client(server, timeout=5.0, retries=2, backoff=0.5) as client:
+        with Client(server, timeout=5.0, retries=2, backoff=0.5, token=token) as client:
             client.health()
+            client.session()
+    except AuthError:
+        raise
     except ApiError as error:
         print(f"Warning: the server is not answering yet ({error}); the workers will keep trying.")

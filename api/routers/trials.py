@@ -11,7 +11,9 @@ from fastapi import APIRouter, Response, status
 from sweeper.messages import (Assignment, ClaimRequest, CompleteReport, Directive, FailReport, HeartbeatRequest,
                               MetricsReport, ReleaseReport)
 
+from api.auth import AdminDep, WorkerDep
 from api.deps import ContextDep, RepositoryDep
+from api.metrics import MetricsDep
 from api.repository import Claimed
 from api.json_guard import StrictJSONRoute
 from api.schemas import TrialDetail, TrialPublic
@@ -26,47 +28,50 @@ _LEASE_RESPONSES: dict[int | str, dict[str, str]] = {
 }
 
 
-@router.post("/claim", response_model=Assignment,
+@router.post("/claim", response_model=Assignment, dependencies=[WorkerDep],
              responses={204: {"description": "No work right now; ask again later."}})
-def claim(request: ClaimRequest, repository: RepositoryDep, context: ContextDep) -> Assignment | Response:
+def claim(request: ClaimRequest, repository: RepositoryDep, context: ContextDep,
+          metrics: MetricsDep) -> Assignment | Response:
     """Hand the worker a trial: the one it already holds, a pending one, or the next one of a sweep."""
-    claimed = repository.claim(request)
+    with metrics.timing_claim() as record:
+        claimed = repository.claim(request)
+        record(claimed is not None)
     if claimed is None:
         return Response(status_code=status.HTTP_204_NO_CONTENT)
     return _assignment(claimed, context)
 
 
-@router.get("/{trial_id}", response_model=TrialDetail, responses={404: _LEASE_RESPONSES[404]})
+@router.get("/{trial_id}", response_model=TrialDetail, responses={404: _LEASE_RESPONSES[404]}, dependencies=[AdminDep])
 def get_trial(trial_id: int, repository: RepositoryDep) -> TrialDetail:
     """One trial with its per-epoch metric history."""
     return TrialDetail.from_history(repository.get_trial(trial_id))
 
 
-@router.post("/{trial_id}/heartbeat", response_model=Directive, responses=_LEASE_RESPONSES)
+@router.post("/{trial_id}/heartbeat", response_model=Directive, responses=_LEASE_RESPONSES, dependencies=[WorkerDep])
 def heartbeat(trial_id: int, request: HeartbeatRequest, repository: RepositoryDep) -> Directive:
     """Extend the lease; the answer says whether to go on ("continue") or stop now ("cancel")."""
     return repository.heartbeat(trial_id, request)
 
 
-@router.post("/{trial_id}/metrics", response_model=Directive, responses=_LEASE_RESPONSES)
+@router.post("/{trial_id}/metrics", response_model=Directive, responses=_LEASE_RESPONSES, dependencies=[WorkerDep])
 def report_metrics(trial_id: int, report: MetricsReport, repository: RepositoryDep) -> Directive:
     """One epoch's metrics (re-reporting an epoch replaces it); extends the lease, and answers like a heartbeat."""
     return repository.report_metrics(trial_id, report)
 
 
-@router.post("/{trial_id}/complete", response_model=TrialPublic, responses=_LEASE_RESPONSES)
+@router.post("/{trial_id}/complete", response_model=TrialPublic, responses=_LEASE_RESPONSES, dependencies=[WorkerDep])
 def complete(trial_id: int, report: CompleteReport, repository: RepositoryDep) -> TrialPublic:
     """The trial finished: record its final metrics (it ends cancelled if its sweep was cancelled or failed)."""
     return TrialPublic.model_validate(repository.complete(trial_id, report))
 
 
-@router.post("/{trial_id}/fail", response_model=TrialPublic, responses=_LEASE_RESPONSES)
+@router.post("/{trial_id}/fail", response_model=TrialPublic, responses=_LEASE_RESPONSES, dependencies=[WorkerDep])
 def fail(trial_id: int, report: FailReport, repository: RepositoryDep) -> TrialPublic:
     """The trial failed: a retryable failure or a crash with attempts left goes back to the queue."""
     return TrialPublic.model_validate(repository.fail(trial_id, report))
 
 
-@router.post("/{trial_id}/release", response_model=TrialPublic, responses=_LEASE_RESPONSES)
+@router.post("/{trial_id}/release", response_model=TrialPublic, responses=_LEASE_RESPONSES, dependencies=[WorkerDep])
 def release(trial_id: int, report: ReleaseReport, repository: RepositoryDep) -> TrialPublic:
     """The worker gives the trial back unfinished: pending again, its attempt not counted, its history kept."""
     return TrialPublic.model_validate(repository.release(trial_id, report))

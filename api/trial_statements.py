@@ -1,0 +1,151 @@
+"""The worker protocol's SQL (claim, heartbeat, metrics, complete), as Core statements built once.
+
+Claims are the server's hottest path, run by every worker between every two trials. Through the ORM a
+claim took a dozen statements, each compiled, autoflushed and turned into objects; these are plain
+Core statements on the request's connection, built once at import so SQLAlchemy reuses their cache
+keys and compiled SQL, with values passed as parameters. UPDATEs without a SET clause take theirs from
+the parameters' column names (`connection.execute(UPDATE_TRIAL, {"trial": 3, "state": ...})`).
+
+FOR UPDATE (SKIP LOCKED for pending trials) locks the rows read on databases that have it; SQLite
+renders none, its BEGIN IMMEDIATE already makes each transaction the only writer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Table, bindparam, exists, select
+from sqlalchemy.engine import Row
+
+from sweeper.messages import FailureKind, SweepStatus, TrialState
+
+from api.models import SweepRow, TrialEpochRow, TrialRow, WorkerRow
+
+TRIALS: Table = TrialRow.__table__  # type: ignore[assignment]
+SWEEPS: Table = SweepRow.__table__  # type: ignore[assignment]
+WORKERS: Table = WorkerRow.__table__  # type: ignore[assignment]
+EPOCHS: Table = TrialEpochRow.__table__  # type: ignore[assignment]
+
+_ACTIVE = (TrialState.pending, TrialState.running)
+_OPEN = (SweepStatus.running, SweepStatus.paused)
+_OF_TRIAL = SWEEPS.c.id == TRIALS.c.sweep_id
+
+# -- workers
+
+UPDATE_WORKER = WORKERS.update().where(WORKERS.c.id == bindparam("worker"))
+INSERT_WORKER = WORKERS.insert()
+
+# -- claiming
+
+EXPIRED_LEASE = (select(TRIALS.c.id)
+                 .where(TRIALS.c.state == TrialState.running, TRIALS.c.lease_expires_at < bindparam("now"))
+                 .limit(1))
+"""Whether any lease has expired: one index probe (ix_trials_state_lease), so reaping costs nothing when none has."""
+
+HELD_BY = (select(TRIALS, SWEEPS.c.status.label("sweep_status"))
+           .join(SWEEPS, _OF_TRIAL)
+           .where(TRIALS.c.state == TrialState.running, TRIALS.c.worker_id == bindparam("worker"))
+           .order_by(TRIALS.c.id).with_for_update(of=TRIALS))
+"""The running trials a worker holds, oldest first, with their sweeps' status (ix_trials_worker_state)."""
+
+NEXT_PENDING = (select(TRIALS)
+                .join(SWEEPS, _OF_TRIAL)
+                .where(TRIALS.c.state == TrialState.pending, SWEEPS.c.status == SweepStatus.running)
+                .order_by(TRIALS.c.id).limit(1).with_for_update(of=TRIALS, skip_locked=True))
+"""The oldest pending trial of a running sweep (ix_trials_state_sweep: finished trials are never read)."""
+
+START_PENDING = TRIALS.update().where(TRIALS.c.id == bindparam("trial"), TRIALS.c.state == TrialState.pending)
+"""Compare-and-set: a pending trial becomes running; it matches no row if another claim took it first."""
+
+NEXT_SWEEP = (select(SWEEPS.c.id, SWEEPS.c.next_index)
+              .where(SWEEPS.c.status == SweepStatus.running, SWEEPS.c.next_index < SWEEPS.c.total_trials)
+              .order_by(SWEEPS.c.id).limit(1).with_for_update())
+"""The oldest running sweep with trials left to generate."""
+
+ADVANCE_SWEEP = (SWEEPS.update()
+                 .where(SWEEPS.c.id == bindparam("sweep"), SWEEPS.c.next_index == bindparam("index"))
+                 .values(next_index=SWEEPS.c.next_index + 1))
+"""Compare-and-set on next_index: trial `index` is generated once; it matches no row if it already was."""
+
+INSERT_TRIAL = TRIALS.insert()
+
+SWEEP_SPEC = select(SWEEPS.c.spec).where(SWEEPS.c.id == bindparam("sweep"))
+
+SWEEP_WITHOUT_SPEC = select(*(column for column in SWEEPS.c if column.key != "spec")).where(
+    SWEEPS.c.id == bindparam("sweep"))
+"""A sweep's row but its spec, which the plan cache holds already parsed."""
+
+# -- reports on a held trial
+
+LEASE_HOLDER = (select(TRIALS, SWEEPS.c.status.label("sweep_status"),
+                       SWEEPS.c.next_index.label("sweep_next_index"),
+                       SWEEPS.c.total_trials.label("sweep_total_trials"),
+                       SWEEPS.c.consecutive_failures.label("sweep_consecutive_failures"))
+                .join(SWEEPS, _OF_TRIAL)
+                .where(TRIALS.c.id == bindparam("trial"))
+                .with_for_update(of=(TRIALS, SWEEPS)))
+"""A trial with what a report on it needs from its sweep, both locked: one statement, by primary key."""
+
+UPDATE_TRIAL = TRIALS.update().where(TRIALS.c.id == bindparam("trial"))
+UPDATE_SWEEP = SWEEPS.update().where(SWEEPS.c.id == bindparam("sweep"))
+
+FINISH_SWEEP = (SWEEPS.update()
+                .where(SWEEPS.c.id == bindparam("sweep"), SWEEPS.c.status.in_(_OPEN),
+                       SWEEPS.c.next_index >= SWEEPS.c.total_trials,
+                       ~exists().where(TRIALS.c.sweep_id == SWEEPS.c.id, TRIALS.c.state.in_(_ACTIVE)))
+                .values(status=SweepStatus.completed, finished_at=bindparam("now")))
+"""The sweep is completed if every trial was handed out and none is pending or running."""
+
+EPOCH_ID = select(EPOCHS.c.id).where(EPOCHS.c.trial_id == bindparam("trial"), EPOCHS.c.epoch == bindparam("epoch"))
+UPDATE_EPOCH = EPOCHS.update().where(EPOCHS.c.id == bindparam("row"))
+INSERT_EPOCH = EPOCHS.insert()
+
+
+@dataclass(frozen=True, slots=True)
+class TrialRecord:
+    """A trial as a Core statement read or wrote it: TrialRow's columns without the ORM's bookkeeping.
+
+    What the worker protocol returns; building a TrialRow object costs more than a claim's statements.
+    """
+
+    id: int
+    sweep_id: int
+    index: int
+    state: TrialState
+    hparams: dict[str, Any]
+    metrics: dict[str, Any]
+    attempts: int
+    worker_id: str | None
+    lease_expires_at: datetime | None
+    error: str | None
+    failure_kind: FailureKind | None
+    traceback: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class SweepRecord:
+    """A sweep's row as a Core statement read it (SweepRow's columns), its spec the one already parsed."""
+
+    id: int
+    name: str
+    status: SweepStatus
+    spec: dict[str, Any]
+    total_trials: int
+    next_index: int
+    created_at: datetime
+    finished_at: datetime | None
+    status_reason: str | None
+    consecutive_failures: int
+
+
+def trial_record(row: Row[Any], **changes: Any) -> TrialRecord:
+    """The trial in a row selected with all of TRIALS' columns, with `changes` (just written) applied."""
+    mapping = row._mapping
+    values = {column.key: mapping[column] for column in TRIALS.c}
+    values.update(changes)
+    return TrialRecord(**values)

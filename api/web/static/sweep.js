@@ -1,0 +1,262 @@
+// One sweep: its progress and controls, the objective of every trial with the best so far, the trials
+// table (paged, sorted and filtered by the server, so 10,000 trials cost one page), a trial's curves
+// on click, and its TensorBoard.
+
+import { api } from "./api.js";
+import { lineChart, objectiveChart } from "./charts.js";
+import {
+  ACTIVE_SWEEP, errorText, fill, finishedCount, formatValue, formatWhen, h, objectiveOf, poll, progressBar, stateBadge, TRIAL_STATES,
+} from "./dom.js";
+
+const PAGE_SIZE = 50;
+const POLL_MS = 2000;
+
+export async function mountSweep(root, id) {
+  const view = {
+    sweep: null,
+    sort: "index",
+    order: "asc",
+    state: "",
+    offset: 0,
+    selected: null, // trial id shown in the panel
+    countsSeen: null, // the trial counts the table and chart were last loaded for
+    completedSeen: null,
+    objectiveLoadedAt: 0,
+    objectivePoints: 0,
+    tableRequests: 0,
+  };
+
+  const title = h("h1", {}, `Sweep ${id}`);
+  const badge = h("span");
+  const controls = h("div", { class: "controls" });
+  const notice = h("p", { class: "error", role: "alert" });
+  const summary = h("div", { class: "summary" });
+  const chart = h("div", { class: "chart-box" });
+  const tableBox = h("div", { class: "table-box" });
+  const filter = h("select", { "aria-label": "Show trials in state", onchange: () => { view.state = filter.value; view.offset = 0; loadTrials(); } },
+    h("option", { value: "" }, "all states"), TRIAL_STATES.map((state) => h("option", { value: state }, state)));
+  const pager = h("div", { class: "pager" });
+  const panel = h("aside", { class: "card trial-panel", hidden: true, "aria-label": "Trial" });
+  root.append(h("section", { class: "sweep-page" },
+    h("div", { class: "toolbar" }, title, badge, h("span", { class: "spacer" }), controls),
+    notice, summary,
+    h("div", { class: "columns" },
+      h("div", { class: "main" },
+        h("section", { class: "card" }, h("h2", {}, "Objective per trial"), chart),
+        h("section", { class: "card" },
+          h("div", { class: "card-head" }, h("h2", {}, "Trials"), h("span", { class: "spacer" }), filter), tableBox, pager)),
+      panel)));
+
+  // -- the sweep -----------------------------------------------------------------------------------
+
+  async function refresh() {
+    const sweep = await api(`/sweeps/${id}`);
+    const first = view.sweep === null;
+    view.sweep = sweep;
+    notice.textContent = sweep.reason ? `${sweep.status}: ${sweep.reason}` : "";
+    renderHeader(sweep);
+    const counts = JSON.stringify([sweep.status, sweep.trial_counts]);
+    const work = [];
+    if (counts !== view.countsSeen) {
+      view.countsSeen = counts;
+      work.push(loadTrials());
+    }
+    // A big sweep's chart is reloaded less often (about a second per 1,000 points, at most every 30 s):
+    // its points cost the server more than the table. Once the sweep has ended, at once.
+    const due = Date.now() - view.objectiveLoadedAt >= Math.min(30_000, view.objectivePoints);
+    if (sweep.trial_counts.completed !== view.completedSeen && (due || !ACTIVE_SWEEP.includes(sweep.status))) {
+      view.completedSeen = sweep.trial_counts.completed;
+      work.push(loadObjective());
+    }
+    if (view.selected !== null && panel.dataset.live === "true") work.push(loadTrial(view.selected));
+    await Promise.all(work);
+    if (first) performance.mark("sweep-rendered");
+  }
+
+  function renderHeader(sweep) {
+    title.replaceChildren(sweep.name, h("span", { class: "muted id" }, ` #${sweep.id}`));
+    badge.replaceChildren(stateBadge(sweep.status));
+    const counts = sweep.trial_counts;
+    const objective = sweep.spec.objective;
+    const best = sweep.best_trial;
+    summary.replaceChildren(
+      h("div", { class: "summary-progress" }, progressBar(finishedCount(counts), sweep.total_trials),
+        h("div", { class: "counts" }, TRIAL_STATES.filter((state) => counts[state]).map((state) =>
+          h("span", { class: `count state-${state}` }, `${counts[state]} ${state}`)))),
+      h("dl", { class: "facts" },
+        h("dt", {}, `Best ${objective.metric}`),
+        h("dd", { class: "best-value" }, best
+          ? [formatValue(objectiveOf(best, sweep.spec)), " ", h("a", { href: "#", onclick: (event) => { event.preventDefault(); select(best.id); } }, `trial ${best.index}`)]
+          : h("span", { class: "muted" }, "none yet")),
+        h("dt", {}, "Goal"), h("dd", {}, objective.goal),
+        h("dt", {}, "Model"), h("dd", {}, `${sweep.spec.model} on ${sweep.spec.dataset}`),
+        h("dt", {}, "Started"), h("dd", {}, formatWhen(sweep.started_at)),
+        sweep.finished_at ? [h("dt", {}, "Finished"), h("dd", {}, formatWhen(sweep.finished_at))] : null));
+    // Rebuilt only when the status changes, so a click in progress (TensorBoard starting) keeps its button.
+    if (controls.dataset.status === sweep.status) return;
+    controls.dataset.status = sweep.status;
+    fill(controls,
+      sweep.status === "running" ? control("Pause", "pause") : null,
+      sweep.status === "paused" ? control("Resume", "resume") : null,
+      ACTIVE_SWEEP.includes(sweep.status) ? control("Cancel", "cancel", `Cancel sweep ${sweep.name}? Pending trials are dropped and running ones stop.`) : null,
+      tensorboardLink(sweep.id, notice));
+  }
+
+  function control(label, action, question) {
+    return h("button", { type: "button", class: action === "cancel" ? "danger" : "", onclick: async (event) => {
+      const button = event.currentTarget;
+      if (question && !confirm(question)) return;
+      button.disabled = true;
+      try {
+        await api(`/sweeps/${id}/${action}`, { method: "POST" });
+        await refresh();
+      } catch (error) {
+        notice.textContent = `${label} failed: ${errorText(error)}`;
+      } finally {
+        button.disabled = false;
+      }
+    } }, label);
+  }
+
+  // -- the chart -----------------------------------------------------------------------------------
+
+  async function loadObjective() {
+    const objective = await api(`/sweeps/${id}/objective`);
+    view.objectiveLoadedAt = Date.now();
+    view.objectivePoints = objective.points.length;
+    chart.replaceChildren(objectiveChart(objective, { bestTrialId: view.sweep?.best_trial?.id, onPick: select }));
+    performance.mark("objective-rendered");
+  }
+
+  // -- the table -----------------------------------------------------------------------------------
+
+  async function loadTrials() {
+    const query = new URLSearchParams({ limit: PAGE_SIZE, offset: view.offset, sort: view.sort, order: view.order });
+    if (view.state) query.set("state", view.state);
+    const mine = ++view.tableRequests;
+    const page = await api(`/sweeps/${id}/trials?${query}`);
+    if (mine === view.tableRequests) renderTable(page); // an older answer never replaces a newer one
+  }
+
+  function sortBy(key) {
+    if (view.sort === key) view.order = view.order === "asc" ? "desc" : "asc";
+    else {
+      view.sort = key;
+      // The objective starts best first; anything else ascending.
+      view.order = key === "objective" && view.sweep?.spec.objective.goal !== "minimize" ? "desc" : "asc";
+    }
+    view.offset = 0;
+    loadTrials();
+  }
+
+  function renderTable(page) {
+    const sweep = view.sweep;
+    const metric = sweep.spec.objective.metric;
+    const names = Object.keys(sweep.spec.hparams);
+    const bestId = sweep.best_trial?.id;
+    const heading = (label, key) => {
+      const sorted = view.sort === key;
+      return h("th", { scope: "col", "aria-sort": sorted ? (view.order === "asc" ? "ascending" : "descending") : "none" },
+        key ? h("button", { type: "button", class: "sort", dataset: { sort: key }, onclick: () => sortBy(key) },
+          label, h("span", { class: "arrow" }, sorted ? (view.order === "asc" ? " ▲" : " ▼") : "")) : label);
+    };
+    const rows = page.data.map((trial) => h("tr", {
+      class: [trial.id === bestId ? "best" : "", trial.id === view.selected ? "selected" : ""].join(" ").trim() || null,
+      dataset: { trialId: trial.id }, tabindex: 0,
+      onclick: () => select(trial.id),
+      onkeydown: (event) => { if (event.key === "Enter") select(trial.id); },
+    },
+    h("td", { class: "number" }, trial.index, trial.id === bestId ? h("span", { class: "star", title: "best trial" }, " ★") : null),
+    h("td", {}, stateBadge(trial.state)),
+    h("td", { class: "number" }, formatValue(trial.metrics?.[metric] ?? null)),
+    names.map((name) => h("td", { class: "number" }, formatValue(trial.hparams[name] ?? null))),
+    h("td", { class: "number" }, trial.attempts),
+    h("td", { class: "failure", title: trial.error ?? "" }, trial.error ?? "")));
+    fill(tableBox, h("table", { class: "grid trials-table" },
+      h("thead", {}, h("tr", {}, heading("#", "index"), heading("State"), heading(metric, "objective"),
+        names.map((name) => heading(name, `hparams.${name}`)), heading("Attempts"), heading("Failure"))),
+      h("tbody", {}, rows)),
+    page.data.length ? null : h("p", { class: "empty" }, view.state ? `No ${view.state} trials.` : "No trials yet: they are created as workers claim them."));
+    const last = Math.min(view.offset + PAGE_SIZE, page.count);
+    pager.replaceChildren(
+      h("button", { type: "button", disabled: view.offset === 0, onclick: () => { view.offset = Math.max(0, view.offset - PAGE_SIZE); loadTrials(); } }, "‹ Previous"),
+      h("span", { class: "muted" }, page.count ? `${view.offset + 1}–${last} of ${page.count}` : "0 trials"),
+      h("button", { type: "button", class: "next-page", disabled: last >= page.count, onclick: () => { view.offset += PAGE_SIZE; loadTrials(); } }, "Next ›"));
+    performance.mark("trials-rendered");
+  }
+
+  // -- one trial -----------------------------------------------------------------------------------
+
+  function select(trialId) {
+    view.selected = trialId;
+    for (const row of tableBox.querySelectorAll("tr[data-trial-id]")) {
+      row.classList.toggle("selected", Number(row.dataset.trialId) === trialId);
+    }
+    loadTrial(trialId).catch((error) => { notice.textContent = `Cannot load trial ${trialId}: ${errorText(error)}`; });
+  }
+
+  async function loadTrial(trialId) {
+    const trial = await api(`/trials/${trialId}`);
+    if (view.selected !== trialId) return; // another trial was picked meanwhile
+    panel.dataset.live = String(trial.state === "running" || trial.state === "pending");
+    panel.hidden = false;
+    fill(panel, trialDetail(trial, view.sweep, () => { view.selected = null; panel.hidden = true; }));
+    performance.mark("trial-rendered");
+  }
+
+  return poll(refresh, POLL_MS, (error) => { notice.textContent = `Cannot load sweep ${id}: ${errorText(error)}`; });
+}
+
+function trialDetail(trial, sweep, close) {
+  const history = trial.history ?? [];
+  const series = (name) => ({ name, points: history.filter((e) => Number.isFinite(e.metrics[name])).map((e) => [e.epoch, e.metrics[name]]) });
+  const metric = sweep.spec.objective.metric;
+  const charts = [lineChart("Loss", [series("loss"), series("val_loss")])];
+  if (!["loss", "val_loss", "learning_rate"].includes(metric)) {
+    const train = metric.startsWith("val_") ? metric.slice(4) : null;
+    charts.push(lineChart(metric, [series(metric), train ? series(train) : null].filter(Boolean)));
+  }
+  charts.push(lineChart("Learning rate", [series("learning_rate")]));
+  return [
+    h("div", { class: "card-head" }, h("h2", {}, `Trial ${trial.index}`), h("span", { class: "muted id" }, `#${trial.id}`),
+      stateBadge(trial.state), h("span", { class: "spacer" }),
+      h("button", { type: "button", class: "link", "aria-label": "close", onclick: close }, "✕")),
+    trial.error ? h("div", { class: "failure-reason" },
+      h("p", { class: "error" }, h("strong", {}, trial.failure_kind ? `${trial.failure_kind}: ` : "failed: "), trial.error),
+      trial.traceback ? h("details", {}, h("summary", {}, "Traceback"), h("pre", {}, trial.traceback)) : null) : null,
+    h("dl", { class: "facts" },
+      Object.entries(trial.hparams).map(([name, value]) => [h("dt", {}, name), h("dd", {}, formatValue(value))]),
+      Object.entries(trial.metrics ?? {}).map(([name, value]) => [h("dt", {}, name), h("dd", { class: name === metric ? "best-value" : "" }, formatValue(value))]),
+      h("dt", {}, "attempts"), h("dd", {}, trial.attempts),
+      trial.worker_id ? [h("dt", {}, "worker"), h("dd", {}, trial.worker_id)] : null),
+    history.length ? h("div", { class: "curves" }, charts) : h("p", { class: "empty" }, "No epoch reported yet."),
+  ];
+}
+
+/** A link to the sweep's TensorBoard; a click starts (or reuses) it first, then opens its HParams dashboard. */
+function tensorboardLink(sweepId, notice) {
+  const href = `/tensorboard/${sweepId}/#hparams`;
+  const link = h("a", { class: "button", href, target: "_blank", id: "open-tensorboard" }, "Open in TensorBoard");
+  link.addEventListener("click", async (event) => {
+    if (event.ctrlKey || event.metaKey || event.shiftKey || event.button !== 0) return; // the browser's own way
+    event.preventDefault();
+    // Opened now, while the click still counts as the user's: a tab opened after the await would be blocked.
+    const tab = window.open("", "_blank");
+    if (tab) tab.document.title = `Starting TensorBoard for sweep ${sweepId}…`;
+    tab?.document.body.append(`Starting TensorBoard for sweep ${sweepId}…`);
+    link.setAttribute("aria-busy", "true");
+    link.textContent = "Starting TensorBoard…";
+    try {
+      const { url } = await api(`/sweeps/${sweepId}/tensorboard`, { method: "POST" });
+      if (tab) tab.location.replace(`${url}#hparams`);
+      else location.assign(`${url}#hparams`);
+    } catch (error) {
+      tab?.close();
+      notice.textContent = `Cannot open TensorBoard: ${errorText(error)}`;
+    } finally {
+      link.removeAttribute("aria-busy");
+      link.textContent = "Open in TensorBoard";
+    }
+  });
+  return link;
+}
