@@ -24,6 +24,7 @@ test: $(INSTALLED)
 bench: $(INSTALLED)
 	$(BIN)/python bench/overhead.py
 	$(BIN)/python bench/claims.py
+	$(BIN)/python bench/page.py
 
 clean:
 	rm -rf demo .pytest_cache
