@@ -1,4 +1,4 @@
-"""Fixtures for the API tests: apps on a real SQLite file in tmp_path."""
+"""Fixtures for the API tests: apps on a real SQLite file in tmp_path, and on a PostgreSQL schema of their own."""
 
 from __future__ import annotations
 
@@ -10,11 +10,49 @@ from fastapi.testclient import TestClient
 
 from api.app import create_app
 from api.settings import Settings
+from postgres_testing import isolated_schema
+
+
+BACKENDS = ("sqlite", "postgresql")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Every test on the app's `settings` runs on SQLite and on PostgreSQL, unless marked `sqlite_only`
+    (it reaches into the SQLite file itself)."""
+    if "database_backend" in metafunc.fixturenames:
+        sqlite_only = metafunc.definition.get_closest_marker("sqlite_only") is not None
+        metafunc.parametrize("database_backend", BACKENDS[:1] if sqlite_only else BACKENDS, indirect=True)
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return Settings(database_url=f"sqlite:///{tmp_path / 'sweeper.db'}", logdir=tmp_path / "runs")
+def database_backend(request: pytest.FixtureRequest) -> str:
+    backend: str = request.param
+    return backend
+
+
+@pytest.fixture
+def database_url(database_backend: str, tmp_path: Path) -> Iterator[str]:
+    """A fresh database: a SQLite file in tmp_path, or a PostgreSQL schema of its own (dropped after)."""
+    if database_backend == "sqlite":
+        yield f"sqlite:///{tmp_path / 'sweeper.db'}"
+        return
+    with isolated_schema() as url:
+        yield url
+
+
+@pytest.fixture
+def other_database_url(database_backend: str, tmp_path: Path) -> Iterator[str]:
+    """A second fresh database on the same backend, for a test that compares two apps."""
+    if database_backend == "sqlite":
+        yield f"sqlite:///{tmp_path / 'other.db'}"
+        return
+    with isolated_schema() as url:
+        yield url
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str) -> Settings:
+    return Settings(database_url=database_url, logdir=tmp_path / "runs")
 
 
 @pytest.fixture

@@ -9,10 +9,15 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import pytest
+
 from api_testing import Worker, create_sweep
 from fastapi.testclient import TestClient
 
 from api.settings import Settings
+
+# The benchmark audits the SQLite file its server wrote.
+pytestmark = pytest.mark.sqlite_only
 
 BENCHMARK = Path(__file__).resolve().parents[2] / "bench" / "claims.py"
 

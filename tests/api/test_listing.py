@@ -296,11 +296,11 @@ def _insert_sweeps(client: TestClient, sweeps: int, trials_each: int) -> None:
 
 
 def test_listing_sweeps_costs_the_same_statements_for_3_sweeps_as_for_60(
-        client: TestClient, client_with: Callable[..., TestClient], settings):
+        client: TestClient, client_with: Callable[..., TestClient], other_database_url: str):
     _insert_sweeps(client, 3, trials_each=2)
     with counting_statements(client) as few:
         assert len(client.get(f"{API}/sweeps").json()["data"]) == 3
-    other = client_with(database_url=settings.database_url + "-many")
+    other = client_with(database_url=other_database_url)
     _insert_sweeps(other, 60, trials_each=2)
     with counting_statements(other) as many:
         assert len(other.get(f"{API}/sweeps").json()["data"]) == 60

@@ -68,8 +68,9 @@ def test_a_silent_worker_is_counted_lost(client_with: Callable[..., TestClient])
     assert by_label(scrape(client), "sweeper_workers", "state") == {"idle": 0, "busy": 0, "lost": 1}
 
 
-def test_each_app_has_metrics_of_its_own(client: TestClient, client_with: Callable[..., TestClient], settings):
-    other = client_with(database_url=settings.database_url + "-other")
+def test_each_app_has_metrics_of_its_own(client: TestClient, client_with: Callable[..., TestClient],
+                                        other_database_url: str):
+    other = client_with(database_url=other_database_url)
     create_sweep(client, grid_spec())
     Worker(client, "w1").claim()
 

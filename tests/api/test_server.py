@@ -127,6 +127,7 @@ def test_many_workers_claiming_at_once_get_every_trial_exactly_once(server: Runn
         assert all(configs[trial["id"]] == (sweep_id, trial["hparams"]) for trial in trials)
 
 
+@pytest.mark.sqlite_only  # holds SQLite's own write lock from outside the server
 def test_a_database_locked_past_the_busy_timeout_answers_503_and_changes_nothing(
         settings: Settings, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(db, "BUSY_TIMEOUT_MS", 50)

@@ -14,6 +14,9 @@ from api.app import create_app
 from api.settings import Settings
 from api.tensorboards import TensorBoards
 
+# TensorBoard reads the sweep's log folder; which database holds the sweep makes no difference.
+pytestmark = pytest.mark.sqlite_only
+
 TEXT_SPEC: dict[str, Any] = {
     "name": "text-model", "model": "mlp", "dataset": "digits",
     "objective": {"metric": "val_accuracy", "goal": "maximize"},

@@ -195,6 +195,7 @@ def thaw_garbage_collection() -> Iterator[None]:
     gc.unfreeze()
 
 
+@pytest.mark.sqlite_only  # about the worker's data root, not the database
 def test_a_symlink_under_the_data_root_that_leads_outside_fails_the_trial_on_the_worker(
         tmp_path: Path, settings: Settings, thaw_garbage_collection: None) -> None:
     # The server cannot see a worker's disk, so it accepts a well-formed file name; the worker resolves it
