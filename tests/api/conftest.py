@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -30,23 +31,26 @@ def database_backend(request: pytest.FixtureRequest) -> str:
     return backend
 
 
-@pytest.fixture
-def database_url(database_backend: str, tmp_path: Path) -> Iterator[str]:
-    """A fresh database: a SQLite file in tmp_path, or a PostgreSQL schema of its own (dropped after)."""
-    if database_backend == "sqlite":
-        yield f"sqlite:///{tmp_path / 'sweeper.db'}"
+@contextmanager
+def _fresh_database(backend: str, sqlite_file: Path) -> Iterator[str]:
+    """A fresh database: a SQLite file, or a PostgreSQL schema of its own (dropped after)."""
+    if backend == "sqlite":
+        yield f"sqlite:///{sqlite_file}"
         return
     with isolated_schema() as url:
         yield url
 
 
 @pytest.fixture
+def database_url(database_backend: str, tmp_path: Path) -> Iterator[str]:
+    with _fresh_database(database_backend, tmp_path / "sweeper.db") as url:
+        yield url
+
+
+@pytest.fixture
 def other_database_url(database_backend: str, tmp_path: Path) -> Iterator[str]:
     """A second fresh database on the same backend, for a test that compares two apps."""
-    if database_backend == "sqlite":
-        yield f"sqlite:///{tmp_path / 'other.db'}"
-        return
-    with isolated_schema() as url:
+    with _fresh_database(database_backend, tmp_path / "other.db") as url:
         yield url
 
 

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import sqlite3
-import threading
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from api_testing import API, Worker, create_sweep, grid_spec, random_spec
+from claiming_workers import ClaimRecord
 from fastapi.testclient import TestClient
 
 from api import db
@@ -81,40 +80,11 @@ def test_many_workers_claiming_at_once_get_every_trial_exactly_once(server: Runn
     with httpx.Client(base_url=server.url + API, timeout=60) as setup:
         grid = setup.post("/sweeps", json=grid_spec(name="grid40", values=40)).json()
         small = setup.post("/sweeps", json=random_spec(name="random7", max_trials=7)).json()
-    claims: Counter[int] = Counter()
-    configs: dict[int, tuple[int, dict]] = {}
-    errors: list[str] = []
-    lock = threading.Lock()
+    record = ClaimRecord()
+    record.run([server.url], workers=16, timeout=120, report_epoch=True)
 
-    def work(worker_id: str) -> None:
-        with httpx.Client(base_url=server.url + API, timeout=60) as http:
-            while True:
-                answer = http.post("/trials/claim", json={"worker_id": worker_id, "host": "test"})
-                if answer.status_code == 204:
-                    return
-                if answer.status_code != 200:
-                    errors.append(f"claim: {answer.status_code} {answer.text}")
-                    return
-                assignment = answer.json()
-                trial_id = assignment["trial_id"]
-                with lock:
-                    claims[trial_id] += 1
-                    configs[trial_id] = (assignment["sweep_id"], assignment["hparams"])
-                for action, body in (("metrics", {"epoch": 0, "metrics": {"loss": 1.0}}),
-                                     ("complete", {"metrics": {"val_accuracy": 0.5, "val_loss": 0.5}})):
-                    done = http.post(f"/trials/{trial_id}/{action}", json={"worker_id": worker_id, **body})
-                    if done.status_code != 200:
-                        errors.append(f"{action} {trial_id}: {done.status_code} {done.text}")
-                        return
-
-    threads = [threading.Thread(target=work, args=(f"worker-{i}",)) for i in range(16)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-
-    assert not any(thread.is_alive() for thread in threads)
-    assert errors == []
+    assert record.errors == []
+    claims, configs = record.claims, record.configs
     assert len(claims) == 47 and set(claims.values()) == {1}
     specs = {grid["id"]: grid_spec(name="grid40", values=40), small["id"]: random_spec(name="random7", max_trials=7)}
     for sweep_id, spec in specs.items():

@@ -7,13 +7,12 @@ next configuration is generated; nothing in a server process's memory takes part
 
 from __future__ import annotations
 
-import threading
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from claiming_workers import ClaimRecord
 from e2e_processes import BIN, Processes, free_port, wait_until
 from postgres_testing import isolated_schema
 
@@ -49,40 +48,11 @@ def test_two_servers_on_one_postgres_database_hand_each_configuration_to_exactly
         sweep_ids = [httpx.post(f"{urls[0]}{API}/sweeps", json=spec).raise_for_status().json()["id"]
                      for spec in specs]
 
-        claims: Counter[int] = Counter()
-        configs: dict[int, tuple[int, dict[str, Any]]] = {}
-        errors: list[str] = []
-        lock = threading.Lock()
+        record = ClaimRecord()
+        record.run(urls, workers=WORKERS, timeout=240)
 
-        def work(number: int) -> None:
-            worker_id = f"worker-{number}"
-            with httpx.Client(base_url=urls[number % 2] + API, timeout=60) as http:
-                while True:
-                    answer = http.post("/trials/claim", json={"worker_id": worker_id, "host": "test"})
-                    if answer.status_code == 204:
-                        return
-                    if answer.status_code != 200:
-                        errors.append(f"claim: {answer.status_code} {answer.text}")
-                        return
-                    assignment = answer.json()
-                    trial_id = assignment["trial_id"]
-                    with lock:
-                        claims[trial_id] += 1
-                        configs[trial_id] = (assignment["sweep_id"], assignment["hparams"])
-                    done = http.post(f"/trials/{trial_id}/complete",
-                                     json={"worker_id": worker_id, "metrics": {"val_accuracy": 0.5}})
-                    if done.status_code != 200:
-                        errors.append(f"complete {trial_id}: {done.status_code} {done.text}")
-                        return
-
-        threads = [threading.Thread(target=work, args=(number,)) for number in range(WORKERS)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=240)
-
-        assert not any(thread.is_alive() for thread in threads)
-        assert errors == []
+        assert record.errors == []
+        claims, configs = record.claims, record.configs
         strategies = [make_strategy(parse_spec(spec)) for spec in specs]
         assert len(claims) == sum(strategy.total for strategy in strategies) == 160
         assert set(claims.values()) == {1}, "a trial was handed out twice"
