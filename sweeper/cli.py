@@ -7,7 +7,6 @@ submit` on a laptop never loads FastAPI or TensorFlow.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -338,7 +337,10 @@ def tensorboard(
         raise _fail(f"no logs for sweep {sweep_id} in {folder}", code=2)
     console.print(f"TensorBoard for sweep {sweep_id}: http://{host}:{port}/#hparams")
     command = [sys.executable, "-m", "tensorboard.main", "--logdir", str(folder), "--host", host, "--port", str(port)]
-    raise typer.Exit(subprocess.call(command, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}))
+    sys.stdout.flush()
+    # This process becomes TensorBoard: Ctrl-C or a SIGTERM reaches it directly, and stopping
+    # `sweeper tensorboard` can never leave an orphaned TensorBoard behind.
+    os.execve(sys.executable, command, {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
 
 
 if __name__ == "__main__":

@@ -59,8 +59,8 @@ def test_sweep_over_rest_is_trained_by_workers_and_shown_in_tensorboard_hparams(
 
     # TensorBoard on that sweep's folder alone: its hparams plugin must show every trial exactly.
     tb_port = free_port()
-    processes.start("tensorboard", str(BIN / "sweeper"), "tensorboard", str(sweep_id), "--logdir", str(logdir),
-                    "--port", str(tb_port))
+    tensorboard = processes.start("tensorboard", str(BIN / "sweeper"), "tensorboard", str(sweep_id),
+                                  "--logdir", str(logdir), "--port", str(tb_port))
     board = f"http://127.0.0.1:{tb_port}/data/plugin/hparams"
 
     def experiment():
@@ -100,6 +100,12 @@ def test_sweep_over_rest_is_trained_by_workers_and_shown_in_tensorboard_hparams(
         objective = next(m for m in group["metricValues"] if m["name"]["tag"] == "val_accuracy"
                          and not m["name"].get("group"))
         assert objective["value"] == pytest.approx(trial["metrics"]["val_accuracy"], rel=1e-6)
+
+    # `sweeper tensorboard` is TensorBoard itself: stopping it leaves no TensorBoard serving behind.
+    tensorboard.terminate()
+    tensorboard.wait(timeout=30)
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"http://127.0.0.1:{tb_port}/", timeout=5)
 
 
 def sweeper_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
