@@ -10,6 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
+from api.server import RunningServer, start_in_thread
 from api.settings import Settings
 from postgres_testing import isolated_schema
 
@@ -88,3 +89,25 @@ def client_with(settings: Settings, make_client: Callable[..., TestClient]) -> C
         return make_client(Settings(**{**settings.model_dump(), **overrides}))
 
     return make
+
+
+@pytest.fixture
+def start_server(tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
+    """Real uvicorn servers in threads on a SQLite file in tmp_path (port 0 unless given), with settings
+    overridden by the given fields; all are stopped at teardown."""
+    running: list[RunningServer] = []
+
+    def start(**overrides: object) -> RunningServer:
+        defaults = {"port": 0, "database_url": f"sqlite:///{tmp_path / 'sweeper.db'}", "logdir": tmp_path / "runs"}
+        server = start_in_thread(Settings(**{**defaults, **overrides}))
+        running.append(server)
+        return server
+
+    yield start
+    for server in reversed(running):
+        server.stop()
+
+
+@pytest.fixture
+def server(start_server: Callable[..., RunningServer]) -> RunningServer:
+    return start_server()

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import httpx
 import pytest
@@ -12,18 +10,10 @@ from api_testing import API, grid_spec
 from rich.console import Console
 from typer.testing import CliRunner
 
-from api.server import RunningServer, start_in_thread
+from api.server import RunningServer
 from api.settings import Settings
 from sweeper import _console
 from sweeper.cli import app
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[RunningServer]:
-    running = start_in_thread(Settings(port=0, database_url=f"sqlite:///{tmp_path / 'sweeper.db'}",
-                                       logdir=tmp_path / "runs"))
-    yield running
-    running.stop()
 
 
 def sweeper(server: RunningServer, *args: str) -> tuple[int, str]:

@@ -4,27 +4,18 @@ docs/api.md names every endpoint."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from api.app import create_app
-from api.server import RunningServer, start_in_thread
+from api.server import RunningServer
 from api.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 CLIENT_DOC = (ROOT / "docs" / "client.md").read_text()
 API_DOC = (ROOT / "docs" / "api.md").read_text()
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[RunningServer]:
-    running = start_in_thread(Settings(port=0, database_url=f"sqlite:///{tmp_path / 'sweeper.db'}",
-                                       logdir=tmp_path / "runs"))
-    yield running
-    running.stop()
 
 
 def test_the_client_guide_runs_as_written(server: RunningServer, monkeypatch: pytest.MonkeyPatch,

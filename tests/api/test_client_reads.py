@@ -3,24 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from api_testing import grid_spec
 
-from api.server import RunningServer, start_in_thread
-from api.settings import Settings
+from api.server import RunningServer
 from sweeper.client import ApiError, Client, NotFoundError
 from sweeper.messages import ClaimRequest, CompleteReport
 
 
 @pytest.fixture
-def client(tmp_path: Path) -> Iterator[Client]:
-    server: RunningServer = start_in_thread(Settings(port=0, database_url=f"sqlite:///{tmp_path / 'sweeper.db'}",
-                                                     logdir=tmp_path / "runs"))
+def client(server: RunningServer) -> Iterator[Client]:
     with Client(server.url, retries=0) as client:
         yield client
-    server.stop()
 
 
 def _complete_next(client: Client, worker_id: str, score: float) -> int:

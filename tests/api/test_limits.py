@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -13,8 +12,7 @@ import pytest
 from api_testing import API, create_sweep, grid_spec
 from fastapi.testclient import TestClient
 
-from api.server import RunningServer, start_in_thread
-from api.settings import Settings
+from api.server import RunningServer
 from sweeper._domains import MAX_DISCRETE_VALUES, MAX_HPARAMS, MAX_TEXT_LENGTH
 from sweeper._spec import MAX_NAME_LENGTH
 
@@ -71,11 +69,8 @@ def test_the_limit_is_a_setting(client_with: Callable[..., TestClient]):
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[RunningServer]:
-    running = start_in_thread(Settings(port=0, database_url=f"sqlite:///{tmp_path / 'sweeper.db'}",
-                                       logdir=tmp_path / "runs", max_body_bytes=65_536))
-    yield running
-    running.stop()
+def server(start_server: Callable[..., RunningServer]) -> RunningServer:
+    return start_server(max_body_bytes=65_536)
 
 
 def test_a_real_server_answers_413_to_an_oversized_body_either_way(server: RunningServer):

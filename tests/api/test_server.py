@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -17,15 +16,6 @@ from api.app import create_app
 from api.server import RunningServer, start_in_thread
 from api.settings import Settings
 from sweeper import make_strategy, parse_spec
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[RunningServer]:
-    settings = Settings(host="127.0.0.1", port=0, database_url=f"sqlite:///{tmp_path / 'sweeper.db'}",
-                        logdir=tmp_path / "runs")
-    running = start_in_thread(settings)
-    yield running
-    running.stop()
 
 
 def test_start_in_thread_on_port_0_serves_on_the_port_it_reports(server: RunningServer):
