@@ -14,6 +14,7 @@ from api import metrics
 from api.auth import AdminDep, TokenGate
 from api.db import create_tables, make_engine, make_sessions
 from api.deps import AppContext
+from api.dispatch import ClaimDesk
 from api.errors import install_error_handlers
 from api.limits import BodySizeLimit
 from api.openapi import install_openapi
@@ -23,6 +24,7 @@ from api.routers import health, session, sweeps, tensorboard, trials, web, worke
 from api.schemas import COMMON_ERRORS
 from api.settings import Settings
 from api.tensorboards import TensorBoards
+from api.worker_lane import WorkerLane
 
 API_PREFIX = "/api/v1"
 
@@ -46,6 +48,7 @@ def create_app(settings: Settings) -> FastAPI:
         policy=LeasePolicy(lease=timedelta(seconds=settings.lease_seconds),
                            heartbeat=timedelta(seconds=settings.heartbeat_interval)),
     )
+    desk = ClaimDesk(context.sessions, context.policy, context.plans)
     tensorboards = TensorBoards(context.logdir, idle_seconds=settings.tensorboard_idle_seconds)
 
     @asynccontextmanager
@@ -61,14 +64,21 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             await tensorboards.aclose()
             reaper.stop()
+            desk.close()
             engine.dispose()
 
+    # FastAPI's OpenTelemetry hooks off: they read the environment on every request (a tenth of a claim's
+    # cost), and the server's own metrics are Prometheus's (GET /metrics).
     app = FastAPI(title="sweeper", version=sweeper.__version__, lifespan=lifespan,
+                  telemetry={"tracing": False, "metrics": False, "logs": False},
                   summary="Hyperparameter sweeps for tf.keras, with TensorBoard HParams as the result view.")
     app.state.context = context
     app.state.tensorboards = tensorboards
+    app.state.desk = desk
     metrics.install_metrics(app, context.sessions, context.policy.lease)
     install_error_handlers(app)
+    # Claims and completions skip the router (api.worker_lane), inside the gate and the size limit.
+    app.add_middleware(WorkerLane, prefix=API_PREFIX)
     # Default-deny in front of everything: a token is needed except on the public routes (api.auth).
     app.add_middleware(TokenGate, settings=settings)
     # Outermost: no body over the limit reaches the gate or any route, whatever its Content-Length says.

@@ -27,7 +27,7 @@ class StrictJSONRoute(APIRoute):
         handler = super().get_route_handler()
 
         async def strict_handler(request: Request) -> Response:
-            if _is_json(request.headers.get("content-type", "")) and await request.body():
+            if is_json_media_type(request.headers.get("content-type", "")) and await request.body():
                 try:
                     # Starlette caches the parsed body, so FastAPI does not parse it a second time.
                     data = await request.json()
@@ -77,7 +77,7 @@ def _is_unicode(text: str) -> bool:
     return True
 
 
-def _is_json(content_type: str) -> bool:
+def is_json_media_type(content_type: str) -> bool:
     media_type = content_type.partition(";")[0].strip().lower()
     return media_type == "application/json" or (media_type.startswith("application/") and media_type.endswith("+json"))
 

@@ -16,14 +16,15 @@ import logging
 import math
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import Connection, Row, exists, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, SessionTransaction
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.util import identity_key
 
@@ -167,10 +168,9 @@ class ObjectiveSeries:
 
 @dataclass(frozen=True)
 class Claimed:
-    """A trial just claimed (or claimed again) by a worker, and its sweep."""
+    """A trial just claimed (or claimed again) by a worker, and its sweep's plan (its spec, parsed and stored)."""
 
     trial: sql.TrialRecord
-    sweep: sql.SweepRecord
     plan: SweepPlan
 
 
@@ -189,6 +189,9 @@ class Repository:
         self._policy = policy
         self._plans = plans
         self._clock = clock
+        self._probed_in: SessionTransaction | None = None
+        self._seen_later: dict[str, dict[str, Any]] | None = None
+        """Inside batch(): the workers seen so far and their latest values, written when it ends."""
 
     # -- sweeps ------------------------------------------------------------------------------------
 
@@ -276,13 +279,13 @@ class Repository:
         oldest pending trial of a running sweep; else generate the next trial of the oldest running
         sweep that has some left. The worker is recorded as seen, with its host and GPU.
         """
-        with self._session.begin():
+        with self._transaction():
             connection = self._session.connection()
             now = self._clock()
             self._seen(request.worker_id, now, claim=request, connection=connection)
             # Reaping goes through the ORM (it is rare, and shared with the reaper); its changes are
             # flushed before the Core statements below read the same rows.
-            if connection.execute(sql.EXPIRED_LEASE, {"now": now}).first() is not None:
+            if self._lease_expired(connection, now):
                 if self._reap_expired_leases(now):
                     self._complete_finished_sweeps(now)
                 self._session.flush()
@@ -324,7 +327,7 @@ class Repository:
 
     def complete(self, trial_id: int, report: CompleteReport) -> sql.TrialRecord:
         """Record the final metrics and release the lease: completed, or cancelled if its sweep has ended."""
-        with self._session.begin():
+        with self._transaction():
             connection = self._session.connection()
             held = self._lease_holder(connection, trial_id, report.worker_id)
             now = self._clock()
@@ -485,6 +488,54 @@ class Repository:
             # The spec no longer parses as a whole (its model's plugin is gone): reads must still answer.
             return stored_space_size(sweep.spec)
 
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """One transaction for many calls of the worker protocol (api.dispatch runs claims and completions so).
+
+        The workers they name are recorded as seen once, at the end, in a few statements for the whole
+        batch rather than one or two per call.
+        """
+        self._seen_later = {}
+        try:
+            with self._session.begin():
+                yield
+                self._write_seen(self._session.connection(), self._seen_later)
+        finally:
+            self._seen_later = None
+
+    def _write_seen(self, connection: Connection, seen: dict[str, dict[str, Any]]) -> None:
+        """Each worker's latest values: an UPDATE for the known ones, an INSERT for new ones, grouped
+        by the columns they set (executemany needs the same keys in every row)."""
+        if not seen:
+            return
+        known = set(connection.execute(sql.KNOWN_WORKERS, {"workers": list(seen)}).scalars())
+        updates: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        inserts: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        for worker_id, values in seen.items():
+            if worker_id in known:
+                changes = {name: value for name, value in values.items() if name != "first_seen_at"}
+                updates.setdefault(tuple(changes), []).append({"worker": worker_id, **changes})
+                self._loaded_copy_takes(WorkerRow, worker_id, changes)
+            else:
+                inserts.setdefault(tuple(values), []).append({"id": worker_id, **values})
+        for rows in updates.values():
+            connection.execute(sql.UPDATE_WORKER, rows)
+        for rows in inserts.values():
+            connection.execute(sql.INSERT_WORKER, rows)
+
+    def _lease_expired(self, connection: Connection, now: datetime) -> bool:
+        """Whether any lease has expired, asked once per transaction: a batch of claims reaps once, first."""
+        transaction = self._session.get_transaction()
+        if transaction is self._probed_in:
+            return False
+        self._probed_in = transaction
+        return connection.execute(sql.EXPIRED_LEASE, {"now": now}).first() is not None
+
+    def _transaction(self) -> AbstractContextManager[Any]:
+        """A transaction of its own, or the one the caller already opened: a batch of claims and completions
+        (api.dispatch) runs many calls in one transaction, and commits or rolls back them all."""
+        return nullcontext() if self._session.in_transaction() else self._session.begin()
+
     def _update_trial(self, connection: Connection, trial_id: int, **values: Any) -> None:
         connection.execute(sql.UPDATE_TRIAL, {"trial": trial_id, **values})
         self._loaded_copy_takes(TrialRow, trial_id, values)
@@ -507,9 +558,7 @@ class Repository:
                 set_committed_value(loaded, name, value)
 
     def _claimed(self, connection: Connection, trial: sql.TrialRecord) -> Claimed:
-        plan = self._plan(connection, trial.sweep_id)
-        row = connection.execute(sql.SWEEP_WITHOUT_SPEC, {"sweep": trial.sweep_id}).one()
-        return Claimed(trial, sql.SweepRecord(**row._mapping, spec=plan.stored_spec), plan)
+        return Claimed(trial, self._plan(connection, trial.sweep_id))
 
     def _plan(self, connection: Connection, sweep_id: int) -> SweepPlan:
         """The sweep's plan, from the cache; its spec is read from the database on a miss only."""
@@ -540,6 +589,9 @@ class Repository:
         values: dict[str, Any] = {"last_seen_at": now}
         if claim is not None:
             values.update(host=claim.host, gpu=claim.gpu)
+        if self._seen_later is not None:
+            self._seen_later.setdefault(worker_id, {"first_seen_at": now}).update(values)
+            return
         connection = connection or self._session.connection()
         if connection.execute(sql.UPDATE_WORKER, {"worker": worker_id, **values}).rowcount == 0:
             connection.execute(sql.INSERT_WORKER, {"id": worker_id, "first_seen_at": now, **values})

@@ -36,6 +36,7 @@ _OF_TRIAL = SWEEPS.c.id == TRIALS.c.sweep_id
 
 UPDATE_WORKER = WORKERS.update().where(WORKERS.c.id == bindparam("worker"))
 INSERT_WORKER = WORKERS.insert()
+KNOWN_WORKERS = select(WORKERS.c.id).where(WORKERS.c.id.in_(bindparam("workers", expanding=True)))
 
 # -- claiming
 
@@ -72,10 +73,6 @@ ADVANCE_SWEEP = (SWEEPS.update()
 INSERT_TRIAL = TRIALS.insert()
 
 SWEEP_SPEC = select(SWEEPS.c.spec).where(SWEEPS.c.id == bindparam("sweep"))
-
-SWEEP_WITHOUT_SPEC = select(*(column for column in SWEEPS.c if column.key != "spec")).where(
-    SWEEPS.c.id == bindparam("sweep"))
-"""A sweep's row but its spec, which the plan cache holds already parsed."""
 
 # -- reports on a held trial
 
@@ -125,22 +122,6 @@ class TrialRecord:
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
-
-
-@dataclass(frozen=True, slots=True)
-class SweepRecord:
-    """A sweep's row as a Core statement read it (SweepRow's columns), its spec the one already parsed."""
-
-    id: int
-    name: str
-    status: SweepStatus
-    spec: dict[str, Any]
-    total_trials: int
-    next_index: int
-    created_at: datetime
-    finished_at: datetime | None
-    status_reason: str | None
-    consecutive_failures: int
 
 
 def trial_record(row: Row[Any], **changes: Any) -> TrialRecord:

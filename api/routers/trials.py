@@ -7,13 +7,15 @@ changes nothing.
 from __future__ import annotations
 
 from fastapi import APIRouter, Response, status
+from pydantic import BaseModel
 
 from sweeper.messages import (Assignment, ClaimRequest, CompleteReport, Directive, FailReport, HeartbeatRequest,
                               MetricsReport, ReleaseReport)
 
 from api.auth import AdminDep, WorkerDep
-from api.deps import ContextDep, RepositoryDep
-from api.metrics import MetricsDep
+from api.deps import AppContext, ContextDep, RepositoryDep
+from api.dispatch import ClaimDesk, DeskDep
+from api.metrics import MetricsDep, ServerMetrics
 from api.repository import Claimed
 from api.json_guard import StrictJSONRoute
 from api.schemas import TrialDetail, TrialPublic
@@ -30,15 +32,19 @@ _LEASE_RESPONSES: dict[int | str, dict[str, str]] = {
 
 @router.post("/claim", response_model=Assignment, dependencies=[WorkerDep],
              responses={204: {"description": "No work right now; ask again later."}})
-def claim(request: ClaimRequest, repository: RepositoryDep, context: ContextDep,
-          metrics: MetricsDep) -> Assignment | Response:
+async def claim(request: ClaimRequest, desk: DeskDep, context: ContextDep, metrics: MetricsDep) -> Response:
     """Hand the worker a trial: the one it already holds, a pending one, or the next one of a sweep."""
+    return await claim_answer(request, desk, context, metrics)
+
+
+async def claim_answer(request: ClaimRequest, desk: ClaimDesk, context: AppContext, metrics: ServerMetrics) -> Response:
+    """The claim route's answer; api.worker_lane gives it too, without the router."""
     with metrics.timing_claim() as record:
-        claimed = repository.claim(request)
+        claimed = await desk.run(lambda repository: repository.claim(request))
         record(claimed is not None)
     if claimed is None:
         return Response(status_code=status.HTTP_204_NO_CONTENT)
-    return _assignment(claimed, context)
+    return _json(_assignment(claimed, context))
 
 
 @router.get("/{trial_id}", response_model=TrialDetail, responses={404: _LEASE_RESPONSES[404]}, dependencies=[AdminDep])
@@ -60,9 +66,14 @@ def report_metrics(trial_id: int, report: MetricsReport, repository: RepositoryD
 
 
 @router.post("/{trial_id}/complete", response_model=TrialPublic, responses=_LEASE_RESPONSES, dependencies=[WorkerDep])
-def complete(trial_id: int, report: CompleteReport, repository: RepositoryDep) -> TrialPublic:
+async def complete(trial_id: int, report: CompleteReport, desk: DeskDep) -> Response:
     """The trial finished: record its final metrics (it ends cancelled if its sweep was cancelled or failed)."""
-    return TrialPublic.model_validate(repository.complete(trial_id, report))
+    return await complete_answer(trial_id, report, desk)
+
+
+async def complete_answer(trial_id: int, report: CompleteReport, desk: ClaimDesk) -> Response:
+    """The complete route's answer; api.worker_lane gives it too, without the router."""
+    return _json(TrialPublic.model_validate(await desk.run(lambda repository: repository.complete(trial_id, report))))
 
 
 @router.post("/{trial_id}/fail", response_model=TrialPublic, responses=_LEASE_RESPONSES, dependencies=[WorkerDep])
@@ -77,13 +88,19 @@ def release(trial_id: int, report: ReleaseReport, repository: RepositoryDep) -> 
     return TrialPublic.model_validate(repository.release(trial_id, report))
 
 
+def _json(answer: BaseModel) -> Response:
+    # Serialised here, once: returned as a model, FastAPI would validate it against the response model
+    # again and encode it through jsonable_encoder, which costs more than the claim's SQL.
+    return Response(answer.model_dump_json(), media_type="application/json")
+
+
 def _assignment(claimed: Claimed, context: ContextDep) -> Assignment:
-    trial, sweep = claimed.trial, claimed.sweep
+    trial, spec = claimed.trial, claimed.plan.stored_spec
     assert trial.lease_expires_at is not None, "a claimed trial is running, so it has a lease"
-    folder = context.logdir / str(sweep.id) / str(trial.id)
+    folder = context.logdir / str(trial.sweep_id) / str(trial.id)
     return Assignment(
-        trial_id=trial.id, sweep_id=sweep.id, hparams=trial.hparams,
-        model=sweep.spec["model"], dataset=sweep.spec["dataset"],
+        trial_id=trial.id, sweep_id=trial.sweep_id, hparams=trial.hparams,
+        model=spec["model"], dataset=spec["dataset"],
         objective=claimed.plan.spec.objective, train=claimed.plan.spec.train,
         logdir=str(folder),
         log_scaled=[name for name in claimed.plan.spec.log_scaled() if name in trial.hparams],
