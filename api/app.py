@@ -9,6 +9,7 @@ from datetime import timedelta
 from fastapi import FastAPI
 
 import sweeper
+from sweeper.log_location import resolve_logdir
 
 from api import metrics
 from api.auth import AdminDep, TokenGate
@@ -39,9 +40,9 @@ def create_app(settings: Settings) -> FastAPI:
     create_tables(engine)
     context = AppContext(
         settings=settings,
-        # Made absolute now: workers may run in another folder, and trial folders must not move if
-        # the server's working directory changes later.
-        logdir=settings.logdir.expanduser().resolve(),
+        # Made absolute now (a URL is kept as written): workers may run in another folder, and trial
+        # folders must not move if the server's working directory changes later.
+        logdir=resolve_logdir(settings.logdir),
         engine=engine,
         sessions=make_sessions(engine),
         plans=PlanCache(),

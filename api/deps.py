@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -20,8 +19,9 @@ class AppContext:
     """Everything one app instance owns, built by `create_app` (never at import time)."""
 
     settings: Settings
-    logdir: Path
-    """settings.logdir made absolute when the app was created, so workers get absolute trial folders."""
+    logdir: str
+    """settings.logdir made absolute when the app was created (a URL as written), so workers get absolute
+    trial folders; see sweeper.log_location."""
     engine: Engine
     sessions: sessionmaker[Session]
     plans: PlanCache

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Annotated
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from sweeper.log_location import is_url
 
 DEFAULT_HEARTBEAT_SECONDS = 10.0
 HEARTBEATS_PER_LEASE = 6
@@ -20,6 +22,8 @@ TOKEN_CHARACTERS = re.compile(r"[A-Za-z0-9._~+/=-]+")
 """RFC 6750's bearer-token characters: what `secrets.token_urlsafe`, base64 and hex produce, and what
 travels unchanged in a header and a cookie."""
 MAKE_A_TOKEN = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+_URL_LOCATION = re.compile(r"^[^:]+:///?[^/]")
+"""A logdir URL names something (a bucket, a host, or for file:/// a root) after its scheme."""
 
 
 class Settings(BaseSettings):
@@ -36,8 +40,11 @@ class Settings(BaseSettings):
     port: Annotated[int, Field(ge=0, le=65_535)] = 8000
     """0 picks a free port (read it back from the running server)."""
     database_url: Annotated[str, Field(min_length=1)] = "sqlite:///sweeper.db"
-    logdir: Path = Path("runs")
-    """TensorBoard logs: one folder per sweep, one per trial inside it."""
+    logdir: Path | str = Path("runs")
+    """TensorBoard logs and checkpoints, one folder per sweep and one per trial inside it: a local folder
+    (a Path), or an object-store URL like gs://bucket/prefix (a str, kept as written), which the server,
+    the workers and TensorBoard read and write through TensorFlow's gfile. Workers must reach it too:
+    a folder shared by every host, mounted at the same path, or the URL (see docs/deploy.md)."""
     lease_seconds: Annotated[float, Field(gt=0, le=7 * 24 * 3600)] = 60.0
     """A running trial whose worker stays silent this long is given to another worker (or failed, once the
     sweep's max_attempts are used up); a worker silent this long is shown as lost."""
@@ -77,6 +84,19 @@ class Settings(BaseSettings):
                              f"worker that misses one beat loses its trial; raise lease_seconds or lower "
                              f"heartbeat_seconds")
         return self
+
+    @field_validator("logdir", mode="before")
+    @classmethod
+    def _folder_or_url(cls, logdir: object) -> object:
+        # A URL must stay a str: a Path would fold "gs://bucket" into "gs:/bucket".
+        if isinstance(logdir, (str, PurePath)) and not is_url(logdir):
+            if not str(logdir).strip():
+                raise ValueError("logdir must name a folder or a URL like gs://bucket/prefix, but it is empty")
+            return Path(logdir)
+        if isinstance(logdir, str) and not _URL_LOCATION.match(logdir):
+            raise ValueError(f"logdir {logdir!r} is a URL, so it must name a bucket or host after its scheme, "
+                             f"like gs://bucket/prefix")
+        return logdir
 
     @field_validator("database_url")
     @classmethod

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import httpx
 
-from sweeper import SweeperError
+from sweeper import SweeperError, _log_files
+from sweeper.log_location import reader_flags, sweep_dir
 
 logger = logging.getLogger(__name__)
 
@@ -51,10 +52,10 @@ def path_prefix(sweep_id: int) -> str:
     return f"{URL_PREFIX}/{sweep_id}"
 
 
-def tensorboard_command(folder: Path, port: int, prefix: str) -> list[str]:
+def tensorboard_command(folder: str | Path, port: int, prefix: str) -> list[str]:
     """The command line of one sweep's TensorBoard."""
     return [sys.executable, "-m", "tensorboard.main", "--logdir", str(folder), "--host", "127.0.0.1",
-            "--port", str(port), "--path_prefix", prefix]
+            "--port", str(port), "--path_prefix", prefix, *reader_flags(folder)]
 
 
 @dataclass
@@ -81,7 +82,7 @@ class TensorBoards:
     idle check in its own thread.
     """
 
-    def __init__(self, logdir: Path, *, idle_seconds: float, start_timeout: float = START_TIMEOUT_SECONDS):
+    def __init__(self, logdir: str | Path, *, idle_seconds: float, start_timeout: float = START_TIMEOUT_SECONDS):
         if idle_seconds <= 0:
             raise ValueError(f"tensorboard idle_seconds must be > 0, but got {idle_seconds}")
         self.logdir = logdir
@@ -95,8 +96,8 @@ class TensorBoards:
 
     # -- the processes ------------------------------------------------------------------------------
 
-    def folder(self, sweep_id: int) -> Path:
-        return self.logdir / str(sweep_id)
+    def folder(self, sweep_id: int) -> str:
+        return sweep_dir(self.logdir, sweep_id)
 
     def ensure(self, sweep_id: int) -> int:
         """The port of the sweep's running TensorBoard, started first if it is not running; marks it in use.
@@ -104,7 +105,12 @@ class TensorBoards:
         Blocks while a process starts. Raises TensorBoardUnavailableError when it cannot be started.
         """
         folder = self.folder(sweep_id)
-        if not folder.is_dir():
+        try:
+            found = _log_files.isdir(folder)
+        except OSError as error:  # an object store that refuses the server's credentials, say
+            raise TensorBoardUnavailableError(f"cannot read the logs of sweep {sweep_id} in {folder}: "
+                                              f"{error}") from None
+        if not found:
             raise NoSweepLogsError(f"no TensorBoard logs for sweep {sweep_id}: no sweep with this id, or its folder "
                                    f"is gone from the logdir")
         board = self._board(sweep_id)

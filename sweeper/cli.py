@@ -18,6 +18,7 @@ from rich.console import Console
 from sweeper import _console
 from sweeper._errors import SpecError, SweeperError
 from sweeper._spec import load_spec
+from sweeper.log_location import is_url, reader_flags, sweep_dir
 
 app = typer.Typer(help="Hyperparameter sweeps for tf.keras, with TensorBoard HParams as the result view.",
                   no_args_is_help=True, add_completion=False)
@@ -29,7 +30,8 @@ Token = Annotated[Optional[str], typer.Option(
     envvar="SWEEPER_TOKEN", show_default=False,
     help="The server's token: the admin token (the worker token for `sweeper worker`). Prefer the environment "
          "variable: a flag shows in `ps`.")]
-Logdir = Annotated[str, typer.Option(envvar="SWEEPER_LOGDIR", help="Folder of the TensorBoard logs.")]
+Logdir = Annotated[str, typer.Option(envvar="SWEEPER_LOGDIR", help="Folder of the TensorBoard logs and checkpoints, or "
+                                                                 "an object-store URL like gs://bucket/prefix.")]
 DatabaseUrl = Annotated[str, typer.Option(envvar="SWEEPER_DATABASE_URL", help="SQLAlchemy database URL.")]
 Gpus = Annotated[str, typer.Option(help="GPUs to use: all, none, or indices like 0,2.")]
 CpuWorkers = Annotated[int, typer.Option(min=1, help="CPU worker processes when no GPU is used.")]
@@ -102,6 +104,7 @@ def serve(
         settings = Settings(host=host, port=port, database_url=database_url, logdir=logdir, **given)
     except ValidationError as error:
         raise _fail("; ".join(_setting_problem(problem) for problem in error.errors()), code=2) from None
+    _require_file_system(logdir)
     serve_api(settings)
 
 
@@ -138,6 +141,18 @@ def _shown_url(database_url: str) -> str:
     from sqlalchemy.engine import make_url
 
     return make_url(database_url).render_as_string(hide_password=True)
+
+
+def _require_file_system(logdir: str) -> None:
+    """Stop now when the logdir is a URL that TensorFlow cannot read and write (s3:// without a plugin)."""
+    if not is_url(logdir):
+        return
+    from sweeper import _log_files
+
+    try:
+        _log_files.require_file_system(logdir)
+    except ValueError as error:
+        raise _fail(str(error), code=2) from None
 
 
 def _setting_problem(problem: Any) -> str:
@@ -293,6 +308,7 @@ def run(
 
     modules = _load_plugins(plugins)
     spec = _load(file)
+    _require_file_system(logdir)
     try:
         chosen = select_gpus(gpus, discover_gpus())
         for gpu in chosen:
@@ -302,7 +318,8 @@ def run(
     # On loopback and for this command alone: no tokens, even when SWEEPER_ADMIN_TOKEN is set for `serve`.
     server = start_in_thread(Settings(host="127.0.0.1", port=0, database_url=database_url, logdir=logdir,
                                       admin_token=None, worker_token=None))
-    worker_log = Path(logdir) / "workers.log"
+    # Beside the logs when they are a local folder; an object store takes no appending log file.
+    worker_log = Path("workers.log") if is_url(logdir) else Path(logdir) / "workers.log"
     # The workers write to a file: the terminal belongs to the progress bar.
     supervisor = Supervisor(server.url, gpus=chosen, cpu_workers=cpu_workers, output=worker_log,
                             data_root=data_root, plugins=modules, trials_per_gpu=trials_per_gpu)
@@ -332,11 +349,18 @@ def tensorboard(
     host: Annotated[str, typer.Option(help="Address TensorBoard binds.")] = "127.0.0.1",
 ) -> None:
     """Start TensorBoard on one sweep's folder, so its HParams dashboard shows exactly that sweep."""
-    folder = Path(logdir) / str(sweep_id)
-    if not folder.is_dir():
+    from sweeper import _log_files
+
+    folder = sweep_dir(logdir, sweep_id)
+    try:
+        found = _log_files.isdir(folder)
+    except OSError as error:
+        raise _fail(f"cannot read the logs of sweep {sweep_id} in {folder}: {error}", code=2) from None
+    if not found:
         raise _fail(f"no logs for sweep {sweep_id} in {folder}", code=2)
     console.print(f"TensorBoard for sweep {sweep_id}: http://{host}:{port}/#hparams")
-    command = [sys.executable, "-m", "tensorboard.main", "--logdir", str(folder), "--host", host, "--port", str(port)]
+    command = [sys.executable, "-m", "tensorboard.main", "--logdir", folder, "--host", host, "--port", str(port),
+               *reader_flags(folder)]
     sys.stdout.flush()
     # This process becomes TensorBoard: Ctrl-C or a SIGTERM reaches it directly, and stopping
     # `sweeper tensorboard` can never leave an orphaned TensorBoard behind.

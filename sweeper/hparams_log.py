@@ -2,16 +2,16 @@
 
 Layout: `<logdir>/<sweep_id>/` holds exactly one hparams_config (the exact domains and the metrics);
 `<logdir>/<sweep_id>/<trial_id>/` holds a trial's session start, its final objective scalar and its
-session end. The API server writes the config, so this module loads no TensorFlow at import time and
-`write_experiment` never does; the session helpers, used by workers, import it where they run.
+session end. The logdir is a local folder or an object-store URL (`sweeper.log_location`). The API
+server writes the config, so this module loads no TensorFlow at import time and `write_experiment`
+loads it only for a URL; the session helpers, used by workers, import it where they run.
 """
 
 from __future__ import annotations
 
+import io
 import math
-import os
 import time
-import uuid
 from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
@@ -24,6 +24,7 @@ from tensorboard.compat.proto import event_pb2
 from tensorboard.plugins.hparams import api_pb2, summary_v2 as hp
 from tensorboard.summary.writer.record_writer import RecordWriter
 
+from sweeper import _log_files, log_location
 from sweeper._domains import Discrete, Fixed, IntInterval, RealInterval, SearchDomain
 from sweeper._spec import SweepSpec
 
@@ -91,15 +92,16 @@ def experiment_config_pb(spec: SweepSpec) -> Any:
 
 
 def write_experiment(sweep_dir: str | Path, spec: SweepSpec) -> None:
-    """Write the sweep's one hparams_config into `sweep_dir`, unless it already holds one.
+    """Write the sweep's one hparams_config into `sweep_dir` (a folder or a URL), unless it already holds one.
 
-    Written to a temporary name and renamed into place, so TensorBoard never reads half a config and
-    two racing writers still leave exactly one file.
+    Written whole under a temporary name and renamed into place, so TensorBoard never reads half a
+    config and two racing writers still leave exactly one file. A local folder is written with plain
+    file calls, never through TensorFlow's gfile, which would load TensorFlow into the API server; a
+    URL needs gfile (see `sweeper._log_files`).
     """
-    sweep_dir = Path(sweep_dir)
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    target = sweep_dir / CONFIG_FILE
-    if target.exists():
+    _log_files.makedirs(sweep_dir)
+    target = log_location.join(sweep_dir, CONFIG_FILE)
+    if _log_files.exists(target):
         return
     now = time.time()
     events = [
@@ -107,18 +109,16 @@ def write_experiment(sweep_dir: str | Path, spec: SweepSpec) -> None:
         event_pb2.Event(wall_time=now, file_version="brain.Event:2"),
         event_pb2.Event(wall_time=now, step=0, summary=experiment_config_pb(spec)),
     ]
-    # No "tfevents" in the temporary name, so TensorBoard ignores it until the rename.
-    temporary = sweep_dir / f".hparams_config.{uuid.uuid4().hex}.tmp"
-    try:
-        # A plain file rather than EventFileWriter: that one opens files through tf.io.gfile, which
-        # would load TensorFlow into the API server.
-        with open(temporary, "wb") as file:
-            writer = RecordWriter(file)
-            for event in events:
-                writer.write(event.SerializeToString())
-        os.replace(temporary, target)
-    finally:
-        temporary.unlink(missing_ok=True)
+    _log_files.write_atomically(target, event_records([event.SerializeToString() for event in events]))
+
+
+def event_records(records: list[bytes]) -> bytes:
+    """`records` framed as an event file holds them (TFRecord: length, CRCs, data)."""
+    buffer = io.BytesIO()
+    writer = RecordWriter(buffer)
+    for record in records:
+        writer.write(record)
+    return buffer.getvalue()
 
 
 class TrialSession:

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Body, HTTPException, Query, Request, status
 
 from sweeper import make_strategy, parse_spec
 from sweeper.hparams_log import write_experiment
+from sweeper.log_location import sweep_dir
 from sweeper.messages import SweepStatus, TrialState
 
 from api.deps import ContextDep, RepositoryDep
@@ -63,7 +64,7 @@ def create_sweep(body: SpecBody, request: Request, repository: RepositoryDep, co
     # Written before the sweep is committed: a sweep that exists always has its TensorBoard config.
     summary = repository.create_sweep(
         spec, max_trials=context.settings.max_sweep_trials,
-        on_created=lambda sweep_id: write_experiment(context.logdir / str(sweep_id), spec))
+        on_created=lambda sweep_id: write_experiment(sweep_dir(context.logdir, sweep_id), spec))
     return SweepPublic.from_summary(summary)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response, status
 from pydantic import BaseModel
 
+from sweeper import log_location
 from sweeper.messages import (Assignment, ClaimRequest, CompleteReport, Directive, FailReport, HeartbeatRequest,
                               MetricsReport, ReleaseReport)
 
@@ -21,8 +22,6 @@ from api.json_guard import StrictJSONRoute
 from api.schemas import TrialDetail, TrialPublic
 
 router = APIRouter(prefix="/trials", tags=["trials"], route_class=StrictJSONRoute)
-
-CHECKPOINT_FOLDER = "checkpoint"
 
 _LEASE_RESPONSES: dict[int | str, dict[str, str]] = {
     404: {"description": "No trial with this id."},
@@ -97,16 +96,16 @@ def _json(answer: BaseModel) -> Response:
 def _assignment(claimed: Claimed, context: ContextDep) -> Assignment:
     trial, spec = claimed.trial, claimed.plan.stored_spec
     assert trial.lease_expires_at is not None, "a claimed trial is running, so it has a lease"
-    folder = context.logdir / str(trial.sweep_id) / str(trial.id)
+    folder = log_location.trial_dir(context.logdir, trial.sweep_id, trial.id)
     return Assignment(
         trial_id=trial.id, sweep_id=trial.sweep_id, hparams=trial.hparams,
         model=spec["model"], dataset=spec["dataset"],
         objective=claimed.plan.spec.objective, train=claimed.plan.spec.train,
-        logdir=str(folder),
+        logdir=folder,
         log_scaled=[name for name in claimed.plan.spec.log_scaled() if name in trial.hparams],
         attempt=trial.attempts,
         # Beside the trial's logs, so a retry on any worker sharing the logdir resumes from it.
-        checkpoint_dir=str(folder / CHECKPOINT_FOLDER),
+        checkpoint_dir=log_location.checkpoint_dir(folder),
         heartbeat_seconds=context.policy.heartbeat.total_seconds(),
         lease_expires_at=trial.lease_expires_at,
     )

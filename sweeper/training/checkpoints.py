@@ -10,20 +10,22 @@ small state file naming it is renamed into place, so a process killed in the mid
 the previous checkpoint whole. And the state holds every finished epoch's metrics, so a resumed trial
 still judges its objective (its best epoch, say) over all of its epochs.
 
-No TensorFlow here: the model is only asked to `save_weights` and `load_weights`, so the worker
-agent and supervisor can find and delete a trial's checkpoint without loading TensorFlow.
+The folder is local or in an object store (`sweeper.log_location`), and its files are handled through
+`sweeper._log_files`; Keras saves and loads weights at a URL itself (through a local copy). No
+TensorFlow here for a local folder: the model is only asked to `save_weights` and `load_weights`, so
+the worker agent and supervisor can find and delete a trial's checkpoint without loading TensorFlow
+(for a URL, gfile loads it).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
+from sweeper import _log_files, log_location
 from sweeper._errors import RetryableError
 
 __all__ = ["CheckpointError", "Resume", "TrialCheckpoint", "checkpoint_folder"]
@@ -58,11 +60,11 @@ class CheckpointError(RetryableError):
     """
 
 
-def checkpoint_folder(assignment: _HasAssignmentPaths) -> Path:
+def checkpoint_folder(assignment: _HasAssignmentPaths) -> str:
     """The assignment's checkpoint folder; servers from before checkpoints name none: `<logdir>/checkpoint`."""
     if assignment.checkpoint_dir:
-        return Path(assignment.checkpoint_dir)
-    return Path(assignment.logdir) / "checkpoint"
+        return assignment.checkpoint_dir
+    return log_location.checkpoint_dir(assignment.logdir)
 
 
 @dataclass(frozen=True)
@@ -73,18 +75,19 @@ class Resume:
     """The number of finished epochs, which is also the index of the first epoch to train."""
     history: list[dict[str, float]]
     """The metrics of each finished epoch, in order (as the runner's epoch reporter collected them)."""
-    weights: Path
+    weights: str
+    """The saved weights: a file in the checkpoint folder, a path or a URL."""
 
 
 class TrialCheckpoint:
     """The checkpoint files of one trial in their folder (created on the first save)."""
 
-    def __init__(self, folder: str | Path):
-        self.folder = Path(folder)
+    def __init__(self, folder: str | os.PathLike[str]):
+        self.folder = os.fspath(folder)
 
     @property
-    def state_file(self) -> Path:
-        return self.folder / STATE_FILE
+    def state_file(self) -> str:
+        return log_location.join(self.folder, STATE_FILE)
 
     def load(self) -> Resume | None:
         """What the last finished epoch saved, or None when no epoch was saved yet.
@@ -92,7 +95,7 @@ class TrialCheckpoint:
         Raises CheckpointError (after deleting the checkpoint) when the state is unreadable.
         """
         try:
-            text = self.state_file.read_text()
+            text = _log_files.read_bytes(self.state_file).decode()
         except FileNotFoundError:
             return None
         except OSError as error:
@@ -100,35 +103,36 @@ class TrialCheckpoint:
         try:
             state = json.loads(text)
             epochs_done, weights, history = state["epochs_done"], state["weights"], state["history"]
-        except (ValueError, KeyError, TypeError) as error:
+        except (ValueError, KeyError, TypeError) as error:  # UnicodeDecodeError is a ValueError
             raise self._broken(f"{self.state_file} is not a checkpoint state: {error}") from error
         if state.get("format") != _FORMAT or not isinstance(epochs_done, int) or not isinstance(history, list) \
                 or len(history) != epochs_done or not isinstance(weights, str) or "/" in weights:
             raise self._broken(f"{self.state_file} is not a format-{_FORMAT} checkpoint state with one history "
                                f"entry per finished epoch")
-        path = self.folder / weights
-        if not path.is_file():
+        path = log_location.join(self.folder, weights)
+        if not _log_files.exists(path):
             raise self._broken(f"{self.state_file} names weights {weights}, which are missing")
         return Resume(epochs_done=epochs_done, history=[dict(metrics) for metrics in history], weights=path)
 
     def save(self, model: _Model, history: list[dict[str, float]]) -> None:
         """Save the model (with its optimizer) after `len(history)` finished epochs, replacing the previous save."""
-        self.folder.mkdir(parents=True, exist_ok=True)
+        _log_files.makedirs(self.folder)
         epochs_done = len(history)
         weights = f"epochs-{epochs_done:06d}{_WEIGHTS_SUFFIX}"
         # Written whole under a temporary name, then renamed: a save cut short never looks finished.
-        partial = self.folder / f"partial-{uuid.uuid4().hex}{_WEIGHTS_SUFFIX}"
+        partial = log_location.join(self.folder, f"partial-{uuid.uuid4().hex}{_WEIGHTS_SUFFIX}")
         try:
-            model.save_weights(str(partial))
-            os.replace(partial, self.folder / weights)
-        finally:
-            partial.unlink(missing_ok=True)
+            model.save_weights(partial)
+            _log_files.replace(partial, log_location.join(self.folder, weights))
+        except BaseException:
+            _log_files.remove(partial)  # only when it was not renamed: in an object store each call is a request
+            raise
         state = {"format": _FORMAT, "epochs_done": epochs_done, "weights": weights, "history": history}
-        _write_atomically(self.state_file, json.dumps(state))
+        _log_files.write_atomically(self.state_file, json.dumps(state).encode())
         # Only now is the previous save unneeded: until the rename above, the state still named it.
-        for path in self.folder.glob(f"*{_WEIGHTS_SUFFIX}"):
-            if path.name != weights:
-                path.unlink(missing_ok=True)
+        for path in _log_files.glob(log_location.join(self.folder, f"*{_WEIGHTS_SUFFIX}")):
+            if os.path.basename(path) != weights:  # a URL's last part too
+                _log_files.remove(path)
 
     def restore(self, model: _Model, resume: Resume) -> None:
         """Load the saved weights and optimizer state into `model`, which must be built and compiled.
@@ -140,7 +144,7 @@ class TrialCheckpoint:
             if optimizer is not None and not optimizer.built:
                 # Keras loads an optimizer's state only into an optimizer that has its variables.
                 optimizer.build(model.trainable_variables)
-            model.load_weights(str(resume.weights))
+            model.load_weights(resume.weights)
         except Exception as error:
             # Keras's message can hold whole weight arrays: its first line says enough.
             reason = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
@@ -149,20 +153,8 @@ class TrialCheckpoint:
 
     def delete(self) -> None:
         """Remove the checkpoint: the trial finished for good, or its checkpoint is no use."""
-        shutil.rmtree(self.folder, ignore_errors=True)
+        _log_files.rmtree(self.folder)
 
     def _broken(self, problem: str) -> CheckpointError:
         self.delete()
         return CheckpointError(f"{problem}; the checkpoint was deleted, so the trial starts over")
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    partial = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(partial, "w") as file:
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)

@@ -6,19 +6,22 @@ it, keeps the first session end it reads, and shows an epoch written twice as tw
 attempt that starts over removes every earlier event file, and one that resumes after `epoch` finished
 epochs keeps exactly what those epochs wrote (their train/ and validation/ scalars, and the session
 start) and drops the rest: scalars of the epochs it trains again, the objective and any session end.
-Event files are rewritten whole under a temporary name and renamed into place.
+Event files are rewritten whole under a temporary name and renamed into place. The trial's folder may
+be a local one or an object-store URL (`sweeper.log_location`): files are listed, read and written
+through `sweeper._log_files`, and read with TensorBoard's loader, which reads both.
 """
 
 from __future__ import annotations
 
-import os
-import uuid
 from pathlib import Path
 
 from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
 from tensorboard.compat.proto import event_pb2
 from tensorboard.plugins.hparams import metadata as hparams_metadata
-from tensorboard.summary.writer.record_writer import RecordWriter
+
+from sweeper import _log_files
+from sweeper.hparams_log import event_records
+from sweeper.log_location import join
 
 __all__ = ["rewind_trial_logs"]
 
@@ -32,20 +35,19 @@ def rewind_trial_logs(trial_dir: str | Path, epoch: int) -> bool:
 
     Only event files are touched: nothing else in the folder is ours.
     """
-    trial_dir = Path(trial_dir)
     if epoch < 0:
         raise ValueError(f"`epoch >= 0` must hold, but got {epoch=}")
     if epoch == 0:
-        for folder in (trial_dir, *(trial_dir / name for name in _EPOCH_FOLDERS)):
+        for folder in (trial_dir, *(join(trial_dir, name) for name in _EPOCH_FOLDERS)):
             for path in _event_files(folder):
-                path.unlink(missing_ok=True)
+                _log_files.remove(path)
         return False
     for name in _EPOCH_FOLDERS:
-        _rewind_epoch_folder(trial_dir / name, epoch)
+        _rewind_epoch_folder(join(trial_dir, name), epoch)
     return _keep_first_session_start(trial_dir)
 
 
-def _rewind_epoch_folder(folder: Path, epoch: int) -> None:
+def _rewind_epoch_folder(folder: str, epoch: int) -> None:
     """Keep what Keras wrote during the epochs before `epoch`, in train/ or validation/.
 
     Its `epoch_<metric>` scalars have the epoch as their step, but the `evaluation_<metric>_vs_iterations`
@@ -65,7 +67,7 @@ def _rewind_epoch_folder(folder: Path, epoch: int) -> None:
                       or ((n, k) <= cut and not (_is_epoch_scalar(event) and event.step >= epoch))])
 
 
-def _keep_first_session_start(trial_dir: Path) -> bool:
+def _keep_first_session_start(trial_dir: str | Path) -> bool:
     """Keep only the trial folder's first session start: drop its objective scalar and any session end."""
     kept = False
     for path in _event_files(trial_dir):
@@ -86,29 +88,21 @@ def _is_epoch_scalar(event: event_pb2.Event) -> bool:
     return bool(values) and all(value.tag.startswith("epoch_") for value in values)
 
 
-def _event_files(folder: Path) -> list[Path]:
+def _event_files(folder: str | Path) -> list[str]:
     # In name order, which is TensorBoard's reading order (the names start with the creation time).
-    return sorted(path for path in folder.glob("*tfevents*") if path.is_file())
+    return _log_files.glob(join(folder, "*tfevents*"))
 
 
-def _read(path: Path) -> list[tuple[bytes, event_pb2.Event]]:
+def _read(path: str) -> list[tuple[bytes, event_pb2.Event]]:
     # A record cut short by a killed writer ends the file: the loader stops there.
-    return [(record, event_pb2.Event.FromString(record)) for record in RawEventFileLoader(str(path)).Load()]
+    return [(record, event_pb2.Event.FromString(record)) for record in RawEventFileLoader(path).Load()]
 
 
-def _write(path: Path, records: list[bytes]) -> None:
+def _write(path: str, records: list[bytes]) -> None:
     """Replace an event file's events with `records`; remove it when nothing but its header is left."""
     if all(not event_pb2.Event.FromString(record).HasField("summary") for record in records):
-        path.unlink(missing_ok=True)
+        _log_files.remove(path)
         return
     # Written under a name without "tfevents" (TensorBoard ignores it), then renamed over the original,
     # so a TensorBoard reading the folder meanwhile never sees a half-written file.
-    partial = path.with_name(f".rewind.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(partial, "wb") as file:
-            writer = RecordWriter(file)
-            for record in records:
-                writer.write(record)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
+    _log_files.write_atomically(path, event_records(records))

@@ -41,11 +41,13 @@ class Processes:
         self.folder = folder
         self.started: list[tuple[subprocess.Popen, Path]] = []
 
-    def start(self, name: str, *command: str) -> subprocess.Popen:
+    def start(self, name: str, *command: str, env: dict[str, str] | None = None,
+              cwd: Path | None = None) -> subprocess.Popen:
+        """Start `command` in this test's folder with this environment, or in `cwd` with `env` alone."""
         log = self.folder / f"{name}.log"
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
+        env = {**(os.environ if env is None else env), "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
         process = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env,
-                                   cwd=self.folder)
+                                   cwd=cwd or self.folder)
         self.started.append((process, log))
         return process
 

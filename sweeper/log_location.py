@@ -1,0 +1,89 @@
+"""Where a sweep's and a trial's logs live: under the server's logdir, a local folder or an object-store URL.
+
+The server, the workers and the CLI all name folders through this module, so that a trial's folder in
+an assignment, the folder the server writes the sweep's config to, and the one TensorBoard reads are
+the same place whatever the logdir is. Layout: `<logdir>/<sweep_id>/<trial_id>/`, with the trial's
+checkpoint in `<trial folder>/checkpoint/`.
+
+A logdir with a scheme (`gs://bucket/prefix`, `s3://...`, `file:///...`, any that TensorFlow's gfile
+handles) is a URL: kept as written and joined with `/`. Anything else is a local folder, made absolute
+once by the server, since workers run in other working folders.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+__all__ = ["CHECKPOINT_FOLDER", "checkpoint_dir", "is_url", "join", "parent", "reader_flags", "resolve_logdir",
+           "sweep_dir", "trial_dir"]
+
+CHECKPOINT_FOLDER = "checkpoint"
+"""A trial's checkpoint folder, beside its logs: a retry on any worker that reaches the logdir resumes from it."""
+
+# RFC 3986's scheme, then "://". Two letters at least, so a Windows drive ("C:/runs") is not a scheme.
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+://")
+
+
+def is_url(location: str | os.PathLike[str]) -> bool:
+    """Whether `location` is a URL (`gs://...`), read and written through gfile, rather than a local path."""
+    return bool(_SCHEME.match(os.fspath(location)))
+
+
+def resolve_logdir(logdir: str | os.PathLike[str]) -> str:
+    """The server's logdir as workers receive it: a URL as written (less a trailing `/`), a local folder
+    made absolute (`~` expanded), so trial folders do not move if the server's working folder changes."""
+    text = os.fspath(logdir)
+    if is_url(text):
+        return _without_trailing_slash(text)
+    return str(Path(text).expanduser().resolve())
+
+
+def join(location: str | os.PathLike[str], *parts: str | int) -> str:
+    """`location` with `parts` below it: with `/` for a URL, as the local file system joins for a path."""
+    text = os.fspath(location)
+    names = [str(part) for part in parts]
+    if is_url(text):
+        return "/".join([_without_trailing_slash(text), *names])
+    return os.path.join(text, *names)
+
+
+def parent(location: str | os.PathLike[str]) -> str:
+    """The folder that holds `location`."""
+    text = os.fspath(location)
+    if is_url(text):
+        return _without_trailing_slash(text).rsplit("/", 1)[0]
+    return os.path.dirname(text)
+
+
+def sweep_dir(logdir: str | os.PathLike[str], sweep_id: int) -> str:
+    """A sweep's folder: its one hparams config, and its trials' folders."""
+    return join(logdir, sweep_id)
+
+
+def trial_dir(logdir: str | os.PathLike[str], sweep_id: int, trial_id: int) -> str:
+    """A trial's folder: its HParams session, and its train/ and validation/ scalars."""
+    return join(logdir, sweep_id, trial_id)
+
+
+def checkpoint_dir(trial_folder: str | os.PathLike[str]) -> str:
+    """The checkpoint folder of the trial whose folder is `trial_folder`."""
+    return join(trial_folder, CHECKPOINT_FOLDER)
+
+
+def reader_flags(location: str | os.PathLike[str]) -> list[str]:
+    """TensorBoard's flags for reading `location`: for a URL, its Python reader.
+
+    TensorBoard's fast reader (its Rust data server) reads gs:// with a GCS client of its own, with its
+    own credentials and certificate store; the Python reader goes through tf.io.gfile: the file systems,
+    credentials and endpoints that the workers wrote the logs with. One sweep's folder is small enough
+    that the slower reader costs little.
+    """
+    return ["--load_fast=false"] if is_url(location) else []
+
+
+def _without_trailing_slash(url: str) -> str:
+    # "gs://bucket/" names the bucket's root; "gs://" alone is no location, so it is left for gfile to refuse.
+    stripped = url.rstrip("/")
+    return stripped if not stripped.endswith(":") else url

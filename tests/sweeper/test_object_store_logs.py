@@ -1,0 +1,67 @@
+"""A trial whose logdir is in a GCS bucket: its logs, its checkpoint and a resume all go through the bucket.
+
+The bucket is a GCS emulator reached by TensorFlow's own gs:// file system (see gcs_emulator), so the
+runner, Keras's TensorBoard callback, the summary writers, the checkpoint and the rewind of a resumed
+trial's logs use exactly the code paths they would use on a real bucket.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import tensorflow as tf
+from gcs_emulator import gcs, unique_prefix  # noqa: F401 - the fixture
+from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+from tensorboard.plugins.hparams import api_pb2, metadata
+
+from sweeper import parse_spec
+from sweeper.hparams_log import write_experiment
+from sweeper.log_location import checkpoint_dir, join, sweep_dir, trial_dir
+from sweeper.messages import Assignment
+from sweeper.training.checkpoints import STATE_FILE, TrialCheckpoint
+from sweeper.training.runner import run_trial
+from test_resume import _InterruptAt
+from test_runner import _assignment, _Recorder, _scalars, _session, _session_groups
+
+EPOCHS = 3
+
+
+def _trial_in(logdir: str) -> Assignment:
+    """The runner tests' trial, with its folders in `logdir` as the server would name them."""
+    base = _assignment(Path("replaced"), epochs=EPOCHS, lr_schedule="exponential")
+    folder = trial_dir(logdir, base.sweep_id, base.trial_id)
+    return base.model_copy(update={"logdir": folder, "checkpoint_dir": checkpoint_dir(folder)})
+
+
+def _session_starts(folder: str) -> int:
+    return sum(value.tag == metadata.SESSION_START_INFO_TAG
+               for path in tf.io.gfile.glob(join(folder, "*tfevents*")) for event in EventFileLoader(path).Load()
+               for value in event.summary.value)
+
+
+def test_a_trial_logged_to_a_bucket_resumes_from_its_checkpoint_there_and_logs_each_epoch_once(gcs) -> None:
+    logdir = gcs.url(unique_prefix(), "runs")
+    assignment = _trial_in(logdir)
+    assert assignment.logdir.startswith("gs://")
+    spec = {"name": "s", "model": "mlp", "dataset": "digits", "objective": {"metric": "val_accuracy"},
+            "hparams": dict(assignment.hparams)}
+    write_experiment(sweep_dir(logdir, assignment.sweep_id), parse_spec(spec))
+
+    # The first attempt is stopped after epoch 1: its checkpoint stays in the bucket.
+    assert run_trial(assignment, _InterruptAt(1, "stop")).stopped_by == "stop"
+    assert tf.io.gfile.exists(join(assignment.checkpoint_dir, STATE_FILE))
+    assert TrialCheckpoint(assignment.checkpoint_dir).load().epochs_done == 2  # type: ignore[union-attr]
+
+    second = _Recorder()
+    result = run_trial(assignment.model_copy(update={"attempt": 2}), second)
+
+    assert [epoch for epoch, _ in second.calls] == [2]
+    assert (result.epochs_run, result.resumed_from, result.stopped_by) == (EPOCHS, 2, None)
+    for run in ("train", "validation"):
+        assert [step for step, _ in _scalars(join(assignment.logdir, run))["epoch_loss"]] == list(range(EPOCHS))
+    assert _session_starts(assignment.logdir) == 1
+    assert _session(assignment.logdir)[1] == api_pb2.STATUS_SUCCESS
+    (group,) = _session_groups(sweep_dir(logdir, assignment.sweep_id))
+    assert group.name == str(assignment.trial_id)
+    assert [session.status for session in group.sessions] == [api_pb2.STATUS_SUCCESS]
+    assert not tf.io.gfile.exists(join(assignment.checkpoint_dir, STATE_FILE))  # completed: deleted
