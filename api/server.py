@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import gc
 import sys
 import threading
 import time
@@ -28,7 +29,24 @@ def serve(settings: Settings, *, access_log: bool = False) -> None:
     # Python hands the GIL over every 5 ms by default, so each waits up to that long for the other at
     # every turn; 1 ms keeps claims moving through both without measurable overhead.
     sys.setswitchinterval(GIL_SWITCH_SECONDS)
-    uvicorn.Server(_config(settings, embedded=False, access_log=access_log)).run()
+    config = _config(settings, embedded=False, access_log=access_log)
+    _freeze_long_lived_objects()
+    uvicorn.Server(config).run()
+
+
+def _freeze_long_lived_objects() -> None:
+    """Move what lives as long as the server (its modules, the app and its routes, the engine) out of the
+    garbage collector's sight, once the app is built.
+
+    Under a fleet's claims the server makes objects fast enough for a full collection every second or
+    so, and each walked everything the process holds: 55 to 60 ms in which no request moved, the tail
+    of the claim latency. Frozen, a full collection walks only what requests made since. The process
+    keeps what is frozen until it exits, which is what it does anyway with its modules and its app.
+    Only here, in the server's own process: a program that embeds the server (tests, `sweeper run`)
+    keeps its own collector as it is.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 @dataclass

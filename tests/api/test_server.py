@@ -105,3 +105,24 @@ def test_a_database_locked_past_the_busy_timeout_answers_503_and_changes_nothing
         assert answer.json() == {"detail": "the database is busy; retry the request"}
         assert client.get(f"{API}/sweeps/{sweep['id']}/trials").json()["count"] == 0
         assert Worker(client, "w").claim() is not None
+
+
+def test_serve_freezes_the_built_app_out_of_garbage_collection_before_serving(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch):
+    # A full collection that walks the whole app stalls every request for 50 ms or more under a fleet.
+    import gc
+    import sys
+
+    import uvicorn
+
+    from api import server
+
+    frozen_when_serving: list[int] = []
+    monkeypatch.setattr(sys, "setswitchinterval", lambda seconds: None)  # the test process keeps its own
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self: frozen_when_serving.append(gc.get_freeze_count()))
+    gc.unfreeze()
+    try:
+        server.serve(Settings(port=0, database_url=f"sqlite:///{tmp_path / 'db.sqlite'}", logdir=tmp_path / "runs"))
+    finally:
+        gc.unfreeze()
+    assert frozen_when_serving and frozen_when_serving[0] > 10_000
