@@ -143,7 +143,12 @@ def require_file_system(location: Location) -> None:
     if scheme not in schemes:
         raise ValueError(f"logdir {os.fspath(location)}: TensorFlow has no file system for {scheme}:// here (it has "
                          f"{', '.join(name + '://' for name in schemes)}); another scheme needs a file-system plugin "
-                         f"built for this TensorFlow version, on the server and on every worker")
+                         f"built for this TensorFlow version, on the server and on every worker"
+                         + _S3_HINT * (scheme in ("s3", "s3a")))
+
+
+_S3_HINT = ("; for S3, TensorFlow's plugin (tensorflow-io, 0.37.1 at the latest) does not load into TensorFlow 2.18 or "
+            "later: mount the bucket at the same path on every host and give that folder as the logdir")
 
 
 def _tf() -> Any:
