@@ -53,8 +53,8 @@ def path_prefix(sweep_id: int) -> str:
 
 
 def tensorboard_command(folder: str | Path, port: int, prefix: str) -> list[str]:
-    """The command line of one sweep's TensorBoard."""
-    return [sys.executable, "-m", "tensorboard.main", "--logdir", str(folder), "--host", "127.0.0.1",
+    """The command line of one sweep's TensorBoard (through api.tensorboard_child, which ends it with the server)."""
+    return [sys.executable, "-m", "api.tensorboard_child", "--logdir", str(folder), "--host", "127.0.0.1",
             "--port", str(port), "--path_prefix", prefix, *reader_flags(folder)]
 
 
@@ -223,7 +223,9 @@ class TensorBoards:
             command = tensorboard_command(folder, board.port, path_prefix(board.sweep_id))
             logger.info("starting TensorBoard for sweep %d on 127.0.0.1:%d", board.sweep_id, board.port)
             try:
-                board.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                # Its stdin is a pipe this process holds open and never writes: it closes when the
+                # server ends, however it ends, and the child then stops (api.tensorboard_child).
+                board.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                                  stderr=subprocess.STDOUT, env=_environment())
             except OSError as error:
                 raise TensorBoardUnavailableError(f"cannot start TensorBoard for sweep {board.sweep_id}: "
@@ -295,5 +297,7 @@ def _stop(board: _Board) -> None:
                            board.sweep_id, STOP_TIMEOUT_SECONDS)
             process.kill()
             process.wait()
+    if process.stdin is not None:
+        process.stdin.close()
     board.process = None
     board.port = None

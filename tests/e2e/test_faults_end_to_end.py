@@ -130,3 +130,33 @@ def test_a_nan_trial_and_a_failing_trial_fail_once_with_their_reason(processes, 
     assert "does not exist under the data root" in failed[0]["error"]
     assert "Traceback (most recent call last)" in failed[0]["traceback"]
     assert "failed in a row" in sweep["reason"] or "consecutive" in sweep["reason"], sweep["reason"]
+
+
+def tensorboards_reading(folder) -> list[int]:
+    """Pids of the processes that serve `folder` (a sweep's) as TensorBoard's `--logdir`."""
+    wanted = [b"--logdir", str(folder).encode()]
+    pids = []
+    for entry in os.listdir("/proc"):
+        try:
+            command = open(f"/proc/{entry}/cmdline", "rb").read().split(b"\0")
+        except OSError:
+            continue
+        if any(command[index:index + 2] == wanted for index in range(len(command))):
+            pids.append(int(entry))
+    return pids
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads the process table from /proc (Linux)")
+def test_a_server_killed_outright_leaves_no_tensorboard_running(processes, tmp_path):
+    service = Service(processes, tmp_path)
+    sweep_id = service.submit(spec("board", epochs=1))
+    opened = httpx.post(f"{service.url}/api/v1/sweeps/{sweep_id}/tensorboard", timeout=120)
+    assert opened.status_code == 200, opened.text
+    sweep_folder = tmp_path / "runs" / str(sweep_id)
+    assert len(tensorboards_reading(sweep_folder)) == 1
+
+    # No shutdown to run: SIGKILL gives the server no chance to stop its TensorBoards.
+    service.server.send_signal(signal.SIGKILL)
+    service.server.wait()
+
+    wait_until(lambda: not tensorboards_reading(sweep_folder), 20, "the TensorBoard to end with its server")
