@@ -135,12 +135,13 @@ def test_the_reaper_fails_a_trial_as_worker_lost_once_the_specs_attempts_are_use
 
 
 def test_a_heartbeating_worker_is_never_reaped(client_with):
-    client = client_with(lease_seconds=0.3, reap_interval_seconds=0.02)
+    # A lease of 1 s, so that a heartbeat held up on a loaded machine still comes in time.
+    client = client_with(lease_seconds=1.0, reap_interval_seconds=0.02)
     create_sweep(client, grid_spec(values=1))
     worker = Worker(client, "alive")
     trial_id = worker.claim_id()
 
-    for _ in range(20):  # 1 s: three leases long
+    for _ in range(60):  # 3 s: three leases long
         assert worker.heartbeat(trial_id).json() == {"action": "continue"}
         time.sleep(0.05)
 
