@@ -141,10 +141,10 @@ def require_file_system(location: Location) -> None:
         return  # TensorBoard's stub: it looks the scheme up in fsspec on first use
     schemes = sorted(name for name in registered() if name)
     if scheme not in schemes:
+        hint = _S3_HINT if scheme in ("s3", "s3a") else ""
         raise ValueError(f"logdir {os.fspath(location)}: TensorFlow has no file system for {scheme}:// here (it has "
                          f"{', '.join(name + '://' for name in schemes)}); another scheme needs a file-system plugin "
-                         f"built for this TensorFlow version, on the server and on every worker"
-                         + _S3_HINT * (scheme in ("s3", "s3a")))
+                         f"built for this TensorFlow version, on the server and on every worker{hint}")
 
 
 _S3_HINT = ("; for S3, TensorFlow's plugin (tensorflow-io, 0.37.1 at the latest) does not load into TensorFlow 2.18 or "
