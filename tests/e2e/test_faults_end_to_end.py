@@ -138,7 +138,8 @@ def tensorboards_reading(folder) -> list[int]:
     pids = []
     for entry in os.listdir("/proc"):
         try:
-            command = open(f"/proc/{entry}/cmdline", "rb").read().split(b"\0")
+            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                command = cmdline.read().split(b"\0")
         except OSError:
             continue
         if any(command[index:index + 2] == wanted for index in range(len(command))):
