@@ -4,7 +4,8 @@ This package is the core: importing it loads neither TensorFlow, FastAPI nor SQL
 """
 
 from sweeper._domains import Discrete, Fixed, IntInterval, RealInterval
-from sweeper._errors import RetryableError, SpecError, SweeperError
+from sweeper._errors import (InfrastructureError, NonFiniteLossError, RetryableError, SpecError, SweeperError,
+                             TrialAbandonedError, UnknownTrialError)
 from sweeper._registry import PluginError, datasets, models
 from sweeper._spec import Objective, SearchSettings, SweepSpec, TrainSettings, load_spec, parse_spec
 from sweeper._strategies import GridStrategy, RandomStrategy, Strategy, make_strategy
@@ -14,7 +15,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Discrete", "Fixed", "IntInterval", "RealInterval",
-    "RetryableError", "SpecError", "SweeperError", "PluginError",
+    "InfrastructureError", "NonFiniteLossError", "RetryableError", "SpecError", "SweeperError", "PluginError",
+    "TrialAbandonedError", "UnknownTrialError",
     "datasets", "models", "register_dataset", "register_model",
     "Objective", "SearchSettings", "SweepSpec", "TrainSettings", "load_spec", "parse_spec",
     "GridStrategy", "RandomStrategy", "Strategy", "make_strategy",

@@ -34,6 +34,19 @@ class RetryableError(SweeperError):
     """
 
 
+class InfrastructureError(RetryableError):
+    """Writing or reading a trial's checkpoint or logs failed (a full disk, an object store away): not the
+    configuration's fault, so the trial is handed back and tried again, never failed as a model error."""
+
+
+class TrialAbandonedError(SweeperError):
+    """The trial is no longer this process's to train (its lease was taken over, or the trial is gone).
+
+    Raised out of a trial's epoch callback or interrupt: training ends at once and nothing more is
+    written to the trial's logs or checkpoint, since another process may be writing them now.
+    """
+
+
 class NonFiniteLossError(SweeperError):
     """The training loss became NaN or infinite: the configuration diverged, and would again if retried."""
 

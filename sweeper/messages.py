@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -36,6 +36,25 @@ class SweepStatus(StrEnum):
     completed = "completed"
     cancelled = "cancelled"
     failed = "failed"
+
+
+class Action(StrEnum):
+    """What the server tells a worker about its trial, in the answer to a heartbeat or an epoch report."""
+
+    continue_ = "continue"
+    """Keep training."""
+    stop = "stop"
+    """Stop at the end of this epoch and hand the trial back (release): another attempt resumes it."""
+    prune = "prune"
+    """Stop now: the trial will not win; it ends pruned with the metrics it reached."""
+    cancel = "cancel"
+    """Stop now: the sweep has ended."""
+
+
+LeaseToken = Annotated[int, Field(ge=1, le=2**62)]
+"""Names one claim of a trial: every claim (a reclaim by the same worker id too) issues a larger one, and
+every later call on the trial carries it; a call with an older token is refused (409), so two processes
+can never both act as the trial's holder."""
 
 
 class _Message(BaseModel):
@@ -73,23 +92,27 @@ class Assignment(_Message):
     heartbeat_seconds: float = 10.0
     """How often the worker extends its lease; the lease lasts longer than several of these."""
     lease_expires_at: datetime
+    lease_token: LeaseToken
+    """This claim's token: every later call on the trial carries it (see `LeaseToken`)."""
 
 
 class HeartbeatRequest(_Message):
     # An example for the OpenAPI docs.
     model_config = ConfigDict(json_schema_extra={"examples": [
-        {"worker_id": "gpu-box-1/0"}]})
+        {"worker_id": "gpu-box-1/0", "lease_token": 1}]})
 
     worker_id: WorkerId
+    lease_token: LeaseToken
 
 
 class MetricsReport(_Message):
     # An example for the OpenAPI docs.
     model_config = ConfigDict(json_schema_extra={"examples": [
-        {"worker_id": "gpu-box-1/0", "epoch": 3,
+        {"worker_id": "gpu-box-1/0", "lease_token": 1, "epoch": 3,
          "metrics": {"loss": 0.41, "val_loss": 0.45, "val_accuracy": 0.87, "learning_rate": 0.001}}]})
 
     worker_id: WorkerId
+    lease_token: LeaseToken
     epoch: Annotated[int, Field(ge=0, le=1_000_000)]
     metrics: dict[str, float]
 
@@ -97,9 +120,11 @@ class MetricsReport(_Message):
 class CompleteReport(_Message):
     # An example for the OpenAPI docs.
     model_config = ConfigDict(json_schema_extra={"examples": [
-        {"worker_id": "gpu-box-1/0", "metrics": {"loss": 0.2, "val_loss": 0.31, "val_accuracy": 0.93}}]})
+        {"worker_id": "gpu-box-1/0", "lease_token": 1,
+         "metrics": {"loss": 0.2, "val_loss": 0.31, "val_accuracy": 0.93}}]})
 
     worker_id: WorkerId
+    lease_token: LeaseToken
     metrics: dict[str, float]
 
 
@@ -114,14 +139,19 @@ class FailureKind(StrEnum):
     """Out of (GPU) memory: not retried on the same configuration."""
     crash = "crash"
     """The worker process died (signal or exit code): retried through its lease."""
+    io = "io"
+    """Reading or writing the trial's logs or checkpoint failed (a full disk, an object store away): the
+    infrastructure's fault, not the configuration's, so it is retried."""
 
 
 class FailReport(_Message):
     # An example for the OpenAPI docs.
     model_config = ConfigDict(json_schema_extra={"examples": [
-        {"worker_id": "gpu-box-1/0", "error": "loss became NaN at epoch 3", "kind": "nan", "retryable": False}]})
+        {"worker_id": "gpu-box-1/0", "lease_token": 1, "error": "loss became NaN at epoch 3", "kind": "nan",
+         "retryable": False}]})
 
     worker_id: WorkerId
+    lease_token: LeaseToken
     error: Annotated[str, Field(max_length=65_536)]
     """One line or a short paragraph: what went wrong, e.g. "loss became NaN at epoch 3"."""
     retryable: bool = False
@@ -134,9 +164,10 @@ class ReleaseReport(_Message):
 
     # An example for the OpenAPI docs.
     model_config = ConfigDict(json_schema_extra={"examples": [
-        {"worker_id": "gpu-box-1/0", "reason": "SIGTERM: shutting down", "epochs_done": 4}]})
+        {"worker_id": "gpu-box-1/0", "lease_token": 1, "reason": "SIGTERM: shutting down", "epochs_done": 4}]})
 
     worker_id: WorkerId
+    lease_token: LeaseToken
     reason: Annotated[str, Field(max_length=65_536)]
     epochs_done: Annotated[int, Field(ge=0, le=1_000_000)] = 0
 
@@ -144,4 +175,4 @@ class ReleaseReport(_Message):
 class Directive(_Message):
     """The server's answer to a heartbeat or a metrics report."""
 
-    action: Literal["continue", "stop", "prune", "cancel"] = "continue"
+    action: Action = Action.continue_
