@@ -12,6 +12,8 @@ from sqlalchemy.types import TypeDecorator
 
 from sweeper.messages import FailureKind, SweepStatus, TrialState
 
+from api.lifecycle import TrialEvent
+
 
 class UTCDateTime(TypeDecorator[datetime]):
     """Aware UTC datetimes in, aware UTC datetimes out, on every backend.
@@ -46,6 +48,7 @@ class Base(DeclarativeBase):
         SweepStatus: Enum(SweepStatus, native_enum=False, length=16),
         TrialState: Enum(TrialState, native_enum=False, length=16),
         FailureKind: Enum(FailureKind, native_enum=False, length=16),
+        TrialEvent: Enum(TrialEvent, native_enum=False, length=16),
     }
 
 # Ids name TensorBoard folders and session groups, so SQLite must never reuse a deleted row's id.
@@ -96,6 +99,11 @@ class TrialRow(Base):
     attempts: Mapped[int] = mapped_column(default=0)
     worker_id: Mapped[str | None] = mapped_column(String(200))
     lease_expires_at: Mapped[datetime | None]
+    lease_token: Mapped[int] = mapped_column(default=0, server_default="0")
+    """The latest claim's token (api.lifecycle): every call on the trial must carry it; 0 before any claim."""
+    lease_end: Mapped[TrialEvent | None]
+    """The report or event that ended the latest lease (complete, fail, release, expire, ...); None while it
+    runs. A report repeated with the same token is answered with the trial as stored."""
     error: Mapped[str | None] = mapped_column(Text)
     """The latest failed attempt's error, kept while a retry runs; cleared when the trial completes."""
     failure_kind: Mapped[FailureKind | None]

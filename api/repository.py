@@ -33,7 +33,9 @@ from sweeper._errors import UnknownTrialError
 from sweeper.messages import (ClaimRequest, CompleteReport, Directive, FailReport, FailureKind, HeartbeatRequest,
                               MetricsReport, ReleaseReport, SweepStatus, TrialState)
 
+from api import lifecycle
 from api import trial_statements as sql
+from api.lifecycle import ENDED_EARLY, OPEN, Caller, SweepEvent, TrialEvent, TrialLife
 from api.models import Base, SweepRow, TrialEpochRow, TrialRow, WorkerRow, utcnow
 from api.queries import (ObjectivePoint, SortOrder, best_trials, objective_of, objective_points, ordered_trials,
                          stored_space_size, trial_stats, worker_state_is)
@@ -48,10 +50,6 @@ CANCELLED_ON_REQUEST = "cancelled on request"
 
 _MAX_ROW_ID = 2**63 - 1  # the largest id a database integer column holds
 _ACTIVE = (TrialState.pending, TrialState.running)
-_OPEN = (SweepStatus.running, SweepStatus.paused)
-"""Sweeps that have not ended: they may still be paused, resumed, cancelled, completed or failed."""
-_ENDED_EARLY = (SweepStatus.cancelled, SweepStatus.failed)
-"""Sweeps whose running trials are told to cancel, and end cancelled whatever their worker reports."""
 
 
 class SweepNotFoundError(SweeperError):
@@ -67,7 +65,7 @@ class TrialNotFoundError(UnknownTrialError):
 
 
 class LeaseConflictError(SweeperError):
-    """A worker reported on a trial whose lease it does not hold; nothing was changed."""
+    """A worker called on a trial whose current lease it does not hold (a stale token); nothing was changed."""
 
 
 class SweepStateError(SweeperError):
@@ -298,11 +296,12 @@ class Repository:
         """Extend the worker's lease on its trial; the answer says "cancel" once its sweep has ended."""
         with self._session.begin():
             connection = self._session.connection()
-            held = self._lease_holder(connection, trial_id, request.worker_id)
+            _, step = self._lease_holder(connection, trial_id, TrialEvent.heartbeat,
+                                         Caller(request.worker_id, request.lease_token))
             now = self._clock()
             self._seen(request.worker_id, now, connection=connection)
             self._update_trial(connection, trial_id, lease_expires_at=now + self._policy.lease)
-            return _directive(held.sweep_status)
+            return Directive(action=step.action)
 
     def report_metrics(self, trial_id: int, report: MetricsReport) -> Directive:
         """Store one epoch's metrics and extend the lease.
@@ -312,7 +311,8 @@ class Repository:
         """
         with self._session.begin():
             connection = self._session.connection()
-            held = self._lease_holder(connection, trial_id, report.worker_id)
+            _, step = self._lease_holder(connection, trial_id, TrialEvent.report,
+                                         Caller(report.worker_id, report.lease_token))
             now = self._clock()
             self._seen(report.worker_id, now, connection=connection)
             values = {"metrics": _finite(report.metrics), "reported_at": now}
@@ -323,25 +323,30 @@ class Repository:
                 connection.execute(sql.UPDATE_EPOCH, {"row": row_id, **values})
                 self._loaded_copy_takes(TrialEpochRow, row_id, values)
             self._update_trial(connection, trial_id, lease_expires_at=now + self._policy.lease)
-            return _directive(held.sweep_status)
+            return Directive(action=step.action)
 
     def complete(self, trial_id: int, report: CompleteReport) -> sql.TrialRecord:
-        """Record the final metrics and release the lease: completed, or cancelled if its sweep has ended."""
+        """Record the final metrics and end the lease: completed, or cancelled if its sweep has ended.
+
+        The same report again (a retry after a lost answer, same token) changes nothing and gets the trial as stored.
+        """
         with self._transaction():
             connection = self._session.connection()
-            held = self._lease_holder(connection, trial_id, report.worker_id)
+            held, step = self._lease_holder(connection, trial_id, TrialEvent.complete,
+                                            Caller(report.worker_id, report.lease_token))
+            if step.repeated:
+                return sql.trial_record(held)
             now = self._clock()
             self._seen(report.worker_id, now, connection=connection)
             # Kept also for a cancelled trial: they are what it reached before it was stopped.
-            metrics = _finite(report.metrics)
-            if held.sweep_status in _ENDED_EARLY:
-                changes: dict[str, Any] = {"state": TrialState.cancelled, "metrics": metrics, "lease_expires_at": None,
-                                           "finished_at": now}
+            changes: dict[str, Any] = {"state": step.trial.state, "lease_end": step.trial.lease_end,
+                                       "metrics": _finite(report.metrics), "lease_expires_at": None,
+                                       "finished_at": now}
+            if not step.succeeded:
                 self._update_trial(connection, trial_id, **changes)
                 return sql.trial_record(held, **changes)
             # An earlier attempt's failure no longer describes a trial that succeeded.
-            changes = {"state": TrialState.completed, "metrics": metrics, "error": None, "failure_kind": None,
-                       "traceback": None, "finished_at": now, "lease_expires_at": None}
+            changes.update(error=None, failure_kind=None, traceback=None)
             self._update_trial(connection, trial_id, **changes)
             if held.sweep_consecutive_failures:
                 self._update_sweep(connection, held.sweep_id, consecutive_failures=0)
@@ -359,12 +364,15 @@ class Repository:
         NaN, out of memory) fails for good and counts towards the sweep's max_failures.
         """
         with self._session.begin():
-            trial = self._held_trial(trial_id, report.worker_id)
+            trial, sweep = self._held_trial(trial_id)
+            step = self._apply(trial, sweep, TrialEvent.fail, Caller(report.worker_id, report.lease_token),
+                               retry=report.retryable or report.kind in _RETRIED_KINDS)
+            if step.repeated:
+                return trial
             now = self._clock()
             self._seen(report.worker_id, now)
-            sweep = self._sweep(trial.sweep_id, lock=True)
             trial.error, trial.failure_kind, trial.traceback = report.error, report.kind, report.traceback
-            self._end_attempt(trial, sweep, now, retry=report.retryable or report.kind == FailureKind.crash)
+            self._end_attempt(trial, sweep, step, now)
             self._complete_finished_sweeps(now, sweep_id=trial.sweep_id)
             return trial
 
@@ -376,19 +384,18 @@ class Repository:
         A trial of a sweep that has ended is cancelled instead.
         """
         with self._session.begin():
-            trial = self._held_trial(trial_id, report.worker_id)
+            trial, sweep = self._held_trial(trial_id)
+            step = self._apply(trial, sweep, TrialEvent.release, Caller(report.worker_id, report.lease_token))
+            if step.repeated:
+                return trial
             now = self._clock()
             self._seen(report.worker_id, now)
-            sweep = self._sweep(trial.sweep_id, lock=True)
             logger.info("trial %d released by worker %r after %d epoch(s): %s", trial.id, report.worker_id,
                         report.epochs_done, _first_line(report.reason, "no reason given"))
-            if sweep.status in _ENDED_EARLY:
-                self._cancel_trial(trial, now)
-                return trial
-            trial.state = TrialState.pending
-            trial.worker_id = None
+            _take(trial, step.trial)
             trial.lease_expires_at = None
-            trial.attempts = max(0, trial.attempts - 1)
+            if trial.state.finished:
+                trial.finished_at = now
             return trial
 
     def reap_expired_leases(self) -> int:
@@ -426,24 +433,21 @@ class Repository:
         """No new trials are claimed from the sweep; its running trials finish normally."""
         with self._session.begin():
             sweep = self._sweep(sweep_id, lock=True)
-            _require_status(sweep, (SweepStatus.running,), "paused")
-            sweep.status = SweepStatus.paused
+            sweep.status = _sweep_after(sweep, SweepEvent.pause)
             return self._summary(sweep)
 
     def resume_sweep(self, sweep_id: int) -> SweepSummary:
         """A paused sweep runs again: its pending trials and the rest of its search are claimed."""
         with self._session.begin():
             sweep = self._sweep(sweep_id, lock=True)
-            _require_status(sweep, (SweepStatus.paused,), "resumed")
-            sweep.status = SweepStatus.running
+            sweep.status = _sweep_after(sweep, SweepEvent.resume)
             return self._summary(sweep)
 
     def cancel_sweep(self, sweep_id: int) -> SweepSummary:
         """End the sweep: pending trials are cancelled, running ones are told to cancel at their next call."""
         with self._session.begin():
             sweep = self._sweep(sweep_id, lock=True)
-            _require_status(sweep, _OPEN, "cancelled")
-            self._end_sweep(sweep, SweepStatus.cancelled, CANCELLED_ON_REQUEST, self._clock())
+            self._end_sweep(sweep, SweepEvent.cancel, CANCELLED_ON_REQUEST, self._clock())
             return self._summary(sweep)
 
     # -- workers -----------------------------------------------------------------------------------
@@ -610,75 +614,81 @@ class Repository:
         the worker must not start it again.
         """
         for row in connection.execute(sql.HELD_BY, {"worker": worker_id}).all():
-            if row.sweep_status in _ENDED_EARLY:
-                self._update_trial(connection, row.id, state=TrialState.cancelled, lease_expires_at=None,
-                                   finished_at=now)
+            step = lifecycle.apply(_life(row), TrialEvent.reclaim, sweep=row.sweep_status,
+                                   caller=Caller(worker_id, row.lease_token))
+            if step.trial.state != TrialState.running:
+                self._update_trial(connection, row.id, state=step.trial.state, lease_end=step.trial.lease_end,
+                                   lease_expires_at=None, finished_at=now)
                 continue
-            lease = now + self._policy.lease
-            self._update_trial(connection, row.id, lease_expires_at=lease)
-            return sql.trial_record(row, lease_expires_at=lease)
+            # A new token: whatever process used this worker id before is fenced off from now on.
+            renewed = {"lease_token": step.trial.lease_token, "lease_expires_at": now + self._policy.lease}
+            self._update_trial(connection, row.id, **renewed)
+            return sql.trial_record(row, **renewed)
         return None
 
-    def _held_trial(self, trial_id: int, worker_id: str) -> TrialRow:
-        """The trial, if `worker_id` holds its lease; else the reason it does not, and nothing changes.
+    def _held_trial(self, trial_id: int) -> tuple[TrialRow, SweepRow]:
+        """The trial and its sweep, both locked, for an event on the trial (api.lifecycle judges it)."""
+        trial = self._trial(trial_id, lock=True)
+        return trial, self._sweep(trial.sweep_id, lock=True)
+
+    @staticmethod
+    def _apply(trial: TrialRow, sweep: SweepRow, event: TrialEvent, caller: Caller | None = None, *,
+               retry: bool = False) -> lifecycle.Step:
+        """`event` on the trial, as api.lifecycle rules; LeaseConflictError (nothing changed) when not allowed.
 
         A lease past its expiry still counts until it is reaped: no one else has the trial yet.
         """
-        trial = self._trial(trial_id, lock=True)
-        _require_lease(trial_id, trial.state, trial.worker_id, worker_id)
-        return trial
+        try:
+            return lifecycle.apply(_life(trial), event, sweep=sweep.status, caller=caller, retry=retry,
+                                   max_attempts=_spec_limit(sweep, "max_attempts"))
+        except lifecycle.LeaseConflict as conflict:
+            raise LeaseConflictError(f"trial {trial.id} {conflict}") from None
 
     @staticmethod
-    def _lease_holder(connection: Connection, trial_id: int, worker_id: str) -> Row[Any]:
-        """Like _held_trial, as one Core row: the trial's columns and its sweep's (sql.LEASE_HOLDER), locked."""
+    def _lease_holder(connection: Connection, trial_id: int, event: TrialEvent,
+                      caller: Caller) -> tuple[Row[Any], lifecycle.Step]:
+        """The trial's row with its sweep's columns (sql.LEASE_HOLDER), locked, and `event` from `caller` on it.
+
+        LeaseConflictError, and nothing changes, unless the caller holds the current lease (or repeats the
+        report that ended it). A lease past its expiry still counts until it is reaped.
+        """
         row = connection.execute(sql.LEASE_HOLDER, {"trial": trial_id}).first() \
             if _is_row_id(trial_id) else None
         if row is None:
             raise TrialNotFoundError(trial_id)
-        _require_lease(trial_id, row.state, row.worker_id, worker_id)
-        return row
+        try:
+            return row, lifecycle.apply(_life(row), event, sweep=row.sweep_status, caller=caller)
+        except lifecycle.LeaseConflict as conflict:
+            raise LeaseConflictError(f"trial {trial_id} {conflict}") from None
 
-    def _end_attempt(self, trial: TrialRow, sweep: SweepRow, now: datetime, *, retry: bool) -> None:
-        """End an attempt that did not succeed: back to pending while attempts remain, else failed.
-
-        A trial of a sweep that has ended is cancelled instead: its failure no longer matters.
-        """
+    def _end_attempt(self, trial: TrialRow, sweep: SweepRow, step: lifecycle.Step, now: datetime) -> None:
+        """Store an attempt that did not succeed (a failure or a lost lease), as the lifecycle's step says."""
+        _take(trial, step.trial)
         trial.lease_expires_at = None
-        if sweep.status in _ENDED_EARLY:
-            self._cancel_trial(trial, now)
-        elif retry and trial.attempts < _spec_limit(sweep, "max_attempts"):
-            trial.state = TrialState.pending
-            trial.worker_id = None
-        else:
-            # The worker id stays, to tell which worker the trial was lost or failed on.
-            trial.state = TrialState.failed
+        if trial.state.finished:
             trial.finished_at = now
+        if step.failed_for_good:
             self._count_failure(sweep, trial, now)
 
     def _count_failure(self, sweep: SweepRow, trial: TrialRow, now: datetime) -> None:
         """One more trial failed for good in a row; at the spec's max_failures the sweep fails."""
         sweep.consecutive_failures += 1
         limit = _spec_limit(sweep, "max_failures")
-        if sweep.status in _OPEN and sweep.consecutive_failures >= limit:
+        if lifecycle.sweep_after_failure(sweep.status, sweep.consecutive_failures, limit) != sweep.status:
             reason = (f"{sweep.consecutive_failures} trials failed in a row (max_failures is {limit}); "
                       f"the last, trial {trial.id}: {_first_line(trial.error, 'no error given')}")
             logger.error("sweep %d failed: %s", sweep.id, reason)
-            self._end_sweep(sweep, SweepStatus.failed, reason, now)
+            self._end_sweep(sweep, SweepEvent.fail, reason, now)
 
-    def _end_sweep(self, sweep: SweepRow, status: SweepStatus, reason: str, now: datetime) -> None:
+    def _end_sweep(self, sweep: SweepRow, event: SweepEvent, reason: str, now: datetime) -> None:
         """End a sweep early: its pending trials are cancelled, its running ones cancel at their next call."""
-        sweep.status = status
+        sweep.status = _sweep_after(sweep, event)
         sweep.status_reason = reason
         sweep.finished_at = now
         for trial in self._session.scalars(select(TrialRow).where(
                 TrialRow.sweep_id == sweep.id, TrialRow.state == TrialState.pending)).all():
-            self._cancel_trial(trial, now)
-
-    @staticmethod
-    def _cancel_trial(trial: TrialRow, now: datetime) -> None:
-        trial.state = TrialState.cancelled
-        trial.lease_expires_at = None
-        trial.finished_at = now
+            _take(trial, self._apply(trial, sweep, TrialEvent.cancel).trial)
+            trial.finished_at = now
 
     def _reap_expired_leases(self, now: datetime) -> int:
         expired = self._session.scalars(
@@ -689,7 +699,7 @@ class Repository:
             logger.warning("trial %d: worker %r lost its lease (attempt %d of %d)", trial.id, trial.worker_id,
                            trial.attempts, _spec_limit(sweep, "max_attempts"))
             trial.error, trial.failure_kind, trial.traceback = WORKER_LOST, FailureKind.crash, None
-            self._end_attempt(trial, sweep, now, retry=True)
+            self._end_attempt(trial, sweep, self._apply(trial, sweep, TrialEvent.expire), now)
         return len(expired)
 
     def _next_pending_trial(self, connection: Connection, worker_id: str, now: datetime) -> sql.TrialRecord | None:
@@ -697,8 +707,11 @@ class Repository:
         row = connection.execute(sql.NEXT_PENDING).first()
         if row is None:
             return None
-        started = {"state": TrialState.running, "worker_id": worker_id, "attempts": row.attempts + 1,
-                   "started_at": now, "lease_expires_at": now + self._policy.lease}
+        claimed = lifecycle.apply(_life(row), TrialEvent.claim, sweep=SweepStatus.running,
+                                  caller=Caller(worker_id, 0)).trial
+        started = {"state": claimed.state, "worker_id": claimed.worker_id, "attempts": claimed.attempts,
+                   "lease_token": claimed.lease_token, "lease_end": None, "started_at": now,
+                   "lease_expires_at": now + self._policy.lease}
         if connection.execute(sql.START_PENDING, {"trial": row.id, **started}).rowcount != 1:
             # Cannot happen while each transaction is the only writer (BEGIN IMMEDIATE) or holds its rows
             # (FOR UPDATE); if it ever did, failing the claim is the safe answer.
@@ -724,9 +737,12 @@ class Repository:
             if connection.execute(sql.ADVANCE_SWEEP, {"sweep": sweep.id, "index": sweep.next_index}).rowcount != 1:
                 raise RuntimeError(f"sweep {sweep.id}'s trial {sweep.next_index} was generated by another claim")
             self._loaded_copy_takes(SweepRow, sweep.id, {"next_index": sweep.next_index + 1})
+            claimed = lifecycle.apply(TrialLife(TrialState.pending), TrialEvent.claim, sweep=SweepStatus.running,
+                                      caller=Caller(worker_id, 0)).trial
             values: dict[str, Any] = {
-                "sweep_id": sweep.id, "index": sweep.next_index, "state": TrialState.running, "hparams": hparams,
-                "metrics": {}, "attempts": 1, "worker_id": worker_id, "lease_expires_at": now + self._policy.lease,
+                "sweep_id": sweep.id, "index": sweep.next_index, "state": claimed.state, "hparams": hparams,
+                "metrics": {}, "attempts": claimed.attempts, "worker_id": claimed.worker_id,
+                "lease_expires_at": now + self._policy.lease, "lease_token": claimed.lease_token, "lease_end": None,
                 "error": None, "failure_kind": None, "traceback": None, "created_at": now, "started_at": now,
                 "finished_at": None}
             [trial_id] = connection.execute(sql.INSERT_TRIAL, values).inserted_primary_key
@@ -739,32 +755,35 @@ class Repository:
         A paused sweep with nothing left to run is done too: pausing only holds back trials not yet started.
         """
         active = exists().where(TrialRow.sweep_id == SweepRow.id, TrialRow.state.in_(_ACTIVE))
-        query = select(SweepRow).where(SweepRow.status.in_(_OPEN),
+        query = select(SweepRow).where(SweepRow.status.in_(OPEN),
                                        SweepRow.next_index >= SweepRow.total_trials, ~active)
         if sweep_id is not None:
             query = query.where(SweepRow.id == sweep_id)
         for sweep in self._session.scalars(query):
-            sweep.status = SweepStatus.completed
+            sweep.status = _sweep_after(sweep, SweepEvent.finish)
             sweep.finished_at = now
 
 
-def _require_lease(trial_id: int, state: TrialState, holder: str | None, worker_id: str) -> None:
-    if state != TrialState.running:
-        raise LeaseConflictError(f"trial {trial_id} is {state.value}, not running: worker {worker_id!r} "
-                                 f"holds no lease on it")
-    if holder != worker_id:
-        raise LeaseConflictError(f"trial {trial_id} is leased to worker {holder!r}, not to {worker_id!r}")
+_RETRIED_KINDS = (FailureKind.crash, FailureKind.io)
+"""Failures that are no fault of the configuration: retried while attempts remain, whatever the report says."""
 
 
-def _directive(sweep_status: SweepStatus) -> Directive:
-    # A paused sweep's running trials finish normally; an ended sweep's stop now.
-    return Directive(action="cancel" if sweep_status in _ENDED_EARLY else "continue")
+def _life(trial: TrialRow | Row[Any]) -> TrialLife:
+    """What api.lifecycle needs of a trial, from its ORM row or a Core row with its columns."""
+    return TrialLife(trial.state, trial.worker_id, trial.lease_token, trial.attempts, trial.lease_end)
 
 
-def _require_status(sweep: SweepRow, allowed: tuple[SweepStatus, ...], done: str) -> None:
-    if sweep.status not in allowed:
-        names = " or ".join(status.value for status in allowed)
-        raise SweepStateError(f"sweep {sweep.id} is {sweep.status.value}: only a {names} sweep can be {done}")
+def _take(trial: TrialRow, life: TrialLife) -> None:
+    """The trial's row takes the lifecycle's result."""
+    trial.state, trial.worker_id, trial.attempts = life.state, life.worker_id, life.attempts
+    trial.lease_token, trial.lease_end = life.lease_token, life.lease_end
+
+
+def _sweep_after(sweep: SweepRow, event: SweepEvent) -> SweepStatus:
+    try:
+        return lifecycle.sweep_after(sweep.status, event)
+    except lifecycle.SweepStateConflict as conflict:
+        raise SweepStateError(f"sweep {sweep.id} {conflict}") from None
 
 
 def _spec_limit(sweep: SweepRow, name: str) -> int:

@@ -21,6 +21,7 @@ from sqlalchemy.engine import Row
 
 from sweeper.messages import FailureKind, SweepStatus, TrialState
 
+from api.lifecycle import TrialEvent
 from api.models import SweepRow, TrialEpochRow, TrialRow, WorkerRow
 
 TRIALS: Table = TrialRow.__table__  # type: ignore[assignment]
@@ -116,6 +117,8 @@ class TrialRecord:
     attempts: int
     worker_id: str | None
     lease_expires_at: datetime | None
+    lease_token: int
+    lease_end: TrialEvent | None
     error: str | None
     failure_kind: FailureKind | None
     traceback: str | None

@@ -258,7 +258,6 @@ async def drain(url: str, clients: int, kind: str = "httpx") -> Drained:
     async def worker(http: HttpxClient | WireClient, worker_id: str) -> None:
         nonlocal retries
         claim = {"worker_id": worker_id, "host": "bench"}
-        done = {"worker_id": worker_id, "metrics": {"val_accuracy": 0.5}}
         while True:
             started = time.perf_counter()
             status, answer = await http.post("/trials/claim", claim)
@@ -271,9 +270,11 @@ async def drain(url: str, clients: int, kind: str = "httpx") -> Drained:
             if status != 200:
                 errors.append(f"claim by {worker_id}: {status} {answer[:200]!r}")
                 return
-            trial_id = json.loads(answer)["trial_id"]
+            assignment = json.loads(answer)
+            trial_id = assignment["trial_id"]
             latencies.append(elapsed)
             handed.append(trial_id)
+            done = {"worker_id": worker_id, "lease_token": assignment["lease_token"], "metrics": {"val_accuracy": 0.5}}
             status, answer = await http.post(f"/trials/{trial_id}/complete", done)
             if status != 200:
                 errors.append(f"complete {trial_id} by {worker_id}: {status} {answer[:200]!r}")
@@ -479,9 +480,10 @@ def latency_with_finished(work: Path, finished: int, claims: int, warmup: int = 
                 answer = http.post("/trials/claim", json={"worker_id": "solo", "host": "bench"})
                 elapsed = time.perf_counter() - started
                 answer.raise_for_status()
-                trial_id = answer.json()["trial_id"]
-                http.post(f"/trials/{trial_id}/complete",
-                          json={"worker_id": "solo", "metrics": {"val_accuracy": 0.5}}).raise_for_status()
+                assignment = answer.json()
+                http.post(f"/trials/{assignment['trial_id']}/complete",
+                          json={"worker_id": "solo", "lease_token": assignment["lease_token"],
+                                "metrics": {"val_accuracy": 0.5}}).raise_for_status()
                 if number >= warmup:
                     latencies.append(elapsed)
     return latencies

@@ -41,7 +41,8 @@ class ClaimRecord:
                 if report_epoch:
                     reports.insert(0, ("metrics", {"epoch": 0, "metrics": {"loss": 1.0}}))
                 for action, body in reports:
-                    done = http.post(f"/trials/{trial_id}/{action}", json={"worker_id": worker_id, **body})
+                    body = {"worker_id": worker_id, "lease_token": assignment["lease_token"], **body}
+                    done = http.post(f"/trials/{trial_id}/{action}", json=body)
                     if done.status_code != 200:
                         self.errors.append(f"{action} {trial_id}: {done.status_code} {done.text}")
                         return

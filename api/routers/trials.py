@@ -1,7 +1,8 @@
 """Trials: the worker protocol (claim, heartbeat, metrics, complete, fail, release) and reading one trial.
 
-Every call on a trial names the worker; one that does not hold the trial's lease gets 409 and
-changes nothing.
+Every call on a trial names the worker and carries the lease token of its claim; one that does not hold
+the trial's current lease gets 409 and changes nothing. A complete, fail or release sent again with the
+same token (a retry after a lost answer) gets 200 and the trial as stored.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ router = APIRouter(prefix="/trials", tags=["trials"], route_class=StrictJSONRout
 
 _LEASE_RESPONSES: dict[int | str, dict[str, str]] = {
     404: {"description": "No trial with this id."},
-    409: {"description": "This worker does not hold the trial's lease; nothing was changed."},
+    409: {"description": "This call's lease token is not the trial's current one (a newer claim took the trial, "
+                         "or its lease ended); nothing was changed."},
 }
 
 
@@ -108,4 +110,5 @@ def _assignment(claimed: Claimed, context: ContextDep) -> Assignment:
         checkpoint_dir=log_location.checkpoint_dir(folder),
         heartbeat_seconds=context.policy.heartbeat.total_seconds(),
         lease_expires_at=trial.lease_expires_at,
+        lease_token=trial.lease_token,
     )

@@ -45,13 +45,18 @@ def random_spec(name: str = "random", max_trials: int = 5, **overrides: Any) -> 
 
 
 class Worker:
-    """A test double of a worker: speaks the trial protocol through a client, as one worker id."""
+    """A test double of a worker: speaks the trial protocol through a client, as one worker id.
+
+    Each call on a trial carries the lease token of this worker's latest claim of it (`lease_token=`
+    overrides it, to send a stale one).
+    """
 
     def __init__(self, client: TestClient, worker_id: str, host: str = "test-host", gpu: str | None = None):
         self.client = client
         self.id = worker_id
         self.host = host
         self.gpu = gpu
+        self.tokens: dict[int, int] = {}
 
     def claim(self) -> dict[str, Any] | None:
         response = self.client.post(f"{API}/trials/claim", json={"worker_id": self.id, "host": self.host,
@@ -60,10 +65,13 @@ class Worker:
             assert response.content == b""
             return None
         assert response.status_code == 200, response.text
-        return response.json()
+        assignment = response.json()
+        self.tokens[assignment["trial_id"]] = assignment["lease_token"]
+        return assignment
 
     def post(self, trial_id: int, action: str, **body: Any) -> Any:
-        return self.client.post(f"{API}/trials/{trial_id}/{action}", json={"worker_id": self.id, **body})
+        body = {"worker_id": self.id, "lease_token": self.tokens.get(trial_id, 1), **body}
+        return self.client.post(f"{API}/trials/{trial_id}/{action}", json=body)
 
     def heartbeat(self, trial_id: int) -> Any:
         return self.post(trial_id, "heartbeat")

@@ -59,8 +59,8 @@ def claim(worker: str, host: str = "box", gpu: str | None = None) -> Any:
     return lambda repository: repository.claim(request)
 
 
-def complete(trial_id: int, worker: str) -> Any:
-    report = CompleteReport(worker_id=worker, metrics={"val_accuracy": 0.5})
+def complete(trial_id: int, worker: str, lease_token: int = 1) -> Any:
+    report = CompleteReport(worker_id=worker, lease_token=lease_token, metrics={"val_accuracy": 0.5})
     return lambda repository: repository.complete(trial_id, report)
 
 

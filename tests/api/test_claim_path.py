@@ -93,16 +93,19 @@ def test_claims_and_reports_never_scan_the_trials_table(engine: Engine):
         assert first is not None and first.trial.index == FINISHED
         again = repository().claim(ClaimRequest(worker_id="w1", host="h"))  # the one it holds
         assert again is not None and again.trial.id == first.trial.id
-        repository().heartbeat(first.trial.id, HeartbeatRequest(worker_id="w1"))
+        token = again.trial.lease_token
+        repository().heartbeat(first.trial.id, HeartbeatRequest(worker_id="w1", lease_token=token))
         for _ in range(2):  # stored, then replaced
-            repository().report_metrics(first.trial.id, MetricsReport(worker_id="w1", epoch=0, metrics={"loss": 1.0}))
-        repository().fail(first.trial.id, FailReport(worker_id="w1", error="flaky", retryable=True))
+            repository().report_metrics(first.trial.id, MetricsReport(worker_id="w1", lease_token=token, epoch=0,
+                                                                      metrics={"loss": 1.0}))
+        repository().fail(first.trial.id, FailReport(worker_id="w1", lease_token=token, error="flaky", retryable=True))
         retried = repository().claim(ClaimRequest(worker_id="w2", host="h"))  # the pending one
         assert retried is not None and retried.trial.id == first.trial.id
         clock.now += timedelta(seconds=61)
         taken_over = repository().claim(ClaimRequest(worker_id="w3", host="h"))  # reaps w2's lease
         assert taken_over is not None and taken_over.trial.id == first.trial.id
-        repository().complete(first.trial.id, CompleteReport(worker_id="w3", metrics={"val_accuracy": 1}))
+        repository().complete(first.trial.id, CompleteReport(worker_id="w3", lease_token=taken_over.trial.lease_token,
+                                                             metrics={"val_accuracy": 1}))
 
     statements = statements_run(engine, worker_protocol)
 
@@ -135,11 +138,14 @@ def test_concurrent_workers_get_every_configuration_once_and_every_retry_once(
                 while (claimed := fresh().claim(ClaimRequest(worker_id=worker, host="h"))) is not None:
                     trial = claimed.trial
                     claims.append((worker, trial.id, trial.attempts))
-                    fresh().heartbeat(trial.id, HeartbeatRequest(worker_id=worker))
+                    token = trial.lease_token
+                    fresh().heartbeat(trial.id, HeartbeatRequest(worker_id=worker, lease_token=token))
                     if trial.index % 5 == 0 and trial.attempts == 1:  # every fifth fails once, and is retried
-                        fresh().fail(trial.id, FailReport(worker_id=worker, error="flaky", retryable=True))
+                        fresh().fail(trial.id, FailReport(worker_id=worker, lease_token=token, error="flaky",
+                                                          retryable=True))
                     else:
-                        fresh().complete(trial.id, CompleteReport(worker_id=worker, metrics={"val_accuracy": 1}))
+                        fresh().complete(trial.id, CompleteReport(worker_id=worker, lease_token=token,
+                                                                  metrics={"val_accuracy": 1}))
             except BaseException as error:  # noqa: BLE001 - the test asserts there is none
                 errors.append(error)
 

@@ -185,7 +185,7 @@ def test_calls_on_an_expired_but_unreaped_lease_still_succeed(client_with, actio
     time.sleep(0.1)
 
     body = {"epoch": 0, "metrics": {"loss": 1.0}} if action == "metrics" else {}
-    answer = client.post(f"{API}/trials/{trial_id}/{action}", json={"worker_id": "slow", **body})
+    answer = client.post(f"{API}/trials/{trial_id}/{action}", json={"worker_id": "slow", "lease_token": 1, **body})
 
     assert answer.status_code == 200 and answer.json() == {"action": "continue"}
 

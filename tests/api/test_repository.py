@@ -77,7 +77,7 @@ def test_lease_is_renewed_by_heartbeats_and_lost_without_them(repository: Reposi
     assert trial.lease_expires_at == clock.now + timedelta(seconds=60)
 
     clock.advance(50)
-    repository.heartbeat(trial.id, HeartbeatRequest(worker_id="w1"))
+    repository.heartbeat(trial.id, HeartbeatRequest(worker_id="w1", lease_token=trial.lease_token))
     clock.advance(50)
     assert claim(repository, "w2") is None  # renewed 50 s ago: still held
 
@@ -86,7 +86,7 @@ def test_lease_is_renewed_by_heartbeats_and_lost_without_them(repository: Reposi
     assert again is not None and again.trial.id == trial.id and again.trial.attempts == 2
     assert again.trial.error == WORKER_LOST
     with pytest.raises(LeaseConflictError, match="leased to worker 'w2', not to 'w1'"):
-        repository.complete(trial.id, CompleteReport(worker_id="w1", metrics={}))
+        repository.complete(trial.id, CompleteReport(worker_id="w1", lease_token=trial.lease_token, metrics={}))
 
     clock.advance(61)
     assert claim(repository, "w3") is None  # out of attempts: failed for good
@@ -151,5 +151,5 @@ def test_a_worker_is_lost_once_silent_for_the_lease(repository: Repository, cloc
     assert state() == (WorkerState.busy, trial_id)
     clock.advance(1)
     assert state() == (WorkerState.lost, trial_id)
-    repository.heartbeat(trial_id, HeartbeatRequest(worker_id="w1"))
+    repository.heartbeat(trial_id, HeartbeatRequest(worker_id="w1", lease_token=1))
     assert state() == (WorkerState.busy, trial_id)

@@ -81,7 +81,7 @@ def test_unknown_trial_is_404_naming_it(client: TestClient):
     response = client.get(f"{API}/trials/7")
     assert response.status_code == 404
     assert response.json() == {"detail": "trial 7 not found"}
-    answer = client.post(f"{API}/trials/7/heartbeat", json={"worker_id": "w"})
+    answer = client.post(f"{API}/trials/7/heartbeat", json={"worker_id": "w", "lease_token": 1})
     assert answer.status_code == 404
     assert answer.json() == {"detail": "trial 7 not found"}
 
@@ -90,7 +90,7 @@ def test_ids_too_large_for_the_database_are_just_not_found(client: TestClient):
     huge = 2**80
     assert client.get(f"{API}/sweeps/{huge}").status_code == 404
     assert client.get(f"{API}/trials/{huge}").status_code == 404
-    assert client.post(f"{API}/trials/{huge}/complete", json={"worker_id": "w", "metrics": {}}).status_code == 404
+    assert client.post(f"{API}/trials/{huge}/complete", json={"worker_id": "w", "lease_token": 1, "metrics": {}}).status_code == 404
 
 
 def _with(spec: dict[str, Any], path: tuple[str, ...], value: Any) -> dict[str, Any]:

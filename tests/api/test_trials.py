@@ -143,12 +143,55 @@ def test_reports_on_a_finished_trial_get_409_and_change_nothing(client: TestClie
     worker.complete(trial_id, val_accuracy=0.5)
     before = get_trial(client, trial_id)
 
-    for answer in (worker.heartbeat(trial_id), worker.report(trial_id, 3, loss=1.0),
-                   worker.complete(trial_id, val_accuracy=0.9), worker.fail(trial_id)):
+    for answer in (worker.heartbeat(trial_id), worker.report(trial_id, 3, loss=1.0), worker.fail(trial_id),
+                   worker.release(trial_id)):
         assert answer.status_code == 409
         assert answer.json()["detail"] == f"trial {trial_id} is completed, not running: worker 'w1' holds no " \
                                           f"lease on it"
     assert get_trial(client, trial_id) == before
+
+
+def test_a_repeated_complete_with_the_same_token_answers_the_stored_trial_and_changes_nothing(client: TestClient):
+    # A worker whose answer was lost sends its report again: it must see success, not a conflict.
+    create_sweep(client, grid_spec())
+    worker = Worker(client, "w1")
+    trial_id = worker.claim_id()
+    first = worker.complete(trial_id, val_accuracy=0.5)
+    before = get_trial(client, trial_id)
+
+    again = worker.complete(trial_id, val_accuracy=0.9)
+
+    assert again.status_code == 200 and again.json() == first.json()
+    assert again.json()["metrics"] == {"val_accuracy": 0.5}
+    assert get_trial(client, trial_id) == before
+
+
+@pytest.mark.parametrize("retryable", [True, False])
+def test_a_repeated_fail_with_the_same_token_answers_the_stored_trial_and_counts_once(client: TestClient,
+                                                                                      retryable: bool):
+    create_sweep(client, grid_spec(values=1, max_attempts=3))
+    worker = Worker(client, "w1")
+    trial_id = worker.claim_id()
+    first = worker.fail(trial_id, retryable=retryable)
+    before = get_trial(client, trial_id)
+
+    again = worker.fail(trial_id, retryable=retryable)
+
+    assert again.status_code == 200 and again.json() == first.json()
+    assert again.json()["state"] == ("pending" if retryable else "failed")
+    assert get_trial(client, trial_id) == before
+
+
+def test_a_repeated_report_of_another_kind_is_a_conflict_not_a_repeat(client: TestClient):
+    create_sweep(client, grid_spec(values=1))
+    worker = Worker(client, "w1")
+    trial_id = worker.claim_id()
+    worker.release(trial_id)
+
+    answer = worker.complete(trial_id, val_accuracy=0.9)
+
+    assert answer.status_code == 409
+    assert get_trial(client, trial_id)["state"] == "pending"
 
 
 def test_heartbeat_extends_the_lease(client: TestClient):

@@ -48,11 +48,14 @@ def raw(content: bytes | str, content_type: str = "application/json") -> dict[st
 SESSION: list[tuple[str, dict[str, Any]]] = [
     ("claim", {"json": {"worker_id": "w1", "host": "box", "gpu": "0"}}),
     ("claim", {"json": {"worker_id": "w1", "host": "box", "gpu": "0"}}),  # claiming again: the same trial
-    ("1/complete", {"json": {"worker_id": "intruder", "metrics": {"val_accuracy": 0.9}}}),  # 409
-    ("1/complete", {"json": {"worker_id": "w1", "metrics": {"val_accuracy": 0.9}}}),
-    ("1/complete", {"json": {"worker_id": "w1", "metrics": {"val_accuracy": 0.9}}}),  # no longer held: 409
-    ("99/complete", {"json": {"worker_id": "w1", "metrics": {}}}),  # no such trial: 404
-    (f"{2**70}/complete", {"json": {"worker_id": "w1", "metrics": {}}}),  # past 64 bits
+    ("1/complete", {"json": {"worker_id": "intruder", "lease_token": 2, "metrics": {"val_accuracy": 0.9}}}),  # 409
+    ("1/complete", {"json": {"worker_id": "w1", "lease_token": 1, "metrics": {"val_accuracy": 0.9}}}),  # stale: 409
+    ("1/complete", {"json": {"worker_id": "w1", "lease_token": 2, "metrics": {"val_accuracy": 0.9}}}),
+    ("1/complete", {"json": {"worker_id": "w1", "lease_token": 2, "metrics": {"val_accuracy": 0.8}}}),  # a repeat
+    ("1/complete", {"json": {"worker_id": "w1", "lease_token": 3, "metrics": {"val_accuracy": 0.9}}}),  # no longer held
+    ("99/complete", {"json": {"worker_id": "w1", "lease_token": 1, "metrics": {}}}),  # no such trial: 404
+    (f"{2**70}/complete", {"json": {"worker_id": "w1", "lease_token": 1, "metrics": {}}}),  # past 64 bits
+    ("1/complete", {"json": {"worker_id": "w1", "metrics": {}}}),  # no lease token: 422
     ("claim", {"json": {"host": "box"}}),  # no worker_id
     ("claim", {"json": {"worker_id": "", "host": "box"}}),
     ("claim", {"json": {"worker_id": "w2", "host": "box", "surprise": 1}}),
@@ -60,8 +63,8 @@ SESSION: list[tuple[str, dict[str, Any]]] = [
     ("claim", raw(b"\xff\xfe")),
     ("claim", raw('{"worker_id": "w2", "host": "box"}', "text/plain")),
     ("claim", raw('{"worker_id": "w2", "host": "box", "gpu": 1e999}')),
-    ("2/complete", raw('{"worker_id": "w1", "metrics": {"val_accuracy": NaN}}')),
-    ("2/complete", raw('{"worker_id": "w1", "metrics": {"val_accuracy": 1' + "0" * 30 + '}}')),
+    ("2/complete", raw('{"worker_id": "w1", "lease_token": 1, "metrics": {"val_accuracy": NaN}}')),
+    ("2/complete", raw('{"worker_id": "w1", "lease_token": 1, "metrics": {"val_accuracy": 1' + "0" * 30 + '}}')),
     ("claim", {"json": {"worker_id": "w2", "host": "box"}}),
     ("claim", {"json": {"worker_id": "w3", "host": "box"}}),
     ("claim", {"json": {"worker_id": "w4", "host": "box"}}),  # nothing left: 204
