@@ -105,6 +105,84 @@ def test_a_worker_whose_lease_was_taken_over_gets_409_on_every_call_and_nothing_
     assert get_trial(client, trial_id) == before
 
 
+# -- fencing ---------------------------------------------------------------------------------------
+
+
+def test_a_second_claim_by_the_same_worker_id_fences_off_the_process_that_claimed_first(client: TestClient):
+    # A supervisor killed with its training child still running, then started again under the same id:
+    # the old child must not go on acting as the trial's holder.
+    create_sweep(client, grid_spec(values=1))
+    old_process, new_process = Worker(client, "box-cpu0"), Worker(client, "box-cpu0")
+    first = old_process.claim()
+    again = new_process.claim()
+    assert first is not None and again is not None
+    trial_id = first["trial_id"]
+    assert again["trial_id"] == trial_id and (first["lease_token"], again["lease_token"]) == (1, 2)
+    new_process.report(trial_id, 0, loss=0.5)
+    before = get_trial(client, trial_id)
+
+    answers = [old_process.heartbeat(trial_id), old_process.report(trial_id, 0, loss=9.0),
+               old_process.report(trial_id, 1, loss=9.0), old_process.complete(trial_id, val_accuracy=1.0),
+               old_process.fail(trial_id, "late", retryable=True), old_process.release(trial_id)]
+
+    for answer in answers:
+        assert answer.status_code == 409, answer.text
+        assert answer.json()["detail"] == (f"trial {trial_id} is held under lease token 2, so worker 'box-cpu0''s "
+                                           f"token 1 is stale: a later claim by the same worker id took it over")
+    assert get_trial(client, trial_id) == before
+    assert new_process.heartbeat(trial_id).json() == {"action": "continue"}
+    assert new_process.complete(trial_id, val_accuracy=0.7).json()["state"] == "completed"
+
+
+def test_a_stale_complete_after_a_reclaim_changes_nothing_even_once_the_trial_completed(client: TestClient):
+    create_sweep(client, grid_spec(values=1))
+    old_process, new_process = Worker(client, "w1"), Worker(client, "w1")
+    trial_id = old_process.claim_id()
+    new_process.claim_id()
+    done = new_process.complete(trial_id, val_accuracy=0.7).json()
+
+    late = old_process.complete(trial_id, val_accuracy=0.1)
+
+    assert late.status_code == 409
+    trial = get_trial(client, trial_id)
+    assert (trial["state"], trial["metrics"]) == ("completed", {"val_accuracy": 0.7})
+    assert trial["finished_at"] == done["finished_at"]
+
+
+def test_every_claim_of_a_trial_issues_a_larger_token(client_with):
+    client = client_with(lease_seconds=0.3, reap_interval_seconds=3600)
+    create_sweep(client, grid_spec(values=1, max_attempts=5))
+    tokens = []
+    first = Worker(client, "w1")
+    trial_id = first.claim_id()
+    tokens.append(first.tokens[trial_id])
+    first.release(trial_id)
+    second = Worker(client, "w2")
+    second.claim_id()
+    tokens.append(second.tokens[trial_id])
+    second.fail(trial_id, "flaky", retryable=True)
+    third = Worker(client, "w3")
+    third.claim_id()
+    tokens.append(third.tokens[trial_id])
+    time.sleep(0.4)  # its lease expires: the next claim reaps it and takes the trial over
+    fourth = Worker(client, "w4")
+    assert fourth.claim_id() == trial_id
+    tokens.append(fourth.tokens[trial_id])
+
+    assert tokens == [1, 2, 3, 4]
+    assert third.heartbeat(trial_id).status_code == 409
+
+
+def test_a_call_without_a_lease_token_is_refused_naming_the_field(client: TestClient):
+    create_sweep(client, grid_spec(values=1))
+    trial_id = Worker(client, "w1").claim_id()
+
+    answer = client.post(f"{API}/trials/{trial_id}/heartbeat", json={"worker_id": "w1"})
+
+    assert answer.status_code == 422
+    assert answer.json()["detail"][0]["loc"] == ["body", "lease_token"]
+
+
 # -- the reaper ------------------------------------------------------------------------------------
 
 
