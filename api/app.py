@@ -15,17 +15,17 @@ from api import metrics
 from api.auth import AdminDep, TokenGate
 from api.db import create_tables, make_engine, make_sessions
 from api.deps import AppContext
-from api.dispatch import ClaimDesk
+from api.claims.desk import ClaimDesk
 from api.errors import install_error_handlers
 from api.limits import BodySizeLimit
 from api.openapi import install_openapi
 from api.reaper import LeaseReaper
-from api.repository import LeasePolicy, PlanCache, Repository
+from api.storage import LeasePolicy, PlanCache, Repository
 from api.routers import health, session, sweeps, tensorboard, trials, web, workers
 from api.schemas import COMMON_ERRORS
 from api.settings import Settings
 from api.tensorboards import TensorBoards
-from api.worker_lane import WorkerLane
+from api.claims.lane import WorkerLane
 
 API_PREFIX = "/api/v1"
 
@@ -78,7 +78,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.desk = desk
     metrics.install_metrics(app, context.sessions, context.policy.lease)
     install_error_handlers(app)
-    # Claims and completions skip the router (api.worker_lane), inside the gate and the size limit.
+    # Claims and completions skip the router (api.claims.lane), inside the gate and the size limit.
     app.add_middleware(WorkerLane, prefix=API_PREFIX)
     # Default-deny in front of everything: a token is needed except on the public routes (api.auth).
     app.add_middleware(TokenGate, settings=settings)

@@ -10,7 +10,7 @@ from fastapi import Depends, Request
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.repository import LeasePolicy, PlanCache, Repository
+from api.storage import LeasePolicy, PlanCache, Repository
 from api.settings import Settings
 
 

@@ -14,11 +14,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
 
-from sweeper import SpecError, SweeperError
-from sweeper._errors import UnknownTrialError
+from sweeper import SpecError, SweeperError, UnknownTrialError
 
 from api.queries import QueryError
-from api.repository import LeaseConflictError, SweepNotFoundError, SweepStateError
+from api.storage import LeaseConflictError, SweepNotFoundError, SweepStateError
 
 logger = logging.getLogger(__name__)
 

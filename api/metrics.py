@@ -25,7 +25,7 @@ from sweeper.messages import SweepStatus, TrialState
 
 from api.models import SweepRow, TrialRow, WorkerRow, utcnow
 from api.queries import worker_state_expression
-from api.repository import WorkerState
+from api.storage import WorkerState
 from api.schemas import COMMON_ERRORS
 
 CLAIM_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)

@@ -18,8 +18,7 @@ from pydantic import TypeAdapter
 from sqlalchemy import ColumnElement, Select, and_, case, exists, func, select
 from sqlalchemy.orm import Session
 
-from sweeper import Objective, SearchSettings, SweeperError, SweepSpec, make_strategy
-from sweeper._domains import Domain
+from sweeper import Domain, Objective, SearchSettings, SweeperError, SweepSpec, make_strategy
 from sweeper.messages import TrialState
 
 from api.models import SweepRow, TrialRow, WorkerRow
@@ -139,7 +138,7 @@ def ordered_trials(query: Select[Any], sweep: SweepRow, sort: str, order: SortOr
 
 
 def worker_state_is(state: str, lost_before: datetime) -> ColumnElement[bool]:
-    """SQL for "the worker is in `state` (idle, busy or lost)", as api.repository.WorkerState defines them:
+    """SQL for "the worker is in `state` (idle, busy or lost)", as api.storage.WorkerState defines them:
     lost once silent since `lost_before`, else busy while it holds a running trial, else idle."""
     if state == "lost":
         return WorkerRow.last_seen_at < lost_before

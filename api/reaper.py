@@ -13,7 +13,7 @@ import threading
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.repository import LeasePolicy, PlanCache, Repository
+from api.storage import LeasePolicy, PlanCache, Repository
 
 logger = logging.getLogger(__name__)
 

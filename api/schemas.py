@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict
 
 from sweeper.messages import FailureKind, SweepStatus, TrialState
 
-from api.repository import ObjectiveSeries, SweepSummary, TrialHistory, WorkerState, WorkerStatus
+from api.storage import ObjectiveSeries, SweepSummary, TrialHistory, WorkerState, WorkerStatus
 
 
 class TrialPublic(BaseModel):

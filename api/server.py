@@ -25,7 +25,7 @@ def serve(settings: Settings, *, access_log: bool = False) -> None:
     Off by default: with a fleet claiming and reporting, the access log is most of the log and a
     noticeable share of each request's CPU; warnings and errors are logged either way.
     """
-    # Two threads share the interpreter under load: the event loop and the claim desk (api.dispatch).
+    # Two threads share the interpreter under load: the event loop and the claim desk (api.claims.desk).
     # Python hands the GIL over every 5 ms by default, so each waits up to that long for the other at
     # every turn; 1 ms keeps claims moving through both without measurable overhead.
     sys.setswitchinterval(GIL_SWITCH_SECONDS)

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from api.deps import RepositoryDep
-from api.repository import WorkerState
+from api.storage import WorkerState
 from api.json_guard import StrictJSONRoute
 from api.schemas import COMMON_ERRORS, WorkerPublic, WorkersPublic
 

@@ -15,10 +15,10 @@ from sqlalchemy import Engine, event, select
 from sqlalchemy.exc import OperationalError
 
 from api.db import make_engine, make_sessions
-from api.dispatch import ClaimDesk
+from api.claims.desk import ClaimDesk
 from api.migrate import upgrade
 from api.models import TrialRow, WorkerRow
-from api.repository import LeaseConflictError, LeasePolicy, PlanCache, Repository
+from api.storage import LeaseConflictError, LeasePolicy, PlanCache, Repository
 from sweeper import parse_spec
 from sweeper.messages import ClaimRequest, CompleteReport, TrialState
 

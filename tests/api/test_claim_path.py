@@ -24,8 +24,8 @@ from api import db
 from api.db import make_engine, make_sessions
 from api.migrate import upgrade
 from api.models import TrialRow
-from api.repository import LeasePolicy, PlanCache, Repository
-from api.trial_statements import TRIALS, TrialRecord
+from api.storage import LeasePolicy, PlanCache, Repository
+from api.claims.statements import TRIALS, TrialRecord
 from sweeper import parse_spec
 from sweeper.messages import (ClaimRequest, CompleteReport, FailReport, HeartbeatRequest, MetricsReport, SweepStatus,
                               TrialState)

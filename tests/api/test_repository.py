@@ -13,7 +13,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from api.db import create_tables, make_engine, make_sessions
-from api.repository import (LeaseConflictError, LeasePolicy, PlanCache, Repository, SweepNotFoundError, WORKER_LOST,
+from api.storage import (LeaseConflictError, LeasePolicy, PlanCache, Repository, SweepNotFoundError, WORKER_LOST,
                             WorkerState)
 from sweeper import parse_spec
 from sweeper.messages import ClaimRequest, CompleteReport, FailureKind, HeartbeatRequest, SweepStatus, TrialState

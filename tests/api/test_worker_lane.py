@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 
 from api.app import create_app
 from api.settings import Settings
-from api.worker_lane import WorkerLane
+from api.claims.lane import WorkerLane
 
 VOLATILE = {"lease_expires_at", "created_at", "started_at", "finished_at", "logdir", "checkpoint_dir"}
 """Fields that hold the time or the app's own folder: they differ between two apps by nature."""

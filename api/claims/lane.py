@@ -2,7 +2,7 @@
 
 Every worker calls claim and complete between every two trials; with dozens of workers these two
 requests are most of what the server does. Through FastAPI's router each costs more than its share of
-a batched transaction (api.dispatch): route matching over every route, dependency resolution, the
+a batched transaction (api.claims.desk): route matching over every route, dependency resolution, the
 body parsed, checked and validated in steps. This middleware recognises the two requests by method and
 path and answers them with the routes' own answer functions, after one parse and one validation.
 
@@ -29,7 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from sweeper.messages import ClaimRequest, CompleteReport
 
 from api.json_guard import INT64_MAX, is_json_media_type, unstorable_values
-from api.routers.trials import claim_answer, complete_answer
+from api.claims.answers import claim_answer, complete_answer
 
 Answer = Callable[[Scope, Any], Awaitable[Response]]
 

@@ -25,7 +25,7 @@ from fastapi import Depends, Request
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.repository import LeasePolicy, PlanCache, Repository
+from api.storage import LeasePolicy, PlanCache, Repository
 
 logger = logging.getLogger(__name__)
 

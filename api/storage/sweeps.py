@@ -1,0 +1,164 @@
+"""Sweeps: creating, reading and listing them and their trials, and their control (pause, resume, cancel)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import func, select
+
+from sweeper import Objective, SpecError, SweeperError, SweepSpec, make_strategy
+from sweeper.messages import SweepStatus, TrialState
+
+from api.lifecycle import SweepEvent
+from api.models import SweepRow, TrialEpochRow, TrialRow
+from api.queries import (ObjectivePoint, SortOrder, best_trials, objective_of, objective_points, ordered_trials,
+                         stored_space_size, trial_stats)
+from api.storage.base import SweepPlan, Store, next_status
+
+CANCELLED_ON_REQUEST = "cancelled on request"
+"""The reason of a sweep cancelled through the API."""
+
+
+@dataclass(frozen=True)
+class SweepSummary:
+    sweep: SweepRow
+    trial_counts: dict[TrialState, int]
+    best_trial: TrialRow | None
+    space_size: int | None
+    """Distinct configurations in the search space (the grid's size); None when intervals make it endless."""
+    started_at: datetime | None = None
+    """When its first trial started; None before any did."""
+
+
+@dataclass(frozen=True)
+class ObjectiveSeries:
+    """A sweep's objective and every completed trial's value of it, in index order."""
+
+    objective: Objective
+    points: list[ObjectivePoint]
+
+
+@dataclass(frozen=True)
+class TrialHistory:
+    trial: TrialRow
+    epochs: list[TrialEpochRow]
+
+
+
+class SweepStore(Store):
+    """Sweeps and the reads of their trials."""
+
+    def create_sweep(self, spec: SweepSpec, *, max_trials: int,
+                     on_created: Callable[[int], None] | None = None) -> SweepSummary:
+        """Store a new running sweep; its trials are generated one by one as workers claim them.
+
+        `on_created(sweep_id)` runs inside the transaction, so if it raises, no sweep is left behind.
+        """
+        strategy = make_strategy(spec)
+        if strategy.total > max_trials:
+            raise SpecError([(("search", "max_trials"),
+                              f"a sweep may have at most {max_trials} trials on this server, but this one has "
+                              f"{strategy.total}; set search.max_trials to at most {max_trials}")])
+        with self._session.begin():
+            stored = spec.to_json()
+            sweep = SweepRow(name=spec.name, status=SweepStatus.running, spec=stored,
+                             total_trials=strategy.total, next_index=0, created_at=self._clock())
+            self._session.add(sweep)
+            self._session.flush()
+            self._plans.put(sweep.id, SweepPlan(spec, strategy, stored))
+            if on_created is not None:
+                on_created(sweep.id)
+        return SweepSummary(sweep, dict.fromkeys(TrialState, 0), None, strategy.size)
+
+    def list_sweeps(self, *, limit: int, offset: int, status: SweepStatus | None = None,
+                    ) -> tuple[list[SweepSummary], int]:
+        """A page of sweeps (of one status, if given), newest first, and how many there are in all.
+
+        A fixed number of statements whatever the page size: none per sweep.
+        """
+        with self._session.begin():
+            matching = select(SweepRow) if status is None else select(SweepRow).where(SweepRow.status == status)
+            count = self._session.scalar(select(func.count()).select_from(matching.subquery())) or 0
+            sweeps = list(self._session.scalars(matching.order_by(SweepRow.id.desc()).limit(limit).offset(offset)))
+            return self._summaries(sweeps), count
+
+    def get_sweep(self, sweep_id: int) -> SweepSummary:
+        with self._session.begin():
+            return self._summary(self._sweep(sweep_id))
+
+    def list_trials(self, sweep_id: int, *, limit: int, offset: int, state: TrialState | None = None,
+                    sort: str = "index", order: SortOrder | None = None) -> tuple[list[TrialRow], int]:
+        """A page of a sweep's trials (of one state, if given), by `sort`, and how many there are.
+
+        `sort` is index (search order), objective (best first by default), metrics.<name> or
+        hparams.<name>; trials without the value come last. See api.queries.ordered_trials.
+        """
+        with self._session.begin():
+            sweep = self._sweep(sweep_id)
+            matching = select(TrialRow).where(TrialRow.sweep_id == sweep_id)
+            if state is not None:
+                matching = matching.where(TrialRow.state == state)
+            count = self._session.scalar(select(func.count()).select_from(matching.subquery())) or 0
+            trials = list(self._session.scalars(
+                ordered_trials(matching, sweep, sort, order).limit(limit).offset(offset)))
+            return trials, count
+
+    def best_trial(self, sweep_id: int) -> TrialRow | None:
+        """The sweep's completed trial with the best objective so far (the earliest wins a tie), if any."""
+        with self._session.begin():
+            sweep = self._sweep(sweep_id)
+            return best_trials(self._session, [sweep]).get(sweep.id)
+
+    def objective(self, sweep_id: int) -> ObjectiveSeries:
+        """The sweep's objective and each completed trial's value of it, in index order."""
+        with self._session.begin():
+            sweep = self._sweep(sweep_id)
+            return ObjectiveSeries(objective_of(sweep), objective_points(self._session, sweep))
+
+    def get_trial(self, trial_id: int) -> TrialHistory:
+        with self._session.begin():
+            trial = self._trial(trial_id)
+            epochs = list(self._session.scalars(
+                select(TrialEpochRow).where(TrialEpochRow.trial_id == trial_id).order_by(TrialEpochRow.epoch)))
+            return TrialHistory(trial, epochs)
+
+    def pause_sweep(self, sweep_id: int) -> SweepSummary:
+        """No new trials are claimed from the sweep; its running trials finish normally."""
+        with self._session.begin():
+            sweep = self._sweep(sweep_id, lock=True)
+            sweep.status = next_status(sweep, SweepEvent.pause)
+            return self._summary(sweep)
+
+    def resume_sweep(self, sweep_id: int) -> SweepSummary:
+        """A paused sweep runs again: its pending trials and the rest of its search are claimed."""
+        with self._session.begin():
+            sweep = self._sweep(sweep_id, lock=True)
+            sweep.status = next_status(sweep, SweepEvent.resume)
+            return self._summary(sweep)
+
+    def cancel_sweep(self, sweep_id: int) -> SweepSummary:
+        """End the sweep: pending trials are cancelled, running ones are told to cancel at their next call."""
+        with self._session.begin():
+            sweep = self._sweep(sweep_id, lock=True)
+            self._end_sweep(sweep, SweepEvent.cancel, CANCELLED_ON_REQUEST, self._clock())
+            return self._summary(sweep)
+
+    def _summary(self, sweep: SweepRow) -> SweepSummary:
+        return self._summaries([sweep])[0]
+
+    def _summaries(self, sweeps: list[SweepRow]) -> list[SweepSummary]:
+        """Summaries of many sweeps in two statements (plus one per distinct objective), none per sweep."""
+        stats = trial_stats(self._session, (sweep.id for sweep in sweeps))
+        best = best_trials(self._session, sweeps)
+        return [SweepSummary(sweep, stats[sweep.id].counts, best.get(sweep.id), self._space_size(sweep),
+                             stats[sweep.id].started_at) for sweep in sweeps]
+
+    def _space_size(self, sweep: SweepRow) -> int | None:
+        # Derived from the spec, never stored: the plan cache parses each sweep's spec once per process.
+        try:
+            return self._plans.get(sweep).strategy.size
+        except SweeperError:
+            # The spec no longer parses as a whole (its model's plugin is gone): reads must still answer.
+            return stored_space_size(sweep.spec)
