@@ -124,6 +124,8 @@ Effect = Callable[[TrialLife, _Context], Step]
 
 def _claim(trial: TrialLife, context: _Context) -> Step:
     assert context.caller is not None
+    if context.sweep != SweepStatus.running:  # a paused sweep holds back what has not started; an ended one ran out
+        raise LeaseConflict(f"belongs to a {context.sweep.value} sweep: only a running sweep's trials are claimed")
     return Step(TrialLife(TrialState.running, context.caller.worker_id, trial.lease_token + 1, trial.attempts + 1))
 
 
