@@ -8,7 +8,9 @@ writers and Keras use for the same URLs), TensorBoard's stub of it otherwise. It
 first URL, never at import.
 
 Errors are the standard library's whichever way: FileNotFoundError for a missing file, OSError for
-any other failure, so callers handle one family.
+any other failure, so callers handle one family. `io_failures` turns them (and the TensorFlow errors of
+summary writers and Keras's saving, which write the same files) into `InfrastructureError`: a failed
+write of a trial's logs or checkpoint is the storage's fault, never the trial's.
 """
 
 from __future__ import annotations
@@ -17,14 +19,16 @@ import contextlib
 import glob as _glob
 import os
 import shutil
+import sys
 import uuid
 from collections.abc import Iterator
 from typing import IO, Any
 
+from sweeper._errors import InfrastructureError
 from sweeper.log_location import is_url, join, parent
 
-__all__ = ["exists", "glob", "isdir", "makedirs", "open_file", "read_bytes", "remove", "replace",
-           "require_file_system", "rmtree", "write_atomically"]
+__all__ = ["exists", "glob", "io_failures", "is_io_error", "isdir", "listdir", "makedirs", "open_file", "read_bytes",
+           "remove", "replace", "require_file_system", "rmtree", "write_atomically"]
 
 Location = str | os.PathLike[str]
 
@@ -59,6 +63,19 @@ def glob(pattern: Location) -> list[str]:
         with _gfile_errors(pattern):
             return sorted(str(path) for path in _gfile().glob(os.fspath(pattern)))
     return sorted(path for path in _glob.glob(os.fspath(pattern)) if os.path.isfile(path))
+
+
+def listdir(path: Location) -> list[str]:
+    """The names of the files and folders in the folder `path`, sorted; none when it is missing."""
+    if is_url(path):
+        with contextlib.suppress(FileNotFoundError), _gfile_errors(path):
+            # An object store's "folders" may come back with a trailing slash.
+            return sorted(name.rstrip("/") for name in _gfile().listdir(os.fspath(path)))
+        return []
+    try:
+        return sorted(os.listdir(path))
+    except FileNotFoundError:
+        return []
 
 
 def read_bytes(path: Location) -> bytes:
@@ -145,6 +162,29 @@ def require_file_system(location: Location) -> None:
         raise ValueError(f"logdir {os.fspath(location)}: TensorFlow has no file system for {scheme}:// here (it has "
                          f"{', '.join(name + '://' for name in schemes)}); another scheme needs a file-system plugin "
                          f"built for this TensorFlow version, on the server and on every worker{hint}")
+
+
+def is_io_error(error: BaseException) -> bool:
+    """Whether `error` is a failure to read or write a file: an OSError, or one of TensorFlow's errors
+    (its summary writers, gfile and Keras's saving to a URL raise those), when TensorFlow is loaded."""
+    if isinstance(error, OSError):
+        return True
+    # Only a loaded TensorFlow can have raised its errors: never imported for this check.
+    tf = sys.modules.get("tensorflow")
+    op_error = getattr(getattr(tf, "errors", None), "OpError", None)
+    return isinstance(op_error, type) and isinstance(error, op_error)
+
+
+@contextlib.contextmanager
+def io_failures(action: str) -> Iterator[None]:
+    """Raise an I/O error from inside (see `is_io_error`) as `InfrastructureError("cannot <action>: ...")`,
+    chained from it; any other error passes unchanged. `action` names what was done and where."""
+    try:
+        yield
+    except Exception as error:
+        if not is_io_error(error):
+            raise
+        raise InfrastructureError(f"cannot {action}: {type(error).__name__}: {_first_line(error)}") from error
 
 
 _S3_HINT = ("; for S3, TensorFlow's plugin (tensorflow-io, 0.37.1 at the latest) does not load into TensorFlow 2.18 or "

@@ -5,12 +5,15 @@ worker reports them to the server) and stops early when the answer is "stop", "p
 after each batch it asks `interrupt` whether to stop at once (a cancelled sweep, a lost lease).
 Everything else comes from the assignment: the loss, metrics, class weights, early stopping, seed,
 mixed precision and XLA of `TrainSettings`, which epoch's metrics are the trial's result, and the
-checkpoint folder that an interrupted trial resumes from (see `sweeper.training.checkpoints`).
+checkpoint folder and lease that an interrupted trial resumes from (see `sweeper.training.checkpoints`).
 
-How a trial ends decides what is left of it. Completed, pruned or cancelled: a session end and no
-checkpoint. Stopped ("stop", to be handed back): no session end and the checkpoint, which the retry
-continues. Failed: a FAILURE session end, and the checkpoint only when the error is a
-`RetryableError`; a loss that becomes NaN or infinite fails it with `NonFiniteLossError`.
+How a trial ends decides what is left of it. Completed, pruned or cancelled: a session end. Stopped
+("stop", to be handed back): no session end, and the checkpoint of its last epoch, which the retry
+continues. Failed: a FAILURE session end; a loss that becomes NaN or infinite fails it with
+`NonFiniteLossError`. Abandoned (`on_epoch_end` or `interrupt` raised `TrialAbandonedError`: the trial is
+another process's now): training ends at once and nothing more is written, not even a session end.
+The runner never deletes a checkpoint: the worker does, once the server has recorded the trial's end.
+A failure to write the trial's logs or checkpoint raises `InfrastructureError`, a retryable error.
 """
 
 from __future__ import annotations
@@ -21,35 +24,40 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import keras
 import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from sweeper import _registry
-from sweeper._errors import NonFiniteLossError, RetryableError
+from sweeper import _log_files, _registry
+from sweeper._errors import InfrastructureError, NonFiniteLossError, TrialAbandonedError
 from sweeper._spec import LOSSES, METRICS, EarlyStopping, Objective
 from sweeper.hparams_log import SessionStatus, TrialSession
-from sweeper.messages import Assignment
-from sweeper.training.checkpoints import CheckpointError, Resume, TrialCheckpoint, checkpoint_folder
+from sweeper.messages import Action, Assignment
+from sweeper.training.checkpoints import Resume, TrialCheckpoint
 from sweeper.training.datasets import TrainingData, training_data, using_data_root
 from sweeper.training.schedules import build_learning_rate, build_optimizer, schedule_callbacks
 from sweeper.training.trial_logs import rewind_trial_logs
 
 logger = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
-EpochCallback = Callable[[int, dict[str, float]], str]
-"""Called with (epoch index from 0, metrics); answers "continue", "stop", "prune" or "cancel"."""
+EpochCallback = Callable[[int, dict[str, float]], Action | str]
+"""Called with (epoch index from 0, metrics); answers an `Action`: continue, stop, prune or cancel.
 
-Interrupt = Callable[[], str | None]
-"""Polled after every training batch: None to go on, or "cancel" or "stop" to end training at once.
+It raises `TrialAbandonedError` when the trial is no longer this process's: the epoch is neither
+logged nor saved, and the error reaches `run_trial`'s caller."""
+
+Interrupt = Callable[[], Action | str | None]
+"""Polled after every training batch: None to go on, or cancel or stop to end training at once.
 
 The epoch it cuts short leaves no trace (no metrics, scalars or checkpoint): its partial metrics would
-be no epoch's. "cancel" ends the trial for good; "stop" keeps the checkpoint for a retry."""
+be no epoch's. Cancel ends the trial for good; stop keeps the last checkpoint for a retry. Like
+`on_epoch_end`, it may raise `TrialAbandonedError`."""
 
-_STOP_ACTIONS = frozenset({"stop", "prune", "cancel"})
+_STOP_ACTIONS = frozenset({Action.stop, Action.prune, Action.cancel})
 EARLY_STOPPING = "early_stopping"
 """`TrialResult.stopped_by` when Keras's EarlyStopping ended training."""
 
@@ -67,9 +75,9 @@ class TrialResult:
     """The objective metric's value in `metrics`."""
     objective_epoch: int
     """The epoch (from 0) that `metrics` and `objective` come from."""
-    stopped_by: str | None = None
-    """Why training ended before the last epoch: the worker's answer ("stop", "prune" or "cancel"),
-    "early_stopping", or None when every epoch ran."""
+    stopped_by: Action | str | None = None
+    """Why training ended before the last epoch: the worker's answer (`Action.stop`, `prune` or
+    `cancel`), "early_stopping", or None when every epoch ran."""
     resumed_from: int = 0
     """The epoch this attempt started at: 0, or the number of epochs its checkpoint had finished.
     `epochs_run` and `objective_epoch` count the trial's epochs from 0 all the same."""
@@ -93,41 +101,64 @@ def run_trial(assignment: Assignment, on_epoch_end: EpochCallback, data_root: Pa
     attempt's checkpoint, training resumes after its last finished epoch, and the trial's TensorBoard
     folder keeps exactly what those epochs logged, so every epoch is logged once, and its session start.
 
-    Any exception ends the HParams session as FAILURE and propagates, so the worker can report it. A
-    "prune" or "cancel" answer ends it as aborted (see `SessionStatus.proto`); a "stop" answer leaves
-    it without an end, since the worker hands the trial back and the retry continues the session.
+    Any other exception ends the HParams session as FAILURE and propagates, so the worker can report it.
+    A "prune" or "cancel" answer ends it as aborted (see `SessionStatus.proto`); a "stop" answer leaves
+    it without an end, since the worker hands the trial back and the retry continues the session. A
+    `TrialAbandonedError` leaves it without an end too, and writes nothing more at all.
+
+    The checkpoint is left in place however the trial ends: whether it is still needed is known only
+    once the server has recorded the end (a completion it never heard of is retried), so the worker
+    deletes it then. A checkpoint that cannot be used is set aside (see `TrialCheckpoint`), not deleted.
     """
-    checkpoint = TrialCheckpoint(checkpoint_folder(assignment))
-    try:
-        resume = checkpoint.load()
-    except CheckpointError as error:
-        logger.warning("trial %d: %s", assignment.trial_id, error)
-        resume = None
+    checkpoint = TrialCheckpoint.for_assignment(assignment)
+    resume = checkpoint.load()
     if resume is not None:
-        logger.info("trial %d resumes after epoch %d (attempt %d)", assignment.trial_id, resume.epochs_done - 1,
-                    assignment.attempt)
-    session_started = rewind_trial_logs(assignment.logdir, resume.epochs_done if resume is not None else 0)
-    try:
-        with TrialSession(assignment.logdir, assignment.trial_id, assignment.hparams, assignment.log_scaled,
-                          resumed=session_started) as session:
-            with _trial_dtype_policy(assignment.train.mixed_precision), _seeded(_trial_seed(assignment)):
-                try:
-                    result = _train(assignment, on_epoch_end, data_root, checkpoint, resume, interrupt, callbacks)
-                finally:
-                    # Frees the graph and layer-name counters, so one worker process can run many trials.
-                    # It also resets Keras's dtype policy, hence inside the block that restores it.
-                    keras.backend.clear_session()
-            if result.objective_epoch >= 0:
+        logger.info("trial %d resumes after epoch %d (attempt %d, from lease %d's checkpoint)", assignment.trial_id,
+                    resume.epochs_done - 1, assignment.attempt, resume.lease_token)
+    with _log_files.io_failures(f"rewind the trial's logs in {assignment.logdir}"):
+        session_started = rewind_trial_logs(assignment.logdir, resume.epochs_done if resume is not None else 0)
+    with _trial_session(assignment, resumed=session_started) as session:
+        with _trial_dtype_policy(assignment.train.mixed_precision), _seeded(_trial_seed(assignment)):
+            try:
+                result = _train(assignment, on_epoch_end, data_root, checkpoint, resume, interrupt, callbacks)
+            finally:
+                # Frees the graph and layer-name counters, so one worker process can run many trials.
+                # It also resets Keras's dtype policy, hence inside the block that restores it.
+                keras.backend.clear_session()
+        if result.objective_epoch >= 0:
+            with _log_files.io_failures(f"write the objective to the trial's logs in {assignment.logdir}"):
                 session.write_objective(assignment.objective.metric, result.objective, step=result.objective_epoch)
-            session.status = _session_status(result.stopped_by)
-    except Exception as error:
-        # Only a retry could use the checkpoint, and only a RetryableError is retried.
-        if not isinstance(error, RetryableError):
-            checkpoint.delete()
-        raise
-    if result.stopped_by != "stop":
-        checkpoint.delete()
+        session.status = _session_status(result.stopped_by)
     return result
+
+
+@contextmanager
+def _trial_session(assignment: Assignment, resumed: bool) -> Iterator[TrialSession]:
+    """The trial's `TrialSession`, with a failure to write it raised as `InfrastructureError`.
+
+    An abandoned trial's session gets no end: the trial's folder is another process's to write now. When
+    another error ends the trial, failing to write its FAILURE end is only logged: the error that ended
+    the trial is the one the worker must report.
+    """
+    session = TrialSession(assignment.logdir, assignment.trial_id, assignment.hparams, assignment.log_scaled,
+                           resumed=resumed)
+    action = f"write the HParams session to the trial's logs in {assignment.logdir}"
+    with _log_files.io_failures(action):
+        session.__enter__()
+    try:
+        yield session
+    except BaseException as error:
+        abandoned = isinstance(error, TrialAbandonedError)
+        if abandoned:
+            session.status = None  # only closes the writer, which holds nothing unwritten
+        try:
+            with _log_files.io_failures(action):
+                session.__exit__(*((None, None, None) if abandoned else (type(error), error, error.__traceback__)))
+        except InfrastructureError as failure:
+            logger.warning("trial %d: %s", assignment.trial_id, failure)
+        raise
+    with _log_files.io_failures(action):
+        session.__exit__(None, None, None)
 
 
 def _train(assignment: Assignment, on_epoch_end: EpochCallback, data_root: Path | None,
@@ -152,17 +183,20 @@ def _train(assignment: Assignment, on_epoch_end: EpochCallback, data_root: Path 
         history = list(resume.history)
     first_epoch = len(history)
 
-    reporter = _EpochReporter(on_epoch_end, assignment.objective.metric, epochs, history)
+    chains = _KeptChains()
+    reporter = _EpochReporter(chains.keeping(on_epoch_end), assignment.objective.metric, epochs, history)
     tensorboard = _LiveTensorBoard(assignment.logdir)
-    # Order matters at an epoch's end: the scalars are logged, then the metrics reported (whose answer
-    # may stop training), then the checkpoint saved, so a crash in between trains that epoch again.
-    callbacks = [_FailOnNaN(), *schedule_callbacks(hparams), _LearningRateInLogs(), tensorboard,
-                 *_early_stopping(settings.early_stopping), reporter,
+    # Order matters at an epoch's end: early stopping decides (the reporter needs to know whether training
+    # ends here), the metrics are reported, then the scalars logged and the checkpoint saved. An answer
+    # that the trial was abandoned thus ends training before anything of the epoch is written, and a
+    # crash between the report and the save trains that epoch again.
+    callbacks = [_FailOnNaN(), *schedule_callbacks(hparams), _LearningRateInLogs(),
+                 *_early_stopping(settings.early_stopping), reporter, tensorboard,
                  _Checkpointing(checkpoint, reporter, epochs)]
     if interrupt is not None:
-        callbacks.append(_Interruptible(interrupt))
+        callbacks.append(_Interruptible(chains.keeping(interrupt)))
     callbacks.extend(extra_callbacks)
-    interrupted: str | None = None
+    interrupted: Action | None = None
     try:
         if first_epoch < epochs:  # a checkpoint saved after the last epoch leaves nothing to train
             # shuffle=False: the pipeline shuffles, seeded; Keras's own flag does nothing for tf.data but warn.
@@ -170,8 +204,15 @@ def _train(assignment: Assignment, on_epoch_end: EpochCallback, data_root: Path 
                       verbose=0, class_weight=class_weights(settings.class_weight, data), callbacks=callbacks)
     except _Interrupted as stop:
         interrupted = stop.action
-    finally:
-        tensorboard.close()
+    except BaseException as error:
+        chains.restore(error)
+        try:
+            tensorboard.close()
+        except InfrastructureError as failure:
+            # The error that ended training is the one to report.
+            logger.warning("trial %d: %s", assignment.trial_id, failure)
+        raise
+    tensorboard.close()
 
     if not reporter.history:
         if interrupted is not None:
@@ -185,6 +226,37 @@ def _train(assignment: Assignment, on_epoch_end: EpochCallback, data_root: Path 
     return TrialResult(metrics=metrics, epochs_run=len(reporter.history),
                        objective=metrics[assignment.objective.metric], objective_epoch=objective_epoch,
                        stopped_by=stopped_by, resumed_from=first_epoch)
+
+
+class _KeptChains:
+    """What the errors leaving `fit` were raised from, which Keras drops: it re-raises them `from None`.
+
+    The worker's callbacks are wrapped to note the cause of what they raise (the refused call behind a
+    TrialAbandonedError, say); sweeper's writes raise InfrastructureError from the I/O error inside an
+    `except`, so that error is also its context. `restore` puts the cause back: the caller gets the error
+    as it was raised.
+    """
+
+    def __init__(self) -> None:
+        self._kept: list[tuple[BaseException, BaseException | None, bool]] = []
+
+    def keeping(self, function: Callable[..., _T]) -> Callable[..., _T]:
+        def call(*args: Any) -> _T:
+            try:
+                return function(*args)
+            except BaseException as error:
+                self._kept.append((error, error.__cause__, error.__suppress_context__))
+                raise
+
+        return call
+
+    def restore(self, error: BaseException) -> None:
+        for kept, cause, suppress_context in self._kept:
+            if kept is error:
+                error.__cause__, error.__suppress_context__ = cause, suppress_context
+                return
+        if isinstance(error, InfrastructureError) and error.__cause__ is None:
+            error.__cause__ = error.__context__
 
 
 def _build(model: keras.Model, train: Any) -> None:
@@ -416,11 +488,11 @@ def _objective_epoch(objective: Objective, history: list[dict[str, float]]) -> i
 
 
 def _session_status(stopped_by: str | None) -> SessionStatus | None:
-    if stopped_by == "stop":
+    if stopped_by == Action.stop:
         # The worker hands the trial back for a retry, which rewrites this folder: no end now, since
         # TensorBoard would keep the first end it reads.
         return None
-    if stopped_by in ("prune", "cancel"):
+    if stopped_by in (Action.prune, Action.cancel):
         return SessionStatus.aborted
     return SessionStatus.success
 
@@ -452,7 +524,9 @@ class _EpochReporter(keras.callbacks.Callback):
     """Hands each epoch's metrics (and the learning rate) to the worker and obeys its answer.
 
     `history` starts with the metrics of the epochs a checkpoint restored: only the epochs this
-    attempt trains are handed on, but the trial's result is judged over all of them.
+    attempt trains are handed on, but the trial's result is judged over all of them. An error from the
+    worker (`TrialAbandonedError` among them) propagates out of `fit` before the later callbacks log
+    or save the epoch.
     """
 
     def __init__(self, on_epoch_end: EpochCallback, objective_metric: str, epochs: int,
@@ -463,7 +537,7 @@ class _EpochReporter(keras.callbacks.Callback):
         self._epochs = epochs
         self._first_epoch = len(history)
         self.history = history
-        self.stopped_by: str | None = None
+        self.stopped_by: Action | None = None
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         metrics = {name: float(value) for name, value in (logs or {}).items()}
@@ -472,8 +546,8 @@ class _EpochReporter(keras.callbacks.Callback):
             # Fail on the first epoch, not after the whole training, when the objective names no metric.
             _require_objective(self._objective_metric, metrics)
         self.history.append(metrics)
-        answer = self._on_epoch_end(epoch, dict(metrics))
-        if answer == "stop" and (epoch + 1 >= self._epochs or self.model.stop_training):
+        answer = _action(self._on_epoch_end(epoch, dict(metrics)), "on_epoch_end", tuple(Action))
+        if answer is Action.stop and (epoch + 1 >= self._epochs or self.model.stop_training):
             # Nothing is left to hand back: that was the last epoch, or early stopping ends training here.
             return
         if answer in _STOP_ACTIONS:
@@ -481,14 +555,25 @@ class _EpochReporter(keras.callbacks.Callback):
             self.stopped_by = answer
 
 
+def _action(answer: Action | str | None, asked: str, allowed: Sequence[Action | None]) -> Action | None:
+    """The worker's answer as an Action, or ValueError naming the answers `asked` may give."""
+    if answer is None and None in allowed:
+        return None
+    if answer is not None and answer in allowed:  # a str compares equal to its StrEnum member
+        return Action(answer)
+    names = ["None" if name is None else repr(str(name)) for name in allowed]
+    raise ValueError(f"{asked} must answer {', '.join(names[:-1])} or {names[-1]}, but got {answer!r}")
+
+
 class _Checkpointing(keras.callbacks.Callback):
     """Saves the trial's checkpoint after each epoch, unless the trial ends with this epoch.
 
     A trial ends with the epoch when it was the last one, when early stopping ends training there,
-    or when the answer was "prune" or "cancel": the checkpoint is deleted right after, so saving it
-    would only lengthen the gap before the worker's next trial (a save is some 40 ms on a CPU). The
-    price: a worker that dies between such an epoch and its report retrains that one epoch on retry,
-    from the previous epoch's checkpoint. A "stop" answer keeps every save: the trial is handed back.
+    or when the answer was "prune" or "cancel": the worker deletes the checkpoint once the server has
+    the end, so saving it would only lengthen the gap before the worker's next trial (a save is some
+    40 ms on a CPU). The price: a worker that dies between such an epoch and its report retrains that
+    one epoch on retry, from the previous epoch's checkpoint. A "stop" answer keeps every save: the
+    trial is handed back.
     """
 
     def __init__(self, checkpoint: TrialCheckpoint, reporter: _EpochReporter, epochs: int):
@@ -498,7 +583,7 @@ class _Checkpointing(keras.callbacks.Callback):
         self._epochs = epochs
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        if self._reporter.stopped_by in ("prune", "cancel"):
+        if self._reporter.stopped_by in (Action.prune, Action.cancel):
             return
         if self._reporter.stopped_by is None and (epoch + 1 >= self._epochs or self.model.stop_training):
             return
@@ -533,7 +618,7 @@ class _FailOnNaN(keras.callbacks.TerminateOnNaN):
 class _Interrupted(Exception):
     """Raised out of `fit` to end it after the current batch, without finishing the epoch."""
 
-    def __init__(self, action: str):
+    def __init__(self, action: Action):
         super().__init__(action)
         self.action = action
 
@@ -556,10 +641,8 @@ class _Interruptible(keras.callbacks.Callback):
         self._check()  # validating a big set can take a while too
 
     def _check(self) -> None:
-        action = self._interrupt()
+        action = _action(self._interrupt(), "an interrupt", (None, Action.cancel, Action.stop))
         if action is not None:
-            if action not in ("cancel", "stop"):
-                raise ValueError(f"an interrupt must answer None, 'cancel' or 'stop', but got {action!r}")
             raise _Interrupted(action)
 
 
@@ -568,18 +651,42 @@ class _LiveTensorBoard(keras.callbacks.TensorBoard):
 
     Its writers otherwise flush every two minutes, and a sweep's trials are often shorter than that.
     The graph is not written: one per trial is noise in a sweep and costs time and disk.
+
+    An epoch is written only at its end, once the worker has taken its metrics: the scalars Keras writes
+    when validation ends (`evaluation_<metric>_vs_iterations`) wait until then, so an epoch whose trial
+    was abandoned at its report leaves nothing in the logs. A failure to write raises InfrastructureError.
     """
 
     def __init__(self, log_dir: str):
         super().__init__(log_dir=log_dir, write_graph=False)
+        self._validation_logs: dict[str, Any] | None = None
+        self._action = f"write the trial's TensorBoard logs in {log_dir}"
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        with _log_files.io_failures(self._action):  # opens the train/ writer
+            super().on_train_begin(logs)
+
+    def on_test_end(self, logs: dict[str, Any] | None = None) -> None:
+        # The optimizer's step count, which Keras takes as these scalars' step, stays put until the
+        # epoch's end: no training step comes between.
+        self._validation_logs = dict(logs or {})
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        super().on_epoch_end(epoch, logs)
-        # `_writers` is the callback's own cache of the writers it has opened (Keras 3).
-        for writer in getattr(self, "_writers", {}).values():
-            writer.flush()
+        with _log_files.io_failures(self._action):
+            if self._validation_logs is not None:
+                super().on_test_end(self._validation_logs)
+                self._validation_logs = None
+            super().on_epoch_end(epoch, logs)
+            # `_writers` is the callback's own cache of the writers it has opened (Keras 3).
+            for writer in getattr(self, "_writers", {}).values():
+                writer.flush()
+
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        with _log_files.io_failures(self._action):  # closes the writers
+            super().on_train_end(logs)
 
     def close(self) -> None:
         """Close the writers, which `fit` leaves open when an exception ends it (a retry rewrites the files)."""
-        for writer in getattr(self, "_writers", {}).values():
-            writer.close()
+        with _log_files.io_failures(self._action):
+            for writer in getattr(self, "_writers", {}).values():
+                writer.close()

@@ -22,6 +22,8 @@ from sweeper.training import datasets
 from sweeper.training.datasets import (DataSplits, Dataset, DatasetError, DatasetInfo, load_dataset, training_data)
 from sweeper.training.runner import class_weights, run_trial
 
+pytestmark = pytest.mark.training
+
 INFO = DatasetInfo(input_shape=(4,), num_classes=3)
 
 
@@ -43,7 +45,7 @@ def _assignment(logdir: Path, dataset: str, trial_id: int = 1, epochs: int = 1, 
         trial_id=trial_id, sweep_id=1, hparams={"units": 8, "batch_size": 16, "seed": 3, **hparams}, model="mlp",
         dataset=dataset, objective=Objective(metric="val_accuracy"),
         train=TrainSettings(epochs=epochs, validation_split=0.25), logdir=str(logdir / str(trial_id)),
-        lease_expires_at=datetime.now(timezone.utc) + timedelta(minutes=5))
+        lease_expires_at=datetime.now(timezone.utc) + timedelta(minutes=5), lease_token=1)
 
 
 def _arrays(count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

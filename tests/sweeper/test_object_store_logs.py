@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import tensorflow as tf
 from gcs_emulator import gcs, unique_prefix  # noqa: F401 - the fixture
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
@@ -18,10 +19,12 @@ from sweeper import parse_spec
 from sweeper.hparams_log import write_experiment
 from sweeper.log_location import checkpoint_dir, join, sweep_dir, trial_dir
 from sweeper.messages import Assignment
-from sweeper.training.checkpoints import STATE_FILE, TrialCheckpoint
+from sweeper.training.checkpoints import STATE_FILE, TrialCheckpoint, lease_folder_name
 from sweeper.training.runner import run_trial
 from test_resume import _InterruptAt
 from test_runner import _assignment, _Recorder, _scalars, _session, _session_groups
+
+pytestmark = pytest.mark.training
 
 EPOCHS = 3
 
@@ -47,13 +50,17 @@ def test_a_trial_logged_to_a_bucket_resumes_from_its_checkpoint_there_and_logs_e
             "hparams": dict(assignment.hparams)}
     write_experiment(sweep_dir(logdir, assignment.sweep_id), parse_spec(spec))
 
-    # The first attempt is stopped after epoch 1: its checkpoint stays in the bucket.
+    # The first attempt is stopped after epoch 1: its checkpoint stays in the bucket, in its lease's folder.
     assert run_trial(assignment, _InterruptAt(1, "stop")).stopped_by == "stop"
-    assert tf.io.gfile.exists(join(assignment.checkpoint_dir, STATE_FILE))
+    first_state = join(assignment.checkpoint_dir, lease_folder_name(1), STATE_FILE)
+    assert tf.io.gfile.exists(first_state)
+    # The second save replaced the first's weights, as the first's state named them.
+    assert sorted(tf.io.gfile.listdir(join(assignment.checkpoint_dir, lease_folder_name(1)))) == \
+        ["epochs-000002.weights.h5", STATE_FILE]
     assert TrialCheckpoint(assignment.checkpoint_dir).load().epochs_done == 2  # type: ignore[union-attr]
 
     second = _Recorder()
-    result = run_trial(assignment.model_copy(update={"attempt": 2}), second)
+    result = run_trial(assignment.model_copy(update={"attempt": 2, "lease_token": 2}), second)
 
     assert [epoch for epoch, _ in second.calls] == [2]
     assert (result.epochs_run, result.resumed_from, result.stopped_by) == (EPOCHS, 2, None)
@@ -64,4 +71,8 @@ def test_a_trial_logged_to_a_bucket_resumes_from_its_checkpoint_there_and_logs_e
     (group,) = _session_groups(sweep_dir(logdir, assignment.sweep_id))
     assert group.name == str(assignment.trial_id)
     assert [session.status for session in group.sessions] == [api_pb2.STATUS_SUCCESS]
-    assert not tf.io.gfile.exists(join(assignment.checkpoint_dir, STATE_FILE))  # completed: deleted
+    # The runner leaves the checkpoint; the worker deletes it, every lease's, once the server has the end.
+    assert tf.io.gfile.exists(first_state)
+    TrialCheckpoint(assignment.checkpoint_dir).delete()
+    assert not tf.io.gfile.exists(first_state)
+    assert TrialCheckpoint(assignment.checkpoint_dir).load() is None

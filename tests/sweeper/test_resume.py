@@ -1,7 +1,8 @@
 """A retried trial resumes from its checkpoint: the schedule goes on, and TensorBoard shows each epoch once.
 
 Each test interrupts a real (tiny) Keras trial after an epoch, the way a worker loses it, then runs it
-again as attempt 2 and compares it with the same trial run without interruption.
+again as attempt 2 (the next claim, so the next lease token) and compares it with the same trial run
+without interruption. However a trial ends, the runner leaves its checkpoint: the worker deletes it.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ from tensorboard.plugins.hparams import api_pb2, metadata
 
 from sweeper import RetryableError
 from sweeper._spec import EarlyStopping, Objective
-from sweeper.training.checkpoints import STATE_FILE, TrialCheckpoint
+from sweeper.training.checkpoints import STATE_FILE, TrialCheckpoint, lease_folder_name
 from sweeper.training.runner import run_trial
 from test_runner import ABORTED, _assignment, _Recorder, _scalars, _session, _session_groups
 
+pytestmark = pytest.mark.training
 EPOCHS = 4
 
 
@@ -46,6 +48,16 @@ class _InterruptAt(_Recorder):
 
 def _trial(logdir: Path, **hparams: Any) -> Any:
     return _assignment(logdir, epochs=EPOCHS, lr_schedule="exponential", **hparams)
+
+
+def _retry(assignment: Any, attempt: int = 2) -> Any:
+    """The assignment of the trial's next claim: the next attempt, with the next lease token."""
+    return assignment.model_copy(update={"attempt": attempt, "lease_token": assignment.lease_token + attempt - 1})
+
+
+def _epochs_saved(checkpoint_dir: Path) -> int | None:
+    resume = TrialCheckpoint(checkpoint_dir).load()
+    return resume.epochs_done if resume is not None else None
 
 
 def _session_starts(trial_dir: Path) -> int:
@@ -77,10 +89,12 @@ def test_a_retried_trial_continues_the_schedule_and_logs_each_epoch_once(
     else:
         with pytest.raises((RetryableError, _ProcessDied)):
             run_trial(_trial(tmp_path), first)
-    assert (tmp_path / "7" / "checkpoint" / STATE_FILE).is_file()
+    first_state = tmp_path / "7" / "checkpoint" / lease_folder_name(1) / STATE_FILE
+    assert first_state.is_file()
+    saved_by_first = first_state.read_bytes()
 
     second = _Recorder()
-    result = run_trial(_trial(tmp_path).model_copy(update={"attempt": 2}), second)
+    result = run_trial(_retry(_trial(tmp_path)), second)
 
     # Only the epochs this attempt trained are reported; the result counts all of them.
     assert [epoch for epoch, _ in second.calls] == list(range(resumes_at, EPOCHS))
@@ -102,7 +116,9 @@ def test_a_retried_trial_continues_the_schedule_and_logs_each_epoch_once(
     assert _scalars(tmp_path / "7") == {"val_accuracy": [(EPOCHS - 1, pytest.approx(result.metrics["val_accuracy"]))]}
     (group,) = _session_groups(tmp_path)
     assert [session.status for session in group.sessions] == [api_pb2.STATUS_SUCCESS]
-    assert not (tmp_path / "7" / "checkpoint").exists()  # completed: nothing left to resume
+    # Both leases' saves stay, the first's untouched by the second: the worker deletes the checkpoint.
+    assert first_state.read_bytes() == saved_by_first
+    assert _epochs_saved(tmp_path / "7" / "checkpoint") == EPOCHS - 1
 
 
 def test_the_resumed_attempt_starts_from_the_saved_weights(tmp_path: Path) -> None:
@@ -111,7 +127,7 @@ def test_the_resumed_attempt_starts_from_the_saved_weights(tmp_path: Path) -> No
     run_trial(_assignment(tmp_path, trial_id=2, epochs=3), _InterruptAt(1, "stop"))
 
     resumed = _Recorder()
-    run_trial(_assignment(tmp_path, trial_id=2, epochs=3), resumed)
+    run_trial(_retry(_assignment(tmp_path, trial_id=2, epochs=3)), resumed)
 
     # Two epochs in, the model is far better than a new one after its first epoch.
     [(epoch, metrics)] = resumed.calls
@@ -126,7 +142,7 @@ def test_the_objective_is_judged_over_the_epochs_of_every_attempt(tmp_path: Path
     first = _InterruptAt(1, "stop")
     run_trial(assignment, first)
 
-    result = run_trial(assignment, _Recorder())
+    result = run_trial(_retry(assignment), _Recorder())
 
     assert (result.epochs_run, result.objective_epoch) == (EPOCHS, 0)
     assert result.metrics == first.calls[0][1]
@@ -147,48 +163,51 @@ def test_a_stop_answer_after_the_last_epoch_completes_the_trial(tmp_path: Path) 
 
     assert (result.epochs_run, result.stopped_by) == (2, None)
     assert _session(tmp_path / "7")[1] == api_pb2.STATUS_SUCCESS
-    assert not (tmp_path / "7" / "checkpoint").exists()
+    assert _epochs_saved(tmp_path / "7" / "checkpoint") == 1  # the last epoch is not saved
 
 
 @pytest.mark.parametrize("answer", ["prune", "cancel"])
-def test_a_pruned_or_cancelled_trial_leaves_no_checkpoint(tmp_path: Path, answer: str) -> None:
+def test_a_pruned_or_cancelled_trial_leaves_its_checkpoint_for_the_worker_to_delete(
+        tmp_path: Path, answer: str) -> None:
     result = run_trial(_trial(tmp_path), _Recorder(answer, from_epoch=1))
 
     assert result.stopped_by == answer
     assert _session(tmp_path / "7")[1] == ABORTED
-    assert not (tmp_path / "7" / "checkpoint").exists()
+    assert _epochs_saved(tmp_path / "7" / "checkpoint") == 1  # epoch 1 ended the trial: not saved
 
 
-def test_a_trial_that_fails_for_good_leaves_no_checkpoint(tmp_path: Path) -> None:
+def test_a_trial_that_fails_for_good_leaves_its_checkpoint_for_the_worker_to_delete(tmp_path: Path) -> None:
     run_trial(_trial(tmp_path), _InterruptAt(0, "stop"))
 
     def broken(epoch: int, metrics: dict[str, float]) -> str:
         raise ValueError("a bug in the reporting code")
 
     with pytest.raises(ValueError, match="a bug"):
-        run_trial(_trial(tmp_path), broken)
-    assert not (tmp_path / "7" / "checkpoint").exists()
+        run_trial(_retry(_trial(tmp_path)), broken)
+    assert _epochs_saved(tmp_path / "7" / "checkpoint") == 1
 
 
 def test_the_checkpoint_goes_where_the_assignment_says(tmp_path: Path) -> None:
     folder = tmp_path / "elsewhere" / "7"
-    assignment = _trial(tmp_path).model_copy(update={"checkpoint_dir": str(folder)})
+    assignment = _trial(tmp_path).model_copy(update={"checkpoint_dir": str(folder), "lease_token": 5})
 
     run_trial(assignment, _InterruptAt(0, "stop"))
 
-    assert (folder / STATE_FILE).is_file()
+    assert (folder / "lease-000000005" / STATE_FILE).is_file()
     assert not (tmp_path / "7" / "checkpoint").exists()
 
 
-def test_an_unreadable_checkpoint_is_deleted_and_the_trial_starts_over(
+def test_an_unreadable_checkpoint_state_is_left_in_place_and_the_trial_starts_over(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     run_trial(_trial(tmp_path), _InterruptAt(1, "stop"))
-    (tmp_path / "7" / "checkpoint" / STATE_FILE).write_text("{not json")
+    state = tmp_path / "7" / "checkpoint" / lease_folder_name(1) / STATE_FILE
+    state.write_text("{not json")
 
     recorder = _Recorder()
-    result = run_trial(_trial(tmp_path), recorder)
+    result = run_trial(_retry(_trial(tmp_path)), recorder)
 
-    assert "the checkpoint was deleted" in caplog.text
+    assert f"{state.parent}: {STATE_FILE} is not a checkpoint state" in caplog.text
+    assert state.read_text() == "{not json"  # another lease's file: skipped, never deleted
     assert [epoch for epoch, _ in recorder.calls] == list(range(EPOCHS))
     assert result.resumed_from == 0
     assert [step for step, _ in _scalars(tmp_path / "7" / "train")["epoch_loss"]] == list(range(EPOCHS))
@@ -196,14 +215,18 @@ def test_an_unreadable_checkpoint_is_deleted_and_the_trial_starts_over(
 
 
 def test_weights_that_do_not_fit_the_model_fail_the_attempt_as_retryable_and_start_over(tmp_path: Path) -> None:
-    run_trial(_assignment(tmp_path, epochs=3, units=16), _InterruptAt(0, "stop"))
+    first = _assignment(tmp_path, epochs=3, units=16)
+    run_trial(first, _InterruptAt(0, "stop"))
+    saved = sorted(path.name for path in (tmp_path / "7" / "checkpoint" / lease_folder_name(1)).iterdir())
 
     # The same trial, but its code changed between attempts: the saved weights no longer fit.
+    changed = first.model_copy(update={"hparams": {**first.hparams, "units": 32}})
     with pytest.raises(RetryableError, match="cannot restore the weights saved after epoch 0.*starts over"):
-        run_trial(_assignment(tmp_path, epochs=3, units=32), _Recorder())
-    assert not (tmp_path / "7" / "checkpoint").exists()
+        run_trial(_retry(changed, attempt=2), _Recorder())
+    # Set aside by the failed lease's own record, not by deleting the lease that saved them.
+    assert sorted(path.name for path in (tmp_path / "7" / "checkpoint" / lease_folder_name(1)).iterdir()) == saved
 
-    result = run_trial(_assignment(tmp_path, epochs=3, units=32), _Recorder())
+    result = run_trial(_retry(changed, attempt=3), _Recorder())
     assert (result.epochs_run, result.resumed_from) == (3, 0)
 
 
@@ -213,13 +236,13 @@ def test_a_checkpoint_of_every_epoch_completes_the_trial_without_training(tmp_pa
     run_trial(_assignment(tmp_path, epochs=3), _InterruptAt(1, "stop"))
 
     recorder = _Recorder()
-    result = run_trial(_assignment(tmp_path, epochs=2), recorder)
+    result = run_trial(_retry(_assignment(tmp_path, epochs=2)), recorder)
 
     assert recorder.calls == []
     assert (result.epochs_run, result.resumed_from, result.stopped_by) == (2, 2, None)
     assert [step for step, _ in _scalars(tmp_path / "7" / "train")["epoch_loss"]] == [0, 1]
     assert _session(tmp_path / "7")[1] == api_pb2.STATUS_SUCCESS
-    assert not (tmp_path / "7" / "checkpoint").exists()
+    assert _epochs_saved(tmp_path / "7" / "checkpoint") == 2
 
 
 class _SavedEpochs(keras.callbacks.Callback):
@@ -236,7 +259,7 @@ class _SavedEpochs(keras.callbacks.Callback):
 
 
 def test_the_epoch_a_trial_ends_with_saves_no_checkpoint(tmp_path: Path) -> None:
-    # The checkpoint is deleted as the trial completes; saving it would only delay the next trial.
+    # The worker deletes the checkpoint once the trial completes; saving it would only delay the next trial.
     saved = _SavedEpochs(tmp_path / "7" / "checkpoint")
     run_trial(_assignment(tmp_path, epochs=3), _Recorder(), callbacks=[saved])
     assert saved.saved == [1, 2, 2]

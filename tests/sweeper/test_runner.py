@@ -24,6 +24,7 @@ from sweeper.messages import Assignment
 from sweeper.training.devices import configure_gpus, enable_memory_growth, memory_limit_from_environment
 from sweeper.training.runner import TrialResult, run_trial
 
+pytestmark = pytest.mark.training
 EPOCHS = 3
 BATCH_SIZE = 256
 # 1,797 digits, 20% held out for validation: 1,437 training examples in 6 batches of 256.
@@ -34,11 +35,12 @@ ABORTED = getattr(api_pb2, "STATUS_ABORTED", api_pb2.STATUS_UNKNOWN)
 
 
 def _assignment(logdir: Path, trial_id: int = 7, epochs: int = EPOCHS, model: str = "mlp",
-                objective: str = "val_accuracy", **hparams: Any) -> Assignment:
+                objective: str = "val_accuracy", lease_token: int = 1, **hparams: Any) -> Assignment:
     return Assignment(
         trial_id=trial_id, sweep_id=1, hparams={**BASE_HPARAMS, **hparams}, model=model, dataset="digits",
         objective=Objective(metric=objective), train=TrainSettings(epochs=epochs, validation_split=0.2),
-        logdir=str(logdir / str(trial_id)), lease_expires_at=datetime.now(timezone.utc) + timedelta(minutes=5))
+        logdir=str(logdir / str(trial_id)), lease_expires_at=datetime.now(timezone.utc) + timedelta(minutes=5),
+        lease_token=lease_token)
 
 
 class _Recorder:

@@ -24,6 +24,8 @@ from sweeper.training.datasets import DatasetInfo, current_data_root, load_datas
 from sweeper.training.models import build_cnn, build_mlp
 from sweeper.training.runner import balanced_class_weights, build_loss, build_metrics, class_weights, run_trial
 
+pytestmark = pytest.mark.training
+
 HPARAMS = {"units": 8, "learning_rate": 0.01, "batch_size": 32}
 
 
@@ -33,7 +35,8 @@ def _assignment(logdir: Path, trial_id: int = 1, dataset: str = "iris", model: s
     return Assignment(
         trial_id=trial_id, sweep_id=1, hparams={**HPARAMS, **(hparams or {})}, model=model, dataset=dataset,
         objective=objective or Objective(metric="val_accuracy"), train=TrainSettings(**{"epochs": 1, **train}),
-        logdir=str(logdir / str(trial_id)), lease_expires_at=datetime.now(timezone.utc) + timedelta(minutes=5))
+        logdir=str(logdir / str(trial_id)), lease_expires_at=datetime.now(timezone.utc) + timedelta(minutes=5),
+        lease_token=1)
 
 
 class _Recorder:

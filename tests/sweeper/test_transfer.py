@@ -21,6 +21,8 @@ from sweeper.training.datasets import Dataset, DatasetInfo, load_digits, using_d
 from sweeper.training.runner import run_trial
 from sweeper.training.transfer import BACKBONE_LAYER, TransferError, backbone_layers, build_transfer
 
+pytestmark = pytest.mark.training
+
 DIGITS = DatasetInfo(input_shape=(8, 8, 1), num_classes=10)
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -194,7 +196,8 @@ def test_a_short_training_run_through_the_runner(tmp_path: Path, monkeypatch: py
         trial_id=1, sweep_id=1, model="transfer", dataset="transfer_tiny_digits",
         hparams={"frozen_layers": 20, "head_units": 8, "dropout": 0.1, "learning_rate": 0.01, "batch_size": 32},
         objective=Objective(metric="val_accuracy"), train=TrainSettings(epochs=1, validation_split=0.25),
-        logdir=str(tmp_path / "1"), lease_expires_at=datetime.now(timezone.utc) + timedelta(minutes=5))
+        logdir=str(tmp_path / "1"), lease_expires_at=datetime.now(timezone.utc) + timedelta(minutes=5),
+        lease_token=1)
 
     result = run_trial(assignment, lambda epoch, metrics: epochs.append(epoch) or "continue")
 
