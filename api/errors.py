@@ -65,7 +65,10 @@ async def _spec_error(request: Request, error: Exception) -> JSONResponse:
 
 async def _core_error(request: Request, error: Exception) -> JSONResponse:
     code = next(code for kind, code in _STATUS_OF.items() if isinstance(error, kind))
-    return JSONResponse({"detail": _json_safe(str(error))}, status_code=code)
+    body: dict[str, Any] = {"detail": _json_safe(str(error))}
+    if isinstance(error, LeaseConflictError):
+        body["reason"] = error.reason.value  # for the worker to act on, rather than parse the message
+    return JSONResponse(body, status_code=code)
 
 
 async def _request_validation_error(request: Request, error: Exception) -> JSONResponse:

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
-from sweeper.messages import Action, SweepStatus, TrialState
+from sweeper.messages import Action, LeaseConflictReason, SweepStatus, TrialState
 
 __all__ = [
     "ENDED_EARLY", "OPEN", "Caller", "LeaseConflict", "Step", "SweepEvent", "SweepStateConflict", "TRANSITIONS",
@@ -105,6 +105,10 @@ class Step:
 
 class LeaseConflict(Exception):
     """The event is not allowed in the trial's state, or the caller does not hold its lease; nothing changes."""
+
+    def __init__(self, message: str, reason: LeaseConflictReason = LeaseConflictReason.not_running):
+        super().__init__(message)
+        self.reason = reason
 
 
 class SweepStateConflict(Exception):
@@ -222,7 +226,8 @@ def apply(trial: TrialLife, event: TrialEvent, *, sweep: SweepStatus, caller: Ca
                         else Action.continue_)
         _require_lease(trial, caller)
     elif event is TrialEvent.reclaim and caller is not None and caller.worker_id != trial.worker_id:
-        raise LeaseConflict(f"is leased to worker {trial.worker_id!r}: worker {caller.worker_id!r} cannot reclaim it")
+        raise LeaseConflict(f"is leased to worker {trial.worker_id!r}: worker {caller.worker_id!r} cannot reclaim it",
+                            LeaseConflictReason.leased_to_another)
     effect = TRANSITIONS.get((trial.state, event))
     if effect is None:
         raise LeaseConflict(f"is {trial.state.value}: a {trial.state.value} trial cannot take a {event.value}")
@@ -238,10 +243,12 @@ def _require_lease(trial: TrialLife, caller: Caller) -> None:
     if trial.state != TrialState.running:
         raise LeaseConflict(f"is {trial.state.value}, not running: worker {caller.worker_id!r} holds no lease on it")
     if caller.worker_id != trial.worker_id:
-        raise LeaseConflict(f"is leased to worker {trial.worker_id!r}, not to {caller.worker_id!r}")
+        raise LeaseConflict(f"is leased to worker {trial.worker_id!r}, not to {caller.worker_id!r}",
+                            LeaseConflictReason.leased_to_another)
     if caller.lease_token != trial.lease_token:
         raise LeaseConflict(f"is held under lease token {trial.lease_token}, so worker {caller.worker_id!r}'s token "
-                            f"{caller.lease_token} is stale: a later claim by the same worker id took it over")
+                            f"{caller.lease_token} is stale: a later claim by the same worker id took it over",
+                            LeaseConflictReason.superseded)
 
 
 def directive(sweep: SweepStatus) -> Action:

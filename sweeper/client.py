@@ -3,6 +3,9 @@
 Worker calls (claim, heartbeat, metrics, complete, fail, release) and reads survive a short server
 restart: connection errors and 5xx answers are retried with bounded exponential backoff. A 4xx answer
 is never retried; it becomes an `ApiError` whose message is the server's own `detail`, with field paths.
+
+Every call on a claimed trial carries the claim's `lease_token` in its request model; once a newer
+claim holds the trial, the server refuses the call (409), which raises `LeaseLostError`.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import Any
 import httpx
 
 from sweeper._errors import SweeperError
-from sweeper.messages import (Assignment, ClaimRequest, CompleteReport, Directive, FailReport, HeartbeatRequest,
+from sweeper.messages import (Assignment, ClaimRequest, LeaseConflictReason, CompleteReport, Directive, FailReport, HeartbeatRequest,
                               MetricsReport, ReleaseReport)
 
 __all__ = ["ApiError", "AuthError", "Client", "ConflictError", "LeaseLostError", "NotFoundError",
@@ -57,7 +60,15 @@ class ConflictError(ApiError):
 
 
 class LeaseLostError(ConflictError):
-    """409 on a trial call: this worker no longer holds the trial's lease (it expired or the trial was reassigned)."""
+    """409 on a trial call: its lease token is not the trial's current one (a newer claim took the trial, or the
+    lease ended), so the caller must stop acting as the trial's holder. The server changed nothing.
+
+    `reason` says which (a `LeaseConflictReason`), or is None when the server gave none."""
+
+    def __init__(self, message: str, status_code: int | None = None, messages: list[str] | None = None,
+                 reason: LeaseConflictReason | None = None):
+        super().__init__(message, status_code, messages)
+        self.reason = reason
 
 
 class SweepStateError(ConflictError):
@@ -175,8 +186,9 @@ class Client:
         return self._request("GET", "/workers", params=params or None).json()
 
     # -- worker calls ------------------------------------------------------------------------------
-    # Claiming is idempotent on the server (a worker asking again gets its own trial back), and the
-    # trial calls are keyed by trial and worker, so all of them are safe to retry.
+    # All of them are safe to retry. A claim sent again gets the worker's own trial back (under a new
+    # lease token, which the answer carries). A heartbeat or epoch report changes nothing twice, and a
+    # complete, fail or release sent again with its token is answered with the trial as stored.
 
     def claim(self, request: ClaimRequest) -> Assignment | None:
         """The next trial for this worker, or None when there is no work right now (204)."""
@@ -185,8 +197,9 @@ class Client:
             return None
         return Assignment.model_validate(response.json())
 
-    def heartbeat(self, trial_id: int, worker_id: str) -> Directive:
-        body = HeartbeatRequest(worker_id=worker_id).model_dump(mode="json")
+    def heartbeat(self, trial_id: int, request: HeartbeatRequest) -> Directive:
+        """Extend the lease; the answer says whether to go on. LeaseLostError once the lease is not this one."""
+        body = request.model_dump(mode="json")
         return Directive.model_validate(self._request("POST", f"/trials/{trial_id}/heartbeat", json=body).json())
 
     def report_metrics(self, trial_id: int, report: MetricsReport) -> Directive:
@@ -194,10 +207,12 @@ class Client:
         return Directive.model_validate(self._request("POST", f"/trials/{trial_id}/metrics", json=body).json())
 
     def complete(self, trial_id: int, report: CompleteReport) -> dict[str, Any]:
+        """Record the final metrics; the answer is the trial (completed, or cancelled when its sweep ended)."""
         body = _with_finite_metrics(report.model_dump(mode="json"), report.metrics)
         return self._request("POST", f"/trials/{trial_id}/complete", json=body).json()
 
     def fail(self, trial_id: int, report: FailReport) -> dict[str, Any]:
+        """Record the failure; the answer is the trial (pending again when it will be retried)."""
         return self._request("POST", f"/trials/{trial_id}/fail", json=report.model_dump(mode="json")).json()
 
     def release(self, trial_id: int, report: ReleaseReport) -> dict[str, Any]:
@@ -302,7 +317,16 @@ def _error_for(response: httpx.Response, conflict: type[ConflictError] = LeaseLo
     kind: type[ApiError] = {404: NotFoundError, 409: conflict}.get(response.status_code, ApiError)
     if response.status_code >= 500:
         kind = ServerUnavailableError
+    if issubclass(kind, LeaseLostError):
+        return kind(message, status_code=response.status_code, messages=messages, reason=_conflict_reason(response))
     return kind(message, status_code=response.status_code, messages=messages)
+
+
+def _conflict_reason(response: httpx.Response) -> LeaseConflictReason | None:
+    try:
+        return LeaseConflictReason(response.json().get("reason"))
+    except (ValueError, AttributeError):
+        return None
 
 
 def _detail_messages(response: httpx.Response) -> list[str]:

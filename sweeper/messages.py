@@ -51,6 +51,17 @@ class Action(StrEnum):
     """Stop now: the sweep has ended."""
 
 
+class LeaseConflictReason(StrEnum):
+    """Why the server refused a call on a trial (409): the `reason` beside its `detail`."""
+
+    not_running = "not_running"
+    """The trial is no longer running (it ended, or went back to the queue)."""
+    leased_to_another = "leased_to_another"
+    """Another worker holds the trial now (the caller's lease expired and the trial was handed on)."""
+    superseded = "superseded"
+    """A later claim under the caller's own worker id holds the trial: another process uses that id."""
+
+
 LeaseToken = Annotated[int, Field(ge=1, le=2**62)]
 """Names one claim of a trial: every claim (a reclaim by the same worker id too) issues a larger one, and
 every later call on the trial carries it; a call with an older token is refused (409), so two processes

@@ -4,14 +4,22 @@ Run by the supervisor, one per GPU, with the environment already pinning it to i
 several share one, capping its memory); the agent only applies that. TensorFlow is imported on the
 first trial and kept for the next.
 
-A trial ends in one report. Completed or pruned: `complete` with its metrics. An exception: `fail`,
-with its kind (error, nan or oom), a one-line error, the traceback, and retryable only for a
-`RetryableError` (see workers.failures); out of memory leaves the process able to run the next
-trial, since the runner clears the Keras session. Cancelled (the server answers "cancel" to a
-heartbeat or an epoch report): training stops after the current batch and the trial is failed as
-"cancelled". Stopped ("stop" from the server, or this worker shutting down): it stops at the end of
-the epoch, whose checkpoint the next attempt resumes from, and is released: pending again, no attempt
-counted. Heartbeats extend the lease every `heartbeat_seconds` of the assignment meanwhile.
+Each claim comes with a lease token, and every call on the trial carries it. A trial ends in one
+report. Completed or pruned: `complete` with its metrics. An exception: `fail`, with its kind (error,
+nan, oom or io), a one-line error, the traceback, and retryable only for a `RetryableError` (see
+workers.failures); out of memory leaves the process able to run the next trial, since the runner
+clears the Keras session. Cancelled (the server answers "cancel" to a heartbeat or an epoch report):
+training stops after the current batch and the trial is failed as "cancelled". Stopped ("stop" from
+the server, or this worker shutting down): it stops at the end of the epoch, whose checkpoint the next
+attempt resumes from, and is released: pending again, no attempt counted. Heartbeats extend the lease
+every `heartbeat_seconds` of the assignment meanwhile.
+
+Abandoned: when the server refuses a heartbeat or report (409: a newer claim holds the trial; 404: the
+trial is gone), the trial is no longer this process's. Training stops after the current batch, nothing
+more is written to the trial's logs or checkpoint (`TrialAbandonedError` out of the runner's callbacks),
+and no report is sent. Orphaned: when the supervisor dies, training stops after the current batch, the
+trial is released (its checkpoint of the last finished epoch stays for the next attempt), and the
+process exits.
 
 Shutdown: the first SIGTERM (or SIGINT) finishes the current epoch, releases the trial and exits 0;
 the second ends the process at once, by that signal: its lease (or the supervisor, which reads the
@@ -23,7 +31,6 @@ from __future__ import annotations
 import argparse
 import functools
 import gc
-import json
 import logging
 import math
 import os
@@ -37,12 +44,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sweeper._errors import SweeperError
+from sweeper import SweeperError
 from sweeper.client import ApiError, Client, LeaseLostError, NotFoundError, ServerUnavailableError
-from sweeper.messages import (Assignment, ClaimRequest, CompleteReport, FailReport, FailureKind, MetricsReport,
-                              ReleaseReport, TrialState)
-from sweeper.training.checkpoints import TrialCheckpoint, checkpoint_folder
+from sweeper.messages import (Action, Assignment, ClaimRequest, CompleteReport, FailReport, FailureKind,
+                              HeartbeatRequest, LeaseConflictReason, MetricsReport, ReleaseReport)
+from sweeper.training.checkpoints import checkpoint_folder
 from workers.failures import clip, failure_report
+from workers.handoff import (EXIT_SERVER_UNREACHABLE, EXIT_WORKER_ID_IN_USE, TOKEN_VARIABLE, RunningTrial, StateFile,
+                             delete_checkpoint_if_finished)
+from workers.identity import ReservedId, WorkerIdInUseError, adopt, reserve_exactly
+from workers.lease import Heartbeat, TrialControl
+from workers.orphans import SupervisorWatch
 
 if TYPE_CHECKING:
     from sweeper.training.runner import TrialResult
@@ -50,14 +62,10 @@ if TYPE_CHECKING:
     Trainer = Callable[..., TrialResult]
     """Called as `trainer(assignment, on_epoch_end, interrupt=...)`, like `runner.run_trial`."""
 
-__all__ = ["EXIT_SERVER_UNREACHABLE", "Agent", "FatalWorkerError", "ended_for_good", "main", "release_or_fail"]
+__all__ = ["Agent", "FatalWorkerError", "main"]
 
 # Named, not __name__: run as `python -m workers.agent` the module is __main__.
 logger = logging.getLogger("workers.agent")
-
-EXIT_SERVER_UNREACHABLE = 75
-"""Exit status (BSD's EX_TEMPFAIL) when the server stayed unreachable through every retry: the
-supervisor restarts such a worker without counting it as a crash, so workers outlast a server outage."""
 
 _MAX_REASON_CHARS = 60_000  # ReleaseReport.reason allows 65,536
 _MIN_HEARTBEAT_SECONDS = 0.05  # whatever an assignment says, never a busy loop against the server
@@ -67,91 +75,12 @@ class FatalWorkerError(SweeperError):
     """This worker cannot run any trial (the trainer does not load); it exits so a human can look."""
 
 
-class _TrialControl:
-    """What the heartbeat thread and the epoch callback learned about one trial, shared between them."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.server_action = "continue"
-        self.lease_lost: ApiError | None = None
-        self.unreachable: ServerUnavailableError | None = None
-
-    def server_says(self, action: str) -> None:
-        with self._lock:
-            # "stop", "prune" and "cancel" are final: a later "continue" must not undo them, and a
-            # "cancel" (the sweep is over) outranks the others.
-            if self.server_action == "continue" or action == "cancel":
-                self.server_action = action
-
-    def lose_lease(self, error: ApiError) -> None:
-        with self._lock:
-            self.lease_lost = self.lease_lost or error
-
-    def action(self, draining: bool) -> str:
-        """The answer to an epoch's end: what the server said, or "stop" when the trial must be left."""
-        with self._lock:
-            if self.server_action == "cancel":
-                return "cancel"
-            if self.lease_lost is not None or self.unreachable is not None or draining:
-                return "stop"
-            return self.server_action
-
-    def interrupt(self) -> str | None:
-        """The answer after each batch: stop at once when the sweep is cancelled or the trial is another's."""
-        with self._lock:
-            if self.server_action == "cancel":
-                return "cancel"
-            if self.lease_lost is not None:
-                return "stop"
-            return None
-
-
-class _Heartbeat:
-    """A thread that extends the trial's lease every `interval` seconds while the trial trains."""
-
-    def __init__(self, client: Client, trial_id: int, worker_id: str, interval: float, control: _TrialControl):
-        self._client, self._trial_id, self._worker_id = client, trial_id, worker_id
-        self._interval, self._control = interval, control
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{trial_id}", daemon=True)
-
-    def __enter__(self) -> _Heartbeat:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._done.set()
-        # A beat stuck in the client's retries must not hold up reporting the result; what it brings
-        # back after this point is ignored.
-        self._thread.join(timeout=2.0)
-
-    def _beat(self) -> None:
-        while not self._done.wait(self._interval):
-            try:
-                directive = self._client.heartbeat(self._trial_id, self._worker_id)
-            except (LeaseLostError, NotFoundError) as error:
-                if not self._done.is_set():
-                    self._control.lose_lease(error)
-                return
-            except ApiError as error:
-                # The lease outlives a few missed beats; the epoch callback decides when to give up.
-                logger.warning("heartbeat for trial %d failed: %s", self._trial_id, error)
-                continue
-            except Exception:
-                logger.exception("heartbeat for trial %d failed unexpectedly", self._trial_id)
-                continue
-            if not self._done.is_set():
-                self._control.server_says(directive.action)
-                if directive.action != "continue":
-                    logger.info("server asks trial %d to %s", self._trial_id, directive.action)
-
-
 class Agent:
     """Claims trials and trains them, one at a time, until idle for `idle_exit` seconds or shut down."""
 
     def __init__(self, client: Client, worker_id: str, host: str, gpu: str | None = None, poll_interval: float = 1.0,
                  heartbeat_interval: float | None = None, idle_exit: float | None = None,
-                 state_file: str | Path | None = None, parent_pid: int | None = None,
+                 state_file: str | Path | None = None, supervisor_pid: int | None = None,
                  run_trial: Trainer | None = None, data_root: Path | None = None):
         if poll_interval <= 0 or (heartbeat_interval is not None and heartbeat_interval <= 0):
             raise ValueError(f"intervals must be > 0, but got {poll_interval=}, {heartbeat_interval=}")
@@ -164,9 +93,9 @@ class Agent:
         self.heartbeat_interval = heartbeat_interval
         self.idle_exit = idle_exit
         # The supervisor reads this file when the process dies, to report the trial it was running.
-        self.state_file = Path(state_file) if state_file is not None else None
-        # Set when supervised: if the supervisor dies, finish the current trial and exit, not run on orphaned.
-        self.parent_pid = parent_pid
+        self.state_file = StateFile(state_file) if state_file is not None else None
+        # Set when supervised: a worker whose supervisor died stops its trial, hands it back and exits.
+        self.supervisor = SupervisorWatch(supervisor_pid)
         # The trainer; by default sweeper's Keras runner, imported (with TensorFlow) on the first trial.
         self._run_trial_fn = run_trial
         # Where file datasets (npz:..., images:...) are read from; the operator's choice, never a request's.
@@ -186,8 +115,18 @@ class Agent:
         """
         self._draining.set()
 
+    def check_supervisor(self) -> bool:
+        """True when the supervisor is gone; the trial then stops after its current batch and the agent exits."""
+        if not self.supervisor.gone():
+            return False
+        self._draining.set()
+        return True
+
     def run(self) -> None:
-        """Claim and train until idle for `idle_exit` seconds or shut down; raises on a fatal error."""
+        """Claim and train until idle for `idle_exit` seconds or shut down; raises on a fatal error.
+
+        WorkerIdInUseError when a process elsewhere claimed this worker's trial under its own id.
+        """
         logger.info("worker %s on %s (GPU %s) asking %s for trials", self.worker_id, self.host,
                     self.gpu if self.gpu is not None else "none", self.client.base_url)
         request = ClaimRequest(worker_id=self.worker_id, host=self.host, gpu=self.gpu)
@@ -201,9 +140,9 @@ class Agent:
                     return
                 self._draining.wait(self.poll_interval)
                 continue
-            if self._draining.is_set():
-                # Shut down while the claim was in flight: hand the trial straight back.
-                self._release(assignment, f"worker {self.worker_id} shut down before starting it")
+            if self._should_exit():
+                # Shut down (or orphaned) while the claim was in flight: hand the trial straight back.
+                self._release(assignment, f"worker {self.worker_id} {self._leaving_because()} before starting it")
                 break
             self._run_trial(assignment)
             idle_since = time.monotonic()
@@ -213,26 +152,32 @@ class Agent:
 
     def _run_trial(self, assignment: Assignment) -> None:
         trial_id = assignment.trial_id
-        logger.info("claimed trial %d of sweep %d (%s on %s, attempt %d): %s", trial_id, assignment.sweep_id,
-                    assignment.model, assignment.dataset, assignment.attempt, assignment.hparams)
-        self._record_current(assignment)
+        logger.info("claimed trial %d of sweep %d (%s on %s, attempt %d, lease token %d): %s", trial_id,
+                    assignment.sweep_id, assignment.model, assignment.dataset, assignment.attempt,
+                    assignment.lease_token, assignment.hparams)
+        if self.state_file is not None:
+            self.state_file.write(RunningTrial(trial_id=trial_id, worker_id=self.worker_id,
+                                               lease_token=assignment.lease_token,
+                                               checkpoint_dir=checkpoint_folder(assignment)))
         try:
             self._train_and_report(assignment)
         finally:
-            self._record_current(None)
+            if self.state_file is not None:
+                self.state_file.clear()
         if self.trials_run == 0:
             _freeze_long_lived_objects()
         self.trials_run += 1
 
     def _train_and_report(self, assignment: Assignment) -> None:
-        trial_id = assignment.trial_id
-        control = _TrialControl()
+        trial_id, token = assignment.trial_id, assignment.lease_token
+        control = TrialControl(trial_id)
         on_epoch_end = functools.partial(self._on_epoch_end, assignment, control)
         interval = self.heartbeat_interval if self.heartbeat_interval is not None else assignment.heartbeat_seconds
         interval = max(interval, _MIN_HEARTBEAT_SECONDS)
         failure: Exception | None = None
         trace = ""
-        with _Heartbeat(self.client, trial_id, self.worker_id, interval, control):
+        heartbeat = HeartbeatRequest(worker_id=self.worker_id, lease_token=token)
+        with Heartbeat(self.client, trial_id, heartbeat, interval, control, on_tick=self.check_supervisor):
             try:
                 train = self._trainer()
             except Exception as error:
@@ -241,13 +186,20 @@ class Agent:
                 raise FatalWorkerError(f"cannot load the trainer: {type(error).__name__}: {error}") from error
             started = time.monotonic()
             try:
-                result = train(assignment, on_epoch_end, interrupt=control.interrupt)
-            except Exception as error:
+                result = train(assignment, on_epoch_end,
+                               interrupt=lambda: control.interrupt(orphaned=self.check_supervisor()))
+            except Exception as error:  # TrialAbandonedError included: the lease check below drops it
                 failure, trace = error, traceback.format_exc()
         elapsed = time.monotonic() - started
 
         if control.lease_lost is not None:
+            # Another process may be training the trial now: no report, no checkpoint deleted.
             logger.warning("dropping trial %d: %s", trial_id, control.lease_lost)
+            if _claimed_under_this_id(control.lease_lost):
+                raise WorkerIdInUseError(
+                    f"worker id {self.worker_id!r} is in use by another process, which claimed trial {trial_id} "
+                    f"under it ({control.lease_lost}); this worker stops, so that the two do not keep taking "
+                    f"trials from each other: give each worker its own id")
             return
         if control.unreachable is not None:
             # Not the trial's fault: leave it to the server's lease expiry and let the supervisor restart us.
@@ -255,43 +207,46 @@ class Agent:
         if failure is not None:
             self._report_failure(assignment, failure, trace, elapsed)
             return
-        if result.stopped_by == "stop":
-            why = "shut down" if self.draining else "was asked by the server to stop it"
+        if result.stopped_by == Action.stop:
+            why = self._leaving_because() if self.draining else "was asked by the server to stop it"
             self._release(assignment, f"worker {self.worker_id} {why} after {result.epochs_run} epoch(s)",
                           epochs_done=result.epochs_run)
             return
-        if result.stopped_by == "cancel":
+        if result.stopped_by == Action.cancel:
             logger.info("trial %d cancelled after %d epoch(s) in %.1fs", trial_id, result.epochs_run, elapsed)
-            self._send(trial_id, lambda: self.client.fail(trial_id, FailReport(
-                worker_id=self.worker_id, error="cancelled", retryable=False, kind=FailureKind.error)))
+            self._report(assignment, lambda: self.client.fail(trial_id, FailReport(
+                worker_id=self.worker_id, lease_token=token, error="cancelled", retryable=False,
+                kind=FailureKind.error)))
             return
         logger.info("trial %d finished: %d epoch(s) in %.1fs%s, metrics %s", trial_id, result.epochs_run, elapsed,
                     f" (stopped early: {result.stopped_by})" if result.stopped else "", _short(result.metrics))
-        self._send(trial_id, lambda: self.client.complete(
-            trial_id, CompleteReport(worker_id=self.worker_id, metrics=_floats(result.metrics))))
+        self._report(assignment, lambda: self.client.complete(trial_id, CompleteReport(
+            worker_id=self.worker_id, lease_token=token, metrics=_floats(result.metrics))))
 
     def _report_failure(self, assignment: Assignment, error: Exception, trace: str, elapsed: float) -> None:
         trial_id = assignment.trial_id
-        report = failure_report(self.worker_id, error, trace, assignment.hparams)
+        report = failure_report(self.worker_id, assignment.lease_token, error, trace, assignment.hparams)
         logger.error("trial %d failed after %.1fs (%s%s): %s\n%s", trial_id, elapsed, report.kind.value,
                      ", retryable" if report.retryable else "", report.error, trace.rstrip())
         if report.kind is FailureKind.oom:
             # The runner cleared the Keras session; collecting now frees what the failed trial still held,
             # so the next trial, likely a smaller one, gets the memory back.
             gc.collect()
-        answer = self._send(trial_id, lambda: self.client.fail(trial_id, report))
-        if report.retryable and ended_for_good(answer):
-            # No attempts left: the checkpoint kept for a retry will never be used.
-            TrialCheckpoint(checkpoint_folder(assignment)).delete()
+        self._report(assignment, lambda: self.client.fail(trial_id, report))
 
-    def _on_epoch_end(self, assignment: Assignment, control: _TrialControl, epoch: int,
-                      metrics: dict[str, float]) -> str:
-        """Post the epoch's metrics; the answer tells the runner to continue, stop, prune or cancel."""
+    def _on_epoch_end(self, assignment: Assignment, control: TrialControl, epoch: int,
+                      metrics: dict[str, float]) -> Action:
+        """Post the epoch's metrics; the answer tells the runner to continue, stop, prune or cancel.
+
+        TrialAbandonedError when the trial is no longer this worker's: the runner then writes nothing more.
+        """
         if control.lease_lost is None and control.unreachable is None:
-            report = MetricsReport(worker_id=self.worker_id, epoch=epoch, metrics=_floats(metrics))
+            report = MetricsReport(worker_id=self.worker_id, lease_token=assignment.lease_token, epoch=epoch,
+                                   metrics=_floats(metrics))
             try:
                 control.server_says(self.client.report_metrics(assignment.trial_id, report).action)
             except (LeaseLostError, NotFoundError) as error:
+                logger.warning("epoch %d of trial %d refused: %s", epoch, assignment.trial_id, error)
                 control.lose_lease(error)
             except ServerUnavailableError as error:
                 logger.error("cannot report epoch %d of trial %d: %s", epoch, assignment.trial_id, error)
@@ -299,7 +254,7 @@ class Agent:
             except ApiError as error:
                 # A rejected report (a bad metric name, say) costs one point of history, not the trial.
                 logger.warning("server rejected epoch %d of trial %d: %s", epoch, assignment.trial_id, error)
-        return control.action(draining=self._draining.is_set())
+        return control.action(leaving=self.check_supervisor() or self.draining)
 
     def _trainer(self) -> Trainer:
         if self._run_trial_fn is None:
@@ -314,33 +269,34 @@ class Agent:
     def _release(self, assignment: Assignment, reason: str, epochs_done: int = 0) -> None:
         """Give the trial back unfinished: pending again for any worker, no attempt counted."""
         logger.warning("releasing trial %d: %s", assignment.trial_id, reason.splitlines()[0])
-        report = ReleaseReport(worker_id=self.worker_id, reason=clip(reason, _MAX_REASON_CHARS),
-                               epochs_done=epochs_done)
-        self._send(assignment.trial_id, lambda: release_or_fail(self.client, assignment.trial_id, report))
+        report = ReleaseReport(worker_id=self.worker_id, lease_token=assignment.lease_token,
+                               reason=clip(reason, _MAX_REASON_CHARS), epochs_done=epochs_done)
+        self._report(assignment, lambda: self.client.release(assignment.trial_id, report))
 
-    def _send(self, trial_id: int, call: Callable[[], object]) -> object:
+    def _report(self, assignment: Assignment, call: Callable[[], object]) -> None:
+        """Send the report that ends this lease; delete the checkpoint when the answer shows the trial finished
+        for good (a trial that may be retried keeps it to resume from)."""
         try:
-            return call()
+            answer = call()
         except (LeaseLostError, NotFoundError) as error:
-            logger.warning("dropping trial %d: %s", trial_id, error)
-            return None
+            logger.warning("dropping trial %d: %s", assignment.trial_id, error)
+            return
+        delete_checkpoint_if_finished(answer, checkpoint_folder(assignment))
 
-    def _record_current(self, assignment: Assignment | None) -> None:
-        if self.state_file is None:
-            return
-        if assignment is None:
-            self.state_file.unlink(missing_ok=True)
-            return
-        partial = self.state_file.with_name(self.state_file.name + ".tmp")
-        partial.write_text(json.dumps({"trial_id": assignment.trial_id, "worker_id": self.worker_id,
-                                       "checkpoint_dir": str(checkpoint_folder(assignment))}))
-        os.replace(partial, self.state_file)  # atomic: the supervisor never reads half a file
+    def _leaving_because(self) -> str:
+        if self.supervisor.gone():
+            return f"lost its supervisor (pid {self.supervisor.supervisor_pid})"
+        return "shut down"
 
     def _should_exit(self) -> bool:
-        if self.parent_pid is not None and not self._draining.is_set() and os.getppid() != self.parent_pid:
-            logger.warning("supervisor (pid %d) is gone; exiting", self.parent_pid)
-            self._draining.set()
-        return self._draining.is_set()
+        return self.check_supervisor() or self._draining.is_set()
+
+
+def _claimed_under_this_id(refusal: ApiError) -> bool:
+    """Whether the server refused the call because a later claim under this worker's own id holds the trial:
+    another process (on another host, or with its own lock folder) uses the id. Any other refusal is the
+    ordinary case (the lease ended and another worker took the trial), after which claiming goes on."""
+    return isinstance(refusal, LeaseLostError) and refusal.reason is LeaseConflictReason.superseded
 
 
 def _freeze_long_lived_objects() -> None:
@@ -357,27 +313,6 @@ def _freeze_long_lived_objects() -> None:
     gc.collect()
     gc.freeze()
     logger.debug("froze %d long-lived objects out of garbage collection", gc.get_freeze_count())
-
-
-def release_or_fail(client: Client, trial_id: int, report: ReleaseReport) -> object:
-    """`client.release`, or on a server from before releases existed, a retryable failure (which counts
-    an attempt there, but still puts the trial back in the queue)."""
-    try:
-        return client.release(trial_id, report)
-    except ApiError as error:
-        # FastAPI's own answers for a path or method it has no route for, unlike a trial it does not know.
-        if error.status_code not in (404, 405) or error.messages not in (["Not Found"], ["Method Not Allowed"]):
-            raise
-    logger.warning("the server at %s cannot release trials; failing trial %d as retryable instead",
-                   client.base_url, trial_id)
-    return client.fail(trial_id, FailReport(worker_id=report.worker_id, error=report.reason, retryable=True))
-
-
-def ended_for_good(answer: object) -> bool:
-    """Whether the server's answer to a report (the trial, as JSON) shows the trial finished: no retry
-    will resume it, so its checkpoint can go."""
-    state = answer.get("state") if isinstance(answer, dict) else None
-    return state in {member.value for member in TrialState} and TrialState(state).finished
 
 
 def _floats(metrics: dict[str, float]) -> dict[str, float]:
@@ -402,9 +337,11 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m workers.agent", description=__doc__.splitlines()[0])
     parser.add_argument("--server", required=True, help="base URL of the sweeper server, e.g. http://host:8000")
     parser.add_argument("--token", default=None,
-                        help="the server's worker token (default: $SWEEPER_TOKEN, which is how the supervisor "
-                             "passes it: a command line shows in `ps`)")
-    parser.add_argument("--worker-id", required=True, help="unique id of this worker, e.g. <host>-gpu0")
+                        help=f"the server's worker token (default: ${TOKEN_VARIABLE}, which is how the supervisor "
+                             f"passes it: a command line shows in `ps`)")
+    parser.add_argument("--worker-id", required=True,
+                        help="unique id of this worker, e.g. <host>-gpu0; refused when another process on this host "
+                             "uses it")
     parser.add_argument("--host", default=socket.gethostname(), help="host name reported to the server")
     parser.add_argument("--gpu", default=None, help="the GPU index this worker is pinned to (a label only)")
     parser.add_argument("--idle-exit", type=float, default=None, metavar="S",
@@ -419,9 +356,13 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="seconds between heartbeats (default: the server's, in each assignment)")
     parser.add_argument("--retries", type=int, default=8, metavar="N",
                         help="retries of a call when the server is unreachable or answers 5xx (default: 8)")
-    parser.add_argument("--state-file", default=None, help="where to record the running trial (for a supervisor)")
-    parser.add_argument("--exit-with-parent", action="store_true",
-                        help="exit (after the current trial) when the parent process dies")
+    supervised = parser.add_argument_group("set by a supervisor")
+    supervised.add_argument("--state-file", default=None, help="where to record the running trial")
+    supervised.add_argument("--supervisor-pid", type=int, default=None, metavar="PID",
+                            help="the supervisor's pid: when it dies, stop the trial, hand it back and exit")
+    supervised.add_argument("--worker-id-lock-fd", type=int, default=None, metavar="FD",
+                            help="the supervisor's open lock file reserving --worker-id, inherited: this process "
+                                 "holds the reservation too")
     return parser.parse_args(argv)
 
 
@@ -439,6 +380,15 @@ def _install_signal_handlers(agent: Agent) -> None:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, handle)
+    # Wakes the process the moment its supervisor dies (Linux); elsewhere each heartbeat checks.
+    agent.supervisor.signal_on_death(agent.check_supervisor)
+
+
+def _reserve(args: argparse.Namespace) -> ReservedId:
+    """This process's hold on its worker id: the supervisor's, inherited, or its own when started alone."""
+    if args.worker_id_lock_fd is not None:
+        return adopt(args.worker_id, args.worker_id_lock_fd)
+    return reserve_exactly(args.worker_id)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -448,6 +398,15 @@ def main(argv: list[str] | None = None) -> int:
                         format=f"%(asctime)s %(levelname)s [{worker}] %(name)s: %(message)s")
     # httpx logs every request at INFO: several a second per worker, drowning what matters.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    try:
+        # Held until this process exits: no other process on this host may claim under this id meanwhile.
+        reserved = _reserve(args)
+    except WorkerIdInUseError as error:
+        logger.error("worker %s cannot start: %s", args.worker_id, error)
+        return EXIT_WORKER_ID_IN_USE
+    except ValueError as error:
+        logger.error("worker %s cannot start: %s", args.worker_id, error)
+        return 1
     # Before the first claim: a trial naming a plugin's model or dataset must find it registered.
     from sweeper.plugins import PluginError, load_plugins
 
@@ -456,24 +415,28 @@ def main(argv: list[str] | None = None) -> int:
     except PluginError as error:
         logger.error("worker %s cannot start: %s", args.worker_id, error)
         return 1
-    token = args.token if args.token is not None else os.environ.get("SWEEPER_TOKEN")
+    token = args.token if args.token is not None else os.environ.get(TOKEN_VARIABLE)
     with Client(args.server, retries=args.retries, token=token) as client:
         agent = Agent(client, args.worker_id, args.host, gpu=args.gpu, poll_interval=args.poll_interval,
                       heartbeat_interval=args.heartbeat_interval, idle_exit=args.idle_exit,
-                      state_file=args.state_file, parent_pid=os.getppid() if args.exit_with_parent else None,
-                      data_root=args.data_root)
+                      state_file=args.state_file, supervisor_pid=args.supervisor_pid, data_root=args.data_root)
         _install_signal_handlers(agent)
         try:
             agent.run()
         except ServerUnavailableError as error:
             logger.error("worker %s stopped: %s", args.worker_id, error)
             return EXIT_SERVER_UNREACHABLE
+        except WorkerIdInUseError as error:
+            logger.error("worker %s stopped: %s", args.worker_id, error)
+            return EXIT_WORKER_ID_IN_USE
         except SweeperError as error:
             logger.error("worker %s stopped: %s", args.worker_id, error)
             return 1
         except Exception:
             logger.exception("worker %s crashed", args.worker_id)
             return 1
+        finally:
+            reserved.release()
     return 0
 
 

@@ -1,10 +1,12 @@
 """What an exception from a trial means to the server: its kind, a one-line error, and whether to retry.
 
 Only `RetryableError` is retried: any other exception in model or data code would recur on the same
-configuration. A loss that became NaN (`NonFiniteLossError`) and running out of memory are kinds of
-their own, so the dashboard and the sweep's failure budget can tell them from bugs. Out-of-memory is
-recognized without importing TensorFlow: by the class name of `tf.errors.ResourceExhaustedError` and
-by the messages TensorFlow and CUDA use ("OOM ...", "... out of memory").
+configuration. An `InfrastructureError` (writing the trial's checkpoint or logs failed) is retried as
+kind io: the disk or the object store is at fault, not the model. A loss that became NaN
+(`NonFiniteLossError`) and running out of memory are kinds of their own, so the dashboard and the
+sweep's failure budget can tell them from bugs. Out-of-memory is recognized without importing
+TensorFlow: by the class name of `tf.errors.ResourceExhaustedError` and by the messages TensorFlow and
+CUDA use ("OOM ...", "... out of memory").
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from sweeper._errors import NonFiniteLossError, RetryableError
+from sweeper import InfrastructureError, NonFiniteLossError, RetryableError
 from sweeper.messages import FailReport, FailureKind
 
 __all__ = ["clip", "failure_kind", "failure_report", "one_line"]
@@ -26,7 +28,9 @@ _OOM_MESSAGE = re.compile(r"\bOOM\b|out of memory", re.IGNORECASE)
 
 
 def failure_kind(error: BaseException) -> FailureKind:
-    """error, nan or oom (a crash is the supervisor's finding: the process is gone by then)."""
+    """error, nan, oom or io (a crash is the supervisor's finding: the process is gone by then)."""
+    if isinstance(error, InfrastructureError):
+        return FailureKind.io
     if isinstance(error, NonFiniteLossError):
         return FailureKind.nan
     if any(_is_out_of_memory(link) for link in _chain(error)):
@@ -34,12 +38,15 @@ def failure_kind(error: BaseException) -> FailureKind:
     return FailureKind.error
 
 
-def failure_report(worker_id: str, error: BaseException, trace: str, hparams: Mapping[str, Any]) -> FailReport:
-    """The report of a trial that raised `error` (with its formatted traceback `trace`)."""
+def failure_report(worker_id: str, lease_token: int, error: BaseException, trace: str,
+                   hparams: Mapping[str, Any]) -> FailReport:
+    """The report, under the claim's `lease_token`, of a trial that raised `error` (with its formatted
+    traceback `trace`)."""
     if isinstance(error, RetryableError):
         # The code said another attempt may succeed, whatever the message looks like.
-        return FailReport(worker_id=worker_id, error=clip(one_line(error), _MAX_ERROR_CHARS), retryable=True,
-                          kind=FailureKind.error, traceback=clip(trace, _MAX_TRACEBACK_CHARS))
+        kind = FailureKind.io if isinstance(error, InfrastructureError) else FailureKind.error
+        return FailReport(worker_id=worker_id, lease_token=lease_token, error=clip(one_line(error), _MAX_ERROR_CHARS),
+                          retryable=True, kind=kind, traceback=clip(trace, _MAX_TRACEBACK_CHARS))
     kind = failure_kind(error)
     if kind is FailureKind.oom:
         # The configuration is what to change: name it, rather than the allocator's tensor shapes.
@@ -50,8 +57,8 @@ def failure_report(worker_id: str, error: BaseException, trace: str, hparams: Ma
         summary = str(error).strip().splitlines()[0]
     else:
         summary = one_line(error)
-    return FailReport(worker_id=worker_id, error=clip(summary, _MAX_ERROR_CHARS), retryable=False, kind=kind,
-                      traceback=clip(trace, _MAX_TRACEBACK_CHARS))
+    return FailReport(worker_id=worker_id, lease_token=lease_token, error=clip(summary, _MAX_ERROR_CHARS),
+                      retryable=False, kind=kind, traceback=clip(trace, _MAX_TRACEBACK_CHARS))
 
 
 def one_line(error: BaseException) -> str:

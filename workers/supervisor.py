@@ -8,12 +8,17 @@ above 1, N children share each GPU, each limited to an equal share of its memory
 Like RQ's work horse, a child that dies abnormally is recorded with its exit code or signal, the trial
 it held is failed on the server as a crash (retryable: it resumes from its checkpoint while attempts
 remain), and the child is restarted on the same GPU (bounded, with backoff). A child that dies while
-the supervisor is stopping did nothing wrong: its trial is released, with no attempt counted.
+the supervisor is stopping did nothing wrong: its trial is released, with no attempt counted. Either
+report carries the lease token the child recorded (see workers.handoff), so it is refused if a newer
+claim holds the trial.
+
+Each child holds its worker id's reservation too (the open lock file is passed down to it), and is told
+the supervisor's pid: should the supervisor die, its children stop their trials, hand them back and
+exit, and until they have, a new supervisor on this host takes other ids.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -30,10 +35,9 @@ from pathlib import Path
 
 from sweeper.client import ApiError, AuthError, Client, LeaseLostError, NotFoundError
 from sweeper.messages import FailReport, FailureKind, ReleaseReport
-from sweeper.training.checkpoints import TrialCheckpoint
-from sweeper.training.devices import MEMORY_LIMIT_VARIABLE
-from workers.agent import EXIT_SERVER_UNREACHABLE, ended_for_good, release_or_fail
 from workers.gpus import Gpu, discover_gpus, memory_share_mb, select_gpus
+from workers.handoff import (EXIT_SERVER_UNREACHABLE, EXIT_WORKER_ID_IN_USE, MEMORY_LIMIT_VARIABLE, TOKEN_VARIABLE,
+                             RunningTrial, StateFile, delete_checkpoint_if_finished)
 from workers.identity import ReservedId, reserve
 
 __all__ = ["ChildExit", "Supervisor", "run_workers"]
@@ -41,7 +45,6 @@ __all__ = ["ChildExit", "Supervisor", "run_workers"]
 logger = logging.getLogger(__name__)
 
 _POLL_SECONDS = 0.1
-TOKEN_VARIABLE = "SWEEPER_TOKEN"
 _FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
@@ -81,7 +84,7 @@ class ChildExit:
 class _Slot:
     """One worker seat: a worker id, its GPU index (None for CPU) and the process currently in it."""
 
-    worker_id: str
+    reserved: ReservedId
     gpu: str | None
     env: dict[str, str]
     process: subprocess.Popen[bytes] | None = None
@@ -90,6 +93,10 @@ class _Slot:
     restart_at: float | None = None
     ended: bool = False
     gave_up: bool = False
+
+    @property
+    def worker_id(self) -> str:
+        return self.reserved.worker_id
 
 
 class Supervisor:
@@ -128,7 +135,6 @@ class Supervisor:
         # The server's worker token: given to each child in its environment, never on its command line,
         # which any user of the machine can read with `ps`.
         self._token = token
-        self._reserved: list[ReservedId] = []
         self.slots = [self._gpu_slot(gpu, slot) for gpu in gpus for slot in range(trials_per_gpu)] if gpus else \
             [self._cpu_slot(k) for k in range(cpu_workers)]
         self._lock = threading.RLock()
@@ -239,23 +245,20 @@ class Supervisor:
             env[MEMORY_LIMIT_VARIABLE] = str(share)
         # One worker per GPU keeps the id it always had; sharing ones are told apart by their slot.
         base = f"{self.host}-gpu{gpu.index}" if self.trials_per_gpu == 1 else f"{self.host}-gpu{gpu.index}-{slot}"
-        return _Slot(worker_id=self._reserve(base), gpu=gpu.index, env=env)
+        return _Slot(reserve(base), gpu=gpu.index, env=env)
 
     def _cpu_slot(self, k: int) -> _Slot:
-        return _Slot(worker_id=self._reserve(f"{self.host}-cpu{k}"), gpu=None, env={"CUDA_VISIBLE_DEVICES": "-1"})
+        return _Slot(reserve(f"{self.host}-cpu{k}"), gpu=None, env={"CUDA_VISIBLE_DEVICES": "-1"})
 
-    def _reserve(self, base: str) -> str:
-        reserved = reserve(base)
-        self._reserved.append(reserved)
-        return reserved.worker_id
-
-    def _state_file(self, slot: _Slot) -> Path:
+    def _state_file(self, slot: _Slot) -> StateFile:
         assert self._state_dir is not None
-        return self._state_dir / f"{slot.worker_id}.json"
+        return StateFile(self._state_dir / f"{slot.worker_id}.json")
 
     def _spawn(self, slot: _Slot) -> None:
+        lock = slot.reserved.fileno()
         command = [*self.child_command, "--server", self.server_url, "--worker-id", slot.worker_id,
-                   "--host", self.host, "--state-file", str(self._state_file(slot)), "--exit-with-parent"]
+                   "--host", self.host, "--state-file", str(self._state_file(slot).path),
+                   "--supervisor-pid", str(os.getpid()), "--worker-id-lock-fd", str(lock)]
         if slot.gpu is not None:
             command += ["--gpu", slot.gpu]
         if self.idle_exit is not None:
@@ -268,14 +271,16 @@ class Supervisor:
         if self._token is not None:
             env[TOKEN_VARIABLE] = self._token
         # Its own process group: a terminal's Ctrl-C reaches only the supervisor, which forwards it once,
-        # so one Ctrl-C means "finish the trial", not the "stop now" of a second signal.
+        # so one Ctrl-C means "finish the trial", not the "stop now" of a second signal. The lock file
+        # passed down keeps the worker id reserved for as long as the child lives, even past this process.
         if self.output is not None:
             self.output.parent.mkdir(parents=True, exist_ok=True)
             with self.output.open("ab") as sink:
                 slot.process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=sink,
-                                                stderr=subprocess.STDOUT, process_group=0)
+                                                stderr=subprocess.STDOUT, process_group=0, pass_fds=[lock])
         else:
-            slot.process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, process_group=0)
+            slot.process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, process_group=0,
+                                            pass_fds=[lock])
         slot.started_at = time.monotonic()
         slot.restart_at = None
         where = f"GPU {slot.gpu}" if slot.gpu is not None else "CPU"
@@ -311,18 +316,23 @@ class Supervisor:
             slot.process = None
             if returncode == 0:
                 logger.info("worker %s exited normally", slot.worker_id)
-                self._state_file(slot).unlink(missing_ok=True)
+                self._state_file(slot).clear()
                 slot.ended = True
                 continue
             held = self._held_trial(slot)
-            record = ChildExit(slot.worker_id, slot.gpu, returncode, held[0] if held else None)
+            record = ChildExit(slot.worker_id, slot.gpu, returncode, held.trial_id if held else None)
             self._exits.append(record)
             if held is not None:
-                self._report_held_trial(slot, record, checkpoint_dir=held[1])
+                self._report_held_trial(slot, record, held)
             running = f" while running trial {record.trial_id}" if record.trial_id is not None else ""
             if self._stopping:
                 logger.info("worker %s %s while stopping%s", slot.worker_id, record.describe(), running)
                 slot.ended = True
+                continue
+            if returncode == EXIT_WORKER_ID_IN_USE:
+                # A restart would claim under the same id again, and take the trial back from the other process.
+                logger.error("worker %s stopped: another process uses its id; not restarting it", slot.worker_id)
+                slot.ended = slot.gave_up = True
                 continue
             if returncode == EXIT_SERVER_UNREACHABLE:
                 # The server is down, not the worker: wait it out however long it takes, at the slowest pace.
@@ -343,54 +353,45 @@ class Supervisor:
             logger.warning("worker %s %s after %.1fs%s; restarting it in %.1fs (restart %d of %d)", slot.worker_id,
                            record.describe(), ran_for, running, delay, slot.restarts, self.max_restarts)
 
-    def _held_trial(self, slot: _Slot) -> tuple[int, str | None] | None:
-        """The trial (and its checkpoint folder) the child's state file names, if any; the file is removed."""
-        path = self._state_file(slot)
-        try:
-            state = json.loads(path.read_text())
-            trial_id, checkpoint_dir = state.get("trial_id"), state.get("checkpoint_dir")
-        except (OSError, ValueError, AttributeError):
-            return None
-        finally:
-            path.unlink(missing_ok=True)
-        if not isinstance(trial_id, int):
-            return None
-        return trial_id, checkpoint_dir if isinstance(checkpoint_dir, str) else None
+    def _held_trial(self, slot: _Slot) -> RunningTrial | None:
+        """The trial the child's state file names, if any; the file is removed."""
+        state = self._state_file(slot)
+        held = state.read()
+        state.clear()
+        return held
 
-    def _report_held_trial(self, slot: _Slot, record: ChildExit, checkpoint_dir: str | None) -> None:
+    def _report_held_trial(self, slot: _Slot, record: ChildExit, held: RunningTrial) -> None:
         """Tell the server what became of the trial a dead child was running.
 
         A crash fails it as retryable (an attempt counted: a trial that kills every worker must run out
         of attempts). A child that died while we were stopping (a second signal, or killed after the
         stop timeout), or one cut off from the server, did nothing wrong: its trial is released.
         """
-        assert record.trial_id is not None
-        trial_id = record.trial_id
+        trial_id, token = held.trial_id, held.lease_token
         # Few retries: this runs in the supervisor's watch loop, and the lease expires on its own anyway.
         try:
             with Client(self.server_url, timeout=10.0, retries=2, backoff=0.5, token=self._token) as client:
                 if self._stopping or record.returncode == EXIT_SERVER_UNREACHABLE:
                     reason = f"worker {slot.worker_id} on {self.host} stopped ({record.cause}) while running it"
-                    release_or_fail(client, trial_id, ReleaseReport(worker_id=slot.worker_id, reason=reason))
+                    answer = client.release(trial_id, ReleaseReport(worker_id=slot.worker_id, lease_token=token,
+                                                                    reason=reason))
                     logger.info("released trial %d: %s", trial_id, reason)
-                    return
-                error = f"worker {slot.worker_id} died: {record.cause}"
-                answer = client.fail(trial_id, FailReport(worker_id=slot.worker_id, error=error, retryable=True,
-                                                          kind=FailureKind.crash))
-            logger.info("reported trial %d as crashed: %s", trial_id, error)
-            if checkpoint_dir and ended_for_good(answer):
-                # Out of attempts: no retry will resume from it.
-                TrialCheckpoint(checkpoint_dir).delete()
+                else:
+                    error = f"worker {slot.worker_id} died: {record.cause}"
+                    answer = client.fail(trial_id, FailReport(worker_id=slot.worker_id, lease_token=token,
+                                                              error=error, retryable=True, kind=FailureKind.crash))
+                    logger.info("reported trial %d as crashed: %s", trial_id, error)
+            # Out of attempts, or its sweep ended: no retry will resume from the checkpoint.
+            delete_checkpoint_if_finished(answer, held.checkpoint_dir)
         except (LeaseLostError, NotFoundError):
-            pass  # the server already moved the trial on
+            pass  # a newer claim holds the trial, or the server already moved it on
         except ApiError as error:
             logger.warning("could not report trial %d to the server (its lease will expire instead): %s",
                            trial_id, error)
 
     def _cleanup(self) -> None:
-        for reserved in self._reserved:
-            reserved.release()
-        self._reserved.clear()
+        for slot in self.slots:
+            slot.reserved.release()
         if self._state_dir is not None:
             shutil.rmtree(self._state_dir, ignore_errors=True)
 

@@ -25,7 +25,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.util import identity_key
 
 from sweeper import SweeperError, SweepSpec, Strategy, UnknownTrialError, make_strategy, parse_spec
-from sweeper.messages import ClaimRequest, SweepStatus, TrialState
+from sweeper.messages import ClaimRequest, LeaseConflictReason, SweepStatus, TrialState
 
 from api import lifecycle
 from api.claims import statements as sql
@@ -52,6 +52,10 @@ class TrialNotFoundError(UnknownTrialError):
 
 class LeaseConflictError(SweeperError):
     """A worker called on a trial whose current lease it does not hold (a stale token); nothing was changed."""
+
+    def __init__(self, message: str, reason: LeaseConflictReason):
+        super().__init__(message)
+        self.reason = reason
 
 
 class SweepStateError(SweeperError):
@@ -238,7 +242,7 @@ class Store:
             return lifecycle.apply(life_of(trial), event, sweep=sweep.status, caller=caller, retry=retry,
                                    max_attempts=spec_limit(sweep, "max_attempts"))
         except lifecycle.LeaseConflict as conflict:
-            raise LeaseConflictError(f"trial {trial.id} {conflict}") from None
+            raise LeaseConflictError(f"trial {trial.id} {conflict}", conflict.reason) from None
 
     def _count_failure(self, sweep: SweepRow, trial: TrialRow, now: datetime) -> None:
         """One more trial failed for good in a row; at the spec's max_failures the sweep fails."""

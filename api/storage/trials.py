@@ -255,7 +255,7 @@ class TrialLeases(Store):
         try:
             return row, lifecycle.apply(life_of(row), event, sweep=row.sweep_status, caller=caller)
         except lifecycle.LeaseConflict as conflict:
-            raise LeaseConflictError(f"trial {trial_id} {conflict}") from None
+            raise LeaseConflictError(f"trial {trial_id} {conflict}", conflict.reason) from None
 
     def _end_attempt(self, trial: TrialRow, sweep: SweepRow, step: lifecycle.Step, now: datetime) -> None:
         """Store an attempt that did not succeed (a failure or a lost lease), as the lifecycle's step says."""

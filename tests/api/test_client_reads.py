@@ -21,7 +21,8 @@ def client(server: RunningServer) -> Iterator[Client]:
 def _complete_next(client: Client, worker_id: str, score: float) -> int:
     assignment = client.claim(ClaimRequest(worker_id=worker_id, host="test"))
     assert assignment is not None
-    client.complete(assignment.trial_id, CompleteReport(worker_id=worker_id, metrics={"val_accuracy": score}))
+    client.complete(assignment.trial_id, CompleteReport(worker_id=worker_id, lease_token=assignment.lease_token,
+                                                        metrics={"val_accuracy": score}))
     return assignment.trial_id
 
 

@@ -102,6 +102,7 @@ def test_a_worker_whose_lease_was_taken_over_gets_409_on_every_call_and_nothing_
     for answer in answers:
         assert answer.status_code == 409, answer.text
         assert answer.json()["detail"] == f"trial {trial_id} is leased to worker 'rescuer', not to 'lost'"
+        assert answer.json()["reason"] == "leased_to_another"
     assert get_trial(client, trial_id) == before
 
 
@@ -129,6 +130,7 @@ def test_a_second_claim_by_the_same_worker_id_fences_off_the_process_that_claime
         assert answer.status_code == 409, answer.text
         assert answer.json()["detail"] == (f"trial {trial_id} is held under lease token 2, so worker 'box-cpu0''s "
                                            f"token 1 is stale: a later claim by the same worker id took it over")
+        assert answer.json()["reason"] == "superseded"  # what the worker acts on
     assert get_trial(client, trial_id) == before
     assert new_process.heartbeat(trial_id).json() == {"action": "continue"}
     assert new_process.complete(trial_id, val_accuracy=0.7).json()["state"] == "completed"

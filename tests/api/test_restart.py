@@ -17,7 +17,7 @@ from api.server import RunningServer, start_in_thread
 from api.settings import Settings
 from sweeper import make_strategy, parse_spec
 from sweeper.client import Client, LeaseLostError
-from sweeper.messages import ClaimRequest, CompleteReport, MetricsReport
+from sweeper.messages import ClaimRequest, CompleteReport, HeartbeatRequest, MetricsReport
 
 
 def test_restart_continues_with_the_next_index_none_skipped_or_repeated(settings):
@@ -67,8 +67,9 @@ def test_a_running_trials_lease_survives_a_server_restart_and_it_completes_exact
         sweep = client.create_sweep(random_spec(max_trials=1))
         assignment = client.claim(ClaimRequest(worker_id="w1", host="test-host"))
         assert assignment is not None
-        trial_id = assignment.trial_id
-        client.report_metrics(trial_id, MetricsReport(worker_id="w1", epoch=0, metrics={"val_loss": 0.9}))
+        trial_id, token = assignment.trial_id, assignment.lease_token
+        client.report_metrics(trial_id, MetricsReport(worker_id="w1", lease_token=token, epoch=0,
+                                                      metrics={"val_loss": 0.9}))
 
         first.stop()
         servers: list[RunningServer] = []
@@ -76,15 +77,19 @@ def test_a_running_trials_lease_survives_a_server_restart_and_it_completes_exact
         second_start.start()
         try:
             # Sent while the server is down: answered by the restarted one.
-            assert client.heartbeat(trial_id, "w1").action == "continue"
+            assert client.heartbeat(trial_id, HeartbeatRequest(worker_id="w1", lease_token=token)).action == "continue"
             time.sleep(0.3)  # the new server's reaper makes a few passes
-            assert client.report_metrics(
-                trial_id, MetricsReport(worker_id="w1", epoch=1, metrics={"val_loss": 0.5})).action == "continue"
-            done = client.complete(trial_id, CompleteReport(worker_id="w1", metrics={"val_loss": 0.5}))
+            assert client.report_metrics(trial_id, MetricsReport(worker_id="w1", lease_token=token, epoch=1,
+                                                                 metrics={"val_loss": 0.5})).action == "continue"
+            done = client.complete(trial_id, CompleteReport(worker_id="w1", lease_token=token,
+                                                            metrics={"val_loss": 0.5}))
 
             assert done["state"] == "completed" and done["attempts"] == 1 and done["worker_id"] == "w1"
+            # Sent again (its answer lost, say): the stored result, not a second completion.
+            assert client.complete(trial_id, CompleteReport(worker_id="w1", lease_token=token,
+                                                            metrics={"val_loss": 0.1})) == done
             with pytest.raises(LeaseLostError):
-                client.complete(trial_id, CompleteReport(worker_id="w1", metrics={"val_loss": 0.1}))
+                client.heartbeat(trial_id, HeartbeatRequest(worker_id="w1", lease_token=token))
             assert client.claim(ClaimRequest(worker_id="w2", host="test-host")) is None
             finished = client.get_sweep(sweep["id"])
             assert finished["status"] == "completed" and finished["trial_counts"]["completed"] == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -42,12 +43,13 @@ class Processes:
         self.started: list[tuple[subprocess.Popen, Path]] = []
 
     def start(self, name: str, *command: str, env: dict[str, str] | None = None,
-              cwd: Path | None = None) -> subprocess.Popen:
-        """Start `command` in this test's folder with this environment, or in `cwd` with `env` alone."""
+              cwd: Path | None = None, own_group: bool = False) -> subprocess.Popen:
+        """Start `command` in this test's folder with this environment, or in `cwd` with `env` alone;
+        `own_group` starts it in a process group of its own, as a shell starts a job."""
         log = self.folder / f"{name}.log"
         env = {**(os.environ if env is None else env), "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
         process = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env,
-                                   cwd=cwd or self.folder)
+                                   cwd=cwd or self.folder, process_group=0 if own_group else None)
         self.started.append((process, log))
         return process
 
@@ -64,3 +66,37 @@ class Processes:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+def pids_with(*arguments: str) -> list[int]:
+    """Pids of the live processes whose command line holds each of `arguments` (Linux: reads /proc)."""
+    wanted = [argument.encode() for argument in arguments]
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                command = cmdline.read().split(b"\0")
+        except OSError:
+            continue
+        if all(argument in command for argument in wanted) and alive(int(entry)):
+            pids.append(int(entry))
+    return pids
+
+
+def alive(pid: int) -> bool:
+    """Whether `pid` still runs: a zombie (ended, not yet reaped by its new parent) does not."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def kill(pids: list[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

@@ -5,6 +5,7 @@ protocol's edge cases with a scripted trainer in place of Keras.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -17,13 +18,16 @@ from typing import Any
 
 import pytest
 
-from sweeper import RetryableError
-from sweeper._errors import NonFiniteLossError
+from sweeper import NonFiniteLossError, RetryableError, TrialAbandonedError
 from sweeper.client import Client
-from sweeper.messages import Assignment, ClaimRequest, ReleaseReport
-from workers.agent import EXIT_SERVER_UNREACHABLE, Agent, FatalWorkerError
+from sweeper.messages import Action, Assignment, ClaimRequest, HeartbeatRequest, ReleaseReport
+from sweeper.training.checkpoints import TrialCheckpoint, checkpoint_folder
+from workers.agent import Agent, FatalWorkerError
+from workers.handoff import EXIT_SERVER_UNREACHABLE, EXIT_WORKER_ID_IN_USE
+from workers.identity import WorkerIdInUseError, reserve
 from workers_testing import digits_spec, free_port, wait_until
 
+pytestmark = pytest.mark.training
 EpochCallback = Callable[[int, dict[str, float]], str]
 Interrupt = Callable[[], "str | None"]
 
@@ -46,9 +50,11 @@ Trainer = Callable[..., Result]
 
 def scripted_trainer(epochs: int = 2, seconds_per_epoch: float = 0.0, batches_per_epoch: int = 1,
                      before_epoch: Callable[[int], None] | None = None) -> Trainer:
-    """Epochs of `batches_per_epoch` sleeps, asking `interrupt` after each batch like the Keras runner."""
+    """Epochs of `batches_per_epoch` sleeps, asking `interrupt` after each batch like the Keras runner, and
+    saving a stand-in checkpoint (the epochs done) after each epoch that training goes on from."""
     def train(assignment: Assignment, on_epoch_end: EpochCallback, interrupt: Interrupt) -> Result:
         metrics: dict[str, float] = {}
+        checkpoint = Path(checkpoint_folder(assignment))
         for epoch in range(epochs):
             if before_epoch is not None:
                 before_epoch(epoch)
@@ -57,7 +63,11 @@ def scripted_trainer(epochs: int = 2, seconds_per_epoch: float = 0.0, batches_pe
                 if (action := interrupt()) is not None:
                     return Result(metrics, epoch, stopped_by=action)
             metrics = {"loss": 1.0 / (epoch + 1), "val_accuracy": 0.5 + epoch / 10}
-            if (answer := on_epoch_end(epoch, dict(metrics))) != "continue":
+            answer = on_epoch_end(epoch, dict(metrics))
+            if answer in ("continue", "stop"):
+                checkpoint.mkdir(parents=True, exist_ok=True)
+                (checkpoint / "epochs_done").write_text(str(epoch + 1))
+            if answer != "continue":
                 return Result(metrics, epoch + 1, stopped_by=answer)
         return Result(metrics, epochs)
     return train
@@ -72,10 +82,10 @@ def trials(client: Client, sweep_id: int) -> list[dict[str, Any]]:
     return sorted(client.list_trials(sweep_id)["data"], key=lambda trial: trial["id"])
 
 
-def recording(client: Client) -> list[tuple[str, int, Any]]:
-    """Record every fail and release report the agent sends (what the server stores of them may be less)."""
+def recording(client: Client, reports: tuple[str, ...] = ("fail", "release")) -> list[tuple[str, int, Any]]:
+    """Record every report of these kinds the agent sends (what the server stores of them may be less)."""
     sent: list[tuple[str, int, Any]] = []
-    for name in ("fail", "release"):
+    for name in reports:
         real = getattr(client, name)
 
         def record(trial_id: int, report: Any, real: Any = real, name: str = name) -> Any:
@@ -163,20 +173,22 @@ def timed_calls(client: Client, method: str) -> list[float]:
     return times
 
 
-def test_heartbeats_are_sent_while_a_trial_trains(client: Client) -> None:
+def test_heartbeats_are_sent_with_the_claims_lease_token_while_a_trial_trains(client: Client) -> None:
     client.create_sweep(digits_spec(trials=1))
-    beats: list[str] = []
+    beats: list[HeartbeatRequest] = []
     real_heartbeat = client.heartbeat
 
-    def counting_heartbeat(trial_id: int, worker_id: str) -> Any:
-        beats.append(worker_id)
-        return real_heartbeat(trial_id, worker_id)
+    def counting_heartbeat(trial_id: int, request: HeartbeatRequest) -> Any:
+        beats.append(request)
+        return real_heartbeat(trial_id, request)
 
     client.heartbeat = counting_heartbeat  # type: ignore[method-assign]
     make_agent(client, heartbeat_interval=0.1, run_trial=scripted_trainer(epochs=2, seconds_per_epoch=0.5)).run()
 
     assert len(beats) >= 5
-    assert set(beats) == {"test-cpu0"}
+    [trial] = client.list_trials(client.list_sweeps()["data"][0]["id"])["data"]
+    assert trial["state"] == "completed"
+    assert set(beats) == {HeartbeatRequest(worker_id="test-cpu0", lease_token=1)}
 
 
 def test_a_lost_lease_drops_the_trial_silently_and_the_agent_goes_on(
@@ -189,8 +201,9 @@ def test_a_lost_lease_drops_the_trial_silently_and_the_agent_goes_on(
         thief_done = threading.Event()
 
         def thief_keeps_its_lease() -> None:
+            beat = HeartbeatRequest(worker_id="thief", lease_token=thief[0].lease_token)
             while not thief_done.wait(0.1):
-                client.heartbeat(thief[0].trial_id, "thief")
+                client.heartbeat(thief[0].trial_id, beat)
 
         def lease_expires_and_another_worker_claims(epoch: int) -> None:
             if epoch == 0:
@@ -200,8 +213,18 @@ def test_a_lost_lease_drops_the_trial_silently_and_the_agent_goes_on(
                 thief.append(stolen)
                 threading.Thread(target=thief_keeps_its_lease, daemon=True).start()
 
-        agent = make_agent(client, heartbeat_interval=30, run_trial=scripted_trainer(
-            epochs=3, before_epoch=lease_expires_and_another_worker_claims))
+        raised: list[BaseException] = []
+
+        def train(assignment: Assignment, on_epoch_end: EpochCallback, interrupt: Interrupt) -> Result:
+            try:
+                return scripted_trainer(epochs=3, before_epoch=lease_expires_and_another_worker_claims)(
+                    assignment, on_epoch_end, interrupt)
+            except BaseException as error:
+                raised.append(error)
+                raise
+
+        sent = recording(client, ("complete", "fail", "release"))
+        agent = make_agent(client, heartbeat_interval=30, run_trial=train)
         try:
             agent.run()
             [trial] = trials(client, sweep["id"])
@@ -210,7 +233,9 @@ def test_a_lost_lease_drops_the_trial_silently_and_the_agent_goes_on(
 
         assert thief[0].trial_id == trial["id"]
         assert trial["state"] == "running" and trial["worker_id"] == "thief"
-        assert trial["metrics"] == {}  # the agent's late epoch report was refused, and nothing else was sent
+        # The late epoch report was refused; the runner was told to write nothing more, and no report followed.
+        assert [type(error) for error in raised] == [TrialAbandonedError]
+        assert trial["metrics"] == {} and sent == []
         assert f"dropping trial {trial['id']}" in caplog.text
 
 
@@ -349,6 +374,122 @@ def test_the_entry_point_exits_with_tempfail_when_the_server_stays_away() -> Non
     assert "is unreachable" in done.stderr
 
 
+# -- fencing, orphans and identity ----------------------------------------------------------------------
+
+def test_a_heartbeat_refused_for_a_newer_claim_stops_training_within_an_interval_and_sends_no_report(
+        client: Client) -> None:
+    sweep = client.create_sweep(digits_spec(trials=2))
+    sent = recording(client, ("complete", "fail", "release"))
+    newer: list[Assignment] = []
+    claimed_at: list[float] = []
+    ended: list[tuple[float, BaseException]] = []
+    seconds_per_epoch = 4.0
+
+    def another_process_claims_under_this_id(epoch: int) -> None:
+        if epoch == 1:
+            claimed = client.claim(ClaimRequest(worker_id="test-cpu0", host="other-host"))
+            assert claimed is not None
+            newer.append(claimed)
+            claimed_at.append(time.monotonic())
+
+    def train(assignment: Assignment, on_epoch_end: EpochCallback, interrupt: Interrupt) -> Result:
+        # Epochs far longer than a heartbeat (0.2 s): only the heartbeat's 409 can stop one in time.
+        trainer = scripted_trainer(epochs=3, seconds_per_epoch=seconds_per_epoch, batches_per_epoch=100,
+                                   before_epoch=another_process_claims_under_this_id)
+        try:
+            return trainer(assignment, on_epoch_end, interrupt)
+        except BaseException as error:
+            ended.append((time.monotonic(), error))
+            raise
+
+    agent = make_agent(client, heartbeat_interval=0.2, run_trial=train)
+    # The newer claim was made under this worker's own id: the worker stops rather than take it back.
+    with pytest.raises(WorkerIdInUseError, match="worker id 'test-cpu0' is in use by another process"):
+        agent.run()
+
+    [(stopped_at, error)] = ended
+    assert isinstance(error, TrialAbandonedError)
+    assert stopped_at - claimed_at[0] < seconds_per_epoch  # mid-epoch, not at its end
+    assert sent == []
+    trial = client.get_trial(newer[0].trial_id)
+    assert (trial["state"], trial["worker_id"], trial["attempts"]) == ("running", "test-cpu0", 1)
+    assert [point["epoch"] for point in trial["history"]] == [0]
+    # The newer claim's holder goes on undisturbed, and the sweep's other trial was never claimed.
+    beat = HeartbeatRequest(worker_id="test-cpu0", lease_token=newer[0].lease_token)
+    assert client.heartbeat(newer[0].trial_id, beat).action is Action.continue_
+    assert [trial["id"] for trial in trials(client, sweep["id"]) if trial["state"] != "pending"] == [newer[0].trial_id]
+
+
+def test_an_orphaned_agent_stops_after_the_batch_releases_its_trial_with_its_token_and_exits(
+        client: Client, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import workers.orphans
+
+    sweep = client.create_sweep(digits_spec(trials=2))
+    sent = recording(client, ("complete", "fail", "release"))
+    died_at: list[float] = []
+    interrupts_after: list[Action | None] = []
+    seconds_per_epoch = 4.0
+
+    def supervisor_dies(epoch: int) -> None:
+        if epoch == 1:
+            # As after the supervisor's death: this process was adopted by init.
+            monkeypatch.setattr(workers.orphans.os, "getppid", lambda: 1)
+            died_at.append(time.monotonic())
+
+    def train(assignment: Assignment, on_epoch_end: EpochCallback, interrupt: Interrupt) -> Result:
+        def watched() -> Action | None:
+            action = interrupt()
+            if died_at:
+                interrupts_after.append(action)
+            return action
+        return scripted_trainer(epochs=3, seconds_per_epoch=seconds_per_epoch, batches_per_epoch=100,
+                                before_epoch=supervisor_dies)(assignment, on_epoch_end, watched)
+
+    supervisor_pid = os.getppid()
+    agent = make_agent(client, idle_exit=None, heartbeat_interval=0.2, supervisor_pid=supervisor_pid, run_trial=train)
+    agent.run()  # returns: the agent exits with its supervisor gone
+
+    assert interrupts_after == [Action.stop]  # the first batch after the death ends training
+    [(name, trial_id, report)] = sent
+    assert name == "release" and isinstance(report, ReleaseReport)
+    assert (report.lease_token, report.epochs_done) == (1, 1)
+    assert f"lost its supervisor (pid {supervisor_pid})" in report.reason
+    trial = client.get_trial(trial_id)
+    assert (trial["state"], trial["attempts"]) == ("pending", 0)
+    assert [point["epoch"] for point in trial["history"]] == [0]
+    # The checkpoint of the last finished epoch stays for the next attempt.
+    checkpoint = tmp_path / "runs" / str(sweep["id"]) / str(trial_id) / "checkpoint"
+    assert (checkpoint / "epochs_done").read_text() == "1"
+    assert agent.trials_run == 1  # and the sweep's other trial was never claimed
+    assert all(trial["state"] == "pending" for trial in trials(client, sweep["id"]))
+
+
+def test_the_agent_deletes_a_trials_checkpoint_once_the_server_shows_it_finished(client: Client,
+                                                                                 tmp_path: Path) -> None:
+    sweep = client.create_sweep(digits_spec(trials=1, epochs=3))
+
+    make_agent(client, run_trial=scripted_trainer(epochs=3)).run()
+
+    [trial] = trials(client, sweep["id"])
+    assert trial["state"] == "completed"
+    assert not (tmp_path / "runs" / str(sweep["id"]) / str(trial["id"]) / "checkpoint").exists()
+
+
+def test_an_agent_started_on_its_own_refuses_a_worker_id_another_process_on_this_host_holds(server: Any) -> None:
+    command = [sys.executable, "-m", "workers.agent", "--server", server.url, "--worker-id", "box-cpu7",
+               "--idle-exit", "0.3", "--poll-interval", "0.1"]
+    held = reserve("box-cpu7")
+    try:
+        refused = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    finally:
+        held.release()
+
+    assert refused.returncode == EXIT_WORKER_ID_IN_USE
+    assert "worker id 'box-cpu7' is in use" in refused.stderr and str(held.path) in refused.stderr
+    # Free again, the same id starts.
+    assert subprocess.run(command, capture_output=True, text=True, timeout=60).returncode == 0
+
+
 # -- real Keras trials --------------------------------------------------------------------------------
 
 def test_a_released_trial_resumes_from_its_checkpoint_on_the_next_claim(client: Client, tmp_path: Path) -> None:
@@ -367,7 +508,8 @@ def test_a_released_trial_resumes_from_its_checkpoint_on_the_next_claim(client: 
     first.run()
     [trial] = trials(client, sweep["id"])
     checkpoint = tmp_path / "runs" / str(sweep["id"]) / str(trial["id"]) / "checkpoint"
-    assert trial["state"] == "pending" and (checkpoint / "state.json").is_file()
+    saved = TrialCheckpoint(checkpoint).load()
+    assert trial["state"] == "pending" and saved is not None and saved.epochs_done == 2
 
     Agent(client, "test-cpu1", "test-host", poll_interval=0.2, heartbeat_interval=1.0, idle_exit=2).run()
 

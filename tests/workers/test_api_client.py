@@ -16,8 +16,8 @@ import pytest
 from sweeper import SweeperError
 from sweeper.client import (ApiError, Client, ConflictError, LeaseLostError, NotFoundError, ServerUnavailableError,
                             SweepStateError)
-from sweeper.messages import (Assignment, ClaimRequest, CompleteReport, FailReport, FailureKind, MetricsReport,
-                              ReleaseReport)
+from sweeper.messages import (Action, Assignment, ClaimRequest, CompleteReport, FailReport, FailureKind,
+                              HeartbeatRequest, MetricsReport, ReleaseReport)
 from workers_testing import digits_spec, free_port
 
 
@@ -66,12 +66,41 @@ def test_an_unknown_id_raises_not_found(client: Client) -> None:
 def test_a_call_without_the_lease_raises_lease_lost(client: Client) -> None:
     client.create_sweep(digits_spec())
     assignment = claim(client, "w1")
+    token = assignment.lease_token
 
     with pytest.raises(LeaseLostError) as caught:
-        client.heartbeat(assignment.trial_id, "someone-else")
+        client.heartbeat(assignment.trial_id, HeartbeatRequest(worker_id="someone-else", lease_token=token))
     assert caught.value.status_code == 409
     with pytest.raises(LeaseLostError):
-        client.complete(assignment.trial_id, CompleteReport(worker_id="someone-else", metrics={"val_accuracy": 1.0}))
+        client.complete(assignment.trial_id, CompleteReport(worker_id="someone-else", lease_token=token,
+                                                            metrics={"val_accuracy": 1.0}))
+
+
+def test_a_call_with_the_token_of_an_earlier_claim_raises_lease_lost_naming_both_tokens(client: Client) -> None:
+    client.create_sweep(digits_spec())
+    first = claim(client, "w1")
+    again = claim(client, "w1")  # the same worker id claims again (it restarted): a new token fences the first
+    assert again.trial_id == first.trial_id and again.lease_token > first.lease_token
+
+    with pytest.raises(LeaseLostError) as caught:
+        client.heartbeat(first.trial_id, HeartbeatRequest(worker_id="w1", lease_token=first.lease_token))
+
+    assert str(first.lease_token) in str(caught.value) and str(again.lease_token) in str(caught.value)
+    assert client.heartbeat(again.trial_id, HeartbeatRequest(worker_id="w1", lease_token=again.lease_token)).action \
+        is Action.continue_
+
+
+def test_a_complete_sent_again_with_its_token_answers_the_stored_trial(client: Client) -> None:
+    # What a client's retry after a lost answer looks like to the server: no 409, no second result.
+    client.create_sweep(digits_spec(trials=1))
+    assignment = claim(client)
+    report = CompleteReport(worker_id="w1", lease_token=assignment.lease_token, metrics={"val_accuracy": 0.75})
+
+    first = client.complete(assignment.trial_id, report)
+    again = client.complete(assignment.trial_id, report.model_copy(update={"metrics": {"val_accuracy": 0.5}}))
+
+    assert first["state"] == again["state"] == "completed"
+    assert again["metrics"] == {"val_accuracy": 0.75}
 
 
 def test_claim_answers_none_when_there_is_no_work(client: Client) -> None:
@@ -83,11 +112,13 @@ def test_the_worker_protocol_round_trip_drops_non_finite_metrics(client: Client)
     assignment = claim(client)
     assert assignment.sweep_id == sweep["id"] and assignment.model == "mlp"
 
-    assert client.heartbeat(assignment.trial_id, "w1").action == "continue"
-    report = MetricsReport(worker_id="w1", epoch=0, metrics={"val_accuracy": 0.5, "loss": math.nan,
-                                                              "val_loss": math.inf})
-    assert client.report_metrics(assignment.trial_id, report).action == "continue"
-    done = client.complete(assignment.trial_id, CompleteReport(worker_id="w1",
+    token = assignment.lease_token
+    assert client.heartbeat(assignment.trial_id, HeartbeatRequest(worker_id="w1", lease_token=token)).action \
+        is Action.continue_
+    report = MetricsReport(worker_id="w1", lease_token=token, epoch=0,
+                           metrics={"val_accuracy": 0.5, "loss": math.nan, "val_loss": math.inf})
+    assert client.report_metrics(assignment.trial_id, report).action is Action.continue_
+    done = client.complete(assignment.trial_id, CompleteReport(worker_id="w1", lease_token=token,
                                                                metrics={"val_accuracy": 0.75, "loss": -math.inf}))
 
     assert done["state"] == "completed"
@@ -102,9 +133,34 @@ def test_fail_records_the_error(client: Client) -> None:
     client.create_sweep(digits_spec(trials=1))
     assignment = claim(client)
 
-    failed = client.fail(assignment.trial_id, FailReport(worker_id="w1", error="Traceback: boom"))
+    failed = client.fail(assignment.trial_id, FailReport(worker_id="w1", lease_token=assignment.lease_token,
+                                                         error="Traceback: boom"))
 
     assert failed["state"] == "failed" and failed["error"] == "Traceback: boom"
+
+
+def test_a_complete_whose_answer_was_lost_is_retried_and_answered_with_the_stored_trial(server: Any) -> None:
+    lost: list[str] = []
+
+    class LosesTheFirstCompleteAnswer(httpx.HTTPTransport):
+        """Delivers every request; the first complete's answer never comes back, as on a dropped connection."""
+
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            response = super().handle_request(request)
+            if request.url.path.endswith("/complete") and not lost:
+                response.close()
+                lost.append(request.url.path)
+                raise httpx.ReadTimeout("the answer was lost", request=request)
+            return response
+
+    with Client(server.url, retries=2, backoff=0.0, transport=LosesTheFirstCompleteAnswer()) as client:
+        client.create_sweep(digits_spec(trials=1))
+        assignment = claim(client)
+        report = CompleteReport(worker_id="w1", lease_token=assignment.lease_token, metrics={"val_accuracy": 0.75})
+
+        done = client.complete(assignment.trial_id, report)  # recorded on the first try; answered on the second
+
+    assert lost and (done["state"], done["metrics"]) == ("completed", {"val_accuracy": 0.75})
 
 
 def test_connection_refused_is_retried_a_bounded_number_of_times(caplog: pytest.LogCaptureFixture) -> None:
@@ -148,18 +204,22 @@ def scripted(answers: list[int | Exception]) -> tuple[httpx.MockTransport, list[
     return httpx.MockTransport(handle), seen
 
 
+BEAT = HeartbeatRequest(worker_id="w1", lease_token=1)
+
+
 def test_server_errors_on_worker_calls_are_retried_until_an_answer() -> None:
     transport, seen = scripted([503, httpx.ConnectError("refused"), 502, 200])
     with Client("http://sweeper", retries=5, backoff=0.0, transport=transport) as client:
-        assert client.heartbeat(1, "w1").action == "continue"
+        assert client.heartbeat(1, BEAT).action is Action.continue_
     assert len(seen) == 4
+    assert {request.content for request in seen} == {b'{"worker_id":"w1","lease_token":1}'}
 
 
 def test_server_errors_that_persist_end_in_server_unavailable() -> None:
     transport, seen = scripted([500, 500, 500])
     with Client("http://sweeper", retries=2, backoff=0.0, transport=transport) as client:
         with pytest.raises(ServerUnavailableError, match="failed after 3 attempt.*database is busy") as caught:
-            client.heartbeat(1, "w1")
+            client.heartbeat(1, BEAT)
     assert caught.value.status_code == 500
     assert len(seen) == 3
 
@@ -169,7 +229,7 @@ def test_client_errors_are_never_retried(status: int) -> None:
     transport, seen = scripted([status, 200])
     with Client("http://sweeper", retries=5, backoff=0.0, transport=transport) as client:
         with pytest.raises(ApiError) as caught:
-            client.heartbeat(1, "w1")
+            client.heartbeat(1, BEAT)
     assert caught.value.status_code == status
     assert len(seen) == 1
 
@@ -192,24 +252,28 @@ def test_the_server_url_may_be_given_loosely(url: str) -> None:
 def test_release_gives_the_trial_back_without_using_an_attempt(client: Client) -> None:
     client.create_sweep(digits_spec(trials=1))
     assignment = claim(client, "leaving")
-    client.report_metrics(assignment.trial_id, MetricsReport(worker_id="leaving", epoch=0, metrics={"loss": 1.0}))
+    token = assignment.lease_token
+    client.report_metrics(assignment.trial_id, MetricsReport(worker_id="leaving", lease_token=token, epoch=0,
+                                                             metrics={"loss": 1.0}))
 
-    released = client.release(assignment.trial_id, ReleaseReport(worker_id="leaving", reason="SIGTERM", epochs_done=1))
+    released = client.release(assignment.trial_id, ReleaseReport(worker_id="leaving", lease_token=token,
+                                                                 reason="SIGTERM", epochs_done=1))
 
     assert released["state"] == "pending" and released["attempts"] == 0
     again = claim(client, "next")
     assert again.trial_id == assignment.trial_id and again.attempt == 1
     assert client.get_trial(assignment.trial_id)["history"] == [{"epoch": 0, "metrics": {"loss": 1.0}}]
     with pytest.raises(LeaseLostError):
-        client.release(assignment.trial_id, ReleaseReport(worker_id="leaving", reason="again"))
+        client.release(assignment.trial_id, ReleaseReport(worker_id="leaving", lease_token=token, reason="again"))
 
 
 def test_fail_sends_the_kind_and_traceback(client: Client) -> None:
     client.create_sweep(digits_spec(trials=1))
     assignment = claim(client)
 
-    failed = client.fail(assignment.trial_id, FailReport(worker_id="w1", error="loss became NaN at epoch 3",
-                                                         kind=FailureKind.nan, traceback="Traceback: ..."))
+    failed = client.fail(assignment.trial_id, FailReport(worker_id="w1", lease_token=assignment.lease_token,
+                                                         error="loss became NaN at epoch 3", kind=FailureKind.nan,
+                                                         traceback="Traceback: ..."))
 
     assert (failed["state"], failed["failure_kind"], failed["traceback"]) == ("failed", "nan", "Traceback: ...")
 
@@ -232,7 +296,8 @@ def test_pause_resume_and_cancel_a_sweep(client: Client) -> None:
     cancelled = client.cancel_sweep(sweep["id"])
 
     assert cancelled["status"] == "cancelled" and cancelled["reason"] == "cancelled on request"
-    assert client.heartbeat(assignment.trial_id, "w1").action == "cancel"
+    beat = HeartbeatRequest(worker_id="w1", lease_token=assignment.lease_token)
+    assert client.heartbeat(assignment.trial_id, beat).action is Action.cancel
 
 
 def test_an_invalid_sweep_transition_raises_sweep_state_error_naming_the_status(client: Client) -> None:

@@ -7,6 +7,7 @@ Most tests run a fake child program that records what it was started with (see w
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -18,11 +19,14 @@ import pytest
 
 from sweeper.client import Client
 from sweeper.messages import ClaimRequest
+from sweeper.training.checkpoints import TrialCheckpoint
 from workers.gpus import Gpu, GpuSelectionError, discover_gpus
+from workers.handoff import EXIT_WORKER_ID_IN_USE
 from workers.identity import reserve
 from workers.supervisor import ChildExit, Supervisor
 from workers_testing import FAKE_CHILD, digits_spec, wait_until
 
+pytestmark = pytest.mark.training
 NOWHERE = "http://127.0.0.1:9"  # the fake children never connect
 
 
@@ -68,6 +72,8 @@ def test_each_gpu_child_is_pinned_to_exactly_one_gpu(tmp_path: Path, fake_child:
         assert option(run, "--server") == NOWHERE
         assert option(run, "--host") == "box"
         assert option(run, "--idle-exit") is None
+        assert option(run, "--supervisor-pid") == str(os.getpid())
+        assert run["holds_lock"]  # the child holds its worker id's reservation too
     assert supervisor.exits == []
 
 
@@ -155,6 +161,18 @@ def test_a_child_killed_by_a_signal_is_recorded_with_the_signal_name(
     assert len(runs(tmp_path, "box-cpu0")) == 2
 
 
+def test_a_child_whose_worker_id_another_process_uses_is_not_restarted(
+        tmp_path: Path, fake_child: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    # A restart would claim under the same id again, taking the trial back from the other process.
+    monkeypatch.setenv("FAKE_CHILD_MODE", "exit78_always")
+    supervisor = Supervisor(NOWHERE, ["0"], host="box", child_command=fake_child, restart_backoff=0.05)
+    supervisor.start()
+
+    assert supervisor.wait() == 1
+    assert len(runs(tmp_path, "box-gpu0")) == 1
+    assert [death.returncode for death in supervisor.exits] == [EXIT_WORKER_ID_IN_USE]
+
+
 def test_a_crash_looping_child_is_given_up_after_bounded_restarts(
         tmp_path: Path, fake_child: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FAKE_CHILD_MODE", "exit3_always")
@@ -240,6 +258,7 @@ def test_a_dead_child_fails_the_trial_it_held_as_a_crash_to_retry(
     assert assignment is not None
     monkeypatch.setenv("FAKE_CHILD_MODE", mode)
     monkeypatch.setenv("FAKE_TRIAL_ID", str(assignment.trial_id))
+    monkeypatch.setenv("FAKE_LEASE_TOKEN", str(assignment.lease_token))
     supervisor = Supervisor(server.url, [], host="box", child_command=fake_child, restart_backoff=0.05)
     supervisor.start()
 
@@ -254,6 +273,27 @@ def test_a_dead_child_fails_the_trial_it_held_as_a_crash_to_retry(
     assert client.get_sweep(sweep["id"])["trial_counts"]["failed"] == 0
 
 
+def test_a_dead_childs_trial_reported_under_a_stale_token_changes_nothing(
+        fake_child: list[str], monkeypatch: pytest.MonkeyPatch, client: Client, server: Any, tmp_path: Path) -> None:
+    client.create_sweep(digits_spec(trials=1))
+    old = client.claim(ClaimRequest(worker_id="box-cpu0", host="box"))
+    newer = client.claim(ClaimRequest(worker_id="box-cpu0", host="box"))  # a newer claim holds the trial now
+    assert old is not None and newer is not None and newer.lease_token > old.lease_token
+    checkpoint = tmp_path / "checkpoint"
+    checkpoint.mkdir()
+    monkeypatch.setenv("FAKE_CHILD_MODE", "hold_trial_exit3_once")
+    monkeypatch.setenv("FAKE_TRIAL_ID", str(old.trial_id))
+    monkeypatch.setenv("FAKE_LEASE_TOKEN", str(old.lease_token))
+    monkeypatch.setenv("FAKE_CHECKPOINT_DIR", str(checkpoint))
+    supervisor = Supervisor(server.url, [], host="box", child_command=fake_child, restart_backoff=0.05)
+    supervisor.start()
+
+    assert supervisor.wait() == 0
+    trial = client.get_trial(old.trial_id)
+    assert (trial["state"], trial["attempts"], trial["error"]) == ("running", 1, None)
+    assert checkpoint.is_dir()
+
+
 def test_a_crash_on_the_last_attempt_fails_the_trial_and_deletes_its_checkpoint(
         tmp_path: Path, fake_child: list[str], monkeypatch: pytest.MonkeyPatch, client: Client, server: Any) -> None:
     client.create_sweep(digits_spec(trials=1, max_attempts=1))
@@ -264,6 +304,7 @@ def test_a_crash_on_the_last_attempt_fails_the_trial_and_deletes_its_checkpoint(
     (checkpoint / "state.json").write_text("{}")
     monkeypatch.setenv("FAKE_CHILD_MODE", "hold_trial_exit3_once")
     monkeypatch.setenv("FAKE_TRIAL_ID", str(assignment.trial_id))
+    monkeypatch.setenv("FAKE_LEASE_TOKEN", str(assignment.lease_token))
     monkeypatch.setenv("FAKE_CHECKPOINT_DIR", str(checkpoint))
     supervisor = Supervisor(server.url, [], host="box", child_command=fake_child, restart_backoff=0.05)
     supervisor.start()
@@ -282,6 +323,7 @@ def test_a_child_killed_while_stopping_has_its_trial_released(
     checkpoint.mkdir()
     monkeypatch.setenv("FAKE_CHILD_MODE", "hold_trial_until_killed")
     monkeypatch.setenv("FAKE_TRIAL_ID", str(assignment.trial_id))
+    monkeypatch.setenv("FAKE_LEASE_TOKEN", str(assignment.lease_token))
     monkeypatch.setenv("FAKE_CHECKPOINT_DIR", str(checkpoint))
     supervisor = Supervisor(server.url, [], host="box", child_command=fake_child)
     supervisor.start()
@@ -336,6 +378,36 @@ def test_a_worker_id_reservation_ends_with_the_process_that_held_it(tmp_path: Pa
     assert reserve("box-cpu0").worker_id == "box-cpu0"
 
 
+def test_a_child_keeps_its_worker_id_reserved_after_its_supervisor_is_killed(
+        tmp_path: Path, fake_child: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAKE_CHILD_MODE", "outlive_the_supervisor")
+    program = ("import sys\n"
+               "from workers.supervisor import Supervisor\n"
+               f"supervisor = Supervisor({NOWHERE!r}, [], host='box', child_command={fake_child!r})\n"
+               "supervisor.start()\n"
+               "sys.exit(supervisor.wait())\n")
+    supervisor = subprocess.Popen([sys.executable, "-c", program])
+    try:
+        wait_until(lambda: events(tmp_path, "box-cpu0") == ["ready"])
+        supervisor.kill()
+        supervisor.wait()
+
+        # The orphaned child still holds box-cpu0: a new supervisor takes the next id.
+        assert first_free_id("box-cpu0") == "box-cpu0-2"
+    finally:
+        supervisor.kill()
+        [child] = runs(tmp_path, "box-cpu0")
+        os.kill(child["pid"], signal.SIGKILL)
+    # Once the child is gone too, the id is free again.
+    wait_until(lambda: first_free_id("box-cpu0") == "box-cpu0")
+
+
+def first_free_id(base: str) -> str:
+    reserved = reserve(base)
+    reserved.release()
+    return reserved.worker_id
+
+
 def _train_until_an_epoch_is_reported(client: Client, server: Any, signals: int) -> tuple[Supervisor, int]:
     """A real agent under a supervisor, training a trial of long epochs; `signals` SIGTERMs once it has
     reported its first epoch. The trial's id comes back with the supervisor."""
@@ -368,8 +440,8 @@ def test_a_sigterm_lets_real_agents_finish_the_epoch_and_release_their_trials(
     assert (trial["state"], trial["attempts"]) == ("pending", 0)
     checkpoint = tmp_path / "runs" / str(client.get_trial(trial_id)["sweep_id"]) / str(trial_id) / "checkpoint"
     # The checkpoint holds every epoch the server has: the one under way at the signal was finished.
-    resumed_at = json.loads((checkpoint / "state.json").read_text())["epochs_done"]
-    assert resumed_at == len(trial["history"]) >= 1
+    saved = TrialCheckpoint(checkpoint).load()
+    assert saved is not None and saved.epochs_done == len(trial["history"]) >= 1
 
 
 def test_a_second_sigterm_stops_real_agents_now_and_their_trials_are_released(
@@ -390,7 +462,7 @@ def test_the_cli_refuses_more_trials_per_gpu_than_its_memory_holds(
     from typer.testing import CliRunner
 
     import workers.gpus
-    from sweeper.cli import app
+    from cli import app
 
     # One 8 GB GPU, as nvidia-smi lists it (NVML left out, so a real driver cannot answer instead).
     monkeypatch.setattr(workers.gpus, "_import_nvml", lambda: None)

@@ -43,14 +43,21 @@ def digits_spec(name: str = "digits", trials: int = 2, epochs: int = 2, **overri
 # A stand-in for `python -m workers.agent`: records its environment and arguments, one JSON line per
 # run, in $FAKE_CHILD_OUT/<worker id>.jsonl, then behaves as $FAKE_CHILD_MODE says.
 FAKE_CHILD = r'''
-import json, os, signal, sys, time
+import fcntl, json, os, signal, sys, time
 from pathlib import Path
 
 args = sys.argv[1:]
 worker_id = args[args.index("--worker-id") + 1]
 log = Path(os.environ["FAKE_CHILD_OUT"]) / f"{worker_id}.jsonl"
 runs_before = len(log.read_text().splitlines()) if log.exists() else 0
-record = {"argv": args, "pid": os.getpid(), "run": runs_before + 1,
+
+def holds_lock():
+    # The inherited lock file: locking it again through the same open file succeeds, and it is the id's.
+    fd = int(args[args.index("--worker-id-lock-fd") + 1])
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return os.path.samestat(os.fstat(fd), os.stat(Path(os.environ["SWEEPER_LOCK_DIR"]) / f"{worker_id}.lock"))
+
+record = {"argv": args, "pid": os.getpid(), "run": runs_before + 1, "holds_lock": holds_lock(),
           **{name: os.environ.get(name) for name in
              ("CUDA_VISIBLE_DEVICES", "TF_FORCE_GPU_ALLOW_GROWTH", "CUDA_DEVICE_ORDER", "SWEEPER_GPU_MEMORY_MB")}}
 with log.open("a") as f:
@@ -68,12 +75,15 @@ if mode == "exit75_twice" and runs_before < 2:
     sys.exit(75)
 if mode == "exit3_always":
     sys.exit(3)
+if mode == "exit78_always":
+    sys.exit(78)
 if mode == "sigkill_once" and first:
     os.kill(os.getpid(), signal.SIGKILL)
 def hold_trial():
     # What the agent writes while it runs a trial: the supervisor reads it when the process dies.
     state = Path(args[args.index("--state-file") + 1])
     state.write_text(json.dumps({"trial_id": int(os.environ["FAKE_TRIAL_ID"]), "worker_id": worker_id,
+                                 "lease_token": int(os.environ.get("FAKE_LEASE_TOKEN", "1")),
                                  "checkpoint_dir": os.environ.get("FAKE_CHECKPOINT_DIR", "")}))
 
 if mode == "hold_trial_exit3_once" and first:
@@ -93,6 +103,11 @@ if mode == "wait_for_sigterm":
     signal.signal(signal.SIGTERM, lambda signum, frame: (note("SIGTERM"), sys.exit(0)))
     note("ready")
     time.sleep(30)
+    sys.exit(5)
+if mode == "outlive_the_supervisor":
+    # Lives on after its supervisor is killed, holding the worker id, until the test kills it.
+    note("ready")
+    time.sleep(120)
     sys.exit(5)
 if mode == "ignore_sigterm":
     signal.signal(signal.SIGTERM, lambda signum, frame: note("SIGTERM ignored"))
