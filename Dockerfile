@@ -16,6 +16,7 @@ RUN python -m pip install --upgrade pip && python -m pip install ".[postgres]" &
 COPY sweeper sweeper
 COPY api api
 COPY workers workers
+COPY cli cli
 # TensorFlow comes with the base image; pip keeps it and installs the rest.
 RUN python -m pip install --no-deps .
 

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: demo test bench install clean
+.PHONY: demo test test-fast bench install clean
 
 install: $(INSTALLED)
 
@@ -20,6 +20,11 @@ demo: $(INSTALLED)
 
 test: $(INSTALLED)
 	$(BIN)/python -m pytest
+
+# The edit-test loop: the suite less the tests that train models, drive a browser, start real processes
+# or rerun on PostgreSQL (the markers in pyproject.toml say which); `make test` still runs them all.
+test-fast: $(INSTALLED)
+	$(BIN)/python -m pytest -m "not training and not browser and not e2e and not postgres"
 
 bench: $(INSTALLED)
 	$(BIN)/python bench/overhead.py

@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import HTTPException, status
 from fastapi.exceptions import RequestValidationError
 
-from sweeper._spec import read_spec_text
+from sweeper import read_spec_text
 
 from api.json_guard import unstorable_values
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import httpx
 
-from sweeper import SweeperError, _log_files
+from sweeper import SweeperError, log_files
 from sweeper.log_location import reader_flags, sweep_dir
 
 logger = logging.getLogger(__name__)
@@ -106,7 +106,7 @@ class TensorBoards:
         """
         folder = self.folder(sweep_id)
         try:
-            found = _log_files.isdir(folder)
+            found = log_files.isdir(folder)
         except OSError as error:  # an object store that refuses the server's credentials, say
             raise TensorBoardUnavailableError(f"cannot read the logs of sweep {sweep_id} in {folder}: "
                                               f"{error}") from None

@@ -1,4 +1,4 @@
-"""What the CLI shows: sweep, trial and worker tables, and a live progress bar of a running sweep."""
+"""What the `sweeper` command shows: sweep, trial and worker tables, and a live progress bar of a running sweep."""
 
 from __future__ import annotations
 

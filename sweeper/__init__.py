@@ -3,21 +3,25 @@
 This package is the core: importing it loads neither TensorFlow, FastAPI nor SQLAlchemy.
 """
 
-from sweeper._domains import Discrete, Fixed, IntInterval, RealInterval
+# File operations under a logdir, local or in an object store, exported as a namespace: their names
+# (`isdir`, `remove`) read right only qualified, as `log_files.isdir(folder)`.
+from sweeper import _log_files as log_files
+from sweeper._domains import Discrete, Domain, Fixed, IntInterval, RealInterval
 from sweeper._errors import (InfrastructureError, NonFiniteLossError, RetryableError, SpecError, SweeperError,
                              TrialAbandonedError, UnknownTrialError)
 from sweeper._registry import PluginError, datasets, models
-from sweeper._spec import Objective, SearchSettings, SweepSpec, TrainSettings, load_spec, parse_spec
+from sweeper._spec import Objective, SearchSettings, SweepSpec, TrainSettings, load_spec, parse_spec, read_spec_text
 from sweeper._strategies import GridStrategy, RandomStrategy, Strategy, make_strategy
 from sweeper.plugins import register_dataset, register_model
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Discrete", "Fixed", "IntInterval", "RealInterval",
+    "Discrete", "Domain", "Fixed", "IntInterval", "RealInterval",
     "InfrastructureError", "NonFiniteLossError", "RetryableError", "SpecError", "SweeperError", "PluginError",
     "TrialAbandonedError", "UnknownTrialError",
     "datasets", "models", "register_dataset", "register_model",
-    "Objective", "SearchSettings", "SweepSpec", "TrainSettings", "load_spec", "parse_spec",
+    "Objective", "SearchSettings", "SweepSpec", "TrainSettings", "load_spec", "parse_spec", "read_spec_text",
     "GridStrategy", "RandomStrategy", "Strategy", "make_strategy",
+    "log_files",
 ]

@@ -12,8 +12,7 @@ from typer.testing import CliRunner
 
 from api.server import RunningServer
 from api.settings import Settings
-from sweeper import _console
-from sweeper.cli import app
+from cli import _console, app
 
 
 def sweeper(server: RunningServer, *args: str) -> tuple[int, str]:
@@ -30,7 +29,7 @@ def test_pause_resume_and_cancel_say_the_new_status(server: RunningServer):
     assert sweeper(server, "resume", sweep_id) == (0, f"Sweep {sweep_id} g: running")
     assert sweeper(server, "cancel", sweep_id) == (
         0, f"Sweep {sweep_id} g: cancelled; 1 running trial(s) stop at their next heartbeat")
-    beat = httpx.post(f"{server.url}{API}/trials/{trial['trial_id']}/heartbeat", json={"worker_id": "w1"})
+    beat = httpx.post(f"{server.url}{API}/trials/{trial['trial_id']}/heartbeat", json={"worker_id": "w1", "lease_token": trial["lease_token"]})
     assert beat.json() == {"action": "cancel"}
 
 

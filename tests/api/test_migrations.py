@@ -19,8 +19,8 @@ from api.db import make_engine
 from api.migrate import BASE_REVISION, current_revision, head_revision, upgrade
 from api.models import Base
 from api.settings import Settings
+from cli import app as cli
 from postgres_testing import isolated_schema
-from sweeper.cli import app as cli
 
 SPEC = {"name": "kept", "model": "mlp", "dataset": "digits", "objective": {"metric": "val_accuracy"},
         "hparams": {"units": {"type": "discrete", "values": [16, 32, 64]}}, "search": {"strategy": "grid"},

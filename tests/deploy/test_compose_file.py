@@ -8,6 +8,7 @@ a renamed command or option breaks this test, not a lab's deployment.
 from __future__ import annotations
 
 import shlex
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import pytest
 import typer.main
 import yaml
 
-from sweeper.cli import app
+from cli import app
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())  # resolves the `<<:` merges too
@@ -142,3 +143,11 @@ def test_the_image_copies_only_files_that_exist_and_runs_the_server() -> None:
     _parse_sweeper_command(yaml.safe_load(command))
     assert any(kind == "HEALTHCHECK" and "/healthz" in arguments for kind, arguments in instructions)
     assert ("EXPOSE", "8000") in instructions
+
+
+def test_the_image_copies_every_package_that_the_project_installs() -> None:
+    # `pip install .` in the image finds only the packages copied in: a missing one breaks the `sweeper` command.
+    include = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    packages = {pattern.rstrip("*") for pattern in include}
+    copied = {shlex.split(arguments)[0] for kind, arguments in _dockerfile() if kind == "COPY"}
+    assert packages <= copied, f"the Dockerfile does not copy {sorted(packages - copied)}"

@@ -53,6 +53,7 @@ def test_tabular_built_ins_are_shuffled_the_same_way_every_time(
     assert len(set(first.y[-examples // 5:].tolist())) == classes
 
 
+@pytest.mark.training
 @pytest.mark.parametrize("name", ["digits", "iris", "wine", "breast_cancer"])
 def test_mlp_trains_for_an_epoch_on_each_built_in(name: str) -> None:
     dataset = load_dataset(name)

@@ -62,7 +62,7 @@ def test_tensorboard_reads_a_url_through_gfile_and_a_folder_with_its_fast_reader
 def test_sweeper_tensorboard_names_the_sweep_folder_it_found_empty(tmp_path: Path, kind: str) -> None:
     from typer.testing import CliRunner
 
-    from sweeper.cli import app
+    from cli import app
 
     logdir = str(tmp_path) if kind == "folder" else f"file://{tmp_path}"
 
@@ -82,7 +82,7 @@ def test_serve_refuses_a_logdir_url_that_tensorflow_has_no_file_system_for(
         tmp_path: Path, logdir: str, said: list[str]) -> None:
     from typer.testing import CliRunner
 
-    from sweeper.cli import app
+    from cli import app
 
     result = CliRunner().invoke(app, ["serve", "--logdir", logdir, "--port", "0",
                                       "--database-url", f"sqlite:///{tmp_path / 'sweeper.db'}"], env={"COLUMNS": "300"})

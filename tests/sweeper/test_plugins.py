@@ -318,7 +318,7 @@ def test_the_worker_command_imports_the_plugins_and_hands_them_to_the_supervisor
     from typer.testing import CliRunner
 
     import workers.supervisor
-    from sweeper.cli import app
+    from cli import app
 
     write_module(tmp_path, "plugin_cli_a", "import sweeper\nsweeper.register_model('cli_a', 'json:loads')\n",
                  monkeypatch)
@@ -340,7 +340,7 @@ def test_the_worker_command_imports_the_plugins_and_hands_them_to_the_supervisor
 def test_every_command_stops_with_an_error_naming_a_plugin_that_does_not_import(command: list[str]) -> None:
     from typer.testing import CliRunner
 
-    from sweeper.cli import app
+    from cli import app
 
     result = CliRunner().invoke(app, [*command, "--plugins", "plugin_missing_xyz"])
 

@@ -9,9 +9,9 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from sweeper import _registry, load_spec
-from sweeper._domains import Discrete, Fixed, IntInterval, RealInterval
-from sweeper._spec import EarlyStopping, Objective, SearchSettings, SweepSpec, TrainSettings
+from sweeper import (Discrete, Fixed, IntInterval, Objective, RealInterval, SearchSettings, SweepSpec, TrainSettings,
+                     _registry, load_spec)
+from sweeper._spec import EarlyStopping
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = (ROOT / "docs" / "spec.md").read_text()

@@ -13,11 +13,11 @@ import yaml
 from typer.testing import CliRunner
 
 from api.settings import Settings
-from sweeper import SpecError, parse_spec
+from cli import app
+from sweeper import SpecError, TrainSettings, parse_spec
 from sweeper._conditions import MAX_BRANCHES
 from sweeper._domains import MAX_DISCRETE_VALUES, MAX_HPARAMS, MAX_TEXT_LENGTH
-from sweeper._spec import MAX_CLASS_WEIGHTS, MAX_HPARAM_NAME_LENGTH, MAX_NAME_LENGTH, TrainSettings
-from sweeper.cli import app
+from sweeper._spec import MAX_CLASS_WEIGHTS, MAX_HPARAM_NAME_LENGTH, MAX_NAME_LENGTH
 
 ROOT = Path(__file__).resolve().parents[2]
 EPOCHS_LIMIT = next(rule.le for rule in TrainSettings.model_fields["epochs"].metadata if hasattr(rule, "le"))

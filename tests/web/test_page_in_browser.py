@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 
 CHROMIUM = shutil.which("chromium")
 if CHROMIUM is None:

@@ -1,0 +1,139 @@
+"""The commands about sweeps: submit, check, status, pause, resume, cancel, workers, and tensorboard.
+
+All but `check` and `tensorboard` talk to a server over HTTP through `sweeper.client`, so they never
+load FastAPI or TensorFlow.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from typing import Annotated, Any, Optional
+
+import typer
+
+from cli import _console
+from cli._common import (DEFAULT_SERVER, Logdir, Plugins, Server, SpecFile, Token, console, fail, load_plugin_modules,
+                         load_spec_file)
+from sweeper import SweeperError, log_files, make_strategy
+from sweeper.log_location import reader_flags, sweep_dir
+
+SweepId = Annotated[int, typer.Argument(help="The sweep's id.")]
+
+
+def submit(
+    file: SpecFile,
+    server: Server = DEFAULT_SERVER,
+    wait: Annotated[bool, typer.Option(help="Show progress until the sweep ends.")] = False,
+    logdir: Logdir = "runs",
+    plugins: Plugins = None,
+    token: Token = None,
+) -> None:
+    """Submit a sweep spec to the server."""
+    # Only for the local check of the spec: a plugin module's names must be known here too.
+    load_plugin_modules(plugins)
+    spec = load_spec_file(file)
+    from sweeper.client import Client
+
+    with Client(server, token=token) as client:
+        try:
+            sweep = client.create_sweep(spec.to_json())
+        except SweeperError as error:
+            raise fail(f"{file}: {error}", code=2) from None
+        console.print(f"Created sweep {sweep['id']} {sweep['name']}: {_console.search_size(sweep)}")
+        if wait:
+            _console.summary(_console.watch(client, sweep["id"], console), logdir, console)
+
+
+def check(file: SpecFile) -> None:
+    """Validate a sweep spec and show how large its search is, without a server."""
+    spec = load_spec_file(file)
+    strategy = make_strategy(spec)
+    console.print(f"{file}: valid; " + _console.search_size(
+        {"spec": spec.to_json(), "space_size": strategy.size, "total_trials": strategy.total}))
+
+
+def status(
+    sweep_id: Annotated[Optional[int], typer.Argument(help="A sweep id; all sweeps when left out.")] = None,
+    server: Server = DEFAULT_SERVER,
+    token: Token = None,
+) -> None:
+    """Show all sweeps, or one sweep's trials."""
+    from sweeper.client import Client
+
+    with Client(server, token=token) as client:
+        try:
+            if sweep_id is None:
+                console.print(_console.sweeps_table(client.list_sweeps(limit=100, offset=0)["data"]))
+            else:
+                sweep = client.get_sweep(sweep_id)
+                console.print(_console.trials_table(sweep, client.list_trials(sweep_id)["data"]))
+        except SweeperError as error:
+            raise fail(str(error)) from None
+
+
+def pause_sweep(sweep_id: SweepId, server: Server = DEFAULT_SERVER, token: Token = None) -> None:
+    """Stop handing out a sweep's trials; its running trials finish normally."""
+    sweep = _control_sweep(server, token, lambda client: client.pause_sweep(sweep_id))
+    running = sweep["trial_counts"]["running"]
+    console.print(f"Sweep {sweep['id']} {sweep['name']}: {sweep['status']}"
+                  + (f"; {running} running trial(s) will finish" if running else ""))
+
+
+def resume_sweep(sweep_id: SweepId, server: Server = DEFAULT_SERVER, token: Token = None) -> None:
+    """Hand out a paused sweep's trials again."""
+    sweep = _control_sweep(server, token, lambda client: client.resume_sweep(sweep_id))
+    console.print(f"Sweep {sweep['id']} {sweep['name']}: {sweep['status']}")
+
+
+def cancel_sweep(sweep_id: SweepId, server: Server = DEFAULT_SERVER, token: Token = None) -> None:
+    """End a sweep: pending trials are cancelled, running ones stop at their next heartbeat."""
+    sweep = _control_sweep(server, token, lambda client: client.cancel_sweep(sweep_id))
+    running = sweep["trial_counts"]["running"]
+    console.print(f"Sweep {sweep['id']} {sweep['name']}: {sweep['status']}"
+                  + (f"; {running} running trial(s) stop at their next heartbeat" if running else ""))
+
+
+def _control_sweep(server: str, token: str | None, call: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
+    from sweeper.client import Client
+
+    with Client(server, token=token) as client:
+        try:
+            return call(client)
+        except SweeperError as error:
+            raise fail(str(error)) from None
+
+
+def list_workers(server: Server = DEFAULT_SERVER, token: Token = None) -> None:
+    """Show every worker the server has seen: host, GPU, state (idle, busy, lost) and trial."""
+    from sweeper.client import Client
+
+    with Client(server, token=token) as client:
+        try:
+            console.print(_console.workers_table(client.list_workers()["data"]))
+        except SweeperError as error:
+            raise fail(str(error)) from None
+
+
+def tensorboard(
+    sweep_id: Annotated[int, typer.Argument(help="The sweep to show.")],
+    logdir: Logdir = "runs",
+    port: Annotated[int, typer.Option(help="TensorBoard's port.")] = 6006,
+    host: Annotated[str, typer.Option(help="Address TensorBoard binds.")] = "127.0.0.1",
+) -> None:
+    """Start TensorBoard on one sweep's folder, so its HParams dashboard shows exactly that sweep."""
+    folder = sweep_dir(logdir, sweep_id)
+    try:
+        found = log_files.isdir(folder)
+    except OSError as error:
+        raise fail(f"cannot read the logs of sweep {sweep_id} in {folder}: {error}", code=2) from None
+    if not found:
+        raise fail(f"no logs for sweep {sweep_id} in {folder}", code=2)
+    console.print(f"TensorBoard for sweep {sweep_id}: http://{host}:{port}/#hparams")
+    command = [sys.executable, "-m", "tensorboard.main", "--logdir", folder, "--host", host, "--port", str(port),
+               *reader_flags(folder)]
+    sys.stdout.flush()
+    # This process becomes TensorBoard: Ctrl-C or a SIGTERM reaches it directly, and stopping
+    # `sweeper tensorboard` can never leave an orphaned TensorBoard behind.
+    os.execve(sys.executable, command, {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})

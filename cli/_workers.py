@@ -1,0 +1,88 @@
+"""`sweeper worker` and `sweeper run`: the commands that train, on this machine's GPUs or CPU.
+
+The workers (and with them TensorFlow) and the server are imported inside the commands.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from cli import _console
+from cli._common import (DEFAULT_SERVER, CpuWorkers, DatabaseUrl, DataRoot, Gpus, Logdir, Plugins, Server, SpecFile,
+                         Token, TrialsPerGpu, console, fail, load_plugin_modules, load_spec_file, require_file_system)
+from sweeper import SweeperError
+from sweeper.log_location import is_url
+
+
+def worker(
+    server: Server = DEFAULT_SERVER,
+    gpus: Gpus = "all",
+    cpu_workers: CpuWorkers = 1,
+    trials_per_gpu: TrialsPerGpu = 1,
+    data_root: DataRoot = Path("data"),
+    plugins: Plugins = None,
+    token: Token = None,
+) -> None:
+    """Start one worker process per GPU, or --trials-per-gpu sharing each (CPU workers when there is none)."""
+    from workers.supervisor import run_workers
+
+    modules = load_plugin_modules(plugins)
+    try:
+        raise typer.Exit(run_workers(server=server, gpus=gpus, cpu_workers=cpu_workers, data_root=data_root,
+                                     plugins=modules, trials_per_gpu=trials_per_gpu, token=token))
+    except (ValueError, SweeperError) as error:  # no such GPU; the server refuses the token
+        raise fail(str(error), code=2) from None
+
+
+def run(
+    file: SpecFile,
+    database_url: DatabaseUrl = "sqlite:///sweeper.db",
+    logdir: Logdir = "runs",
+    gpus: Gpus = "all",
+    cpu_workers: CpuWorkers = 1,
+    trials_per_gpu: TrialsPerGpu = 1,
+    data_root: DataRoot = Path("data"),
+    plugins: Plugins = None,
+) -> None:
+    """Server, workers and sweep in one command on this machine, ending with the best trial."""
+    from api.server import start_in_thread
+    from api.settings import Settings
+    from sweeper.client import Client
+    from workers.gpus import discover_gpus, memory_share_mb, select_gpus
+    from workers.supervisor import Supervisor
+
+    modules = load_plugin_modules(plugins)
+    spec = load_spec_file(file)
+    require_file_system(logdir)
+    try:
+        chosen = select_gpus(gpus, discover_gpus())
+        for gpu in chosen:
+            memory_share_mb(gpu, trials_per_gpu)  # too small to share: say so before starting anything
+    except ValueError as error:
+        raise fail(str(error), code=2) from None
+    # On loopback and for this command alone: no tokens, even when SWEEPER_ADMIN_TOKEN is set for `serve`.
+    server = start_in_thread(Settings(host="127.0.0.1", port=0, database_url=database_url, logdir=logdir,
+                                      admin_token=None, worker_token=None))
+    # Beside the logs when they are a local folder; an object store takes no appending log file.
+    worker_log = Path("workers.log") if is_url(logdir) else Path(logdir) / "workers.log"
+    # The workers write to a file: the terminal belongs to the progress bar.
+    supervisor = Supervisor(server.url, gpus=chosen, cpu_workers=cpu_workers, output=worker_log,
+                            data_root=data_root, plugins=modules, trials_per_gpu=trials_per_gpu)
+    try:
+        with Client(server.url) as client:
+            sweep = client.create_sweep(spec.to_json())
+            where = (f"{len(chosen)} GPU(s)" + (f", {trials_per_gpu} trials each" if trials_per_gpu > 1 else "")
+                     if chosen else f"{cpu_workers} CPU worker(s)")
+            console.print(f"Sweep {sweep['id']} {sweep['name']}: {_console.search_size(sweep)}, on {where} "
+                          f"(worker log: {worker_log})")
+            supervisor.start()
+            sweep = _console.watch(client, sweep["id"], console)
+            supervisor.stop()  # before the summary, so the workers' goodbyes do not follow it
+            _console.summary(sweep, logdir, console)
+    except SweeperError as error:
+        raise fail(str(error)) from None
+    finally:
+        supervisor.stop()
+        server.stop()
