@@ -19,6 +19,7 @@ from sweeper._conditions import check_conditions
 from sweeper._domains import (MAX_HPARAMS, DiscreteValue, Domain, Fixed, IntInterval, RealInterval, SearchDomain,
                               _at_most)
 from sweeper._errors import SpecError
+from sweeper._text import Printable
 from sweeper._schedule_params import check_schedule_hparams
 
 MAX_NAME_LENGTH = 200
@@ -27,7 +28,7 @@ MAX_HPARAM_NAME_LENGTH = 100
 MAX_CLASS_WEIGHTS = 10_000
 """The most classes `train.class_weight` may weigh."""
 
-Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME_LENGTH)]
+Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME_LENGTH), Printable]
 HParamName = Annotated[str, Field(min_length=1, max_length=MAX_HPARAM_NAME_LENGTH,
                                   pattern=r"^[A-Za-z_][A-Za-z0-9_.\-]*$")]
 

@@ -13,8 +13,9 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from sweeper._spec import Objective, TrainSettings
+from sweeper._text import Printable
 
-WorkerId = Annotated[str, Field(min_length=1, max_length=200)]
+WorkerId = Annotated[str, Field(min_length=1, max_length=200), Printable]
 
 
 class TrialState(StrEnum):
@@ -78,8 +79,8 @@ class ClaimRequest(_Message):
         {"worker_id": "gpu-box-1/0", "host": "gpu-box-1", "gpu": "0"}]})
 
     worker_id: WorkerId
-    host: Annotated[str, Field(min_length=1, max_length=255)]
-    gpu: Annotated[str, Field(max_length=64)] | None = None
+    host: Annotated[str, Field(min_length=1, max_length=255), Printable]
+    gpu: Annotated[str, Field(max_length=64), Printable] | None = None
 
 
 class Assignment(_Message):

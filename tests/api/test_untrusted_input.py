@@ -221,3 +221,38 @@ def test_a_symlink_under_the_data_root_that_leads_outside_fails_the_trial_on_the
                 assert f"dataset path {name!r} must stay inside the data root" in trial["error"]
     finally:
         server.stop()
+
+
+# -- text that ends up in a terminal -------------------------------------------------------------------
+
+TERMINAL_TRICKS = ["a\nb", "tab\there", "\u001b[31mred", "bell\u0007", "back\u0008space", "nul\u0000"]
+
+
+@pytest.mark.parametrize("name", TERMINAL_TRICKS)
+def test_a_sweep_name_with_a_control_character_is_refused_naming_the_field(client: TestClient, name: str):
+    # `sweeper status` prints names raw: an escape sequence in one would repaint the operator's terminal.
+    answer = client.post(f"{API}/sweeps", json=grid_spec(name=name))
+
+    assert answer.status_code == 422, answer.text
+    [problem] = answer.json()["detail"]
+    assert problem["loc"][-1] == "name" and "control character" in problem["msg"]
+    assert client.get(f"{API}/sweeps").json()["count"] == 0
+
+
+@pytest.mark.parametrize("field", ["worker_id", "host", "gpu"])
+def test_a_worker_naming_itself_with_a_control_character_is_refused_naming_the_field(client: TestClient,
+                                                                                     field: str):
+    # `sweeper workers` prints these raw too.
+    create_sweep(client, grid_spec(values=1))
+    body = {"worker_id": "w1", "host": "box", "gpu": "0", field: "x\u001b[2J"}
+
+    answer = client.post(f"{API}/trials/claim", json=body)
+
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["detail"][0]["loc"] == ["body", field]
+
+
+def test_printable_names_from_any_script_are_kept(client: TestClient):
+    sweep = create_sweep(client, grid_spec(name="résumé — 実験 #3 (β=0.9)"))
+
+    assert sweep["name"] == "résumé — 実験 #3 (β=0.9)"
