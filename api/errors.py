@@ -71,11 +71,19 @@ async def _core_error(request: Request, error: Exception) -> JSONResponse:
     return JSONResponse(body, status_code=code)
 
 
+_LOGIN_PATH = "/session"
+"""api.routers.session's path: the one request body that holds a token."""
+
+
 async def _request_validation_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, RequestValidationError)
     # FastAPI's own answer, except that a NaN or a lone surrogate echoed back in `input` must not make
     # the JSON encoder (which refuses them) turn a 422 into a 500.
-    detail = _json_safe(jsonable_encoder(error.errors()))
+    errors = error.errors()
+    if request.url.path.rstrip("/").endswith(_LOGIN_PATH):
+        # The login's body is a token: echoed back, a mistyped one would end up in logs and error pages.
+        errors = [{name: value for name, value in problem.items() if name != "input"} for problem in errors]
+    detail = _json_safe(jsonable_encoder(errors))
     return JSONResponse({"detail": detail}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
 
 

@@ -360,3 +360,17 @@ def test_a_client_with_the_admin_token_sends_it_as_a_bearer_header(secured_serve
         assert client.get_sweep(sweep["id"])["name"] == "grid"
         assert client.session() == {"role": "admin"}
         assert ADMIN not in repr(client)
+
+
+# -- no answer carries a token ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("body", [{"token": ADMIN + "x" * 5000}, {"tokn": ADMIN}, {"token": ADMIN, "remember": True},
+                                  [ADMIN]])
+def test_a_refused_login_never_echoes_what_was_sent(secured: TestClient, body: Any) -> None:
+    # A 422 shows its input by default: a token sent with a typo would land in logs and proxies' error pages.
+    answer = secured.post(f"{API}/session", json=body)
+
+    assert answer.status_code == 422, answer.text
+    assert ADMIN not in answer.text
+    assert answer.json()["detail"][0]["loc"][0] == "body"  # still says what is wrong
