@@ -87,7 +87,7 @@ def list_sweeps(repository: RepositoryDep, limit: Limit = 100, offset: Offset = 
     return SweepsPublic(data=[SweepPublic.from_summary(summary) for summary in summaries], count=count)
 
 
-@router.get("/{sweep_id}", response_model=SweepPublic, summary="Read a sweep", responses=_NOT_FOUND)
+@router.get("/{sweep_id:int}", response_model=SweepPublic, summary="Read a sweep", responses=_NOT_FOUND)
 def get_sweep(sweep_id: int, repository: RepositoryDep) -> SweepPublic:
     """One sweep, with its trials counted by state and its best trial so far."""
     return SweepPublic.from_summary(repository.get_sweep(sweep_id))

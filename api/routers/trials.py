@@ -36,7 +36,7 @@ async def claim(request: ClaimRequest, desk: DeskDep, context: ContextDep, metri
     return await claim_answer(request, desk, context, metrics)
 
 
-@router.get("/{trial_id}", response_model=TrialDetail, responses={404: _LEASE_RESPONSES[404]}, dependencies=[AdminDep])
+@router.get("/{trial_id:int}", response_model=TrialDetail, responses={404: _LEASE_RESPONSES[404]}, dependencies=[AdminDep])
 def get_trial(trial_id: int, repository: RepositoryDep) -> TrialDetail:
     """One trial with its per-epoch metric history."""
     return TrialDetail.from_history(repository.get_trial(trial_id))

@@ -374,3 +374,15 @@ def test_a_refused_login_never_echoes_what_was_sent(secured: TestClient, body: A
     assert answer.status_code == 422, answer.text
     assert ADMIN not in answer.text
     assert answer.json()["detail"][0]["loc"][0] == "body"  # still says what is wrong
+
+
+def test_a_wrong_method_on_any_route_is_405_naming_the_allowed_ones(client: TestClient) -> None:
+    # /sweeps/validate and /trials/claim once matched GET /sweeps/{id} and GET /trials/{id}: a 422 about an id.
+    routes = requests_to_every_route(client.app)
+    post_only = {path for method, path in routes if method == "POST"} - {path for method, path in routes
+                                                                         if method == "GET"}
+    assert f"{API}/trials/claim" in post_only and f"{API}/sweeps/validate" in post_only
+    for path in sorted(post_only):
+        answer = client.get(path)
+        assert answer.status_code == 405, (path, answer.status_code, answer.text)
+        assert answer.headers["allow"] == "POST", path

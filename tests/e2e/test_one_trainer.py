@@ -21,7 +21,7 @@ import pytest
 from e2e_processes import BIN, Processes, alive, free_port, kill, pids_with, wait_until
 
 from sweeper.client import Client, LeaseLostError
-from sweeper.messages import ClaimRequest, CompleteReport, MetricsReport
+from sweeper.messages import ClaimRequest, CompleteReport, LeaseConflictReason, MetricsReport
 
 pytestmark = pytest.mark.e2e
 
@@ -220,7 +220,7 @@ def test_a_complete_under_a_stale_token_after_a_reclaim_gets_409_and_changes_not
         with pytest.raises(LeaseLostError) as refused:
             client.complete(old.trial_id, stale)
 
-        assert refused.value.status_code == 409
+        assert refused.value.status_code == 409 and refused.value.reason is LeaseConflictReason.superseded
         assert str(old.lease_token) in str(refused.value) and str(newer.lease_token) in str(refused.value)
         assert client.get_trial(old.trial_id) == before
         assert (before["state"], before["metrics"]) == ("running", {})
