@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from pathlib import Path
@@ -32,10 +33,25 @@ def make_engine(database_url: str) -> Engine:
         options["poolclass"] = StaticPool
     elif not url.query.get("uri") and url.database is not None:
         # `--database-url sqlite:///state/sweeper.db` on a fresh machine should just work.
-        Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        path = Path(url.database).expanduser()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _create_private(path)
     engine = create_engine(url, **options)
     _use_immediate_transactions(engine, wal=not in_memory)
     return engine
+
+
+def _create_private(path: Path) -> None:
+    """Create the database file readable and writable by its owner only, unless it exists.
+
+    It holds every sweep's spec and results; created by SQLite under the usual umask, any local user could
+    read it. SQLite gives the WAL and its index the database file's mode. An existing file keeps the mode
+    its operator gave it.
+    """
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileExistsError:
+        pass
 
 
 class QueuedSQLiteConnection(sqlite3.Connection):

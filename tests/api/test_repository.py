@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import stat
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -13,6 +14,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from api.db import create_tables, make_engine, make_sessions
+from api.migrate import upgrade
 from api.storage import (LeaseConflictError, LeasePolicy, PlanCache, Repository, SweepNotFoundError, WORKER_LOST,
                             WorkerState)
 from sweeper import parse_spec
@@ -153,3 +155,29 @@ def test_a_worker_is_lost_once_silent_for_the_lease(repository: Repository, cloc
     assert state() == (WorkerState.lost, trial_id)
     repository.heartbeat(trial_id, HeartbeatRequest(worker_id="w1", lease_token=1))
     assert state() == (WorkerState.busy, trial_id)
+
+
+def test_a_new_sqlite_database_file_is_readable_by_its_owner_only(tmp_path: Path) -> None:
+    # It holds every sweep's spec and history; the default umask would let any local user read it.
+    path = tmp_path / "state" / "sweeper.db"
+    engine = make_engine(f"sqlite:///{path}")
+    try:
+        upgrade(engine)
+        written = [file for file in path.parent.iterdir() if file.name.startswith("sweeper.db")]
+        assert path in written
+        for file in written:  # the WAL and its index too
+            assert stat.S_IMODE(file.stat().st_mode) & 0o077 == 0, (file.name, oct(file.stat().st_mode))
+    finally:
+        engine.dispose()
+
+
+def test_an_existing_database_files_mode_is_left_as_the_operator_set_it(tmp_path: Path) -> None:
+    path = tmp_path / "shared.db"
+    path.touch(mode=0o640)
+    path.chmod(0o640)
+    engine = make_engine(f"sqlite:///{path}")
+    try:
+        upgrade(engine)
+    finally:
+        engine.dispose()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
