@@ -13,6 +13,7 @@ A worker process loads each dataset once and keeps it, with its train and valida
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -150,7 +151,46 @@ def resolve_data_path(data_root: Path, relative: str, name: str | None = None) -
         raise DatasetError(f"dataset path {shown!r} must stay inside the data root; it links to outside it")
     if not path.exists():
         raise DatasetError(f"{relative!r} does not exist under the data root (dataset {shown!r})")
+    if path.is_dir():
+        _require_links_inside(root, root / relative, shown)
     return path
+
+
+def _require_links_inside(root: Path, folder: Path, shown: str) -> None:
+    """Refuse a folder dataset if anything below it (a class folder, an image) links to outside `root`.
+
+    Only the folder itself is named by the request, but a reader such as Keras's follows every link
+    beneath it. Links are followed here too, each real folder walked once, so a loop inside the root ends.
+    """
+    pending, walked = [folder], set()
+    while pending:
+        current = pending.pop()
+        real = current.resolve()
+        if real in walked:
+            continue
+        walked.add(real)
+        try:
+            entries = list(os.scandir(current))
+        except OSError as error:
+            raise DatasetError(f"dataset {shown!r}: cannot list {_inside(root, current)!r} ({error.strerror})") \
+                from None
+        for entry in entries:
+            path = Path(entry.path)
+            try:
+                target = path.resolve()
+            except (OSError, RuntimeError):  # a symlink loop
+                raise DatasetError(f"dataset {shown!r}: {_inside(root, path)!r} cannot be resolved (a symlink "
+                                   f"loop?)") from None
+            if not target.is_relative_to(root):
+                raise DatasetError(f"dataset path {shown!r} must stay inside the data root; {_inside(root, path)!r} "
+                                   f"links to outside it")
+            if entry.is_dir(follow_symlinks=True):
+                pending.append(path)
+
+
+def _inside(root: Path, path: Path) -> str:
+    """`path` as the request can see it: relative to the data root, never absolute."""
+    return path.relative_to(root).as_posix()
 
 
 def load_npz(path: Path) -> Dataset:

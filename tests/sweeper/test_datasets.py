@@ -161,6 +161,43 @@ def test_a_symlink_inside_the_root_pointing_outside_is_rejected(tmp_path: Path) 
             load_dataset(name, data_root=root)
 
 
+def _write_images(folder: Path, count: int = 2) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        Image.fromarray(np.full((8, 8, 3), 40 * i, dtype=np.uint8)).save(folder / f"{i}.png")
+
+
+@pytest.mark.parametrize("leak", ["class folder", "image", "nested folder"])
+def test_an_image_folder_with_a_link_inside_it_that_leads_outside_the_root_is_refused_naming_it(
+        tmp_path: Path, leak: str) -> None:
+    # Only the top of `images:pics` is the request's; Keras follows every link below it.
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    _write_images(root / "pics" / "cats")
+    _write_images(outside / "private")
+    if leak == "class folder":
+        (root / "pics" / "dogs").symlink_to(outside / "private")
+        shown = "pics/dogs"
+    elif leak == "image":
+        (root / "pics" / "cats" / "9.png").symlink_to(outside / "private" / "0.png")
+        shown = "pics/cats/9.png"
+    else:
+        (root / "pics" / "cats" / "more").symlink_to(outside)
+        shown = "pics/cats/more"
+
+    with pytest.raises(DatasetError, match=re.escape(f"dataset path 'images:pics' must stay inside the data root; "
+                                                     f"{shown!r} links to outside it")):
+        load_dataset("images:pics", data_root=root)
+
+
+def test_an_image_folder_whose_links_stay_inside_the_root_loads(tmp_path: Path) -> None:
+    _write_images(tmp_path / "all" / "cats")
+    _write_images(tmp_path / "pics" / "dogs")
+    (tmp_path / "pics" / "cats").symlink_to(tmp_path / "all" / "cats")
+    (tmp_path / "pics" / "loop").symlink_to(tmp_path / "pics")  # a loop inside the root is no leak
+
+    assert load_dataset("images:pics", data_root=tmp_path).info.num_classes == 3
+
+
 def test_a_symlink_that_stays_inside_the_root_is_followed(tmp_path: Path) -> None:
     _write_npz(tmp_path / "v1" / "train.npz", np.zeros((2, 1)), np.array([0, 1]))
     (tmp_path / "latest").symlink_to(tmp_path / "v1")
