@@ -35,6 +35,21 @@ def wait_until(check, timeout: float, what: str, interval: float = 0.5):
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last error: {last_error})")
 
 
+class ServerApi:
+    """Reads and sweeps of a server under test, over its REST API (`url` set by the subclass)."""
+
+    url: str
+
+    def get(self, path: str) -> dict:
+        return httpx.get(f"{self.url}/api/v1{path}", timeout=10).json()
+
+    def submit(self, body: dict) -> int:
+        """Create a sweep; its id."""
+        created = httpx.post(f"{self.url}/api/v1/sweeps", json=body, timeout=10)
+        assert created.status_code == 201, created.text
+        return created.json()["id"]
+
+
 class Processes:
     """Starts processes with their output in files, and ends them all at teardown."""
 

@@ -13,7 +13,7 @@ import subprocess
 
 import httpx
 import pytest
-from e2e_processes import BIN, free_port, wait_until
+from e2e_processes import BIN, ServerApi, free_port, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -25,7 +25,7 @@ def spec(name: str, epochs: int, **hparams) -> dict:
             "search": {"strategy": "grid"}, "train": {"epochs": epochs}}
 
 
-class Service:
+class Service(ServerApi):
     """A server (restartable on its port and database) and one worker supervisor, as subprocesses."""
 
     def __init__(self, processes, tmp_path, lease_seconds: float = 20, heartbeat_seconds: float = 1):
@@ -45,14 +45,6 @@ class Service:
     def start_worker(self, cpu_workers: int = 2) -> subprocess.Popen:
         return self.processes.start("worker", str(BIN / "sweeper"), "worker", "--server", self.url,
                                     "--gpus", "none", "--cpu-workers", str(cpu_workers))
-
-    def get(self, path: str) -> dict:
-        return httpx.get(f"{self.url}/api/v1{path}", timeout=10).json()
-
-    def submit(self, body: dict) -> int:
-        created = httpx.post(f"{self.url}/api/v1/sweeps", json=body, timeout=10)
-        assert created.status_code == 201, created.text
-        return created.json()["id"]
 
     def wait_for(self, sweep_id: int, status: str, timeout: float = 300) -> dict:
         return wait_until(lambda: (s := self.get(f"/sweeps/{sweep_id}"))["status"] == status and s, timeout,

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from e2e_processes import BIN, Processes, alive, free_port, kill, pids_with, wait_until
+from e2e_processes import BIN, Processes, ServerApi, alive, free_port, kill, pids_with, wait_until
 
 from sweeper.client import Client, LeaseLostError
 from sweeper.messages import ClaimRequest, CompleteReport, LeaseConflictReason, MetricsReport
@@ -37,7 +37,7 @@ def spec(epochs: int) -> dict:
             "train": {"epochs": epochs}}
 
 
-class Service:
+class Service(ServerApi):
     """A `sweeper serve` process, and the workers and agents started against it."""
 
     def __init__(self, processes: Processes, tmp_path: Path):
@@ -60,14 +60,6 @@ class Service:
 
     def training_children(self) -> list[int]:
         return pids_with("workers.agent", self.url)
-
-    def get(self, path: str) -> dict:
-        return httpx.get(f"{self.url}/api/v1{path}", timeout=10).json()
-
-    def submit(self, body: dict) -> int:
-        created = httpx.post(f"{self.url}/api/v1/sweeps", json=body, timeout=10)
-        assert created.status_code == 201, created.text
-        return created.json()["id"]
 
     def trial_with_epochs(self, sweep_id: int, epochs: int) -> dict:
         """The sweep's one trial, once it has reported `epochs` epochs."""
