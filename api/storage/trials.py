@@ -50,8 +50,9 @@ class TrialLeases(Store):
     def claim(self, request: ClaimRequest) -> Claimed | None:
         """Give the worker a trial to run, or None when there is no work.
 
-        In order: reap expired leases; hand a worker the trial it already holds (claiming is
-        idempotent, so a worker restarted under the same id resumes its own trial first); else the
+        In order: reap expired leases; hand a worker the trial it already holds (a worker restarted
+        under the same id resumes its own trial first, under a new lease token that fences off whatever
+        process held it before); else the
         oldest pending trial of a running sweep; else generate the next trial of the oldest running
         sweep that has some left. The worker is recorded as seen, with its host and GPU.
         """
@@ -137,9 +138,10 @@ class TrialLeases(Store):
     def fail(self, trial_id: int, report: FailReport) -> TrialRow:
         """Record a failure with its kind and traceback.
 
-        A retryable failure, or a crash (the worker process died: nothing says the configuration is
-        at fault), goes back to pending while the sweep's max_attempts allow; anything else (an error,
-        NaN, out of memory) fails for good and counts towards the sweep's max_failures.
+        A retryable failure, a crash (the worker process died) or an io failure (its logs or checkpoint
+        could not be written): nothing says the configuration is at fault, so it goes back to pending
+        while the sweep's max_attempts allow; anything else (an error, NaN, out of memory) fails for good
+        and counts towards the sweep's max_failures. The same report again (same token) changes nothing.
         """
         with self._session.begin():
             trial, sweep = self._held_trial(trial_id)
