@@ -183,7 +183,23 @@ def _cancel(trial: TrialLife, context: _Context) -> Step:
 
 
 def _prune(trial: TrialLife, context: _Context) -> Step:
+    # Not a failure: the trial ran, and its curve counts for the search (storage breaks a run of failures).
     return Step(replace(trial, state=TrialState.pruned, lease_end=TrialEvent.prune), action=Action.prune)
+
+
+def _told_to_stop(trial: TrialLife, context: _Context) -> Step:
+    """A heartbeat or report from the pruned trial's holder before it has stopped: the answer is prune again."""
+    return Step(trial, action=Action.prune, repeated=True)
+
+
+def _wound_up(event: TrialEvent) -> Effect:
+    """The pruned trial's holder ends its lease (complete with the metrics it reached, or fail or release on
+    the way out): the trial stays pruned; the same report again is a repeat."""
+
+    def effect(trial: TrialLife, context: _Context) -> Step:
+        return Step(replace(trial, lease_end=event))
+
+    return effect
 
 
 def _cancelled(trial: TrialLife, event: TrialEvent = TrialEvent.cancel) -> Step:
@@ -202,10 +218,17 @@ TRANSITIONS: dict[tuple[TrialState, TrialEvent], Effect] = {
     (_S.running, _E.release): _release,
     (_S.running, _E.expire): _expire,
     (_S.running, _E.prune): _prune,
+    # The server pruned the trial at an epoch report; its holder stops after that epoch and ends its lease.
+    (_S.pruned, _E.heartbeat): _told_to_stop,
+    (_S.pruned, _E.report): _told_to_stop,
+    (_S.pruned, _E.complete): _wound_up(_E.complete),
+    (_S.pruned, _E.fail): _wound_up(_E.fail),
+    (_S.pruned, _E.release): _wound_up(_E.release),
     # A running trial of an ended sweep is cancelled by its holder's next call (the answer says "cancel"),
     # or by a reclaim or its lease's expiry if the holder is gone.
 }
-"""Every allowed (state, event) and its effect; completed, failed, pruned and cancelled trials take no event."""
+"""Every allowed (state, event) and its effect. Completed, failed and cancelled trials take no event; a pruned
+one takes only its holder's last calls, under the lease that was pruned."""
 
 
 def apply(trial: TrialLife, event: TrialEvent, *, sweep: SweepStatus, caller: Caller | None = None,
@@ -240,7 +263,8 @@ def _repeats(trial: TrialLife, event: TrialEvent, caller: Caller) -> bool:
 
 
 def _require_lease(trial: TrialLife, caller: Caller) -> None:
-    if trial.state != TrialState.running:
+    winding_up = trial.state == TrialState.pruned and trial.lease_end is TrialEvent.prune
+    if trial.state != TrialState.running and not winding_up:
         raise LeaseConflict(f"is {trial.state.value}, not running: worker {caller.worker_id!r} holds no lease on it")
     if caller.worker_id != trial.worker_id:
         raise LeaseConflict(f"is leased to worker {trial.worker_id!r}, not to {caller.worker_id!r}",

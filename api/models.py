@@ -73,6 +73,8 @@ class SweepRow(Base):
     """Why the sweep ended early (failed or cancelled); None while it runs or once it completed."""
     consecutive_failures: Mapped[int] = mapped_column(default=0)
     """Trials failed for good since the last completed one; the sweep fails at its spec's max_failures."""
+    search_state: Mapped[dict[str, Any] | None]
+    """An adaptive sampler's study-wide state (Optuna's study system attributes), None until it keeps any."""
 
 
 class TrialRow(Base):
@@ -108,6 +110,12 @@ class TrialRow(Base):
     """The latest failed attempt's error, kept while a retry runs; cleared when the trial completes."""
     failure_kind: Mapped[FailureKind | None]
     traceback: Mapped[str | None] = mapped_column(Text)
+    search_state: Mapped[dict[str, Any] | None]
+    """What the sampler and the stopping rule keep of this trial (Optuna's trial system attributes: a
+    CMA-ES generation, the rungs it reached), so that a restarted server rebuilds the same study."""
+    pruned_at_epoch: Mapped[int | None]
+    """The epoch (from 0) after which the stopping rule pruned the trial; None unless it did."""
+    prune_reason: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
     """When the latest attempt started."""
@@ -123,6 +131,9 @@ class TrialEpochRow(Base):
     epoch: Mapped[int]
     metrics: Mapped[dict[str, Any]]
     reported_at: Mapped[datetime] = mapped_column(default=utcnow)
+    decision: Mapped[dict[str, Any] | None]
+    """The stopping rule's answer to this report ({"action": ..., "reason": ...}), stored before it was sent;
+    None where no rule judged it."""
 
 
 class WorkerRow(Base):

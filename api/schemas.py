@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, model_serializer
 
 from sweeper.messages import FailureKind, SweepStatus, TrialState
 
@@ -31,6 +31,10 @@ class TrialPublic(BaseModel):
     failure_kind: FailureKind | None
     """What kind of failure that was: error, nan, oom, or crash (a worker process died or was lost)."""
     traceback: str | None
+    pruned_at_epoch: int | None = None
+    """The epoch (from 0) after which the sweep's stopping rule pruned the trial; null unless it did."""
+    prune_reason: str | None = None
+    """Why: the rung or epoch, the trial's value, the cutoff, and how many trials it was compared with."""
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -50,6 +54,16 @@ class EpochMetrics(BaseModel):
     epoch: int
     metrics: dict[str, float | None]
     """What the trial logged that epoch, the learning rate it trained with included."""
+    decision: dict[str, Any] | None = None
+    """The stopping rule's answer to this epoch's report ("continue" or "prune") and what it compared; left
+    out where the sweep has no stopping rule."""
+
+    @model_serializer(mode="wrap")
+    def _without_absent_decision(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if data.get("decision") is None:
+            data.pop("decision", None)
+        return data
 
 
 class TrialDetail(TrialPublic):

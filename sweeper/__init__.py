@@ -10,8 +10,9 @@ from sweeper._domains import Discrete, Domain, Fixed, IntInterval, RealInterval
 from sweeper._errors import (InfrastructureError, NonFiniteLossError, RetryableError, SpecError, SweeperError,
                              TrialAbandonedError, UnknownTrialError)
 from sweeper._registry import PluginError, datasets, models
-from sweeper._spec import Objective, SearchSettings, SweepSpec, TrainSettings, load_spec, parse_spec, read_spec_text
-from sweeper._strategies import GridStrategy, RandomStrategy, Strategy, make_strategy
+from sweeper._spec import (Objective, SearchSettings, Stopping, SweepSpec, TrainSettings, load_spec, parse_spec,
+                           read_spec_text)
+from sweeper._strategies import AdaptiveStrategy, GridStrategy, RandomStrategy, Strategy, make_strategy
 from sweeper.plugins import register_dataset, register_model
 
 __version__ = "0.1.0"
@@ -21,7 +22,8 @@ __all__ = [
     "InfrastructureError", "NonFiniteLossError", "RetryableError", "SpecError", "SweeperError", "PluginError",
     "TrialAbandonedError", "UnknownTrialError",
     "datasets", "models", "register_dataset", "register_model",
-    "Objective", "SearchSettings", "SweepSpec", "TrainSettings", "load_spec", "parse_spec", "read_spec_text",
-    "GridStrategy", "RandomStrategy", "Strategy", "make_strategy",
+    "Objective", "SearchSettings", "Stopping", "SweepSpec", "TrainSettings", "load_spec", "parse_spec",
+    "read_spec_text",
+    "AdaptiveStrategy", "GridStrategy", "RandomStrategy", "Strategy", "make_strategy",
     "log_files",
 ]

@@ -52,11 +52,42 @@ class Objective(_Strict):
         return a > b if self.goal == "maximize" else a < b
 
 
+ADAPTIVE_STRATEGIES = ("tpe", "gp", "cmaes", "nsga2")
+"""Strategies that propose each configuration from the results so far (Optuna's samplers, run by the server)."""
+
+
 class SearchSettings(_Strict):
-    strategy: Literal["grid", "random"] = "random"
+    strategy: Literal["grid", "random", "tpe", "gp", "cmaes", "nsga2"] = "random"
     max_trials: PositiveInt | None = None
     seed: int = 0
     grid_points: int = Field(default=2, ge=2, le=1000)
+
+    @property
+    def adaptive(self) -> bool:
+        """True when each configuration is proposed from the trials so far, at claim time."""
+        return self.strategy in ADAPTIVE_STRATEGIES
+
+
+class Stopping(_Strict):
+    """Early stopping decided by the server at every epoch report: trials that will not win end pruned."""
+
+    rule: Literal["asha", "hyperband", "median", "none"] = "none"
+    min_epochs: int = Field(default=1, ge=1, le=100_000)
+    """asha and hyperband: the first rung (epochs trained before the first comparison); median: the first
+    epoch at which a trial may be stopped."""
+    reduction_factor: int = 3
+    """asha and hyperband: 1 in reduction_factor trials goes on at each rung."""
+
+    @field_validator("reduction_factor")
+    @classmethod
+    def _halving(cls, factor: int) -> int:
+        if not 2 <= factor <= 100:
+            raise ValueError(f"must be >= 2 and <= 100, but got {factor}")
+        return factor
+
+    @property
+    def active(self) -> bool:
+        return self.rule != "none"
 
 
 LOSSES = ("sparse_categorical_crossentropy", "categorical_crossentropy", "categorical_focal_crossentropy",
@@ -122,6 +153,7 @@ class SweepSpec(_Strict):
     objective: Objective
     hparams: Annotated[dict[HParamName, Any], Field(min_length=1), _at_most(MAX_HPARAMS, "hparams")]
     search: SearchSettings = SearchSettings()
+    stopping: Stopping | None = None
     train: TrainSettings = TrainSettings()
     max_attempts: int = Field(default=3, ge=1, le=100)
     """Claims a trial gets: a lost worker's or a retryable failure's trial is retried until then."""
@@ -161,6 +193,11 @@ class SweepSpec(_Strict):
             if any(isinstance(domain, (RealInterval, IntInterval)) for domain in self.search_space().values()):
                 raise ValueError("search.max_trials is required for random search over intervals")
         return self
+
+    @property
+    def stops_early(self) -> bool:
+        """True when a stopping rule judges every epoch report."""
+        return self.stopping is not None and self.stopping.active
 
     def search_space(self) -> dict[str, SearchDomain]:
         """Every hparam as a domain; bare values become Fixed."""
@@ -213,6 +250,7 @@ def parse_spec(data: Any, source: str | None = None) -> SweepSpec:
     problems += check_schedule_hparams(spec.search_space())
     problems += _registry.models.check_hparams(spec.model, spec.search_space())
     problems += _check_metric_names(spec)
+    problems += _check_search(spec)
     problems += [(("hparams", f"log10_{name}"), f"clashes with the log10_{name} column that TensorBoard shows for "
                                               f"log-scaled {name}; rename it")
                  for name in spec.log_scaled() if f"log10_{name}" in spec.hparams]
@@ -230,6 +268,28 @@ def _check_metric_names(spec: SweepSpec) -> list[tuple[tuple[str | int, ...], st
     return [(path, f"{name!r} is not a metric the trial logs; with train.metrics {spec.train.metrics} "
                    f"it logs: {', '.join(logged)}")
             for path, name in watched if name not in logged]
+
+
+def _check_search(spec: SweepSpec) -> list[tuple[tuple[str | int, ...], str]]:
+    """What an adaptive strategy or a stopping rule needs of the rest of the spec; docs/spec.md explains each limit."""
+    problems: list[tuple[tuple[str | int, ...], str]] = []
+    search, space = spec.search, spec.search_space()
+    if search.adaptive and search.max_trials is None:
+        problems.append((("search", "max_trials"), f"is required for {search.strategy} search: it proposes "
+                                                    "configurations without end"))
+    intervals = [name for name, domain in space.items() if isinstance(domain, (RealInterval, IntInterval))]
+    if search.strategy == "cmaes" and not intervals:
+        problems.append((("search", "strategy"), "cmaes searches real_interval and int_interval hparams, and this "
+                                                 "space has none; use tpe for a space of listed values"))
+    conditional = [name for name, domain in space.items() if domain.when]
+    if search.strategy == "gp" and conditional:
+        problems.append((("search", "strategy"), f"gp cannot search conditional hparams ({', '.join(conditional)} "
+                                                 "have a when); use tpe, which can"))
+    stopping = spec.stopping
+    if stopping is not None and stopping.active and stopping.min_epochs > spec.train.epochs:
+        problems.append((("stopping", "min_epochs"), f"must be <= train.epochs ({spec.train.epochs}), but got "
+                                                     f"{stopping.min_epochs}: no trial would reach the first decision"))
+    return problems
 
 
 def load_spec(path: str | Path) -> SweepSpec:

@@ -153,5 +153,27 @@ def _check_index(index: int, total: int) -> None:
         raise IndexError(f"trial index must satisfy 0 <= index < {total}, but got {index}")
 
 
+class AdaptiveStrategy:
+    """A strategy whose trial k depends on the results of trials 0..k-1: the server's sampler proposes it at
+    claim time (api.search), so it is not a function of the index alone. Here: how many trials it runs.
+
+    In a space of listed values it runs at most as many trials as there are configurations, none repeated.
+    """
+
+    def __init__(self, spec: SweepSpec):
+        assert spec.search.max_trials is not None, "the spec requires max_trials for adaptive search"
+        space = spec.search_space()
+        listed = all(isinstance(domain, (Discrete, Fixed)) for domain in space.values())
+        self.size: int | None = ConditionalGrid(space, points=2).size if listed else None
+        self.total = spec.search.max_trials if self.size is None else min(self.size, spec.search.max_trials)
+        self.strategy = spec.search.strategy
+
+    def config_at(self, index: int) -> Config:
+        raise NotImplementedError(f"{self.strategy} search proposes each trial from the results so far, "
+                                  "at claim time on the server (api.search), not from its index")
+
+
 def make_strategy(spec: SweepSpec) -> Strategy:
+    if spec.search.adaptive:
+        return AdaptiveStrategy(spec)
     return {"grid": GridStrategy, "random": RandomStrategy}[spec.search.strategy](spec)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, bindparam, exists, select
+from sqlalchemy import Select, Table, bindparam, exists, select
 from sqlalchemy.engine import Row
 
 from sweeper.messages import FailureKind, SweepStatus, TrialState
@@ -96,7 +96,18 @@ FINISH_SWEEP = (SWEEPS.update()
                 .values(status=SweepStatus.completed, finished_at=bindparam("now")))
 """The sweep is completed if every trial was handed out and none is pending or running."""
 
-EPOCH_ID = select(EPOCHS.c.id).where(EPOCHS.c.trial_id == bindparam("trial"), EPOCHS.c.epoch == bindparam("epoch"))
+EPOCH_DECISION = (select(EPOCHS.c.id, EPOCHS.c.decision)
+                  .where(EPOCHS.c.trial_id == bindparam("trial"), EPOCHS.c.epoch == bindparam("epoch")))
+"""An epoch's report, if stored, with the stopping rule's decision on it."""
+STORE_DECISION = (EPOCHS.update()
+                  .where(EPOCHS.c.trial_id == bindparam("trial"), EPOCHS.c.epoch == bindparam("epoch_index")))
+
+
+def trial_curve(metric: str) -> Select[Any]:
+    """A trial's `metric` at each epoch it reported (the stopping rule's input)."""
+    return (select(EPOCHS.c.epoch, TrialEpochRow.metrics[metric].as_float().label("value"))
+            .where(EPOCHS.c.trial_id == bindparam("trial")).order_by(EPOCHS.c.epoch))
+
 UPDATE_EPOCH = EPOCHS.update().where(EPOCHS.c.id == bindparam("row"))
 INSERT_EPOCH = EPOCHS.insert()
 
@@ -122,6 +133,9 @@ class TrialRecord:
     error: str | None
     failure_kind: FailureKind | None
     traceback: str | None
+    search_state: dict[str, Any] | None
+    pruned_at_epoch: int | None
+    prune_reason: str | None
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None

@@ -31,6 +31,7 @@ from api import lifecycle
 from api.claims import statements as sql
 from api.lifecycle import OPEN, Caller, SweepEvent, TrialEvent, TrialLife
 from api.models import Base, SweepRow, TrialRow, WorkerRow, utcnow
+from api.search.decisions import Search
 
 logger = logging.getLogger("api.storage")
 
@@ -64,12 +65,19 @@ class SweepStateError(SweeperError):
 
 @dataclass(frozen=True)
 class SweepPlan:
-    """A sweep's parsed spec and its (stateless) strategy."""
+    """A sweep's parsed spec, its strategy, and its adaptive search or stopping rule, if it has either."""
 
     spec: SweepSpec
     strategy: Strategy
     stored_spec: dict[str, Any]
     """The spec as stored (SweepRow.spec), so a claim needs not read and decode it again; never modified."""
+    search: Search | None = None
+    """The sampler and pruner over the sweep's study in memory (api.search), kept in step with the database."""
+
+    @classmethod
+    def of(cls, sweep_id: int, spec: SweepSpec, stored: dict[str, Any]) -> SweepPlan:
+        search = Search(sweep_id, spec) if spec.search.adaptive or spec.stops_early else None
+        return cls(spec, make_strategy(spec), stored, search)
 
 
 class PlanCache:
@@ -95,8 +103,7 @@ class PlanCache:
                 self._plans.move_to_end(sweep_id)
                 return plan
         stored = stored_spec()
-        spec = parse_spec(stored)
-        plan = SweepPlan(spec, make_strategy(spec), stored)
+        plan = SweepPlan.of(sweep_id, parse_spec(stored), stored)
         self.put(sweep_id, plan)
         return plan
 

@@ -67,7 +67,7 @@ class SweepStore(Store):
                              total_trials=strategy.total, next_index=0, created_at=self._clock())
             self._session.add(sweep)
             self._session.flush()
-            self._plans.put(sweep.id, SweepPlan(spec, strategy, stored))
+            self._plans.put(sweep.id, SweepPlan.of(sweep.id, spec, stored))
             if on_created is not None:
                 on_created(sweep.id)
         return SweepSummary(sweep, dict.fromkeys(TrialState, 0), None, strategy.size)

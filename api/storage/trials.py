@@ -9,6 +9,7 @@ and returns plain records; the rarer paths (fail, release, reaping) go through t
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 from sqlalchemy import Connection, Row, select
 
 from sweeper import SweeperError
-from sweeper.messages import (ClaimRequest, CompleteReport, Directive, FailReport, FailureKind, HeartbeatRequest,
+from sweeper.messages import (Action, ClaimRequest, CompleteReport, Directive, FailReport, FailureKind, HeartbeatRequest,
                               MetricsReport, ReleaseReport, SweepStatus, TrialState)
 
 from api import lifecycle
@@ -79,30 +80,75 @@ class TrialLeases(Store):
                                          Caller(request.worker_id, request.lease_token))
             now = self._clock()
             self._seen(request.worker_id, now, connection=connection)
-            self._update_trial(connection, trial_id, lease_expires_at=now + self._policy.lease)
+            if not step.repeated:  # a pruned trial has no lease left to extend
+                self._update_trial(connection, trial_id, lease_expires_at=now + self._policy.lease)
             return Directive(action=step.action)
 
     def report_metrics(self, trial_id: int, report: MetricsReport) -> Directive:
-        """Store one epoch's metrics and extend the lease.
+        """Store one epoch's metrics and extend the lease; with a stopping rule, judge the trial.
 
         Stored once per (trial, epoch): a trial resumed from a checkpoint reports its later epochs again,
-        and a repeated epoch replaces the earlier report.
+        and a repeated epoch replaces the earlier report. The stopping rule's decision on an epoch is stored
+        with it, before the answer is sent: the same epoch reported again gets the same answer, from any
+        server process, after any restart. A pruned trial ends here; its worker stops after this epoch.
         """
         with self._session.begin():
             connection = self._session.connection()
-            _, step = self._lease_holder(connection, trial_id, TrialEvent.report,
-                                         Caller(report.worker_id, report.lease_token))
+            held, step = self._lease_holder(connection, trial_id, TrialEvent.report,
+                                            Caller(report.worker_id, report.lease_token))
+            if step.repeated:  # the report that pruned it, sent again
+                return Directive(action=step.action)
             now = self._clock()
             self._seen(report.worker_id, now, connection=connection)
             values = {"metrics": finite(report.metrics), "reported_at": now}
-            row_id = connection.execute(sql.EPOCH_ID, {"trial": trial_id, "epoch": report.epoch}).scalar()
-            if row_id is None:
+            stored = connection.execute(sql.EPOCH_DECISION, {"trial": trial_id, "epoch": report.epoch}).first()
+            if stored is None:
                 connection.execute(sql.INSERT_EPOCH, {"trial_id": trial_id, "epoch": report.epoch, **values})
             else:
-                connection.execute(sql.UPDATE_EPOCH, {"row": row_id, **values})
-                self._loaded_copy_takes(TrialEpochRow, row_id, values)
+                connection.execute(sql.UPDATE_EPOCH, {"row": stored.id, **values})
+                self._loaded_copy_takes(TrialEpochRow, stored.id, values)
             self._update_trial(connection, trial_id, lease_expires_at=now + self._policy.lease)
-            return Directive(action=step.action)
+            if step.action != Action.continue_:
+                return Directive(action=step.action)
+            plan = self._plan(connection, held.sweep_id)
+            if not plan.spec.stops_early:
+                return Directive(action=step.action)
+            if stored is not None and stored.decision is not None:
+                decision = stored.decision  # answered before: the same answer
+            else:
+                decision = self._judge(connection, held, plan, report.epoch)
+            if decision.get("action") != Action.prune:
+                return Directive(action=Action.continue_)
+            self._prune(connection, held, report, decision, now)
+            return Directive(action=Action.prune)
+
+    def _judge(self, connection: Connection, held: Row[Any], plan: SweepPlan, epoch: int) -> dict[str, Any]:
+        """The stopping rule's decision on the trial after `epoch`, stored with the epoch's report."""
+        assert plan.search is not None
+        metric = plan.spec.objective.metric
+        curve = {row.epoch + 1: math.nan if row.value is None else float(row.value)
+                 for row in connection.execute(sql.trial_curve(metric), {"trial": held.id})}
+        decision, attrs = plan.search.decide(connection, held.index, epoch, curve)
+        stored = decision.stored()
+        connection.execute(sql.STORE_DECISION, {"trial": held.id, "epoch_index": epoch, "decision": stored})
+        if attrs != (held.search_state or {}):
+            self._update_trial(connection, held.id, search_state=attrs)
+        return stored
+
+    def _prune(self, connection: Connection, held: Row[Any], report: MetricsReport, decision: dict[str, Any],
+               now: datetime) -> None:
+        step = lifecycle.apply(life_of(held), TrialEvent.prune, sweep=held.sweep_status,
+                               caller=Caller(report.worker_id, report.lease_token))
+        reason = str(decision.get("reason") or "pruned by the stopping rule")
+        logger.info("trial %d pruned after epoch %d: %s", held.id, report.epoch + 1, reason)
+        self._update_trial(connection, held.id, state=step.trial.state, lease_end=step.trial.lease_end,
+                           lease_expires_at=None, finished_at=now, pruned_at_epoch=report.epoch,
+                           prune_reason=reason)
+        if held.sweep_consecutive_failures:  # a pruned trial ran: it breaks a run of failures
+            self._update_sweep(connection, held.sweep_id, consecutive_failures=0)
+        if held.sweep_next_index >= held.sweep_total_trials:
+            if connection.execute(sql.FINISH_SWEEP, {"sweep": held.sweep_id, "now": now}).rowcount:
+                self._loaded_copy_takes(SweepRow, held.sweep_id, {"status": SweepStatus.completed, "finished_at": now})
 
     def complete(self, trial_id: int, report: CompleteReport) -> sql.TrialRecord:
         """Record the final metrics and end the lease: completed, or cancelled if its sweep has ended.
@@ -304,13 +350,23 @@ class TrialLeases(Store):
         with the stored next_index: no trial is skipped or repeated.
         """
         while (sweep := connection.execute(sql.NEXT_SWEEP).first()) is not None:
+            search_state: dict[str, Any] | None = None
             try:
-                hparams = self._plan(connection, sweep.id).strategy.config_at(sweep.next_index)
+                plan = self._plan(connection, sweep.id)
+                if plan.spec.search.adaptive:
+                    assert plan.search is not None
+                    proposal = plan.search.propose(connection, sweep.next_index)
+                    hparams, search_state = proposal.config, proposal.trial_state
+                    if proposal.sweep_state is not None:
+                        self._update_sweep(connection, sweep.id, search_state=proposal.sweep_state)
+                else:
+                    hparams = plan.strategy.config_at(sweep.next_index)
             except (SweeperError, IndexError) as error:
                 # E.g. its model was unregistered since: the sweep cannot go on, the others can.
                 logger.error("sweep %d cannot generate trial %d, marking it failed: %s", sweep.id,
                              sweep.next_index, error)
-                self._update_sweep(connection, sweep.id, status=SweepStatus.failed, finished_at=now)
+                self._update_sweep(connection, sweep.id, status=SweepStatus.failed, finished_at=now,
+                                   status_reason=f"cannot generate trial {sweep.next_index}: {error}")
                 continue
             if connection.execute(sql.ADVANCE_SWEEP, {"sweep": sweep.id, "index": sweep.next_index}).rowcount != 1:
                 raise RuntimeError(f"sweep {sweep.id}'s trial {sweep.next_index} was generated by another claim")
@@ -321,7 +377,8 @@ class TrialLeases(Store):
                 "sweep_id": sweep.id, "index": sweep.next_index, "state": claimed.state, "hparams": hparams,
                 "metrics": {}, "attempts": claimed.attempts, "worker_id": claimed.worker_id,
                 "lease_expires_at": now + self._policy.lease, "lease_token": claimed.lease_token, "lease_end": None,
-                "error": None, "failure_kind": None, "traceback": None, "created_at": now, "started_at": now,
+                "error": None, "failure_kind": None, "traceback": None, "search_state": search_state,
+                "pruned_at_epoch": None, "prune_reason": None, "created_at": now, "started_at": now,
                 "finished_at": None}
             [trial_id] = connection.execute(sql.INSERT_TRIAL, values).inserted_primary_key
             return sql.TrialRecord(id=trial_id, **values)

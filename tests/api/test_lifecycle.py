@@ -48,17 +48,18 @@ X, R = CONFLICT, REPEATED  # short, to keep the tables' columns in line
 STATES = ("pending", "running", "completed", "failed", "pruned", "cancelled")
 
 # Each event (a row) on the trial in each state (a column): a running sweep, retry False, max_attempts 2,
-# the running trial on its first attempt.
+# the running trial on its first attempt. The pruned trial was pruned at a report of its holder, who may still
+# heartbeat or report before it stops (the answer is prune again) and then ends its lease; it stays pruned.
 # fmt: off
 TABLE: dict[str, tuple[str, ...]] = {
     #              pending      running      completed  failed  pruned  cancelled
     "claim":     ("running",   X,           X,         X,      X,      X),
     "reclaim":   (X,           "running",   X,         X,      X,      X),
-    "heartbeat": (X,           "running",   X,         X,      X,      X),
-    "report":    (X,           "running",   X,         X,      X,      X),
-    "complete":  (X,           "completed", R,         X,      X,      X),
-    "fail":      (X,           "failed",    X,         R,      X,      X),
-    "release":   (R,           "pending",   X,         X,      X,      X),
+    "heartbeat": (X,           "running",   X,         X,      R,      X),  # pruned: told to prune again
+    "report":    (X,           "running",   X,         X,      R,      X),
+    "complete":  (X,           "completed", R,         X,      "pruned", X),  # pruned: its holder winds up
+    "fail":      (X,           "failed",    X,         R,      "pruned", X),
+    "release":   (R,           "pending",   X,         X,      "pruned", X),
     "expire":    (X,           "pending",   X,         X,      X,      X),  # a crash: retried, an attempt left
     "cancel":    ("cancelled", X,           X,         X,      X,      X),  # running: cancelled at its next call
     "prune":     (X,           "pruned",    X,         X,      X,      X),
@@ -295,11 +296,23 @@ def test_a_stale_token_cannot_end_a_reclaimed_trial(event: TrialEvent) -> None:
     assert _outcome(reclaimed, event, caller=Caller("w", reclaimed.lease_token))[0] != CONFLICT
 
 
-@pytest.mark.parametrize("ending", ["expire", "prune"])
 @pytest.mark.parametrize("event", WORKER_CALLS)
-def test_no_report_is_a_repeat_after_the_server_ended_the_lease(ending: str, event: TrialEvent) -> None:
-    ended = apply(TRIALS["running"], TrialEvent(ending), sweep=SweepStatus.running).trial
+def test_no_report_is_a_repeat_after_the_server_ended_the_lease(event: TrialEvent) -> None:
+    ended = apply(TRIALS["running"], TrialEvent.expire, sweep=SweepStatus.running).trial
     assert _outcome(ended, event, caller=HOLDER)[0] == CONFLICT
+
+
+@pytest.mark.parametrize("event", WORKER_CALLS)
+def test_a_pruned_trial_takes_the_last_calls_of_its_holder_only(event: TrialEvent) -> None:
+    pruned = apply(TRIALS["running"], TrialEvent.prune, sweep=SweepStatus.running).trial
+    assert _outcome(pruned, event, caller=HOLDER)[0] != CONFLICT
+    assert _outcome(pruned, event, caller=Caller("w", 2))[0] == CONFLICT  # an older lease of the same worker
+    assert _outcome(pruned, event, caller=Caller("v", 3))[0] == CONFLICT
+    if event in LEASE_ENDINGS:  # once wound up, the lease is over: only the same report again is accepted
+        wound_up = apply(pruned, event, sweep=SweepStatus.running, caller=HOLDER).trial
+        assert wound_up.state == TrialState.pruned
+        assert _outcome(wound_up, TrialEvent.heartbeat, caller=HOLDER)[0] == CONFLICT
+        assert _outcome(wound_up, event, caller=HOLDER)[0] == REPEATED
 
 
 # -- the sweep -------------------------------------------------------------------------------------------
@@ -400,6 +413,8 @@ class Leases(RuleBasedStateMachine):
         """Per trial: (process, token) of the lease the server gave out and that has not ended."""
         self.repeatable: list[tuple[int, TrialEvent, int] | None] = []
         """Per trial: (process, event, token) of the report that ended its lease, while nothing changed it since."""
+        self.winding_up: list[tuple[int, int] | None] = []
+        """Per trial: (process, token) of the lease the server pruned, until its holder ends it."""
         self.issued: list[list[int]] = []
         self.claims_counted: list[int] = []
         self.completes: list[int] = []
@@ -416,6 +431,7 @@ class Leases(RuleBasedStateMachine):
         self.max_attempts = max_attempts
         self.holder = [None] * trials
         self.repeatable = [None] * trials
+        self.winding_up = [None] * trials
         self.issued = [[] for _ in range(trials)]
         self.claims_counted = [0] * trials
         self.completes = [0] * trials
@@ -492,6 +508,8 @@ class Leases(RuleBasedStateMachine):
         running = [index for index, trial in enumerate(self.trials) if trial.state is TrialState.running]
         index = running[pick % len(running)]
         self._store(index, self._apply(index, event))
+        if event is TrialEvent.prune:  # its holder is told at its next call, and may still end its lease
+            self.winding_up[index] = self.holder[index]
         self._lease_ended(index)
 
     # Cancelling is the rarer control, so that most runs see trials finish before their sweep ends.
@@ -512,6 +530,9 @@ class Leases(RuleBasedStateMachine):
     def _call(self, process: int, index: int, token: int, event: TrialEvent, retry: bool) -> None:
         worker = self.processes[process]
         trial = self.trials[index]
+        if self.winding_up[index] == (process, token):
+            self._wind_up(process, index, token, event, retry)
+            return
         if self.holder[index] == (process, token):
             expected = "holder"
         elif event in LEASE_ENDINGS and self.repeatable[index] == (process, event, token):
@@ -543,6 +564,23 @@ class Leases(RuleBasedStateMachine):
             self.claims_counted[index] -= 1
         if event is TrialEvent.complete:
             self.completes[index] += 1
+
+    def _wind_up(self, process: int, index: int, token: int, event: TrialEvent, retry: bool) -> None:
+        """A call from the holder of a pruned lease: told to prune again, or it ends the lease; the trial stays
+        pruned either way, its attempts untouched."""
+        worker = self.processes[process]
+        trial = self.trials[index]
+        step = self._apply(index, event, Caller(worker.worker_id, token), retry)
+        assert step.trial.state is TrialState.pruned and step.trial.attempts == trial.attempts
+        if event not in LEASE_ENDINGS:
+            assert step.repeated and step.action is Action.prune and step.trial == trial
+            return
+        self.trials[index] = step.trial
+        self.finished[index] = step.trial  # the lease ending is the last change it takes
+        self.winding_up[index] = None
+        self.repeatable[index] = (process, event, token)
+        del worker.believes[index]
+        worker.endings.append((index, event, token, retry))
 
     def _call_as_believed(self, process: int, pick: int, event: TrialEvent, retry: bool) -> None:
         """A call on a trial the process believes it holds: its latest claim, unless `pick` goes further back."""
@@ -608,8 +646,11 @@ class Leases(RuleBasedStateMachine):
                     continue
                 able.append(number)
             holder = self.holder[index]
+            winding_up = self.winding_up[index]
             if trial.state is TrialState.running:
                 assert holder is not None and able == [holder[0]], f"trial {index}: {able} can act, holder {holder}"
+            elif winding_up is not None:  # pruned: its last holder alone may still call, to be told so
+                assert holder is None and able == [winding_up[0]], f"trial {index}: {able} can call, pruned"
             else:
                 assert holder is None and able == [], f"trial {index} is {trial.state.value}, yet {able} can act"
 
