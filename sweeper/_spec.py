@@ -283,8 +283,8 @@ def _check_search(spec: SweepSpec) -> list[tuple[tuple[str | int, ...], str]]:
                                                  "space has none; use tpe for a space of listed values"))
     conditional = [name for name, domain in space.items() if domain.when]
     if search.strategy == "gp" and conditional:
-        problems.append((("search", "strategy"), f"gp cannot search conditional hparams ({', '.join(conditional)} "
-                                                 "have a when); use tpe, which can"))
+        problems.append((("search", "strategy"), f"gp cannot search conditional hparams (those with a when: "
+                                                 f"{', '.join(conditional)}); use tpe, which can"))
     stopping = spec.stopping
     if stopping is not None and stopping.active and stopping.min_epochs > spec.train.epochs:
         problems.append((("stopping", "min_epochs"), f"must be <= train.epochs ({spec.train.epochs}), but got "

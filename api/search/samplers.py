@@ -19,9 +19,6 @@ from optuna.samplers import BaseSampler, CmaEsSampler, NSGAIISampler, RandomSamp
 
 from sweeper import SweepSpec
 
-# TPE's `group` has been experimental since Optuna 2.8; the warning would be logged at every claim.
-warnings.filterwarnings("ignore", message=".*``group``.*", category=ExperimentalWarning)
-
 NSGA2_POPULATION = (8, 50)
 """NSGA-II's generation size: a quarter of max_trials, within these bounds (Optuna's default is 50, which
 would leave a sweep of 60 trials with one generation of random configurations)."""
@@ -40,8 +37,7 @@ def sampler_for(spec: SweepSpec) -> Callable[[int], BaseSampler]:
         # multivariate and group: joint densities, split where conditions switch hparams off; constant_liar:
         # running trials count as bad results, so 64 workers claiming at once spread out instead of piling
         # onto the same promising corner. Both set explicitly, as Optuna's defaults have changed before.
-        return lambda number: TPESampler(seed=trial_seed(search.seed, number), multivariate=True, group=True,
-                                         constant_liar=True)
+        return lambda number: _tpe(trial_seed(search.seed, number))
     if search.strategy == "gp":
         return lambda number: optuna.samplers.GPSampler(seed=trial_seed(search.seed, number))
     if search.strategy == "cmaes":
@@ -55,6 +51,13 @@ def sampler_for(spec: SweepSpec) -> Callable[[int], BaseSampler]:
         population = max(low, min(high, search.max_trials // 4))
         return lambda number: NSGAIISampler(seed=trial_seed(search.seed, number), population_size=population)
     raise ValueError(f"{search.strategy} search has no sampler: it is not adaptive")
+
+
+def _tpe(seed: int) -> TPESampler:
+    with warnings.catch_warnings():
+        # `group` has been experimental since Optuna 2.8; the warning would be logged at every claim.
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        return TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
 
 
 def gp_available() -> str | None:
