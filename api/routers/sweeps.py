@@ -14,6 +14,7 @@ from sweeper.log_location import sweep_dir
 from sweeper.messages import SweepStatus, TrialState
 
 from api.deps import ContextDep, RepositoryDep
+from api.search.samplers import require_sampler
 from api.json_guard import StrictJSONRoute
 from api.schemas import (COMMON_ERRORS, ObjectivePublic, SweepPlanPublic, SweepPublic, SweepsPublic, TrialPublic,
                          TrialsPublic, error_responses)
@@ -61,6 +62,7 @@ def create_sweep(body: SpecBody, request: Request, repository: RepositoryDep, co
     """Create a sweep from a spec, JSON or YAML; trials are generated as workers claim them. A spec with a
     mistake creates nothing and answers 422 with every problem and its field path."""
     spec = parse_spec(spec_document(body, request.headers.get("content-type")))
+    require_sampler(spec)
     # Written before the sweep is committed: a sweep that exists always has its TensorBoard config.
     summary = repository.create_sweep(
         spec, max_trials=context.settings.max_sweep_trials,
@@ -74,6 +76,7 @@ def validate_sweep(body: SpecBody, request: Request) -> SweepPlanPublic:
     """Check a spec (JSON or YAML) without creating anything: its problems (422), or how large its search is
     and the spec with its defaults filled in."""
     spec = parse_spec(spec_document(body, request.headers.get("content-type")))
+    require_sampler(spec)
     strategy = make_strategy(spec)
     return SweepPlanPublic(space_size=strategy.size, total_trials=strategy.total, spec=spec.to_json())
 

@@ -17,7 +17,7 @@ import optuna
 from optuna.exceptions import ExperimentalWarning
 from optuna.samplers import BaseSampler, CmaEsSampler, NSGAIISampler, RandomSampler, TPESampler
 
-from sweeper import SweepSpec
+from sweeper import SpecError, SweepSpec
 
 NSGA2_POPULATION = (8, 50)
 """NSGA-II's generation size: a quarter of max_trials, within these bounds (Optuna's default is 50, which
@@ -58,6 +58,13 @@ def _tpe(seed: int) -> TPESampler:
         # `group` has been experimental since Optuna 2.8; the warning would be logged at every claim.
         warnings.simplefilter("ignore", ExperimentalWarning)
         return TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
+
+
+def require_sampler(spec: SweepSpec) -> None:
+    """SpecError (422 at search.strategy) when this server cannot run the spec's sampler."""
+    missing = gp_available() if spec.search.strategy == "gp" else None
+    if missing is not None:
+        raise SpecError([(("search", "strategy"), missing)])
 
 
 def gp_available() -> str | None:

@@ -230,3 +230,14 @@ def test_a_space_a_strategy_cannot_search_is_refused_naming_one_that_can(client:
     [error] = response.json()["detail"]
     assert error["loc"] == ["body", "search", field] and error["msg"].startswith(problem)
     assert client.get(f"{API}/sweeps").json()["count"] == 0
+
+
+def test_gp_is_refused_where_the_server_lacks_pytorch_naming_the_extra(client: TestClient, monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "torch", None)  # `import torch` raises ImportError, as uninstalled
+
+    response = client.post(f"{API}/sweeps", json=adaptive_spec("gp"))
+
+    assert response.status_code == 422, response.text
+    [error] = response.json()["detail"]
+    assert error["loc"] == ["body", "search", "strategy"]
+    assert "pip install 'sweeper[gp]'" in error["msg"] and "use tpe" in error["msg"]
