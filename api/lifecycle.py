@@ -291,6 +291,8 @@ class SweepEvent(StrEnum):
     """Too many trials failed in a row, or the search cannot generate its next trial."""
     finish = "finish"
     """Every trial was handed out and none is pending or running."""
+    extend = "extend"
+    """More trials: a completed sweep runs again, a running or paused one keeps its status."""
 
 
 _SWEEP_TRANSITIONS: dict[tuple[SweepStatus, SweepEvent], SweepStatus] = {
@@ -300,9 +302,12 @@ _SWEEP_TRANSITIONS: dict[tuple[SweepStatus, SweepEvent], SweepStatus] = {
     **{(status, SweepEvent.fail): SweepStatus.failed for status in OPEN},
     # A paused sweep with nothing left to run is done too: pausing only holds back trials not yet started.
     **{(status, SweepEvent.finish): SweepStatus.completed for status in OPEN},
+    # A cancelled or failed sweep was stopped on purpose or for a reason: extending it would hide that.
+    **{(status, SweepEvent.extend): status for status in OPEN},
+    (SweepStatus.completed, SweepEvent.extend): SweepStatus.running,
 }
 _DONE = {SweepEvent.pause: "paused", SweepEvent.resume: "resumed", SweepEvent.cancel: "cancelled",
-         SweepEvent.fail: "failed", SweepEvent.finish: "completed"}
+         SweepEvent.fail: "failed", SweepEvent.finish: "completed", SweepEvent.extend: "extended"}
 
 
 def sweep_after(status: SweepStatus, event: SweepEvent) -> SweepStatus:

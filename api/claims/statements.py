@@ -61,7 +61,7 @@ NEXT_PENDING = (select(TRIALS)
 START_PENDING = TRIALS.update().where(TRIALS.c.id == bindparam("trial"), TRIALS.c.state == TrialState.pending)
 """Compare-and-set: a pending trial becomes running; it matches no row if another claim took it first."""
 
-NEXT_SWEEP = (select(SWEEPS.c.id, SWEEPS.c.next_index)
+NEXT_SWEEP = (select(SWEEPS.c.id, SWEEPS.c.next_index, SWEEPS.c.total_trials)
               .where(SWEEPS.c.status == SweepStatus.running, SWEEPS.c.next_index < SWEEPS.c.total_trials)
               .order_by(SWEEPS.c.id).limit(1).with_for_update())
 """The oldest running sweep with trials left to generate."""

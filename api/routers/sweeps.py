@@ -1,10 +1,12 @@
 """Sweeps: create one from a spec (JSON or YAML), list them, read one with its trials, its best trial and its
-objective curve; pause, resume or cancel one.
+objective curve; pause, resume, extend or cancel one.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, PositiveInt
 
 from fastapi import APIRouter, Body, HTTPException, Query, Request, status
 
@@ -153,6 +155,24 @@ def pause_sweep(sweep_id: int, repository: RepositoryDep) -> SweepPublic:
 def resume_sweep(sweep_id: int, repository: RepositoryDep) -> SweepPublic:
     """Hand out the sweep's trials again. Only a paused sweep."""
     return SweepPublic.from_summary(repository.resume_sweep(sweep_id))
+
+
+class ExtendRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"max_trials": 120}]})
+
+    max_trials: PositiveInt
+    """The sweep's new number of trials, more than it has."""
+
+
+@router.post("/{sweep_id}/extend", response_model=SweepPublic, summary="Extend a sweep",
+             responses=error_responses(404, 409, 422, e404="No sweep with this id.",
+                                       e409="The sweep is cancelled or failed; the message says which.",
+                                       e422="max_trials adds no trial, or more than this server allows."))
+def extend_sweep(sweep_id: int, body: ExtendRequest, repository: RepositoryDep, context: ContextDep) -> SweepPublic:
+    """Give the sweep more trials: a completed sweep runs again, a running or paused one keeps its status, and
+    an adaptive search goes on from all its results so far. Not a cancelled or failed sweep (409)."""
+    return SweepPublic.from_summary(repository.extend_sweep(sweep_id, body.max_trials,
+                                                            server_limit=context.settings.max_sweep_trials))
 
 
 @router.post("/{sweep_id}/cancel", response_model=SweepPublic, summary="Cancel a sweep",

@@ -83,8 +83,9 @@ class SweepPlan:
 class PlanCache:
     """Parsed specs and strategies by sweep id, shared by all requests of one app; thread-safe.
 
-    A sweep's spec never changes, so an entry is never stale; the cache only saves re-parsing the
-    spec and rebuilding the strategy on every claim.
+    A sweep's spec changes only when it is extended (search.max_trials): the process that extends it puts
+    the new plan, and any other finds its plan's total behind the sweep's and reads it again. Otherwise the
+    cache only saves re-parsing the spec and rebuilding the strategy on every claim.
     """
 
     def __init__(self, size: int = 4096):
@@ -106,6 +107,11 @@ class PlanCache:
         plan = SweepPlan.of(sweep_id, parse_spec(stored), stored)
         self.put(sweep_id, plan)
         return plan
+
+    def forget(self, sweep_id: int) -> None:
+        """Drop the sweep's plan: its stored spec changed (it was extended), so it is read again."""
+        with self._lock:
+            self._plans.pop(sweep_id, None)
 
     def put(self, sweep_id: int, plan: SweepPlan) -> None:
         with self._lock:

@@ -8,7 +8,7 @@ from datetime import datetime
 
 from sqlalchemy import func, select
 
-from sweeper import Objective, SpecError, SweeperError, SweepSpec, make_strategy
+from sweeper import Objective, SpecError, SweeperError, SweepSpec, make_strategy, parse_spec
 from sweeper.messages import SweepStatus, TrialState
 
 from api.lifecycle import SweepEvent
@@ -143,6 +143,34 @@ class SweepStore(Store):
         with self._session.begin():
             sweep = self._sweep(sweep_id, lock=True)
             self._end_sweep(sweep, SweepEvent.cancel, CANCELLED_ON_REQUEST, self._clock())
+            return self._summary(sweep)
+
+    def extend_sweep(self, sweep_id: int, max_trials: int, *, server_limit: int) -> SweepSummary:
+        """Raise the sweep's trial count to `max_trials`: a completed sweep runs again, and its search goes on
+        from everything it has learnt (an adaptive sampler rebuilds its study from the trials so far).
+
+        The stored spec's search.max_trials becomes `max_trials`, so the sweep reads as if submitted so.
+        SpecError (422 at max_trials) when that adds no trial, or more than the server allows.
+        """
+        with self._session.begin():
+            sweep = self._sweep(sweep_id, lock=True)
+            status = next_status(sweep, SweepEvent.extend)
+            stored = {**sweep.spec, "search": {**sweep.spec.get("search", {}), "max_trials": max_trials}}
+            spec = parse_spec(stored)
+            total = make_strategy(spec).total
+            if max_trials > server_limit:
+                raise SpecError([(("max_trials",), f"a sweep may have at most {server_limit} trials on this "
+                                                   f"server, but got {max_trials}")])
+            if total <= sweep.total_trials:
+                size = make_strategy(spec).size
+                whole = f"; its space has {size} configurations, all of them handed out" \
+                    if size is not None and size <= max_trials else ""
+                raise SpecError([(("max_trials",), f"must be more than the sweep's {sweep.total_trials} trials, "
+                                                   f"but got {max_trials}{whole}")])
+            sweep.spec, sweep.total_trials, sweep.status = stored, total, status
+            if status != SweepStatus.completed:
+                sweep.finished_at = None
+            self._plans.put(sweep.id, SweepPlan.of(sweep.id, spec, stored))
             return self._summary(sweep)
 
     def _summary(self, sweep: SweepRow) -> SweepSummary:

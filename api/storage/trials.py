@@ -353,6 +353,9 @@ class TrialLeases(Store):
             search_state: dict[str, Any] | None = None
             try:
                 plan = self._plan(connection, sweep.id)
+                if plan.strategy.total < sweep.total_trials:  # extended, by another server process maybe
+                    self._plans.forget(sweep.id)
+                    plan = self._plan(connection, sweep.id)
                 if plan.spec.search.adaptive:
                     assert plan.search is not None
                     proposal = plan.search.propose(connection, sweep.next_index)

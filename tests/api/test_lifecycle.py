@@ -317,22 +317,23 @@ def test_a_pruned_trial_takes_the_last_calls_of_its_holder_only(event: TrialEven
 
 # -- the sweep -------------------------------------------------------------------------------------------
 
-SWEEP_EVENTS = ("pause", "resume", "cancel", "fail", "finish")
+SWEEP_EVENTS = ("pause", "resume", "cancel", "fail", "finish", "extend")
 # fmt: off
 SWEEP_TABLE: dict[str, tuple[str, ...]] = {
-    #             pause     resume    cancel       fail      finish
-    "running":   ("paused", CONFLICT, "cancelled", "failed", "completed"),
-    "paused":    (CONFLICT, "running", "cancelled", "failed", "completed"),  # a paused sweep with nothing left is done
-    "completed": (CONFLICT, CONFLICT, CONFLICT,    CONFLICT, CONFLICT),
-    "cancelled": (CONFLICT, CONFLICT, CONFLICT,    CONFLICT, CONFLICT),
-    "failed":    (CONFLICT, CONFLICT, CONFLICT,    CONFLICT, CONFLICT),
+    #             pause     resume    cancel       fail      finish       extend
+    "running":   ("paused", CONFLICT, "cancelled", "failed", "completed", "running"),
+    "paused":    (CONFLICT, "running", "cancelled", "failed", "completed", "paused"),  # paused with nothing left: done
+    "completed": (CONFLICT, CONFLICT, CONFLICT,    CONFLICT, CONFLICT,    "running"),  # more trials: it runs again
+    "cancelled": (CONFLICT, CONFLICT, CONFLICT,    CONFLICT, CONFLICT,    CONFLICT),
+    "failed":    (CONFLICT, CONFLICT, CONFLICT,    CONFLICT, CONFLICT,    CONFLICT),
 }
 # fmt: on
 ALLOWED_BEFORE: dict[str, set[str]] = {
     "pause": {"running"}, "resume": {"paused"}, "cancel": {"running", "paused"}, "fail": {"running", "paused"},
-    "finish": {"running", "paused"},
+    "finish": {"running", "paused"}, "extend": {"running", "paused", "completed"},
 }
-DONE = {"pause": "paused", "resume": "resumed", "cancel": "cancelled", "fail": "failed", "finish": "completed"}
+DONE = {"pause": "paused", "resume": "resumed", "cancel": "cancelled", "fail": "failed", "finish": "completed",
+        "extend": "extended"}
 
 
 def test_the_sweep_table_covers_every_status_and_event() -> None:
