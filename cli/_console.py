@@ -9,10 +9,12 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 FINISHED_STATES = ("completed", "failed", "pruned", "cancelled")
 ACTIVE_STATUSES = ("running", "paused")
 WORKER_STATE_STYLES = {"idle": "green", "busy": "cyan", "lost": "bold red"}
+TRIAL_STATE_STYLES = {"running": "cyan", "completed": "green", "failed": "red", "pruned": "magenta"}
 
 
 def finished_count(sweep: dict[str, Any]) -> int:
@@ -58,19 +60,37 @@ def sweeps_table(sweeps: list[dict[str, Any]]) -> Table:
     return table
 
 
+def epochs_trained(trial: dict[str, Any]) -> int | None:
+    """How many epochs a pruned trial trained (its `pruned_at_epoch` counts from 0, this from 1); None otherwise."""
+    at = trial.get("pruned_at_epoch")
+    return at + 1 if trial["state"] == "pruned" and at is not None else None
+
+
+def trial_state(trial: dict[str, Any]) -> str:
+    """A trial's state as the page shows it: a pruned one's reads "pruned @ 3", 3 being the epochs it trained."""
+    epochs = epochs_trained(trial)
+    return trial["state"] if epochs is None else f"pruned @ {epochs}"
+
+
 def trials_table(sweep: dict[str, Any], trials: list[dict[str, Any]]) -> Table:
     metric = sweep["spec"]["objective"]["metric"]
     names = list(sweep["spec"]["hparams"])
     best = (sweep.get("best_trial") or {}).get("id")
+    counts = _counts(sweep)
     table = Table(title=f"Sweep {sweep['id']} {sweep['name']}: {sweep['status']}, "
-                        f"{finished_count(sweep)}/{sweep['total_trials']} finished")
+                        f"{finished_count(sweep)}/{sweep['total_trials']} finished"
+                        + (f" ({counts})" if counts else ""))
     for column in ("trial", "state", metric, *names, "attempts"):
         table.add_column(column)
     for trial in trials:
         style = "bold green" if trial["id"] == best else None
-        table.add_row(str(trial["id"]), trial["state"], _format(trial["metrics"].get(metric)),
+        state = Text(trial_state(trial), style=TRIAL_STATE_STYLES.get(trial["state"], ""))
+        table.add_row(str(trial["id"]), state, _format(trial["metrics"].get(metric)),
                       *(_format(trial["hparams"].get(name)) for name in names), str(trial["attempts"]),
                       style=style)
+    if any(epochs_trained(trial) is not None for trial in trials):
+        rule = (sweep["spec"].get("stopping") or {}).get("rule", "stopping")
+        table.caption = f"pruned @ N: stopped by the {rule} rule after N epochs trained"
     return table
 
 

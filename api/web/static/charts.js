@@ -147,8 +147,11 @@ export function objectiveChart(objective, { bestTrialId, onPick } = {}) {
  * Per-epoch curves on one chart.
  * @param {string} title
  * @param {{name: string, points: [number, number][]}[]} series  [epoch, value] pairs
+ * @param {{stoppedAt?: number, stoppedLabel?: string, lastEpoch?: number}} options  `stoppedAt`: the epoch after
+ *   which the trial was stopped (pruned), marked by a dashed line with `stoppedLabel`; the axis then runs on to
+ *   `lastEpoch`, the last one it would have trained, so that the curves visibly end early
  */
-export function lineChart(title, series) {
+export function lineChart(title, series, { stoppedAt = null, stoppedLabel = "stopped", lastEpoch = null } = {}) {
   const drawn = series.filter((s) => s.points.length > 0);
   const figure = h("figure", { class: "curve" }, h("figcaption", {}, title));
   if (drawn.length === 0) {
@@ -157,8 +160,20 @@ export function lineChart(title, series) {
   }
   const xs = drawn.flatMap((s) => s.points.map(([epoch]) => epoch));
   const ys = drawn.flatMap((s) => s.points.map(([, value]) => value));
-  const [xMin, xMax] = [Math.min(...xs), Math.max(...xs)];
-  const { svg, x, y } = frame(SMALL, [xMin, xMax > xMin ? xMax : xMin + 1], extent(ys), { xLabel: "epoch" });
+  const stopped = Number.isFinite(stoppedAt);
+  const [xMin, xMax] = [Math.min(...xs), Math.max(...xs, stopped && Number.isFinite(lastEpoch) ? lastEpoch : -Infinity)];
+  const xDomain = [xMin, xMax > xMin ? xMax : xMin + 1];
+  const { svg, x, y } = frame(SMALL, xDomain, extent(ys), { xLabel: "epoch" });
+  if (stopped && stoppedAt >= xDomain[0] && stoppedAt <= xDomain[1]) {
+    const { width, height, top, bottom, right } = SMALL;
+    const at = x(stoppedAt);
+    // Its label in the empty part after the line, or before it when the line is at the right edge.
+    const room = width - right - at > 70;
+    svg.append(h("svg:g", { class: "stop-mark" },
+      h("svg:title", {}, `${stoppedLabel}: no epoch after epoch ${stoppedAt}`),
+      h("svg:line", { x1: at, x2: at, y1: top, y2: height - bottom }),
+      h("svg:text", { x: room ? at + 4 : at - 4, y: top + 10, "text-anchor": room ? "start" : "end" }, stoppedLabel)));
+  }
   drawn.forEach((s, i) => {
     const d = s.points.map(([epoch, value], k) => `${k ? "L" : "M"}${x(epoch).toFixed(1)},${y(value).toFixed(1)}`).join("");
     svg.append(h("svg:path", { d, class: `series series-${i}` }));

@@ -67,16 +67,41 @@ export function finishedCount(counts) {
   return FINISHED_STATES.reduce((sum, state) => sum + (counts?.[state] ?? 0), 0);
 }
 
-/** A progress bar with its "finished / total" text. */
-export function progressBar(finished, total) {
+/**
+ * A progress bar with its "finished / total" text. Given the trial counts, the filled part is split into
+ * one segment per finished state (completed, failed, pruned, cancelled), each in its state's colour.
+ */
+export function progressBar(finished, total, counts = null) {
   const share = total > 0 ? Math.min(1, finished / total) : 0;
-  return h("div", { class: "progress", role: "progressbar", "aria-valuemin": 0, "aria-valuemax": total, "aria-valuenow": finished },
-    h("div", { class: "progress-fill", style: `width: ${(share * 100).toFixed(1)}%` }),
-    h("span", { class: "progress-text" }, `${finished.toLocaleString("en")} / ${total.toLocaleString("en")}`));
+  const width = `width: ${(share * 100).toFixed(1)}%`;
+  const parts = counts ? FINISHED_STATES.filter((state) => counts[state] > 0) : [];
+  const fill = parts.length
+    ? h("div", { class: "progress-fill progress-parts", style: width },
+      parts.map((state) => h("div", { class: `progress-part part-${state}`, dataset: { state }, style: `flex-grow: ${counts[state]}` })))
+    : h("div", { class: "progress-fill", style: width });
+  return h("div", { class: "progress", role: "progressbar", "aria-valuemin": 0, "aria-valuemax": total, "aria-valuenow": finished,
+    title: parts.length ? parts.map((state) => `${counts[state].toLocaleString("en")} ${state}`).join(", ") : null },
+  fill, h("span", { class: "progress-text" }, `${finished.toLocaleString("en")} / ${total.toLocaleString("en")}`));
 }
 
 export function stateBadge(state) {
   return h("span", { class: `badge state-${state}` }, state);
+}
+
+/** How many epochs a pruned trial trained: its `pruned_at_epoch` counts from 0, this from 1. Null otherwise. */
+export function epochsTrained(trial) {
+  return trial?.state === "pruned" && Number.isInteger(trial.pruned_at_epoch) ? trial.pruned_at_epoch + 1 : null;
+}
+
+/** A trial's state; a pruned one's reads "pruned @ 3", 3 being the epochs it trained (said in its tooltip). */
+export function trialStateBadge(trial) {
+  const epochs = epochsTrained(trial);
+  if (epochs === null) return stateBadge(trial.state);
+  return h("span", {
+    class: "badge state-pruned",
+    title: `Pruned by the sweep's stopping rule after ${epochs} epoch${epochs === 1 ? "" : "s"} trained `
+      + `(its last is epoch ${trial.pruned_at_epoch} on the curves, which count epochs from 0)`,
+  }, `pruned @ ${epochs}`);
 }
 
 /** The best trial's objective value, per the sweep's spec. */

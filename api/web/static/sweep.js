@@ -5,7 +5,8 @@
 import { api } from "./api.js";
 import { lineChart, objectiveChart } from "./charts.js";
 import {
-  ACTIVE_SWEEP, errorText, fill, finishedCount, formatValue, formatWhen, h, objectiveOf, poll, progressBar, stateBadge, TRIAL_STATES,
+  ACTIVE_SWEEP, epochsTrained, errorText, fill, finishedCount, formatValue, formatWhen, h, objectiveOf, poll, progressBar, stateBadge,
+  trialStateBadge, TRIAL_STATES,
 } from "./dom.js";
 
 const PAGE_SIZE = 50;
@@ -79,10 +80,12 @@ export async function mountSweep(root, id) {
     const counts = sweep.trial_counts;
     const objective = sweep.spec.objective;
     const best = sweep.best_trial;
+    const stopping = stoppingText(sweep.spec.stopping);
     summary.replaceChildren(
-      h("div", { class: "summary-progress" }, progressBar(finishedCount(counts), sweep.total_trials),
+      h("div", { class: "summary-progress" }, progressBar(finishedCount(counts), sweep.total_trials, counts),
         h("div", { class: "counts" }, TRIAL_STATES.filter((state) => counts[state]).map((state) =>
-          h("span", { class: `count state-${state}` }, `${counts[state]} ${state}`)))),
+          h("span", { class: `count state-${state}`, dataset: { state },
+            title: state === "pruned" ? "stopped early by the sweep's stopping rule" : null }, `${counts[state]} ${state}`)))),
       h("dl", { class: "facts" },
         h("dt", {}, `Best ${objective.metric}`),
         h("dd", { class: "best-value" }, best
@@ -90,6 +93,8 @@ export async function mountSweep(root, id) {
           : h("span", { class: "muted" }, "none yet")),
         h("dt", {}, "Goal"), h("dd", {}, objective.goal),
         h("dt", {}, "Model"), h("dd", {}, `${sweep.spec.model} on ${sweep.spec.dataset}`),
+        h("dt", {}, "Search"), h("dd", { class: "search" }, searchText(sweep)),
+        stopping ? [h("dt", {}, "Stopping"), h("dd", { class: "stopping" }, stopping)] : null,
         h("dt", {}, "Started"), h("dd", {}, formatWhen(sweep.started_at)),
         sweep.finished_at ? [h("dt", {}, "Finished"), h("dd", {}, formatWhen(sweep.finished_at))] : null));
     // Rebuilt only when the status changes, so a click in progress (TensorBoard starting) keeps its button.
@@ -167,7 +172,7 @@ export async function mountSweep(root, id) {
       onkeydown: (event) => { if (event.key === "Enter") select(trial.id); },
     },
     h("td", { class: "number" }, trial.index, trial.id === bestId ? h("span", { class: "star", title: "best trial" }, " ★") : null),
-    h("td", {}, stateBadge(trial.state)),
+    h("td", { class: "state" }, trialStateBadge(trial)),
     h("td", { class: "number" }, formatValue(trial.metrics?.[metric] ?? null)),
     names.map((name) => h("td", { class: "number" }, formatValue(trial.hparams[name] ?? null))),
     h("td", { class: "number" }, trial.attempts),
@@ -211,19 +216,28 @@ function trialDetail(trial, sweep, close) {
   const history = trial.history ?? [];
   const series = (name) => ({ name, points: history.filter((e) => Number.isFinite(e.metrics[name])).map((e) => [e.epoch, e.metrics[name]]) });
   const metric = sweep.spec.objective.metric;
-  const charts = [lineChart("Loss", [series("loss"), series("val_loss")])];
+  const epochs = epochsTrained(trial);
+  // A pruned trial's curves end where it stopped, on an axis running to the last epoch it would have trained;
+  // a line marks that epoch (an index from 0, as on the axis).
+  const ending = epochs === null ? {} : {
+    stoppedAt: trial.pruned_at_epoch, stoppedLabel: `pruned @ ${epochs}`, lastEpoch: (sweep.spec.train?.epochs ?? 0) - 1,
+  };
+  const charts = [lineChart("Loss", [series("loss"), series("val_loss")], ending)];
   if (!["loss", "val_loss", "learning_rate"].includes(metric)) {
     const train = metric.startsWith("val_") ? metric.slice(4) : null;
-    charts.push(lineChart(metric, [series(metric), train ? series(train) : null].filter(Boolean)));
+    charts.push(lineChart(metric, [series(metric), train ? series(train) : null].filter(Boolean), ending));
   }
-  charts.push(lineChart("Learning rate", [series("learning_rate")]));
+  charts.push(lineChart("Learning rate", [series("learning_rate")], ending));
   return [
     h("div", { class: "card-head" }, h("h2", {}, `Trial ${trial.index}`), h("span", { class: "muted id" }, `#${trial.id}`),
-      stateBadge(trial.state), h("span", { class: "spacer" }),
+      trialStateBadge(trial), h("span", { class: "spacer" }),
       h("button", { type: "button", class: "link", "aria-label": "close", onclick: close }, "✕")),
     trial.error ? h("div", { class: "failure-reason" },
       h("p", { class: "error" }, h("strong", {}, trial.failure_kind ? `${trial.failure_kind}: ` : "failed: "), trial.error),
       trial.traceback ? h("details", {}, h("summary", {}, "Traceback"), h("pre", {}, trial.traceback)) : null) : null,
+    trial.state === "pruned" ? h("div", { class: "prune-reason" },
+      h("p", {}, h("strong", {}, epochs === null ? "Pruned: " : `Pruned after ${epochs} epoch${epochs === 1 ? "" : "s"}: `),
+        trial.prune_reason ?? "stopped by the sweep's stopping rule.")) : null,
     h("dl", { class: "facts" },
       Object.entries(trial.hparams).map(([name, value]) => [h("dt", {}, name), h("dd", {}, formatValue(value))]),
       Object.entries(trial.metrics ?? {}).map(([name, value]) => [h("dt", {}, name), h("dd", { class: name === metric ? "best-value" : "" }, formatValue(value))]),
@@ -231,6 +245,24 @@ function trialDetail(trial, sweep, close) {
       trial.worker_id ? [h("dt", {}, "worker"), h("dd", {}, trial.worker_id)] : null),
     history.length ? h("div", { class: "curves" }, charts) : h("p", { class: "empty" }, "No epoch reported yet."),
   ];
+}
+
+/** The spec's search settings in words: "tpe, 20 trials, seed 1". */
+function searchText(sweep) {
+  const search = sweep.spec.search ?? {};
+  const trials = `${sweep.total_trials.toLocaleString("en")} trial${sweep.total_trials === 1 ? "" : "s"}`;
+  return [search.strategy ?? "random", trials, search.strategy === "grid" ? null : `seed ${search.seed ?? 0}`].filter(Boolean).join(", ");
+}
+
+/** The spec's stopping rule in words, or null when the sweep has none. */
+function stoppingText(stopping) {
+  if (!stopping || !stopping.rule || stopping.rule === "none") return null;
+  const after = (n) => `${n} epoch${n === 1 ? "" : "s"}`;
+  if (stopping.rule === "median") {
+    return `median: after ${after(stopping.min_epochs)} or more, a trial worse than the median of earlier trials at the same epoch stops`;
+  }
+  return `${stopping.rule}: first rung after ${after(stopping.min_epochs)}, `
+    + `1 in ${stopping.reduction_factor} trials goes on at each rung`;
 }
 
 /** A link to the sweep's TensorBoard; a click starts (or reuses) it first, then opens its HParams dashboard. */

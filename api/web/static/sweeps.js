@@ -79,7 +79,7 @@ function sweepRow(sweep) {
   return h("tr", { dataset: { sweepId: sweep.id } },
     h("td", {}, h("a", { href: `#/sweeps/${sweep.id}` }, sweep.name), h("span", { class: "muted id" }, ` #${sweep.id}`)),
     h("td", {}, stateBadge(sweep.status)),
-    h("td", { class: "progress-cell" }, progressBar(finished, sweep.total_trials)),
+    h("td", { class: "progress-cell" }, progressBar(finished, sweep.total_trials, sweep.trial_counts)),
     h("td", { class: "number", title: objective ? `${objective.metric} (${objective.goal})` : "" }, formatValue(best)),
     h("td", {}, formatWhen(sweep.started_at)));
 }

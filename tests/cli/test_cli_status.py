@@ -1,0 +1,107 @@
+"""`sweeper status` against a real server: a pruned trial reads "pruned @ N", N the epochs it trained, and the
+title counts pruned trials apart from completed and failed ones."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from api.server import RunningServer, start_in_thread
+from api.settings import Settings
+from cli import app
+
+ASHA_SPEC: dict[str, Any] = {
+    "name": "asha-grid", "model": "mlp", "dataset": "digits",
+    "objective": {"metric": "val_accuracy", "goal": "maximize"},
+    "hparams": {"units": {"type": "discrete", "values": [8, 16, 32]}},
+    "search": {"strategy": "grid"},
+    "stopping": {"rule": "asha", "min_epochs": 1, "reduction_factor": 3},
+    "train": {"epochs": 4},
+}
+CURVES = {8: [0.90, 0.95, 0.97, 0.98], 16: [0.95, 0.96, 0.91, 0.92], 32: [0.50, 0.60, 0.70, 0.80]}
+"""val_accuracy per epoch by units. With rungs after 1 and 3 epochs and 1 in 3 trials going on: units 8 trains
+to the end; units 16 leads at the first rung and trails at the second, so it stops after 3 epochs; units 32
+trails at the first rung and stops after 1."""
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[RunningServer]:
+    settings = Settings(port=0, database_url=f"sqlite:///{tmp_path / 'sweeper.db'}", logdir=tmp_path / "runs")
+    with start_in_thread(settings) as running:
+        yield running
+
+
+def train_as_a_worker(url: str, curves: dict[int, list[float]]) -> None:
+    """Claim every trial of the sweep and report its curve an epoch at a time, stopping where the server
+    answers "prune", then complete it with the metrics it reached, as `workers.agent` does."""
+    with httpx.Client(base_url=f"{url}/api/v1", timeout=30) as api:
+        while (claim := api.post("/trials/claim", json={"worker_id": "w1", "host": "box"})).status_code == 200:
+            assignment = claim.json()
+            trial, lease = assignment["trial_id"], assignment["lease_token"]
+            body = {"worker_id": "w1", "lease_token": lease}
+            for epoch, value in enumerate(curves[assignment["hparams"]["units"]]):
+                metrics = {"val_accuracy": value, "loss": 1 - value}
+                answer = api.post(f"/trials/{trial}/metrics", json={**body, "epoch": epoch, "metrics": metrics})
+                assert answer.status_code == 200, answer.text
+                if answer.json()["action"] == "prune":
+                    break
+            done = api.post(f"/trials/{trial}/complete", json={**body, "metrics": metrics})
+            assert done.status_code == 200, done.text
+        assert claim.status_code == 204, claim.text
+
+
+def sweeper(server: RunningServer, *args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(app, [*args, "--server", server.url], env={"COLUMNS": "200"})
+    return result.exit_code, " ".join(result.output.split())
+
+
+@pytest.fixture
+def pruned_sweep(server: RunningServer) -> dict[str, Any]:
+    sweep = httpx.post(f"{server.url}/api/v1/sweeps", json=ASHA_SPEC).json()
+    train_as_a_worker(server.url, CURVES)
+    trials = httpx.get(f"{server.url}/api/v1/sweeps/{sweep['id']}/trials").json()["data"]
+    # What the server decided, so that the assertions below are about the command, not about ASHA.
+    assert [(t["hparams"]["units"], t["state"], t["pruned_at_epoch"]) for t in trials] == [
+        (8, "completed", None), (16, "pruned", 2), (32, "pruned", 0)]
+    return {"id": sweep["id"], "trials": {t["hparams"]["units"]: t for t in trials}}
+
+
+def test_status_of_a_sweep_marks_each_pruned_trial_with_the_epochs_it_trained(server: RunningServer,
+                                                                             pruned_sweep: dict[str, Any]) -> None:
+    trials = pruned_sweep["trials"]
+
+    code, output = sweeper(server, "status", str(pruned_sweep["id"]))
+
+    assert code == 0
+    assert f"│ {trials[8]['id']} │ completed │ 0.98 │ 8 │ 1 │" in output
+    # pruned_at_epoch counts from 0: the trial pruned after epoch 2 trained 3 epochs.
+    assert f"│ {trials[16]['id']} │ pruned @ 3 │ 0.91 │ 16 │ 1 │" in output
+    assert f"│ {trials[32]['id']} │ pruned @ 1 │ 0.5 │ 32 │ 1 │" in output
+    assert output.endswith("pruned @ N: stopped by the asha rule after N epochs trained")
+
+
+def test_status_of_a_sweep_counts_pruned_trials_apart_from_completed_ones(server: RunningServer,
+                                                                          pruned_sweep: dict[str, Any]) -> None:
+    code, output = sweeper(server, "status", str(pruned_sweep["id"]))
+
+    assert code == 0
+    assert output.startswith(f"Sweep {pruned_sweep['id']} asha-grid: completed, 3/3 finished "
+                             "(1 completed, 2 pruned)")
+
+
+def test_status_of_a_sweep_without_pruned_trials_has_no_pruning_note(server: RunningServer) -> None:
+    spec = {**ASHA_SPEC, "name": "plain", "hparams": {"units": 8}}
+    spec.pop("stopping")
+    sweep = httpx.post(f"{server.url}/api/v1/sweeps", json=spec).json()
+    train_as_a_worker(server.url, CURVES)
+
+    code, output = sweeper(server, "status", str(sweep["id"]))
+
+    assert code == 0
+    assert output.startswith(f"Sweep {sweep['id']} plain: completed, 1/1 finished (1 completed)")
+    assert "pruned" not in output
