@@ -9,7 +9,8 @@ from __future__ import annotations
 import typer
 
 from cli._server import serve, upgrade_database
-from cli._sweeps import cancel_sweep, check, list_workers, pause_sweep, resume_sweep, status, submit, tensorboard
+from cli._sweeps import (cancel_sweep, check, extend_sweep, list_workers, pause_sweep, resume_sweep, status, submit,
+                         tensorboard)
 from cli._workers import run, worker
 
 app = typer.Typer(help="Hyperparameter sweeps for tf.keras, with TensorBoard HParams as the result view.",
@@ -26,6 +27,7 @@ app.command()(status)
 app.command("pause")(pause_sweep)
 app.command("resume")(resume_sweep)
 app.command("cancel")(cancel_sweep)
+app.command("extend")(extend_sweep)
 app.command("workers")(list_workers)
 app.command()(run)
 app.command()(tensorboard)

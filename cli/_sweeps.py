@@ -95,6 +95,15 @@ def cancel_sweep(sweep_id: SweepId, server: Server = DEFAULT_SERVER, token: Toke
                   + (f"; {running} running trial(s) stop at their next heartbeat" if running else ""))
 
 
+def extend_sweep(sweep_id: SweepId,
+                 max_trials: Annotated[int, typer.Option("--max-trials", min=1,
+                                                         help="The sweep's trials in all, more than it has.")],
+                 server: Server = DEFAULT_SERVER, token: Token = None) -> None:
+    """Give a sweep more trials: a completed one runs again, and an adaptive search goes on from its results."""
+    sweep = _control_sweep(server, token, lambda client: client.extend_sweep(sweep_id, max_trials))
+    console.print(f"Sweep {sweep['id']} {sweep['name']}: {sweep['status']}, {sweep['total_trials']} trials")
+
+
 def _control_sweep(server: str, token: str | None, call: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
     from sweeper.client import Client
 

@@ -178,6 +178,12 @@ class Client:
         """End the sweep; its running trials stop at their next heartbeat. ApiError (409) once it has ended."""
         return self._request("POST", f"/sweeps/{sweep_id}/cancel", retry="connect", conflict=SweepStateError).json()
 
+    def extend_sweep(self, sweep_id: int, max_trials: int) -> dict[str, Any]:
+        """Give the sweep `max_trials` trials in all; a completed one runs again. ApiError (409) once it was
+        cancelled or failed, (422) when that adds no trial."""
+        return self._request("POST", f"/sweeps/{sweep_id}/extend", json={"max_trials": max_trials},
+                             retry="connect", conflict=SweepStateError).json()
+
     def list_workers(self, limit: int | None = None, offset: int | None = None,
                      state: str | None = None) -> dict[str, Any]:
         """Every worker the server has seen: {"data": [...], "count": n}, each with its state and trial;

@@ -101,3 +101,15 @@ def test_serve_refuses_a_lease_shorter_than_two_heartbeats(monkeypatch: pytest.M
     assert " ".join(result.output.split()) == (
         "error: lease_seconds (15) must last at least 2 heartbeats (20 s with heartbeat_seconds 10), or a worker "
         "that misses one beat loses its trial; raise lease_seconds or lower heartbeat_seconds")
+
+
+def test_extend_gives_a_completed_sweep_more_trials_and_says_so(server: RunningServer):
+    spec = grid_spec(name="g", values=4, search={"strategy": "grid", "max_trials": 1})
+    sweep_id = str(httpx.post(f"{server.url}{API}/sweeps", json=spec).json()["id"])
+    trial = httpx.post(f"{server.url}{API}/trials/claim", json={"worker_id": "w1", "host": "h"}).json()
+    httpx.post(f"{server.url}{API}/trials/{trial['trial_id']}/complete",
+               json={"worker_id": "w1", "lease_token": trial["lease_token"], "metrics": {"val_accuracy": 0.5}})
+
+    assert sweeper(server, "extend", sweep_id, "--max-trials", "3") == (0, f"Sweep {sweep_id} g: running, 3 trials")
+    code, output = sweeper(server, "extend", sweep_id, "--max-trials", "2")
+    assert code == 1 and "max_trials: must be more than the sweep's 3 trials, but got 2" in output

@@ -1,0 +1,76 @@
+"""A tuning sweep with real processes: TPE proposes, ASHA prunes, real workers train the digits MLP, and a
+kill -9 of the server mid-sweep changes nothing that was decided.
+
+`sweeper serve` and `sweeper worker` run as subprocesses on a temporary SQLite file; everything is observed
+through the REST API, as an operator would, and through TensorBoard's own reader of the logs.
+"""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+from e2e_processes import wait_until
+from test_faults_end_to_end import Service
+
+pytestmark = pytest.mark.e2e
+
+EPOCHS = 9
+TRIALS = 8
+
+TUNING_SPEC = {
+    "name": "tuning", "model": "mlp", "dataset": "digits",
+    "objective": {"metric": "val_accuracy", "goal": "maximize"},
+    "hparams": {"learning_rate": {"type": "real_interval", "min": 1e-5, "max": 0.3, "log": True},
+                "units": {"type": "discrete", "values": [8, 32, 128]}, "batch_size": 128},
+    "search": {"strategy": "tpe", "max_trials": TRIALS, "seed": 1},
+    "stopping": {"rule": "asha", "min_epochs": 1, "reduction_factor": 3},
+    "train": {"epochs": EPOCHS, "seed": 0},
+}
+
+
+def decisions(service: Service, trial_ids: list[int]) -> dict[tuple[int, int], dict]:
+    """Every stored decision, by (trial id, epoch)."""
+    found = {}
+    for trial_id in trial_ids:
+        for entry in service.get(f"/trials/{trial_id}")["history"]:
+            if "decision" in entry:
+                found[(trial_id, entry["epoch"])] = entry["decision"]
+    return found
+
+
+def test_pruned_trials_stop_after_their_epoch_and_a_killed_server_changes_no_decision(processes, tmp_path):
+    service = Service(processes, tmp_path)
+    service.start_worker(cpu_workers=2)
+    sweep_id = service.submit(TUNING_SPEC)
+    wait_until(lambda: any(t["state"] == "pruned" for t in service.trials(sweep_id))
+               and any(t["state"] == "running" for t in service.trials(sweep_id)), 240,
+               "a trial pruned while others train")
+    before = decisions(service, [t["id"] for t in service.trials(sweep_id)])
+
+    service.server.send_signal(signal.SIGKILL)
+    service.server.wait()
+    service.start_server("server-restarted")
+    sweep = service.wait_for(sweep_id, "completed", timeout=400)
+
+    trials = service.trials(sweep_id)
+    after = decisions(service, [t["id"] for t in trials])
+    assert {key: after[key] for key in before} == before, "a decision answered before the kill changed"
+    assert len(trials) == TRIALS and sweep["trial_counts"]["completed"] + sweep["trial_counts"]["pruned"] == TRIALS, \
+        processes.logs()
+    assert len({(t["hparams"]["units"], t["hparams"]["learning_rate"]) for t in trials}) == TRIALS
+    pruned = [t for t in trials if t["state"] == "pruned"]
+    assert pruned, "ASHA pruned no trial of 8"
+    for trial in trials:
+        assert trial["attempts"] == 1, (trial["id"], "handed out twice")
+        history = service.get(f"/trials/{trial['id']}")["history"]
+        epochs = [entry["epoch"] for entry in history]
+        if trial["state"] == "pruned":
+            # It stopped after the epoch it was pruned at: nothing trained or reported after it.
+            assert epochs == list(range(trial["pruned_at_epoch"] + 1)), (trial["id"], epochs)
+            assert history[-1]["decision"]["action"] == "prune"
+            assert "is not in the top 1/3" in trial["prune_reason"]
+            assert trial["metrics"]["val_accuracy"] == history[-1]["metrics"]["val_accuracy"]
+        else:
+            assert epochs == list(range(EPOCHS)), (trial["id"], epochs)
+            assert all(entry["decision"]["action"] == "continue" for entry in history)
