@@ -61,6 +61,8 @@ class SearchSettings(_Strict):
     max_trials: PositiveInt | None = None
     seed: int = 0
     grid_points: int = Field(default=2, ge=2, le=1000)
+    warm_start: Annotated[list[PositiveInt], Field(max_length=100)] | None = None
+    """Earlier sweeps of the same space and objective whose finished trials the sampler starts from."""
 
     @property
     def adaptive(self) -> bool:
@@ -141,9 +143,10 @@ class TrainSettings(_Strict):
         return metrics
 
     def metric_names(self) -> list[str]:
-        """Every per-epoch value a trial logs under these settings, as Keras names them."""
+        """Every per-epoch value a trial reports under these settings: Keras's metrics as Keras names them,
+        the learning rate, and num_params, the model's parameter count (the same every epoch)."""
         names = ["loss", *self.metrics]
-        return [*names, *(f"val_{name}" for name in names), "learning_rate"]
+        return [*names, *(f"val_{name}" for name in names), "learning_rate", "num_params"]
 
 
 class SweepSpec(_Strict):
@@ -265,9 +268,17 @@ def _check_metric_names(spec: SweepSpec) -> list[tuple[tuple[str | int, ...], st
     watched = [(("objective", "metric"), spec.objective.metric)]
     if spec.train.early_stopping is not None:
         watched.append((("train", "early_stopping", "monitor"), spec.train.early_stopping.monitor))
-    return [(path, f"{name!r} is not a metric the trial logs; with train.metrics {spec.train.metrics} "
-                   f"it logs: {', '.join(logged)}")
-            for path, name in watched if name not in logged]
+    problems: list[tuple[tuple[str | int, ...], str]] = []
+    for path, name in watched:
+        if name not in logged:
+            problems.append((path, f"{name!r} is not a metric the trial logs; with train.metrics "
+                                   f"{spec.train.metrics} it logs: {', '.join(logged)}"))
+        elif name == "num_params" and path[0] == "train":
+            # An objective may minimize the model's size; early stopping would wait for a change that never
+            # comes (and Keras's EarlyStopping never sees the count: it is not in Keras's logs).
+            problems.append((path, "'num_params' is the model's parameter count, which training never changes: "
+                                   "early stopping cannot watch it"))
+    return problems
 
 
 def _check_search(spec: SweepSpec) -> list[tuple[tuple[str | int, ...], str]]:
@@ -285,6 +296,10 @@ def _check_search(spec: SweepSpec) -> list[tuple[tuple[str | int, ...], str]]:
     if search.strategy == "gp" and conditional:
         problems.append((("search", "strategy"), f"gp cannot search conditional hparams (those with a when: "
                                                  f"{', '.join(conditional)}); use tpe, which can"))
+    if search.warm_start and not search.adaptive:
+        problems.append((("search", "warm_start"), f"only an adaptive strategy ({', '.join(ADAPTIVE_STRATEGIES)}) "
+                                                   f"learns from earlier results; {search.strategy} search would "
+                                                   "ignore them"))
     stopping = spec.stopping
     if stopping is not None and stopping.active and stopping.min_epochs > spec.train.epochs:
         problems.append((("stopping", "min_epochs"), f"must be <= train.epochs ({spec.train.epochs}), but got "

@@ -63,7 +63,8 @@ class Search:
                 history.study.sampler = self._sampler(number)
                 trial = history.study.ask()
                 config = suggest(trial, history.space)
-                study_trial_id = history.storage.get_trial_id_from_study_id_trial_number(history.study_id, number)
+                study_trial_id = history.storage.get_trial_id_from_study_id_trial_number(
+                    history.study_id, history.offset + number)
                 if self._listed is not None and config_key(config) in history.configs:
                     config = self._unused(history, study_trial_id, config)
                 attrs = dict(history.storage.get_trial_system_attrs(study_trial_id))

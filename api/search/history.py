@@ -77,6 +77,10 @@ class SweepHistory:
                                          direction=self.direction, pruner=self.pruner)
         self.study_id = self.storage.get_study_id_from_name(study_name(self.sweep_id))
         self.known: list[_Known] = []
+        """This sweep's trials by index; in the study, trial `index` has number `offset + index`."""
+        self.offset = 0
+        """How many warm-start trials (search.warm_start) come first in the study."""
+        self.warmed = False
         self.configs: set[frozenset[tuple[str, tuple[type, Any]]]] = set()
         self.study_attrs: dict[str, Any] = {}
         self.stale = False
@@ -87,12 +91,13 @@ class SweepHistory:
         """Bring the study up to date with the sweep's trials as this transaction sees them."""
         sweep = connection.execute(select(SweepRow.next_index, SweepRow.search_state)
                                    .where(SweepRow.id == self.sweep_id)).one()
-        if self.stale or len(self.known) > sweep.next_index:
-            self._reset()  # something in memory was never committed
-        if (sweep.search_state or {}) != self.study_attrs:
-            if self.known:
-                self._reset()
-            self._set_study_attrs(sweep.search_state or {})
+        study_attrs = sweep.search_state or {}
+        if self.stale or len(self.known) > sweep.next_index or (self.known and study_attrs != self.study_attrs):
+            self._reset()  # something in memory was never committed, or another server process moved on
+        if not self.warmed:
+            self._warm_start(connection)
+        if study_attrs != self.study_attrs:
+            self._set_study_attrs(study_attrs)
         active = [number for number, known in enumerate(self.known) if known.active]
         rows = connection.execute(
             select(TrialRow.id, TrialRow.index, TrialRow.state, TrialRow.hparams, TrialRow.metrics,
@@ -123,6 +128,27 @@ class SweepHistory:
                     self._finish(known, state, row.metrics, curves.get(row.id, {}))
         return None
 
+    def _warm_start(self, connection: Connection) -> None:
+        """The earlier sweeps' trials that had completed or been pruned when this sweep was created, as finished
+        trials of the study: a fixed set, so the study's numbering never shifts. What their sampler and
+        stopping rule kept of them is left behind: their rungs were another sweep's."""
+        self.warmed = True
+        if not self.spec.search.warm_start:
+            return
+        created = connection.execute(select(SweepRow.created_at).where(SweepRow.id == self.sweep_id)).scalar_one()
+        rows = connection.execute(
+            select(TrialRow.id, TrialRow.state, TrialRow.hparams, TrialRow.metrics)
+            .where(TrialRow.sweep_id.in_(list(self.spec.search.warm_start or [])),
+                   TrialRow.state.in_((TrialState.completed, TrialState.pruned)), TrialRow.finished_at <= created)
+            .order_by(TrialRow.id)).all()
+        curves = self._curves(connection, [row.id for row in rows])
+        for row in rows:
+            values, distributions = params(row.hparams, self.space)
+            state, value = self._outcome(TrialState(row.state), row.metrics, curves.get(row.id, {}))
+            self.study.add_trial(create_trial(state=state, value=value, params=values, distributions=distributions,
+                                              intermediate_values=_finite(curves.get(row.id, {}))))
+        self.offset = len(rows)
+
     def _set_study_attrs(self, attrs: dict[str, Any]) -> None:
         for key, value in attrs.items():
             self.storage.set_study_system_attr(self.study_id, key, value)
@@ -148,7 +174,8 @@ class SweepHistory:
                              system_attrs=attrs, intermediate_values=_finite(curve) if study_state != StudyState.RUNNING
                              else None)
         self.study.add_trial(trial)
-        study_trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, len(self.known))
+        study_trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id,
+                                                                              self.offset + len(self.known))
         self.known.append(_Known(study_trial_id, state in _ACTIVE, attrs))
         self.configs.add(config_key(config))
 

@@ -57,6 +57,7 @@ class SweepStore(Store):
         `on_created(sweep_id)` runs inside the transaction, so if it raises, no sweep is left behind.
         """
         strategy = make_strategy(spec)
+        self._check_warm_start(spec)
         if strategy.total > max_trials:
             raise SpecError([(("search", "max_trials"),
                               f"a sweep may have at most {max_trials} trials on this server, but this one has "
@@ -71,6 +72,27 @@ class SweepStore(Store):
             if on_created is not None:
                 on_created(sweep.id)
         return SweepSummary(sweep, dict.fromkeys(TrialState, 0), None, strategy.size)
+
+    def _check_warm_start(self, spec: SweepSpec) -> None:
+        """SpecError unless every sweep in search.warm_start exists and searched the same space for the same
+        objective: its results would mislead the sampler otherwise."""
+        problems: list[tuple[tuple[str | int, ...], str]] = []
+        hparams, objective = spec.to_json()["hparams"], spec.objective.model_dump(include={"metric", "goal"})
+        with self._session.begin():
+            for position, sweep_id in enumerate(spec.search.warm_start or []):
+                path = ("search", "warm_start", position)
+                earlier = self._session.get(SweepRow, sweep_id)
+                if earlier is None:
+                    problems.append((path, f"sweep {sweep_id} does not exist"))
+                elif earlier.spec.get("hparams") != hparams:
+                    problems.append((path, f"sweep {sweep_id} searched other hparams: warm starts need the same "
+                                           f"space, hparam for hparam"))
+                elif {name: earlier.spec["objective"].get(name) for name in objective} != objective:
+                    problems.append((path, f"sweep {sweep_id} had another objective "
+                                           f"({earlier.spec['objective'].get('metric')}, "
+                                           f"{earlier.spec['objective'].get('goal', 'maximize')})"))
+        if problems:
+            raise SpecError(problems)
 
     def list_sweeps(self, *, limit: int, offset: int, status: SweepStatus | None = None,
                     ) -> tuple[list[SweepSummary], int]:

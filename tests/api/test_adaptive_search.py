@@ -241,3 +241,49 @@ def test_gp_is_refused_where_the_server_lacks_pytorch_naming_the_extra(client: T
     [error] = response.json()["detail"]
     assert error["loc"] == ["body", "search", "strategy"]
     assert "pip install 'sweeper[gp]'" in error["msg"] and "use tpe" in error["msg"]
+
+
+def test_a_warm_started_sweep_begins_where_the_earlier_one_left_off(settings, make_client: Callable[..., TestClient],
+                                                                     other_database_url: str):
+    space = {"learning_rate": {"type": "real_interval", "min": 1e-5, "max": 1.0, "log": True}}
+    loss: Callable[[dict[str, Any]], float] = lambda config: abs(math.log10(config["learning_rate"]) + 2)
+    client = make_client(settings)
+    earlier = create_sweep(client, adaptive_spec("tpe", max_trials=30, hparams=space))
+    run_sequentially(client, 30, loss)
+    warm = create_sweep(client, adaptive_spec("tpe", max_trials=10, hparams=space, search={
+        "strategy": "tpe", "max_trials": 10, "seed": 3, "warm_start": [earlier["id"]]}))
+    cold = make_client(settings.model_copy(update={"database_url": other_database_url}))
+    create_sweep(cold, adaptive_spec("tpe", max_trials=10, hparams=space))
+
+    warm_losses = sorted(loss(config) for config in run_sequentially(client, 10, loss))
+    cold_losses = sorted(loss(config) for config in run_sequentially(cold, 10, loss))
+
+    # The cold sweep's first 10 trials are TPE's random start-up; the warm one's are informed by 30 results.
+    assert warm_losses[5] < 0.75 * cold_losses[5], (warm_losses, cold_losses)
+    assert warm["spec"]["search"]["warm_start"] == [earlier["id"]]
+
+
+@pytest.mark.parametrize(("warm_start", "hparams", "message"), [
+    ([99], None, "sweep 99 does not exist"),
+    ([1], {"units": {"type": "discrete", "values": [8, 16]}},
+     "sweep 1 searched other hparams: warm starts need the same space, hparam for hparam"),
+])
+def test_a_warm_start_from_a_missing_or_different_sweep_is_a_422(client: TestClient, warm_start: list[int],
+                                                                 hparams: dict[str, Any] | None, message: str):
+    create_sweep(client, adaptive_spec("tpe"))
+    spec = adaptive_spec("tpe", hparams=hparams, search={"strategy": "tpe", "max_trials": 5,
+                                                         "warm_start": warm_start})
+
+    response = client.post(f"{API}/sweeps", json=spec)
+
+    assert response.status_code == 422, response.text
+    [error] = response.json()["detail"]
+    assert error["loc"] == ["body", "search", "warm_start", 0] and error["msg"] == message
+
+
+def test_random_search_refuses_a_warm_start_it_would_ignore(client: TestClient):
+    response = client.post(f"{API}/sweeps", json=adaptive_spec("random", search={
+        "strategy": "random", "max_trials": 5, "warm_start": [1]}))
+
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["body", "search", "warm_start"]
