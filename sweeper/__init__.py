@@ -6,7 +6,8 @@ This package is the core: importing it loads neither TensorFlow, FastAPI nor SQL
 # File operations under a logdir, local or in an object store, exported as a namespace: their names
 # (`isdir`, `remove`) read right only qualified, as `log_files.isdir(folder)`.
 from sweeper import _log_files as log_files
-from sweeper._domains import Discrete, Domain, Fixed, IntInterval, RealInterval
+from sweeper._conditions import active_config, evaluation_order, holds
+from sweeper._domains import Discrete, Domain, Fixed, IntInterval, RealInterval, SearchDomain, value_key
 from sweeper._errors import (InfrastructureError, NonFiniteLossError, RetryableError, SpecError, SweeperError,
                              TrialAbandonedError, UnknownTrialError)
 from sweeper._registry import PluginError, datasets, models
@@ -18,7 +19,8 @@ from sweeper.plugins import register_dataset, register_model
 __version__ = "0.1.0"
 
 __all__ = [
-    "Discrete", "Domain", "Fixed", "IntInterval", "RealInterval",
+    "Discrete", "Domain", "Fixed", "IntInterval", "RealInterval", "SearchDomain", "value_key",
+    "active_config", "evaluation_order", "holds",
     "InfrastructureError", "NonFiniteLossError", "RetryableError", "SpecError", "SweeperError", "PluginError",
     "TrialAbandonedError", "UnknownTrialError",
     "datasets", "models", "register_dataset", "register_model",

@@ -217,6 +217,12 @@ class RealInterval(_Domain):
             return False
         return self.step is None or self._value_at(self._index_of(value)) == value
 
+    def nearest(self, value: float) -> float:
+        """The domain's value nearest `value`: with a step, the stepped value as the decimal the user wrote."""
+        if self.step is None:
+            return float(min(self.max, max(self.min, value)))
+        return self._value_at(self._index_of(value))
+
     def _value_at(self, k: int) -> float:
         # In decimal, so that 0.1 + 2 * 0.1 is 0.3, the number the user wrote, not 0.30000000000000004.
         assert self.step is not None

@@ -13,8 +13,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from sweeper import RandomStrategy, SweeperError, SweepSpec
-from sweeper._domains import Discrete, Fixed
+from sweeper import Discrete, Fixed, RandomStrategy, SweeperError, SweepSpec
 
 from api.search.history import SweepHistory, config_key
 from api.search.samplers import sampler_for

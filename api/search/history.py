@@ -27,8 +27,7 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState as StudyState, create_trial
 from sqlalchemy import Connection, or_, select
 
-from sweeper import SweepSpec
-from sweeper._domains import SearchDomain, value_key
+from sweeper import SearchDomain, SweepSpec, value_key
 from sweeper.messages import TrialState
 
 from api.models import SweepRow, TrialEpochRow, TrialRow

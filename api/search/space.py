@@ -14,9 +14,7 @@ from typing import Any
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import Trial
 
-from sweeper import Discrete, Fixed, IntInterval, RealInterval
-from sweeper._conditions import evaluation_order, holds
-from sweeper._domains import SearchDomain
+from sweeper import Discrete, Fixed, IntInterval, RealInterval, SearchDomain, evaluation_order, holds
 
 Config = dict[str, Any]
 
@@ -70,9 +68,7 @@ def params(config: Mapping[str, Any], space: Mapping[str, SearchDomain]) -> tupl
 def exact(domain: SearchDomain, value: Any) -> Any:
     """The sampler's value as the domain writes it: a stepped real snapped to its decimal, an int as int."""
     if isinstance(domain, RealInterval):
-        if domain.step is not None:
-            return domain._value_at(domain._index_of(float(value)))
-        return float(value)
+        return domain.nearest(float(value))
     if isinstance(domain, IntInterval):
         return int(value)
     return value
