@@ -8,6 +8,7 @@ of 10,000 trials never loads them into Python.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from sweeper import Domain, Objective, SearchSettings, SweeperError, SweepSpec, 
 from sweeper.messages import TrialState
 
 from api.models import SweepRow, TrialRow, WorkerRow
+from api.search.pareto import pareto_front
 
 SortOrder = Literal["asc", "desc"]
 
@@ -104,6 +106,31 @@ def best_trials(session: Session, sweeps: Sequence[SweepRow]) -> dict[int, Trial
         for trial in session.scalars(query):
             best[trial.sweep_id] = trial
     return best
+
+
+def is_multi_objective(sweep: SweepRow) -> bool:
+    return bool(sweep.spec.get("objectives"))
+
+
+def pareto_fronts(session: Session, sweeps: Sequence[SweepRow]) -> dict[int, list[int]]:
+    """Each multi-objective sweep's Pareto front: the ids of its completed trials that no other completed
+    trial beats in every objective, in id order. One statement per multi-objective sweep."""
+    fronts: dict[int, list[int]] = {}
+    for sweep in sweeps:
+        if not is_multi_objective(sweep):
+            continue
+        objectives = [Objective.model_validate(objective) for objective in sweep.spec["objectives"]]
+        values = [objective_value(objective).label(f"value_{position}")
+                  for position, objective in enumerate(objectives)]
+        rows = session.execute(select(TrialRow.id, *values)
+                               .where(TrialRow.sweep_id == sweep.id, TrialRow.state == TrialState.completed,
+                                      *(value.is_not(None) for value in values))
+                               .order_by(TrialRow.id)).all()
+        points = [list(row[1:]) for row in rows if all(math.isfinite(value) for value in row[1:])]
+        ids = [row.id for row in rows if all(math.isfinite(value) for value in row[1:])]
+        maximize = [objective.goal == "maximize" for objective in objectives]
+        fronts[sweep.id] = [ids[position] for position in pareto_front(points, maximize)]
+    return fronts
 
 
 def objective_points(session: Session, sweep: SweepRow) -> list[ObjectivePoint]:

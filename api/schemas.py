@@ -96,7 +96,11 @@ class SweepPublic(BaseModel):
     trial_counts: dict[TrialState, int]
     """Trials by state, every state present; trials not yet handed out are in none of them."""
     best_trial: TrialPublic | None
-    """The completed trial with the best objective, per the spec's goal."""
+    """The completed trial with the best objective, per the spec's goal; null for a multi-objective sweep,
+    which has `pareto_front` instead."""
+    pareto_front: list[int] | None = None
+    """A multi-objective sweep's Pareto front: the ids of the completed trials that no other completed trial
+    beats in every objective; null for a sweep with one objective."""
 
     @classmethod
     def from_summary(cls, summary: SweepSummary) -> SweepPublic:
@@ -106,7 +110,8 @@ class SweepPublic(BaseModel):
                    total_trials=sweep.total_trials, space_size=summary.space_size, created_at=sweep.created_at,
                    started_at=summary.started_at, finished_at=sweep.finished_at, reason=sweep.status_reason,
                    trial_counts=summary.trial_counts,
-                   best_trial=None if best is None else TrialPublic.model_validate(best))
+                   best_trial=None if best is None else TrialPublic.model_validate(best),
+                   pareto_front=summary.pareto_front)
 
 
 class SweepPlanPublic(BaseModel):

@@ -25,6 +25,8 @@ from sweeper._schedule_params import check_schedule_hparams
 MAX_NAME_LENGTH = 200
 """The longest sweep name, model, dataset or metric name."""
 MAX_HPARAM_NAME_LENGTH = 100
+MAX_OBJECTIVES = 4
+"""The most objectives a multi-objective sweep may have."""
 MAX_CLASS_WEIGHTS = 10_000
 """The most classes `train.class_weight` may weigh."""
 
@@ -154,6 +156,9 @@ class SweepSpec(_Strict):
     model: Name
     dataset: Name
     objective: Objective
+    """The objective; with several (`objective: [{metric: ..}, {metric: ..}]`), the first of them."""
+    objectives: Annotated[list[Objective], Field(min_length=2, max_length=MAX_OBJECTIVES)] | None = None
+    """Every objective of a multi-objective sweep, in the order written; None when there is one."""
     hparams: Annotated[dict[HParamName, Any], Field(min_length=1), _at_most(MAX_HPARAMS, "hparams")]
     search: SearchSettings = SearchSettings()
     stopping: Stopping | None = None
@@ -162,6 +167,33 @@ class SweepSpec(_Strict):
     """Claims a trial gets: a lost worker's or a retryable failure's trial is retried until then."""
     max_failures: int = Field(default=5, ge=1, le=1_000_000)
     """Consecutive failed trials after which the sweep fails and starts no more."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _objective_list(cls, data: Any) -> Any:
+        # `objective` written as a list is the multi-objective form: stored as `objectives`, with `objective`
+        # its first, so that everything that reads one objective (the runner, the page) reads the first.
+        if isinstance(data, dict) and isinstance(data.get("objective"), list) and data["objective"]:
+            listed = data["objective"]
+            data = {**data, "objective": listed[0]}
+            if len(listed) > 1:
+                data["objectives"] = listed
+        return data
+
+    @model_validator(mode="after")
+    def _distinct_objectives(self) -> SweepSpec:
+        if self.objectives is not None:
+            if self.objectives[0] != self.objective:
+                raise ValueError("objective must be the first of objectives (write objective as a list instead)")
+            metrics = [objective.metric for objective in self.objectives]
+            if len(set(metrics)) != len(metrics):
+                raise ValueError(f"objective: each metric may be an objective once, but got {', '.join(metrics)}")
+        return self
+
+    @property
+    def all_objectives(self) -> list[Objective]:
+        """The sweep's objectives: one, or several for a multi-objective sweep."""
+        return list(self.objectives) if self.objectives is not None else [self.objective]
 
     @field_validator("model")
     @classmethod
@@ -245,6 +277,14 @@ def parse_spec(data: Any, source: str | None = None) -> SweepSpec:
             # Problems inside a domain were reported above with the hparam's name in their path.
             if loc[:1] == ("hparams",) and "[key]" not in loc and any(p[0][:1] == ("hparams",) for p in problems):
                 continue
+            if isinstance(data.get("objective"), list) and data["objective"]:
+                # Written as a list: each problem is named by its place in that list, once.
+                if loc[:1] == ("objective",) and len(data["objective"]) > 1:
+                    continue
+                if loc[:1] == ("objectives",):
+                    loc = ("objective", *loc[1:])
+                elif loc[:1] == ("objective",):
+                    loc = ("objective", 0, *loc[1:])
             problems.append((loc, _rule(e)))
         problems = _dedupe(problems)
         raise SpecError(problems, source) from None
@@ -265,7 +305,10 @@ def parse_spec(data: Any, source: str | None = None) -> SweepSpec:
 def _check_metric_names(spec: SweepSpec) -> list[tuple[tuple[str | int, ...], str]]:
     # The objective and early stopping can only watch what the trial logs, known before any training.
     logged = spec.train.metric_names()
-    watched = [(("objective", "metric"), spec.objective.metric)]
+    watched: list[tuple[tuple[str | int, ...], str]] = [(("objective", "metric"), spec.objective.metric)]
+    if spec.objectives is not None:
+        watched = [(("objective", position, "metric"), objective.metric)
+                   for position, objective in enumerate(spec.objectives)]
     if spec.train.early_stopping is not None:
         watched.append((("train", "early_stopping", "monitor"), spec.train.early_stopping.monitor))
     problems: list[tuple[tuple[str | int, ...], str]] = []
@@ -293,6 +336,14 @@ def _check_search(spec: SweepSpec) -> list[tuple[tuple[str | int, ...], str]]:
         problems.append((("search", "strategy"), "cmaes searches real_interval and int_interval hparams, and this "
                                                  "space has none; use tpe for a space of listed values"))
     conditional = [name for name, domain in space.items() if domain.when]
+    objectives = spec.all_objectives
+    named = f"{len(objectives)} ({', '.join(objective.metric for objective in objectives)})"
+    if search.strategy == "cmaes" and len(objectives) > 1:
+        problems.append((("search", "strategy"), f"cmaes optimizes one objective, and this sweep has {named}; "
+                                                 "use nsga2 or tpe"))
+    if spec.stopping is not None and spec.stopping.active and len(objectives) > 1:
+        problems.append((("stopping", "rule"), f"stopping rules judge one objective, and this sweep has {named}; "
+                                               "drop stopping, or keep one objective"))
     if search.strategy == "gp" and conditional:
         problems.append((("search", "strategy"), f"gp cannot search conditional hparams (those with a when: "
                                                  f"{', '.join(conditional)}); use tpe, which can"))

@@ -65,7 +65,11 @@ class SweepHistory:
         self.spec = spec
         self.space: dict[str, SearchDomain] = spec.search_space()
         self.metric = spec.objective.metric
-        self.direction = StudyDirection.MAXIMIZE if spec.objective.goal == "maximize" else StudyDirection.MINIMIZE
+        """The objective the stopping rule judges (a sweep with a stopping rule has one)."""
+        self.objectives = spec.all_objectives
+        self.directions = [StudyDirection.MAXIMIZE if objective.goal == "maximize" else StudyDirection.MINIMIZE
+                           for objective in self.objectives]
+        self.direction = self.directions[0]
         self.pruner = pruner
         self.lock = threading.Lock()
         self._reset()
@@ -73,7 +77,7 @@ class SweepHistory:
     def _reset(self) -> None:
         self.storage = InMemoryStorage()
         self.study = optuna.create_study(storage=self.storage, study_name=study_name(self.sweep_id),
-                                         direction=self.direction, pruner=self.pruner)
+                                         directions=self.directions, pruner=self.pruner)
         self.study_id = self.storage.get_study_id_from_name(study_name(self.sweep_id))
         self.known: list[_Known] = []
         """This sweep's trials by index; in the study, trial `index` has number `offset + index`."""
@@ -144,7 +148,7 @@ class SweepHistory:
         for row in rows:
             values, distributions = params(row.hparams, self.space)
             state, value = self._outcome(TrialState(row.state), row.metrics, curves.get(row.id, {}))
-            self.study.add_trial(create_trial(state=state, value=value, params=values, distributions=distributions,
+            self.study.add_trial(create_trial(state=state, values=value, params=values, distributions=distributions,
                                               intermediate_values=_finite(curves.get(row.id, {}))))
         self.offset = len(rows)
 
@@ -169,7 +173,7 @@ class SweepHistory:
              attrs: dict[str, Any]) -> None:
         values, distributions = params(config, self.space)
         study_state, value = self._outcome(state, metrics, curve)
-        trial = create_trial(state=study_state, value=value, params=values, distributions=distributions,
+        trial = create_trial(state=study_state, values=value, params=values, distributions=distributions,
                              system_attrs=attrs, intermediate_values=_finite(curve) if study_state != StudyState.RUNNING
                              else None)
         self.study.add_trial(trial)
@@ -182,21 +186,22 @@ class SweepHistory:
         study_state, value = self._outcome(state, metrics, curve)
         for step, reported in _finite(curve).items():
             self.storage.set_trial_intermediate_value(known.study_trial_id, step, reported)
-        self.storage.set_trial_state_values(known.study_trial_id, study_state,
-                                            None if value is None else [value])
+        self.storage.set_trial_state_values(known.study_trial_id, study_state, value)
         known.active = False
 
     def _outcome(self, state: TrialState, metrics: dict[str, Any], curve: dict[int, float]
-                 ) -> tuple[StudyState, float | None]:
-        """The trial's state and objective for the sampler. Pruned trials count, by their curves (TPE ranks
-        them by the last epoch they reached); a trial without a finite objective counts as failed."""
+                 ) -> tuple[StudyState, list[float] | None]:
+        """The trial's state and objective values for the sampler. Pruned trials count, by their curves (TPE
+        ranks them by the last epoch they reached); a trial without a finite value of every objective counts
+        as failed."""
         if state in _ACTIVE:
             return StudyState.RUNNING, None
         if state == TrialState.pruned:
             return (StudyState.PRUNED, None) if _finite(curve) else (StudyState.FAIL, None)
-        value = metrics.get(self.metric)
-        if state == TrialState.completed and isinstance(value, (int, float)) and math.isfinite(value):
-            return StudyState.COMPLETE, float(value)
+        values = [metrics.get(objective.metric) for objective in self.objectives]
+        if state == TrialState.completed and all(isinstance(value, (int, float)) and math.isfinite(value)
+                                                 for value in values):
+            return StudyState.COMPLETE, [float(value) for value in values]  # type: ignore[arg-type]
         return StudyState.FAIL, None
 
     # -- reading ------------------------------------------------------------------------------------

@@ -13,7 +13,8 @@ from sweeper.messages import SweepStatus, TrialState
 
 from api.lifecycle import SweepEvent
 from api.models import SweepRow, TrialEpochRow, TrialRow
-from api.queries import (ObjectivePoint, SortOrder, best_trials, objective_of, objective_points, ordered_trials,
+from api.queries import (ObjectivePoint, SortOrder, best_trials, is_multi_objective, objective_of, objective_points,
+                         ordered_trials, pareto_fronts,
                          stored_space_size, trial_stats)
 from api.storage.base import SweepPlan, Store, next_status
 
@@ -30,6 +31,8 @@ class SweepSummary:
     """Distinct configurations in the search space (the grid's size); None when intervals make it endless."""
     started_at: datetime | None = None
     """When its first trial started; None before any did."""
+    pareto_front: list[int] | None = None
+    """A multi-objective sweep's completed trials that no other beats in every objective; None with one objective."""
 
 
 @dataclass(frozen=True)
@@ -128,7 +131,8 @@ class SweepStore(Store):
             return trials, count
 
     def best_trial(self, sweep_id: int) -> TrialRow | None:
-        """The sweep's completed trial with the best objective so far (the earliest wins a tie), if any."""
+        """The sweep's completed trial with the best objective so far (the earliest wins a tie), if any; for a
+        multi-objective sweep, by its first objective."""
         with self._session.begin():
             sweep = self._sweep(sweep_id)
             return best_trials(self._session, [sweep]).get(sweep.id)
@@ -201,9 +205,12 @@ class SweepStore(Store):
     def _summaries(self, sweeps: list[SweepRow]) -> list[SweepSummary]:
         """Summaries of many sweeps in two statements (plus one per distinct objective), none per sweep."""
         stats = trial_stats(self._session, (sweep.id for sweep in sweeps))
-        best = best_trials(self._session, sweeps)
+        # A multi-objective sweep has no single best trial: its Pareto front takes that place.
+        single = [sweep for sweep in sweeps if not is_multi_objective(sweep)]
+        best = best_trials(self._session, single)
+        fronts = pareto_fronts(self._session, sweeps)
         return [SweepSummary(sweep, stats[sweep.id].counts, best.get(sweep.id), self._space_size(sweep),
-                             stats[sweep.id].started_at) for sweep in sweeps]
+                             stats[sweep.id].started_at, fronts.get(sweep.id)) for sweep in sweeps]
 
     def _space_size(self, sweep: SweepRow) -> int | None:
         # Derived from the spec, never stored: the plan cache parses each sweep's spec once per process.
