@@ -87,11 +87,12 @@ export async function mountSweep(root, id) {
           h("span", { class: `count state-${state}`, dataset: { state },
             title: state === "pruned" ? "stopped early by the sweep's stopping rule" : null }, `${counts[state]} ${state}`)))),
       h("dl", { class: "facts" },
-        h("dt", {}, `Best ${objective.metric}`),
-        h("dd", { class: "best-value" }, best
-          ? [formatValue(objectiveOf(best, sweep.spec)), " ", h("a", { href: "#", onclick: (event) => { event.preventDefault(); select(best.id); } }, `trial ${best.index}`)]
-          : h("span", { class: "muted" }, "none yet")),
-        h("dt", {}, "Goal"), h("dd", {}, objective.goal),
+        sweep.pareto_front ? paretoFacts(sweep, select) : [
+          h("dt", {}, `Best ${objective.metric}`),
+          h("dd", { class: "best-value" }, best
+            ? [formatValue(objectiveOf(best, sweep.spec)), " ", h("a", { href: "#", onclick: (event) => { event.preventDefault(); select(best.id); } }, `trial ${best.index}`)]
+            : h("span", { class: "muted" }, "none yet")),
+          h("dt", {}, "Goal"), h("dd", {}, objective.goal)],
         h("dt", {}, "Model"), h("dd", {}, `${sweep.spec.model} on ${sweep.spec.dataset}`),
         h("dt", {}, "Search"), h("dd", { class: "search" }, searchText(sweep)),
         stopping ? [h("dt", {}, "Stopping"), h("dd", { class: "stopping" }, stopping)] : null,
@@ -159,6 +160,9 @@ export async function mountSweep(root, id) {
     const metric = sweep.spec.objective.metric;
     const names = Object.keys(sweep.spec.hparams);
     const bestId = sweep.best_trial?.id;
+    const front = new Set(sweep.pareto_front ?? []);
+    // A multi-objective sweep shows every objective's value, the first in the objective column.
+    const others = (sweep.spec.objectives ?? []).slice(1).map((objective) => objective.metric);
     const heading = (label, key) => {
       const sorted = view.sort === key;
       return h("th", { scope: "col", "aria-sort": sorted ? (view.order === "asc" ? "ascending" : "descending") : "none" },
@@ -171,14 +175,17 @@ export async function mountSweep(root, id) {
       onclick: () => select(trial.id),
       onkeydown: (event) => { if (event.key === "Enter") select(trial.id); },
     },
-    h("td", { class: "number" }, trial.index, trial.id === bestId ? h("span", { class: "star", title: "best trial" }, " ★") : null),
+    h("td", { class: "number" }, trial.index, trial.id === bestId ? h("span", { class: "star", title: "best trial" }, " ★") : null,
+      front.has(trial.id) ? h("span", { class: "star pareto", title: "on the Pareto front" }, " ◆") : null),
     h("td", { class: "state" }, trialStateBadge(trial)),
     h("td", { class: "number" }, formatValue(trial.metrics?.[metric] ?? null)),
+    others.map((name) => h("td", { class: "number" }, formatValue(trial.metrics?.[name] ?? null))),
     names.map((name) => h("td", { class: "number" }, formatValue(trial.hparams[name] ?? null))),
     h("td", { class: "number" }, trial.attempts),
     h("td", { class: "failure", title: trial.error ?? "" }, trial.error ?? "")));
     fill(tableBox, h("table", { class: "grid trials-table" },
       h("thead", {}, h("tr", {}, heading("#", "index"), heading("State"), heading(metric, "objective"),
+        others.map((name) => heading(name, `metrics.${name}`)),
         names.map((name) => heading(name, `hparams.${name}`)), heading("Attempts"), heading("Failure"))),
       h("tbody", {}, rows)),
     page.data.length ? null : h("p", { class: "empty" }, view.state ? `No ${view.state} trials.` : "No trials yet: they are created as workers claim them."));
@@ -244,6 +251,20 @@ function trialDetail(trial, sweep, close) {
       h("dt", {}, "attempts"), h("dd", {}, trial.attempts),
       trial.worker_id ? [h("dt", {}, "worker"), h("dd", {}, trial.worker_id)] : null),
     history.length ? h("div", { class: "curves" }, charts) : h("p", { class: "empty" }, "No epoch reported yet."),
+  ];
+}
+
+/** A multi-objective sweep's objectives and its Pareto front, linked to its trials. */
+function paretoFacts(sweep, select) {
+  const front = sweep.pareto_front;
+  return [
+    h("dt", {}, "Objectives"),
+    h("dd", {}, sweep.spec.objectives.map((objective) => `${objective.metric} (${objective.goal})`).join(", ")),
+    h("dt", {}, "Pareto front"),
+    h("dd", { class: "pareto-front" }, front.length
+      ? [`${front.length} trial${front.length === 1 ? "" : "s"}: `, front.map((id, position) => [position ? ", " : "",
+        h("a", { href: "#", onclick: (event) => { event.preventDefault(); select(id); } }, `#${id}`)])]
+      : h("span", { class: "muted" }, "none yet")),
   ];
 }
 
