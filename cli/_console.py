@@ -74,23 +74,33 @@ def trial_state(trial: dict[str, Any]) -> str:
 
 def trials_table(sweep: dict[str, Any], trials: list[dict[str, Any]]) -> Table:
     metric = sweep["spec"]["objective"]["metric"]
+    # A multi-objective sweep: every objective gets a column, and its Pareto front is marked.
+    others = [objective["metric"] for objective in sweep["spec"].get("objectives", [])[1:]]
+    front = set(sweep.get("pareto_front") or [])
     names = list(sweep["spec"]["hparams"])
     best = (sweep.get("best_trial") or {}).get("id")
     counts = _counts(sweep)
     table = Table(title=f"Sweep {sweep['id']} {sweep['name']}: {sweep['status']}, "
                         f"{finished_count(sweep)}/{sweep['total_trials']} finished"
                         + (f" ({counts})" if counts else ""))
-    for column in ("trial", "state", metric, *names, "attempts"):
+    for column in ("trial", "state", metric, *others, *names, "attempts"):
         table.add_column(column)
     for trial in trials:
-        style = "bold green" if trial["id"] == best else None
+        style = "bold green" if trial["id"] == best or trial["id"] in front else None
         state = Text(trial_state(trial), style=TRIAL_STATE_STYLES.get(trial["state"], ""))
-        table.add_row(str(trial["id"]), state, _format(trial["metrics"].get(metric)),
+        marker = " ◆" if trial["id"] in front else ""
+        table.add_row(f"{trial['id']}{marker}", state,
+                      *(_format(trial["metrics"].get(name)) for name in (metric, *others)),
                       *(_format(trial["hparams"].get(name)) for name in names), str(trial["attempts"]),
                       style=style)
+    notes = []
+    if front:
+        notes.append("◆: on the Pareto front")
     if any(epochs_trained(trial) is not None for trial in trials):
         rule = (sweep["spec"].get("stopping") or {}).get("rule", "stopping")
-        table.caption = f"pruned @ N: stopped by the {rule} rule after N epochs trained"
+        notes.append(f"pruned @ N: stopped by the {rule} rule after N epochs trained")
+    if notes:
+        table.caption = "; ".join(notes)
     return table
 
 
@@ -147,7 +157,12 @@ def summary(sweep: dict[str, Any], logdir: str, console: Console) -> None:
     console.print(f"Sweep {sweep['id']} {sweep['name']} {sweep['status']}: "
                   f"{finished_count(sweep)}/{sweep['total_trials']} trials finished "
                   f"({_counts(sweep)})")
-    if best:
+    front = sweep.get("pareto_front")
+    if front:
+        names = ", ".join(objective["metric"] for objective in sweep["spec"]["objectives"])
+        console.print(f"Pareto front ({names}): trial{'s' if len(front) > 1 else ''} "
+                      f"{', '.join(map(str, front))}; sweeper status {sweep['id']} shows their values")
+    elif best:
         console.print(f"Best trial {best['id']}: {metric}={best['metrics'][metric]:.4f}")
         for name, value in best["hparams"].items():
             console.print(f"  {name} = {_format(value)}")

@@ -105,3 +105,46 @@ def test_status_of_a_sweep_without_pruned_trials_has_no_pruning_note(server: Run
     assert code == 0
     assert output.startswith(f"Sweep {sweep['id']} plain: completed, 1/1 finished (1 completed)")
     assert "pruned" not in output
+
+
+def test_status_of_a_multi_objective_sweep_marks_its_pareto_front_and_shows_every_objective(server: RunningServer):
+    spec = {**ASHA_SPEC, "name": "trade-off", "stopping": None,
+            "objective": [{"metric": "val_accuracy"}, {"metric": "num_params", "goal": "minimize"}]}
+    spec.pop("stopping")
+    with httpx.Client(base_url=f"{server.url}/api/v1", timeout=30) as api:
+        sweep = api.post("/sweeps", json=spec).json()
+        while (claim := api.post("/trials/claim", json={"worker_id": "w1", "host": "box"})).status_code == 200:
+            assignment = claim.json()
+            units = assignment["hparams"]["units"]
+            # units 16 is larger than 8 and less accurate: dominated; 8 and 32 are the trade-off.
+            accuracy = {8: 0.9, 16: 0.85, 32: 0.95}[units]
+            api.post(f"/trials/{assignment['trial_id']}/complete", json={
+                "worker_id": "w1", "lease_token": assignment["lease_token"],
+                "metrics": {"val_accuracy": accuracy, "num_params": float(units * 100)}})
+        trials = {t["hparams"]["units"]: t["id"] for t in api.get(f"/sweeps/{sweep['id']}/trials").json()["data"]}
+
+    code, output = sweeper(server, "status", str(sweep["id"]))
+
+    assert code == 0, output
+    assert "┃ trial ┃ state ┃ val_accuracy ┃ num_params ┃ units ┃ attempts ┃" in output
+    assert f"│ {trials[8]} ◆ │ completed │ 0.9 │ 800 │ 8 │ 1 │" in output
+    assert f"│ {trials[32]} ◆ │ completed │ 0.95 │ 3200 │ 32 │ 1 │" in output
+    assert f"│ {trials[16]} │ completed │ 0.85 │ 1600 │ 16 │ 1 │" in output
+    assert output.endswith("◆: on the Pareto front")
+
+
+def test_the_end_of_a_multi_objective_sweep_names_its_pareto_front_not_a_best_trial():
+    from rich.console import Console
+
+    from cli import _console
+
+    sweep = {"id": 4, "name": "trade-off", "status": "completed", "total_trials": 3, "best_trial": None,
+             "pareto_front": [10, 12], "trial_counts": {"completed": 3},
+             "spec": {"objective": {"metric": "val_accuracy"},
+                      "objectives": [{"metric": "val_accuracy"}, {"metric": "num_params"}]}}
+    console = Console(record=True, width=200)
+
+    _console.summary(sweep, "runs", console)
+
+    assert console.export_text().splitlines()[1] == (
+        "Pareto front (val_accuracy, num_params): trials 10, 12; sweeper status 4 shows their values")
