@@ -1,10 +1,11 @@
 """TensorBoard HParams logging: a sweep's experiment config and each trial's session.
 
 Layout: `<logdir>/<sweep_id>/` holds exactly one hparams_config (the exact domains and the metrics);
-`<logdir>/<sweep_id>/<trial_id>/` holds a trial's session start, its final objective scalar and its
-session end. The logdir is a local folder or an object-store URL (`sweeper.log_location`). The API
-server writes the config, so this module loads no TensorFlow at import time and `write_experiment`
-loads it only for a URL; the session helpers, used by workers, import it where they run.
+`<logdir>/<sweep_id>/<trial_id>/` holds a trial's session start, its final scalars (the objective,
+`num_params`, and `pruned_at_epoch` when it was pruned) and its session end. The logdir is a local
+folder or an object-store URL (`sweeper.log_location`). The API server writes the config, so this
+module loads no TensorFlow at import time and `write_experiment` loads it only for a URL; the session
+helpers, used by workers, import it where they run.
 """
 
 from __future__ import annotations
@@ -32,6 +33,12 @@ from sweeper._spec import SweepSpec
 # TensorBoard reads any file whose name contains "tfevents".
 CONFIG_FILE = "events.out.tfevents.0000000000.sweeper.hparams_config"
 
+NUM_PARAMS = "num_params"
+"""The model's parameter count: in every epoch's metrics, and a scalar in the trial's folder."""
+PRUNED_AT_EPOCH = "pruned_at_epoch"
+"""A scalar in a pruned trial's folder only: the number of epochs it trained before the server pruned it,
+which is the 0-based index of its last epoch + 1. A completed, cancelled or failed trial has none."""
+
 # (tag, group, display name, dataset type) of the per-epoch scalars that Keras's TensorBoard callback
 # writes into a trial's train/ and validation/ folders.
 _EPOCH_METRICS = (
@@ -49,7 +56,8 @@ class SessionStatus(StrEnum):
     success = "success"
     failure = "failure"
     aborted = "aborted"
-    """Stopped on purpose before its last epoch: pruned, or its sweep cancelled."""
+    """Stopped on purpose before its last epoch: pruned (its folder then holds `PRUNED_AT_EPOCH`), or its
+    sweep cancelled."""
 
     @property
     def proto(self) -> int:
@@ -76,11 +84,19 @@ def hparams_for(spec: SweepSpec) -> list[hp.HParam]:
 
 
 def metrics_for(spec: SweepSpec) -> list[hp.Metric]:
-    """The objective (a scalar in each trial's own folder), then the per-epoch train/validation scalars."""
+    """The objective, num_params and pruned_at_epoch (scalars in each trial's own folder), then the
+    per-epoch train/validation scalars. num_params is listed once, as the objective, when it is one."""
     objective = spec.objective
     metrics = [hp.Metric(objective.metric, display_name=f"{objective.metric} (objective)",
                          description=f"The trial's final {objective.metric}; the sweep's goal is to "
                                      f"{objective.goal} it.")]
+    if objective.metric != NUM_PARAMS:
+        metrics.append(hp.Metric(NUM_PARAMS, display_name="parameters",
+                                 description="The model's parameter count, trainable and not."))
+    metrics.append(hp.Metric(PRUNED_AT_EPOCH, display_name="pruned at epoch",
+                             description="Only pruned trials have it: the number of epochs the trial trained "
+                                         "before the server pruned it. Completed, cancelled and failed trials "
+                                         "have none."))
     metrics += [hp.Metric(tag, group=group, display_name=display, dataset_type=dataset_type)
                 for tag, group, display, dataset_type in _EPOCH_METRICS]
     return metrics
@@ -160,10 +176,15 @@ class TrialSession:
 
     def write_objective(self, metric: str, value: float, step: int) -> None:
         """The trial's objective value, as the scalar that the config's objective metric names."""
+        self.write_scalars({metric: value}, step=step)
+
+    def write_scalars(self, values: Mapping[str, float], step: int) -> None:
+        """Scalars in the trial's own folder (the HParams table's columns for the config's metrics of group "")."""
         import tensorflow as tf
 
         with self._writer.as_default():
-            tf.summary.scalar(metric, float(value), step=step)
+            for tag, value in values.items():
+                tf.summary.scalar(tag, float(value), step=step)
         self._writer.flush()
 
     def end(self, status: SessionStatus) -> None:

@@ -7,6 +7,10 @@ Everything else comes from the assignment: the loss, metrics, class weights, ear
 mixed precision and XLA of `TrainSettings`, which epoch's metrics are the trial's result, and the
 checkpoint folder and lease that an interrupted trial resumes from (see `sweeper.training.checkpoints`).
 
+Every epoch's metrics include `num_params`, the model's parameter count, so a sweep can minimize it; the
+trial's folder gets it as a scalar beside the objective, and a pruned trial's also `pruned_at_epoch` (the
+epochs it trained), so the HParams dashboard tells pruned trials from completed and cancelled ones.
+
 How a trial ends decides what is left of it. Completed, pruned or cancelled: a session end. Stopped
 ("stop", to be handed back): no session end, and the checkpoint of its last epoch, which the retry
 continues. Failed: a FAILURE session end; a loss that becomes NaN or infinite fails it with
@@ -34,7 +38,7 @@ from keras import ops
 from sweeper import _log_files, _registry
 from sweeper._errors import InfrastructureError, NonFiniteLossError, TrialAbandonedError
 from sweeper._spec import LOSSES, METRICS, EarlyStopping, Objective
-from sweeper.hparams_log import SessionStatus, TrialSession
+from sweeper.hparams_log import NUM_PARAMS, PRUNED_AT_EPOCH, SessionStatus, TrialSession
 from sweeper.messages import Action, Assignment
 from sweeper.training.checkpoints import Resume, TrialCheckpoint
 from sweeper.training.datasets import TrainingData, training_data, using_data_root
@@ -69,7 +73,7 @@ class TrialResult:
 
     metrics: dict[str, float]
     """The objective epoch's metrics (loss, val_loss, each train.metrics name and its val_ form,
-    learning_rate): the last epoch's, or with objective epoch "best" the best epoch's."""
+    learning_rate, num_params): the last epoch's, or with objective epoch "best" the best epoch's."""
     epochs_run: int
     objective: float
     """The objective metric's value in `metrics`."""
@@ -102,7 +106,8 @@ def run_trial(assignment: Assignment, on_epoch_end: EpochCallback, data_root: Pa
     folder keeps exactly what those epochs logged, so every epoch is logged once, and its session start.
 
     Any other exception ends the HParams session as FAILURE and propagates, so the worker can report it.
-    A "prune" or "cancel" answer ends it as aborted (see `SessionStatus.proto`); a "stop" answer leaves
+    A "prune" or "cancel" answer ends it as aborted (see `SessionStatus.proto`), and a pruned trial's
+    folder also gets `pruned_at_epoch`, the number of epochs it trained; a "stop" answer leaves
     it without an end, since the worker hands the trial back and the retry continues the session. A
     `TrialAbandonedError` leaves it without an end too, and writes nothing more at all.
 
@@ -126,10 +131,25 @@ def run_trial(assignment: Assignment, on_epoch_end: EpochCallback, data_root: Pa
                 # It also resets Keras's dtype policy, hence inside the block that restores it.
                 keras.backend.clear_session()
         if result.objective_epoch >= 0:
-            with _log_files.io_failures(f"write the objective to the trial's logs in {assignment.logdir}"):
-                session.write_objective(assignment.objective.metric, result.objective, step=result.objective_epoch)
+            with _log_files.io_failures(f"write the trial's final scalars to its logs in {assignment.logdir}"):
+                _write_final_scalars(session, assignment.objective.metric, result)
         session.status = _session_status(result.stopped_by)
     return result
+
+
+def _write_final_scalars(session: TrialSession, objective_metric: str, result: TrialResult) -> None:
+    """The HParams table's columns from the trial's own folder: the objective and num_params at the objective
+    epoch, and for a pruned trial `pruned_at_epoch` at its last epoch.
+
+    `pruned_at_epoch` is the number of epochs the trial trained (its last epoch's 0-based index + 1), so
+    the column reads like `epochs_run` and a trial pruned after its first epoch shows 1, not 0.
+    A cancelled trial, which ends the same way in the dashboard, never gets it.
+    """
+    # A dict: with num_params as the objective, it is written once.
+    session.write_scalars({objective_metric: result.objective, NUM_PARAMS: result.metrics[NUM_PARAMS]},
+                          step=result.objective_epoch)
+    if result.stopped_by == Action.prune:
+        session.write_scalars({PRUNED_AT_EPOCH: result.epochs_run}, step=result.epochs_run - 1)
 
 
 @contextmanager
@@ -180,7 +200,9 @@ def _train(assignment: Assignment, on_epoch_end: EpochCallback, data_root: Path 
     if resume is not None:
         _build(model, train)
         checkpoint.restore(model, resume)
-        history = list(resume.history)
+        # A checkpoint saved before epochs reported num_params lacks it; the model's count is the same.
+        num_params = float(model.count_params())
+        history = [{NUM_PARAMS: num_params, **metrics} for metrics in resume.history]
     first_epoch = len(history)
 
     chains = _KeptChains()
@@ -493,6 +515,10 @@ def _session_status(stopped_by: str | None) -> SessionStatus | None:
         # TensorBoard would keep the first end it reads.
         return None
     if stopped_by in (Action.prune, Action.cancel):
+        # A pruned trial ends as aborted like a cancelled one: TensorBoard's session statuses (UNKNOWN,
+        # SUCCESS, FAILURE, RUNNING as of 2.21) have none for "stopped on purpose", and each of the others
+        # would mislead (a success counted as a full run, a failure as a crash, running as never ending).
+        # Its `pruned_at_epoch` scalar is what tells it from a cancelled trial in the dashboard.
         return SessionStatus.aborted
     return SessionStatus.success
 
@@ -521,7 +547,11 @@ class _LearningRateInLogs(keras.callbacks.Callback):
 
 
 class _EpochReporter(keras.callbacks.Callback):
-    """Hands each epoch's metrics (and the learning rate) to the worker and obeys its answer.
+    """Hands each epoch's metrics (and the learning rate and the model's parameter count) to the worker and
+    obeys its answer.
+
+    The parameter count joins the reported metrics only, not Keras's logs: Keras's TensorBoard callback
+    would log it again every epoch, and it never changes.
 
     `history` starts with the metrics of the epochs a checkpoint restored: only the epochs this
     attempt trains are handed on, but the trial's result is judged over all of them. An error from the
@@ -542,6 +572,7 @@ class _EpochReporter(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         metrics = {name: float(value) for name, value in (logs or {}).items()}
         metrics["learning_rate"] = _learning_rate(self.model)
+        metrics[NUM_PARAMS] = float(self.model.count_params())
         if epoch == self._first_epoch:
             # Fail on the first epoch, not after the whole training, when the objective names no metric.
             _require_objective(self._objective_metric, metrics)

@@ -5,7 +5,8 @@ mix with the new ones: TensorBoard takes a metric's value at the highest step wh
 it, keeps the first session end it reads, and shows an epoch written twice as two points. So an
 attempt that starts over removes every earlier event file, and one that resumes after `epoch` finished
 epochs keeps exactly what those epochs wrote (their train/ and validation/ scalars, and the session
-start) and drops the rest: scalars of the epochs it trains again, the objective and any session end.
+start) and drops the rest: scalars of the epochs it trains again, the trial's final scalars (the
+objective, num_params, pruned_at_epoch: the attempt writes its own as it ends) and any session end.
 Event files are rewritten whole under a temporary name and renamed into place. The trial's folder may
 be a local one or an object-store URL (`sweeper.log_location`): files are listed, read and written
 through `sweeper._log_files`, and read with TensorBoard's loader, which reads both.
@@ -68,7 +69,8 @@ def _rewind_epoch_folder(folder: str, epoch: int) -> None:
 
 
 def _keep_first_session_start(trial_dir: str | Path) -> bool:
-    """Keep only the trial folder's first session start: drop its objective scalar and any session end."""
+    """Keep only the trial folder's first session start: drop its final scalars (objective, num_params,
+    pruned_at_epoch) and any session end."""
     kept = False
     for path in _event_files(trial_dir):
         records = []

@@ -101,18 +101,39 @@ def test_config_holds_each_hparams_exact_domain(tmp_path: Path) -> None:
     assert _discrete_values(infos["lr_schedule"]) == ["cosine"]
 
 
-def test_config_metrics_are_the_objective_and_keras_epoch_scalars(tmp_path: Path) -> None:
+def test_config_metrics_are_the_objective_the_trials_own_scalars_and_keras_epoch_scalars(tmp_path: Path) -> None:
     write_experiment(tmp_path, parse_spec(SPEC))
 
     metrics = [(info.name.group, info.name.tag) for info in _read_experiment(tmp_path).metric_infos]
 
     assert metrics == [
-        ("", "val_accuracy"),
+        ("", "val_accuracy"), ("", "num_params"), ("", "pruned_at_epoch"),
         ("train", "epoch_loss"), ("validation", "epoch_loss"),
         ("train", "epoch_accuracy"), ("validation", "epoch_accuracy"),
         ("train", "epoch_learning_rate"),
     ]
     assert all(info.display_name for info in _read_experiment(tmp_path).metric_infos)
+
+
+def test_config_describes_num_params_and_that_only_pruned_trials_have_pruned_at_epoch(tmp_path: Path) -> None:
+    write_experiment(tmp_path, parse_spec(SPEC))
+
+    infos = {info.name.tag: info for info in _read_experiment(tmp_path).metric_infos if not info.name.group}
+
+    assert infos["num_params"].display_name == "parameters"
+    assert "parameter count" in infos["num_params"].description
+    assert infos["pruned_at_epoch"].display_name == "pruned at epoch"
+    assert infos["pruned_at_epoch"].description.startswith("Only pruned trials have it: the number of epochs")
+
+
+def test_num_params_as_the_objective_is_one_column(tmp_path: Path) -> None:
+    write_experiment(tmp_path, parse_spec({**SPEC, "objective": {"metric": "num_params", "goal": "minimize"}}))
+
+    infos = [info for info in _read_experiment(tmp_path).metric_infos if not info.name.group]
+
+    assert [(info.name.tag, info.display_name) for info in infos] == [
+        ("num_params", "num_params (objective)"), ("pruned_at_epoch", "pruned at epoch")]
+    assert infos[0].description == "The trial's final num_params; the sweep's goal is to minimize it."
 
 
 def test_hparams_and_metrics_for_match_the_spec() -> None:
@@ -184,6 +205,18 @@ def test_trial_session_writes_start_objective_and_success(tmp_path: Path) -> Non
         == {"units": 32, "optimizer": "adam", "dropout": 0.25}
     assert end.status == api_pb2.STATUS_SUCCESS
     assert scalars == {"val_accuracy": [0.75]}
+
+
+def test_trial_session_writes_scalars_into_the_trials_own_folder(tmp_path: Path) -> None:
+    with TrialSession(tmp_path, 7, {"units": 32}) as session:
+        session.write_scalars({"val_accuracy": 0.75, "num_params": 1210}, step=2)
+        session.write_scalars({"pruned_at_epoch": 3}, step=2)
+        session.status = SessionStatus.aborted
+
+    _, end, scalars = _read_session(tmp_path)
+
+    assert scalars == {"val_accuracy": [0.75], "num_params": [1210.0], "pruned_at_epoch": [3.0]}
+    assert end.status == getattr(api_pb2, "STATUS_ABORTED", api_pb2.STATUS_UNKNOWN)
 
 
 def test_trial_session_ends_as_failure_when_the_block_raises(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ without interruption. However a trial ends, the runner leaves its checkpoint: th
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -113,7 +114,8 @@ def test_a_retried_trial_continues_the_schedule_and_logs_each_epoch_once(
 
     assert _session_starts(tmp_path / "7") == 1
     assert _session(tmp_path / "7")[1] == api_pb2.STATUS_SUCCESS
-    assert _scalars(tmp_path / "7") == {"val_accuracy": [(EPOCHS - 1, pytest.approx(result.metrics["val_accuracy"]))]}
+    assert _scalars(tmp_path / "7") == {"val_accuracy": [(EPOCHS - 1, pytest.approx(result.metrics["val_accuracy"]))],
+                                        "num_params": [(EPOCHS - 1, result.metrics["num_params"])]}
     (group,) = _session_groups(tmp_path)
     assert [session.status for session in group.sessions] == [api_pb2.STATUS_SUCCESS]
     # Both leases' saves stay, the first's untouched by the second: the worker deletes the checkpoint.
@@ -146,7 +148,28 @@ def test_the_objective_is_judged_over_the_epochs_of_every_attempt(tmp_path: Path
 
     assert (result.epochs_run, result.objective_epoch) == (EPOCHS, 0)
     assert result.metrics == first.calls[0][1]
-    assert _scalars(tmp_path / "7") == {"learning_rate": [(0, pytest.approx(result.objective))]}
+    assert _scalars(tmp_path / "7") == {"learning_rate": [(0, pytest.approx(result.objective))],
+                                        "num_params": [(0, result.metrics["num_params"])]}
+
+
+def test_epochs_restored_from_a_checkpoint_without_num_params_get_the_models_count(tmp_path: Path) -> None:
+    # As a checkpoint saved before epochs reported the parameter count: its history lacks it.
+    objective = Objective(metric="learning_rate", goal="maximize", epoch="best")
+    assignment = _trial(tmp_path).model_copy(update={"objective": objective})
+    run_trial(assignment, _InterruptAt(1, "stop"))
+    state_file = tmp_path / "7" / "checkpoint" / lease_folder_name(1) / STATE_FILE
+    state = json.loads(state_file.read_text())
+    state["history"] = [{name: value for name, value in metrics.items() if name != "num_params"}
+                        for metrics in state["history"]]
+    state_file.write_text(json.dumps(state))
+    second = _Recorder()
+
+    result = run_trial(_retry(assignment), second)
+
+    # The objective epoch is 0, one the retry restored rather than trained.
+    assert result.objective_epoch == 0
+    assert result.metrics["num_params"] == second.calls[0][1]["num_params"] > 0
+    assert _scalars(tmp_path / "7")["num_params"] == [(0, result.metrics["num_params"])]
 
 
 def test_a_stopped_trial_keeps_its_checkpoint_and_its_session_stays_open(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from tensorboard.plugins.hparams import api_pb2, backend_context, list_session_g
 from sweeper import _registry, parse_spec
 from sweeper._spec import Objective, TrainSettings
 from sweeper.hparams_log import write_experiment
-from sweeper.messages import Assignment
+from sweeper.messages import Action, Assignment
 from sweeper.training.devices import configure_gpus, enable_memory_growth, memory_limit_from_environment
 from sweeper.training.runner import TrialResult, run_trial
 
@@ -32,6 +32,8 @@ STEPS_PER_EPOCH = math.ceil(math.floor(1797 * 0.8) / BATCH_SIZE)
 BASE_HPARAMS = {"units": 16, "learning_rate": 0.01, "batch_size": BATCH_SIZE, "seed": 1}
 # TensorBoard 2.21 has no STATUS_ABORTED; sweeper writes UNKNOWN, with an end, where it is missing.
 ABORTED = getattr(api_pb2, "STATUS_ABORTED", api_pb2.STATUS_UNKNOWN)
+# The mlp of BASE_HPARAMS on digits: 64 pixels -> Dense(16) -> Dense(10), each with its biases.
+MLP_PARAMS = 64 * 16 + 16 + 16 * 10 + 10
 
 
 def _assignment(logdir: Path, trial_id: int = 7, epochs: int = EPOCHS, model: str = "mlp",
@@ -75,15 +77,17 @@ def _session(trial_dir: Path) -> tuple[api_pb2.SessionStartInfo | None, int | No
     return start, status
 
 
-def _session_groups(sweep_dir: Path) -> list[api_pb2.SessionGroup]:
-    """The session groups exactly as TensorBoard's HParams dashboard asks its backend for them."""
+def _session_groups(sweep_dir: Path, col_params: list[api_pb2.ColParams] = ()) -> list[api_pb2.SessionGroup]:
+    """The session groups exactly as TensorBoard's HParams dashboard asks its backend for them, filtered
+    and sorted by `col_params` as the dashboard's column controls ask."""
     multiplexer = plugin_event_multiplexer.EventMultiplexer()
     multiplexer.AddRunsFromDirectory(str(sweep_dir))
     multiplexer.Reload()
     tb_context = base_plugin.TBContext(logdir=str(sweep_dir), multiplexer=multiplexer,
                                        data_provider=data_provider.MultiplexerDataProvider(multiplexer, str(sweep_dir)))
-    request = api_pb2.ListSessionGroupsRequest(start_index=0, slice_size=100, allowed_statuses=[
-        api_pb2.STATUS_UNKNOWN, api_pb2.STATUS_SUCCESS, api_pb2.STATUS_FAILURE, api_pb2.STATUS_RUNNING, ABORTED])
+    request = api_pb2.ListSessionGroupsRequest(
+        start_index=0, slice_size=100, col_params=col_params, allowed_statuses=[
+            api_pb2.STATUS_UNKNOWN, api_pb2.STATUS_SUCCESS, api_pb2.STATUS_FAILURE, api_pb2.STATUS_RUNNING, ABORTED])
     response = list_session_groups.Handler(context.RequestContext(), backend_context.Context(tb_context), "",
                                            request).run()
     return list(response.session_groups)
@@ -113,7 +117,7 @@ def test_trial_runs_every_epoch_and_returns_the_last_epochs_metrics(finished_tri
     _, result, recorder = finished_trial
 
     assert (result.epochs_run, result.stopped, result.stopped_by) == (EPOCHS, False, None)
-    assert set(result.metrics) == {"loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"}
+    assert set(result.metrics) == {"loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "num_params"}
     assert all(isinstance(value, float) for value in result.metrics.values())
     assert result.metrics == recorder.calls[-1][1]
     assert (result.objective, result.objective_epoch) == (result.metrics["val_accuracy"], EPOCHS - 1)
@@ -180,7 +184,8 @@ def test_trial_folder_holds_session_start_objective_and_success(finished_trial: 
     assert {name: getattr(value, value.WhichOneof("kind")) for name, value in start.hparams.items()} == \
         {**BASE_HPARAMS, "lr_schedule": "exponential"}
     assert status == api_pb2.STATUS_SUCCESS
-    assert _scalars(sweep_dir / "7") == {"val_accuracy": [(EPOCHS - 1, pytest.approx(result.metrics["val_accuracy"]))]}
+    assert _scalars(sweep_dir / "7") == {"val_accuracy": [(EPOCHS - 1, pytest.approx(result.metrics["val_accuracy"]))],
+                                         "num_params": [(EPOCHS - 1, result.metrics["num_params"])]}
 
 
 def test_hparams_dashboard_shows_the_trial_with_its_status_and_metrics(finished_trial: Any) -> None:
@@ -200,11 +205,14 @@ def test_hparams_dashboard_shows_the_trial_with_its_status_and_metrics(finished_
     assert metrics[("", "val_accuracy")] == pytest.approx(result.metrics["val_accuracy"])
     assert metrics[("validation", "epoch_loss")] == pytest.approx(result.metrics["val_loss"])
     assert metrics[("train", "epoch_learning_rate")] == pytest.approx(result.metrics["learning_rate"])
+    assert metrics[("", "num_params")] == result.metrics["num_params"]
+    assert ("", "pruned_at_epoch") not in metrics
 
 
-@pytest.mark.parametrize(("answer", "status"), [("stop", None), ("prune", ABORTED), ("cancel", ABORTED)])
-def test_stop_prune_or_cancel_answer_ends_training_after_that_epoch(tmp_path: Path, answer: str,
-                                                                    status: int | None) -> None:
+@pytest.mark.parametrize(("answer", "status", "pruned_at_epoch"), [
+    ("stop", None, None), ("prune", ABORTED, [(0, 1.0)]), ("cancel", ABORTED, None)])
+def test_stop_prune_or_cancel_answer_ends_training_after_that_epoch(tmp_path: Path, answer: str, status: int | None,
+                                                                    pruned_at_epoch: Any) -> None:
     recorder = _Recorder(answer, from_epoch=0)
 
     result = run_trial(_assignment(tmp_path, epochs=5), recorder)
@@ -214,6 +222,110 @@ def test_stop_prune_or_cancel_answer_ends_training_after_that_epoch(tmp_path: Pa
     assert [step for step, _ in _scalars(tmp_path / "7" / "train")["epoch_loss"]] == [0]
     # "stop" hands the trial back for a retry: no session end, which TensorBoard would keep for good.
     assert _session(tmp_path / "7")[1] == status
+    # Only a pruned trial says so: a cancelled one ends as aborted too, but without the scalar.
+    assert _scalars(tmp_path / "7").get("pruned_at_epoch") == pruned_at_epoch
+
+
+def test_a_trial_pruned_at_epoch_2_logs_that_it_trained_3_epochs_and_ends_its_session(tmp_path: Path) -> None:
+    recorder = _Recorder(Action.prune, from_epoch=2)
+
+    result = run_trial(_assignment(tmp_path, epochs=5), recorder)
+
+    assert (result.epochs_run, result.stopped_by) == (3, Action.prune)
+    assert [epoch for epoch, _ in recorder.calls] == [0, 1, 2]
+    # pruned_at_epoch counts the epochs trained (the 0-based index + 1), at the step of the last one.
+    assert _scalars(tmp_path / "7")["pruned_at_epoch"] == [(2, 3.0)]
+    start, status = _session(tmp_path / "7")
+    assert (start.group_name, status) == ("7", ABORTED)
+
+
+def test_a_completed_trial_has_no_pruned_at_epoch(finished_trial: Any) -> None:
+    sweep_dir, result, _ = finished_trial
+
+    assert result.stopped_by is None
+    assert "pruned_at_epoch" not in _scalars(sweep_dir / "7")
+
+
+def test_a_trial_cancelled_between_batches_has_no_pruned_at_epoch(tmp_path: Path) -> None:
+    recorder = _Recorder()
+
+    # The sweep is cancelled while the second epoch trains.
+    result = run_trial(_assignment(tmp_path, epochs=3), recorder,
+                       interrupt=lambda: "cancel" if recorder.calls else None)
+
+    assert (result.epochs_run, result.stopped_by) == (1, Action.cancel)
+    assert set(_scalars(tmp_path / "7")) == {"val_accuracy", "num_params"}
+    assert _session(tmp_path / "7")[1] == ABORTED
+
+
+def test_every_epochs_metrics_include_the_models_parameter_count(tmp_path: Path) -> None:
+    class CountParams(keras.callbacks.Callback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.counts: list[int] = []
+
+        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+            self.counts.append(self.model.count_params())
+
+    recorder, counter = _Recorder(), CountParams()
+
+    result = run_trial(_assignment(tmp_path, epochs=2), recorder, callbacks=[counter])
+
+    assert counter.counts == [MLP_PARAMS, MLP_PARAMS]
+    reported = [metrics["num_params"] for _, metrics in recorder.calls]
+    assert reported == [float(MLP_PARAMS), float(MLP_PARAMS)]
+    assert all(type(value) is float for value in reported)
+    assert result.metrics["num_params"] == MLP_PARAMS
+    # Not a per-epoch scalar of Keras's: one value, in the trial's own folder, for the HParams table.
+    assert _scalars(tmp_path / "7")["num_params"] == [(1, float(MLP_PARAMS))]
+    assert not any("num_params" in tag for tag in _scalars(tmp_path / "7" / "train"))
+
+
+def test_a_wider_model_reports_more_parameters(tmp_path: Path) -> None:
+    result = run_trial(_assignment(tmp_path, epochs=1, units=32), _Recorder())
+
+    assert result.metrics["num_params"] == 64 * 32 + 32 + 32 * 10 + 10
+
+
+def test_num_params_can_be_the_objective_and_is_logged_once(tmp_path: Path) -> None:
+    assignment = _assignment(tmp_path, epochs=2).model_copy(
+        update={"objective": Objective(metric="num_params", goal="minimize")})
+
+    result = run_trial(assignment, _Recorder())
+
+    assert (result.objective, result.objective_epoch) == (MLP_PARAMS, 1)
+    assert _scalars(tmp_path / "7") == {"num_params": [(1, float(MLP_PARAMS))]}
+
+
+def _digits_spec(**overrides: Any) -> Any:
+    return parse_spec({"name": "digits", "model": "mlp", "dataset": "digits",
+                       "objective": {"metric": "val_accuracy"}, "search": {"max_trials": 3},
+                       "hparams": {"units": 16, "learning_rate": 0.01, "batch_size": BATCH_SIZE, "seed": 1},
+                       **overrides})
+
+
+def test_hparams_dashboard_tells_pruned_trials_from_completed_and_cancelled_ones(tmp_path: Path) -> None:
+    run_trial(_assignment(tmp_path, trial_id=1, epochs=4), _Recorder())
+    run_trial(_assignment(tmp_path, trial_id=2, epochs=4), _Recorder(Action.prune, from_epoch=2))
+    run_trial(_assignment(tmp_path, trial_id=3, epochs=4), _Recorder(Action.cancel, from_epoch=2))
+    write_experiment(tmp_path, _digits_spec())
+    pruned_at_epoch = api_pb2.MetricName(group="", tag="pruned_at_epoch")
+
+    groups = {group.name: group for group in _session_groups(tmp_path)}
+    # The column a user filters on to see only the pruned trials, or sorts by (pruned ones first).
+    only_pruned = _session_groups(tmp_path, [api_pb2.ColParams(
+        metric=pruned_at_epoch, filter_interval=api_pb2.Interval(min_value=0, max_value=math.inf),
+        exclude_missing_values=True)])
+    sorted_by_it = _session_groups(tmp_path, [api_pb2.ColParams(
+        metric=pruned_at_epoch, order=api_pb2.ORDER_DESC, missing_values_first=False)])
+
+    assert {name: [session.status for session in group.sessions] for name, group in groups.items()} == \
+        {"1": [api_pb2.STATUS_SUCCESS], "2": [ABORTED], "3": [ABORTED]}
+    assert {name: [value.value for value in group.metric_values if value.name == pruned_at_epoch]
+            for name, group in groups.items()} == {"1": [], "2": [3.0], "3": []}
+    assert all(group.sessions[0].end_time_secs > 0 for group in groups.values())
+    assert [group.name for group in only_pruned] == ["2"]
+    assert sorted_by_it[0].name == "2"
 
 
 def test_pruned_trial_shows_in_the_dashboard_as_ended_but_not_successful(tmp_path: Path) -> None:
@@ -270,7 +382,8 @@ def test_unknown_objective_metric_fails_after_the_first_epoch_naming_the_metrics
     recorder = _Recorder()
 
     with pytest.raises(ValueError, match=r"objective metric 'val_f1' is not among the trial's metrics; "
-                                         r"available: accuracy, learning_rate, loss, val_accuracy, val_loss"):
+                                         r"available: accuracy, learning_rate, loss, num_params, val_accuracy, "
+                                         r"val_loss"):
         run_trial(_assignment(tmp_path, epochs=5, objective="val_f1"), recorder)
 
     assert recorder.calls == []
@@ -346,7 +459,9 @@ def test_retried_trial_replaces_the_earlier_attempts_logs(tmp_path: Path, monkey
     (group,) = _session_groups(tmp_path)
     assert [session.status for session in group.sessions] == [api_pb2.STATUS_SUCCESS]
     assert _session(tmp_path / "7")[1] == api_pb2.STATUS_SUCCESS
-    assert _scalars(tmp_path / "7") == {"val_accuracy": [(0, pytest.approx(result.metrics["val_accuracy"]))]}
+    # Nothing of the pruned attempt is left: no pruned_at_epoch.
+    assert _scalars(tmp_path / "7") == {"val_accuracy": [(0, pytest.approx(result.metrics["val_accuracy"]))],
+                                        "num_params": [(0, result.metrics["num_params"])]}
     assert [step for step, _ in _scalars(tmp_path / "7" / "train")["epoch_loss"]] == [0]
 
 

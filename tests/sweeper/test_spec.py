@@ -81,7 +81,8 @@ def test_bad_domain_is_rejected_with_its_path(hparam, expected):
 
 
 @pytest.mark.parametrize(("overrides", "expected"), [
-    ({"search": {"strategy": "bayes"}}, "search.strategy: Input should be 'grid' or 'random'"),
+    ({"search": {"strategy": "bayes"}},
+     "search.strategy: Input should be 'grid', 'random', 'tpe', 'gp', 'cmaes' or 'nsga2'"),
     ({"model": "resnet9000"}, "model: unknown model 'resnet9000'; registered models: cnn, mlp"),
     ({"dataset": "imagenet"}, "dataset: unknown dataset 'imagenet'"),
     ({"colour": "blue"}, "colour: unknown field"),
@@ -156,3 +157,31 @@ def test_importing_sweeper_loads_no_tensorflow_fastapi_or_sqlalchemy():
 ])
 def test_learning_rate_schedule_parameters_are_checked_at_submit_time(hparams, expected):
     assert rejection(spec(hparams=hparams)).startswith(expected)
+
+
+def test_the_models_parameter_count_is_a_metric_a_sweep_can_minimize():
+    parsed = parse_spec(spec(objective={"metric": "num_params", "goal": "minimize"}))
+
+    assert (parsed.objective.metric, parsed.objective.goal) == ("num_params", "minimize")
+    assert "num_params" in parsed.train.metric_names()
+
+
+def test_a_sweep_can_trade_accuracy_off_against_the_parameter_count():
+    parsed = parse_spec(spec(objective=[{"metric": "val_accuracy", "goal": "maximize"},
+                                        {"metric": "num_params", "goal": "minimize"}]))
+
+    assert [(objective.metric, objective.goal) for objective in parsed.all_objectives] == \
+        [("val_accuracy", "maximize"), ("num_params", "minimize")]
+
+
+def test_an_unknown_objective_metric_is_rejected_naming_what_a_trial_logs():
+    assert rejection(spec(objective={"metric": "val_f1"})) == (
+        "objective.metric: 'val_f1' is not a metric the trial logs; with train.metrics ['accuracy'] it logs: "
+        "loss, accuracy, val_loss, val_accuracy, learning_rate, num_params")
+
+
+def test_early_stopping_cannot_watch_the_parameter_count_which_never_changes():
+    bad = spec(train={"epochs": 10, "early_stopping": {"patience": 2, "monitor": "num_params"}})
+
+    assert rejection(bad) == ("train.early_stopping.monitor: 'num_params' is the model's parameter count, which "
+                              "training never changes: early stopping cannot watch it")
