@@ -19,6 +19,7 @@ from api.claims.desk import ClaimDesk
 from api.errors import install_error_handlers
 from api.limits import BodySizeLimit
 from api.openapi import install_openapi
+from api.pareto_logs import ParetoLogs
 from api.reaper import LeaseReaper
 from api.storage import LeasePolicy, PlanCache, Repository
 from api.routers import health, session, sweeps, tensorboard, trials, web, workers
@@ -59,11 +60,15 @@ def create_app(settings: Settings) -> FastAPI:
         reaper = LeaseReaper(context.sessions, context.policy, context.plans, interval=settings.reap_interval_seconds)
         app.state.reaper = reaper
         reaper.start()
+        pareto_logs = ParetoLogs(context.sessions, context.logdir)
+        app.state.pareto_logs = pareto_logs
+        pareto_logs.start()
         tensorboards.start()
         try:
             yield
         finally:
             await tensorboards.aclose()
+            pareto_logs.stop()
             reaper.stop()
             desk.close()
             engine.dispose()

@@ -117,20 +117,24 @@ def pareto_fronts(session: Session, sweeps: Sequence[SweepRow]) -> dict[int, lis
     trial beats in every objective, in id order. One statement per multi-objective sweep."""
     fronts: dict[int, list[int]] = {}
     for sweep in sweeps:
-        if not is_multi_objective(sweep):
-            continue
-        objectives = [Objective.model_validate(objective) for objective in sweep.spec["objectives"]]
-        values = [objective_value(objective).label(f"value_{position}")
-                  for position, objective in enumerate(objectives)]
-        rows = session.execute(select(TrialRow.id, *values)
-                               .where(TrialRow.sweep_id == sweep.id, TrialRow.state == TrialState.completed,
-                                      *(value.is_not(None) for value in values))
-                               .order_by(TrialRow.id)).all()
-        points = [list(row[1:]) for row in rows if all(math.isfinite(value) for value in row[1:])]
-        ids = [row.id for row in rows if all(math.isfinite(value) for value in row[1:])]
-        maximize = [objective.goal == "maximize" for objective in objectives]
-        fronts[sweep.id] = [ids[position] for position in pareto_front(points, maximize)]
+        if is_multi_objective(sweep):
+            ids, points, maximize = objective_table(session, sweep)
+            fronts[sweep.id] = [ids[position] for position in pareto_front(points, maximize)]
     return fronts
+
+
+def objective_table(session: Session, sweep: SweepRow) -> tuple[list[int], list[list[float]], list[bool]]:
+    """A multi-objective sweep's completed trials with a finite value of every objective: their ids, their
+    values (one column per objective), and which objectives are maximized."""
+    objectives = [Objective.model_validate(objective) for objective in sweep.spec["objectives"]]
+    values = [objective_value(objective).label(f"value_{position}") for position, objective in enumerate(objectives)]
+    rows = session.execute(select(TrialRow.id, *values)
+                           .where(TrialRow.sweep_id == sweep.id, TrialRow.state == TrialState.completed,
+                                  *(value.is_not(None) for value in values))
+                           .order_by(TrialRow.id)).all()
+    finite = [row for row in rows if all(math.isfinite(value) for value in row[1:])]
+    return ([row.id for row in finite], [list(row[1:]) for row in finite],
+            [objective.goal == "maximize" for objective in objectives])
 
 
 def objective_points(session: Session, sweep: SweepRow) -> list[ObjectivePoint]:

@@ -33,6 +33,10 @@ from sweeper._spec import SweepSpec
 # TensorBoard reads any file whose name contains "tfevents".
 CONFIG_FILE = "events.out.tfevents.0000000000.sweeper.hparams_config"
 
+PARETO_RANK = "pareto_rank"
+PARETO_GROUP = "pareto"
+"""A multi-objective sweep's completed trials get `pareto_rank` (0 on the front) in their folder's `pareto/`
+subfolder, written by the server as the front changes (api.pareto_logs)."""
 NUM_PARAMS = "num_params"
 """The model's parameter count: in every epoch's metrics, and a scalar in the trial's folder."""
 PRUNED_AT_EPOCH = "pruned_at_epoch"
@@ -97,9 +101,32 @@ def metrics_for(spec: SweepSpec) -> list[hp.Metric]:
                              description="Only pruned trials have it: the number of epochs the trial trained "
                                          "before the server pruned it. Completed, cancelled and failed trials "
                                          "have none."))
+    if spec.objectives is not None:
+        names = ", ".join(objective.metric for objective in spec.objectives)
+        metrics.append(hp.Metric(PARETO_RANK, group=PARETO_GROUP, display_name="Pareto rank",
+                                 description=f"0: on the Pareto front of {names} (no other completed trial is at "
+                                             "least as good in every objective and better in one); 1: on the "
+                                             "front once those are set aside; and so on."))
     metrics += [hp.Metric(tag, group=group, display_name=display, dataset_type=dataset_type)
                 for tag, group, display, dataset_type in _EPOCH_METRICS]
     return metrics
+
+
+def write_scalar_file(folder: str | Path, tag: str, value: float, step: int, *, suffix: str) -> None:
+    """One scalar in a new event file of `folder`, without TensorFlow (the server writes these).
+
+    Files are named by the time of writing, so TensorBoard, which reads a folder's event files in name
+    order, reads the latest value last.
+    """
+    from tensorboard.plugins.scalar.summary_v2 import scalar_pb
+
+    _log_files.makedirs(folder)
+    now = time.time()
+    events = [event_pb2.Event(wall_time=now, file_version="brain.Event:2"),
+              event_pb2.Event(wall_time=now, step=step, summary=scalar_pb(tag, value))]
+    name = f"events.out.tfevents.{now:017.6f}.sweeper.{suffix}"
+    _log_files.write_atomically(log_location.join(folder, name),
+                                event_records([event.SerializeToString() for event in events]))
 
 
 def experiment_config_pb(spec: SweepSpec) -> Any:
