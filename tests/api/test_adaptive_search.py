@@ -287,3 +287,35 @@ def test_random_search_refuses_a_warm_start_it_would_ignore(client: TestClient):
 
     assert response.status_code == 422
     assert response.json()["detail"][0]["loc"] == ["body", "search", "warm_start"]
+
+
+@pytest.mark.sqlite_only
+def test_sampling_and_stopping_decisions_run_off_the_event_loop(start_server, monkeypatch):
+    # The event loop runs in the server's thread ("sweeper-api"); a proposal runs in the claim desk's thread
+    # and a stopping decision in a worker thread of the pool, so a slow sampler never holds up other requests.
+    from api.search import decisions
+
+    threads: dict[str, set[str]] = {"propose": set(), "decide": set()}
+    propose, decide = decisions.Search.propose, decisions.Search.decide
+
+    def recording_propose(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        threads["propose"].add(threading.current_thread().name)
+        return propose(self, *args, **kwargs)
+
+    def recording_decide(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        threads["decide"].add(threading.current_thread().name)
+        return decide(self, *args, **kwargs)
+
+    monkeypatch.setattr(decisions.Search, "propose", recording_propose)
+    monkeypatch.setattr(decisions.Search, "decide", recording_decide)
+    server = start_server()
+    with httpx.Client(base_url=server.url) as http:
+        spec = adaptive_spec("tpe", max_trials=3, stopping={"rule": "median"})
+        assert http.post(f"{API}/sweeps", json=spec).status_code == 201
+        worker = Worker(http, "w")  # type: ignore[arg-type]
+        for _ in range(3):
+            trial_id = worker.claim_id()
+            assert worker.report(trial_id, 0, val_loss=1.0).status_code == 200
+
+    assert threads["propose"] == {"sweeper-claim-desk"}
+    assert threads["decide"] and "sweeper-api" not in threads["decide"] | threads["propose"]
