@@ -36,6 +36,8 @@ from api.search.space import params
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 _ACTIVE = (TrialState.pending, TrialState.running)
+_LISTED_IDS = 500
+"""Trials whose curves are read by a list of ids; more are read by sweep (SQLite takes 32,766 parameters)."""
 
 
 def study_name(sweep_id: int) -> str:
@@ -108,7 +110,7 @@ class SweepHistory:
             .where(TrialRow.sweep_id == self.sweep_id,
                    or_(TrialRow.index >= len(self.known), TrialRow.index.in_(active), TrialRow.state.in_(_ACTIVE)))
             .order_by(TrialRow.index)).all()
-        finished = [row for row in rows if not TrialState(row.state) in _ACTIVE]
+        finished = [row for row in rows if TrialState(row.state) not in _ACTIVE]
         curves = self._curves(connection, [row.id for row in finished])
         for row in rows:
             state = TrialState(row.state)
@@ -163,10 +165,17 @@ class SweepHistory:
         if not trial_ids:
             return curves
         value = TrialEpochRow.metrics[self.metric].as_float()
-        for trial_id, epoch, reported in connection.execute(
-                select(TrialEpochRow.trial_id, TrialEpochRow.epoch, value)
-                .where(TrialEpochRow.trial_id.in_(list(trial_ids)))):
-            curves.setdefault(trial_id, {})[epoch + 1] = math.nan if reported is None else float(reported)
+        query = select(TrialEpochRow.trial_id, TrialEpochRow.epoch, value)
+        if len(trial_ids) <= _LISTED_IDS:
+            query = query.where(TrialEpochRow.trial_id.in_(list(trial_ids)))
+        else:  # a rebuild: by sweep, not by a list of ids longer than a database takes as parameters
+            query = query.join(TrialRow, TrialRow.id == TrialEpochRow.trial_id).where(
+                TrialRow.sweep_id.in_([self.sweep_id, *(self.spec.search.warm_start or [])]),
+                TrialRow.state.in_((TrialState.completed, TrialState.pruned, TrialState.failed, TrialState.cancelled)))
+        wanted = set(trial_ids)
+        for trial_id, epoch, reported in connection.execute(query):
+            if trial_id in wanted:
+                curves.setdefault(trial_id, {})[epoch + 1] = math.nan if reported is None else float(reported)
         return curves
 
     def _add(self, config: dict[str, Any], state: TrialState, metrics: dict[str, Any], curve: dict[int, float],

@@ -319,3 +319,40 @@ def test_sampling_and_stopping_decisions_run_off_the_event_loop(start_server, mo
 
     assert threads["propose"] == {"sweeper-claim-desk"}
     assert threads["decide"] and "sweeper-api" not in threads["decide"] | threads["propose"]
+
+
+def test_a_rebuild_of_many_trials_reads_their_curves_by_sweep_and_decides_the_same(
+        settings, make_client: Callable[..., TestClient], other_database_url: str, monkeypatch):
+    # Past a few hundred trials, a rebuilt study reads the curves by sweep rather than by a list of ids; with
+    # the threshold at 2, this small sweep takes that path after its restart.
+    from api.search import history
+
+    spec = adaptive_spec("tpe", max_trials=16, stopping={"rule": "median", "min_epochs": 1}, train={"epochs": 2})
+    uninterrupted = make_client(settings.model_copy(update={"database_url": other_database_url}))
+    create_sweep(uninterrupted, spec)
+    expected = run_with_curves(uninterrupted, 16)
+    assert any("prune" in answers for _, answers in expected)  # the median rule had something to decide
+
+    before = make_client(settings)
+    create_sweep(before, spec)
+    first = run_with_curves(before, 10)
+    before.__exit__(None, None, None)
+    monkeypatch.setattr(history, "_LISTED_IDS", 2)
+    after = make_client(settings)
+
+    assert first + run_with_curves(after, 6) == expected
+
+
+def run_with_curves(client: TestClient, trials: int) -> list[tuple[dict[str, Any], list[str]]]:
+    """Like run_sequentially, with two epochs reported per trial: each configuration and the answers it got."""
+    worker = Worker(client, "w1")
+    runs = []
+    for _ in range(trials):
+        assignment = worker.claim()
+        assert assignment is not None
+        loss = val_loss(assignment["hparams"])
+        answers = [worker.report(assignment["trial_id"], epoch, val_loss=loss + 1 - epoch, loss=1.0).json()["action"]
+                   for epoch in range(2)]
+        worker.complete(assignment["trial_id"], val_loss=loss, loss=1.0)
+        runs.append((assignment["hparams"], answers))
+    return runs
