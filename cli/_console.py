@@ -47,6 +47,25 @@ def search_size(sweep: dict[str, Any]) -> str:
     return f"{where} of {size:,} configuration{'s' if size != 1 else ''}, {trials}{limited}"
 
 
+def stopping_text(spec: dict[str, Any]) -> str:
+    """The stopping rule in words, to follow search_size: "; asha stops trials at 1, 3, 9, 27 epochs"."""
+    stopping = spec.get("stopping") or {}
+    rule = stopping.get("rule", "none")
+    if rule == "none":
+        return ""
+    first, epochs = stopping.get("min_epochs", 1), spec.get("train", {}).get("epochs", 10)
+    if rule == "median":
+        return f"; median stops trials below the median of completed ones from epoch {first} on"
+    factor = stopping.get("reduction_factor", 3)
+    rungs = []
+    while first * factor ** len(rungs) <= epochs:
+        rungs.append(first * factor ** len(rungs))
+    if rule == "hyperband":
+        return (f"; hyperband keeps 1 in {factor} trials at each rung, in brackets whose first rung is at "
+                f"{', '.join(map(str, rungs))} epochs")
+    return f"; {rule} keeps 1 in {factor} trials at {', '.join(map(str, rungs))} epochs"
+
+
 def sweeps_table(sweeps: list[dict[str, Any]]) -> Table:
     table = Table(title="Sweeps")
     for column in ("id", "name", "status", "finished", "best", "created"):

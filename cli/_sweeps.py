@@ -51,7 +51,8 @@ def check(file: SpecFile) -> None:
     spec = load_spec_file(file)
     strategy = make_strategy(spec)
     console.print(f"{file}: valid; " + _console.search_size(
-        {"spec": spec.to_json(), "space_size": strategy.size, "total_trials": strategy.total}))
+        {"spec": spec.to_json(), "space_size": strategy.size, "total_trials": strategy.total})
+        + _console.stopping_text(spec.to_json()))
 
 
 def status(

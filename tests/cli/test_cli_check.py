@@ -49,3 +49,16 @@ def test_check_names_the_file_the_field_and_the_rule(tmp_path: Path) -> None:
 
     assert code == 2
     assert f"{tmp_path / 'sweep.yaml'}: hparams.momentum.when.optimizer: optimizer never takes 'lbfgs'" in output
+
+
+def test_check_names_the_stopping_rule_and_its_rungs(tmp_path: Path) -> None:
+    tuned = GRID.replace("search: {strategy: grid, grid_points: 3}", "search: {strategy: tpe, max_trials: 30}\n"
+                         "stopping: {rule: asha, min_epochs: 1, reduction_factor: 3}\ntrain: {epochs: 27}")
+    assert check(tmp_path, tuned) == (0, f"{tmp_path / 'sweep.yaml'}: valid; tpe search over a continuous space, 30 "
+                                         "trials (search.max_trials); asha keeps 1 in 3 trials at 1, 3, 9, 27 epochs")
+
+    code, output = check(tmp_path, tuned.replace("rule: asha", "rule: hyperband"))
+    assert output.endswith("hyperband keeps 1 in 3 trials at each rung, in brackets whose first rung is at 1, 3, 9, "
+                           "27 epochs")
+    code, output = check(tmp_path, tuned.replace("rule: asha, min_epochs: 1", "rule: median, min_epochs: 4"))
+    assert output.endswith("median stops trials below the median of completed ones from epoch 4 on")

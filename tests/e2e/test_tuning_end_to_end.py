@@ -8,9 +8,12 @@ through the REST API, as an operator would, and through TensorBoard's own reader
 from __future__ import annotations
 
 import signal
+from pathlib import Path
 
 import pytest
 from e2e_processes import wait_until
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.util import tensor_util
 from test_faults_end_to_end import Service
 
 pytestmark = pytest.mark.e2e
@@ -37,6 +40,16 @@ def decisions(service: Service, trial_ids: list[int]) -> dict[tuple[int, int], d
             if "decision" in entry:
                 found[(trial_id, entry["epoch"])] = entry["decision"]
     return found
+
+
+def pruned_at_epoch_in_tensorboard(trial_folder: Path) -> list[tuple[int, float]]:
+    """The `pruned_at_epoch` scalar of a trial's own folder, as TensorBoard reads it: (step, value) pairs."""
+    accumulator = EventAccumulator(str(trial_folder), size_guidance={"tensors": 0})
+    accumulator.Reload()
+    if "pruned_at_epoch" not in accumulator.Tags()["tensors"]:
+        return []
+    return [(event.step, float(tensor_util.make_ndarray(event.tensor_proto)))
+            for event in accumulator.Tensors("pruned_at_epoch")]
 
 
 def test_pruned_trials_stop_after_their_epoch_and_a_killed_server_changes_no_decision(processes, tmp_path):
@@ -71,6 +84,11 @@ def test_pruned_trials_stop_after_their_epoch_and_a_killed_server_changes_no_dec
             assert history[-1]["decision"]["action"] == "prune"
             assert "is not in the top 1/3" in trial["prune_reason"]
             assert trial["metrics"]["val_accuracy"] == history[-1]["metrics"]["val_accuracy"]
+            # TensorBoard tells it from a completed trial: its folder has the epochs it trained.
+            epochs_trained = trial["pruned_at_epoch"] + 1
+            assert pruned_at_epoch_in_tensorboard(tmp_path / "runs" / str(sweep_id) / str(trial["id"])) == [
+                (epochs_trained - 1, float(epochs_trained))]
         else:
+            assert pruned_at_epoch_in_tensorboard(tmp_path / "runs" / str(sweep_id) / str(trial["id"])) == []
             assert epochs == list(range(EPOCHS)), (trial["id"], epochs)
             assert all(entry["decision"]["action"] == "continue" for entry in history)
