@@ -65,7 +65,13 @@ def judge(history: SweepHistory, number: int, epoch: int, curve: dict[int, float
     earlier ones included); the pruner may record a rung value in the trial's system attributes.
     """
     assert history.pruner is not None
+    spec = history.spec
+    assert spec.stopping is not None
     step = epoch + 1
+    if step >= spec.train.epochs:
+        # The trial has trained every epoch: stopping it now saves nothing, and it ends completed, a result
+        # like any other (a rung that falls on the last epoch would otherwise prune it after its training).
+        return Decision(False, {"rule": spec.stopping.rule, "epoch": epoch, "last_epoch": True})
     study_trial_id = history.study_trial_id(number)
     for at, value in sorted(curve.items()):
         if at <= step and math.isfinite(value):
@@ -76,8 +82,6 @@ def judge(history: SweepHistory, number: int, epoch: int, curve: dict[int, float
     trial = history.trial(number)
     pruned = history.pruner.prune(history.study, trial)
     trial = history.trial(number)
-    spec = history.spec
-    assert spec.stopping is not None
     details: dict[str, Any] = {"rule": spec.stopping.rule, "epoch": epoch}
     if isinstance(history.pruner, MedianPruner):
         return _median_decision(history, trial, step, pruned, details)

@@ -98,6 +98,27 @@ def test_asha_stops_each_trial_as_the_hand_computed_rung_table_says(client: Test
 COMPLETED_CURVES = {"t1": [1.0, 0.8, 0.6], "t2": [1.2, 1.0, 0.9], "t3": [0.9, 0.7, 0.5]}  # median at epoch 2: 0.8
 
 
+@pytest.mark.parametrize("rule", ["asha", "hyperband", "median"])
+def test_no_rule_prunes_a_trial_at_its_last_epoch(client: TestClient, rule: str):
+    # With 3 epochs, asha's second rung falls on the last epoch: stopping a trial there would save nothing and
+    # turn a trial that trained every epoch into a pruned one, out of the results.
+    create_sweep(client, stopping_spec(rule, max_trials=5, epochs=3, min_epochs=1))
+    fleet = Fleet(client)
+    curves = {"t1": [1.0, 0.9, 0.5], "t2": [1.0, 0.9, 0.5], "t3": [1.0, 0.9, 0.5], "t4": [0.9, 0.8, 0.6],
+              "t5": [0.95, 0.85, 0.9]}
+    answers = {}
+    for name, curve in curves.items():
+        fleet.start(name)
+        answers[name] = [fleet.report(name, epoch, value) for epoch, value in enumerate(curve)
+                         if get_trial(client, fleet.trials[name])["state"] == "running"]
+        fleet.workers[name].complete(fleet.trials[name], val_loss=curve[-1])
+
+    assert all(answer[-1:] == ["continue"] for answer in answers.values() if len(answer) == 3), answers
+    last = fleet.decision("t4", 2)
+    assert last["action"] == "continue" and last["last_epoch"] is True
+    assert get_trial(client, fleet.trials["t4"])["state"] == "completed"
+
+
 def test_median_stops_a_trial_worse_than_the_median_of_the_completed_ones(client: TestClient):
     create_sweep(client, stopping_spec("median", epochs=3, min_epochs=2))
     fleet = Fleet(client)
