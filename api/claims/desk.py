@@ -9,7 +9,8 @@ about a claim that a crash could undo.
 
 If any call in a batch raises (a late worker's 409, a database error), the whole batch is rolled back
 and each of its calls runs again alone, in a transaction of its own: the calls that were fine succeed,
-and the failing one fails exactly as it would have without batching.
+and the failing one fails exactly as it would have without batching. A batch also ends early, after
+BATCH_SECONDS of calls (claims that sample a configuration are slow), so answers are not held back long.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Generic, TypeVar
@@ -34,6 +36,10 @@ T = TypeVar("T")
 THREAD_NAME = "sweeper-claim-desk"
 MAX_BATCH = 128
 """Calls per transaction at most: a batch holds the database's write lock while it runs."""
+BATCH_SECONDS = 0.05
+"""A batch commits once its calls have run this long, and the calls left wait for the next: a claim on an
+adaptive sweep samples a configuration (tens of milliseconds), and without a limit 64 such claims would
+all be answered only when the last was sampled, while the write lock kept every epoch report waiting."""
 
 
 @dataclass(slots=True)
@@ -92,18 +98,32 @@ class ClaimDesk:
             self._run_batch(batch)
 
     def _run_batch(self, batch: list[_Call[Any]]) -> None:
+        results: list[Any] = []
         try:
             with self._sessions() as session:
                 repository = Repository(session, self._policy, self._plans)
                 with repository.batch():
-                    results = [call.operation(repository) for call in batch]
+                    started = time.monotonic()
+                    for call in batch:
+                        results.append(call.operation(repository))
+                        if time.monotonic() - started >= BATCH_SECONDS:
+                            break
         except Exception:
-            # Rolled back: nothing of this batch was written. Each call again, alone.
-            for call in batch:
+            # Rolled back: nothing of this batch was written. Each call that ran, and the one that raised,
+            # again alone; the rest go back to the queue.
+            self._requeue(batch[len(results) + 1:])
+            for call in batch[:len(results) + 1]:
                 self._run_alone(call)
             return
-        for call, result in zip(batch, results, strict=True):
+        self._requeue(batch[len(results):])
+        for call, result in zip(batch, results):
             _answer(call, result, None)
+
+    def _requeue(self, calls: list[_Call[Any]]) -> None:
+        """Calls a batch did not get to, first in line for the next one."""
+        if calls:
+            with self._ready:
+                self._queue = calls + self._queue
 
     def _run_alone(self, call: _Call[Any]) -> None:
         try:

@@ -5,6 +5,7 @@ and every worker a batch names is recorded as seen."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -15,7 +16,7 @@ from sqlalchemy import Engine, event, select
 from sqlalchemy.exc import OperationalError
 
 from api.db import make_engine, make_sessions
-from api.claims.desk import ClaimDesk
+from api.claims.desk import BATCH_SECONDS, ClaimDesk
 from api.migrate import upgrade
 from api.models import TrialRow, WorkerRow
 from api.storage import LeaseConflictError, LeasePolicy, PlanCache, Repository
@@ -79,6 +80,32 @@ def test_concurrent_claims_share_transactions_and_each_worker_gets_its_own_trial
     assert sorted(trial.index for trial in trials) == list(range(64))
     assert {trial.worker_id for trial in trials} == {f"w{number}" for number in range(64)}
     assert len(committed) < 64 / 4, f"64 claims took {len(committed)} transactions: they were not batched"
+
+
+def test_slow_calls_are_committed_and_answered_in_several_batches_not_all_at_the_end(engine: Engine,
+                                                                                    desk: ClaimDesk):
+    # As claims that sample a configuration are: each takes a share of the batch's time budget.
+    create_sweep(engine, trials=8)
+    committed = commits(engine)
+
+    def slow_claim(worker: str) -> Any:
+        def operation(repository: Repository) -> Any:
+            time.sleep(BATCH_SECONDS / 2)
+            return repository.claim(ClaimRequest(worker_id=worker, host="box"))
+        return operation
+
+    answered: list[tuple[int, float]] = []
+
+    async def claim_all() -> None:
+        async def one(number: int) -> None:
+            await desk.run(slow_claim(f"w{number}"))
+            answered.append((len(committed), time.monotonic()))
+        await asyncio.gather(*(one(number) for number in range(8)))
+
+    asyncio.run(claim_all())
+
+    assert len(committed) >= 4  # at most two calls per batch, then the budget is spent
+    assert answered[0][0] < len(committed), "the first claims were answered only after the last batch committed"
 
 
 def test_a_refused_call_fails_alone_and_the_rest_of_its_batch_is_kept(engine: Engine, desk: ClaimDesk):
