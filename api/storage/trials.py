@@ -110,7 +110,10 @@ class TrialLeases(Store):
             self._update_trial(connection, trial_id, lease_expires_at=now + self._policy.lease)
             if step.action != Action.continue_:
                 return Directive(action=step.action)
-            plan = self._plan(connection, held.sweep_id)
+            try:
+                plan = self._plan(connection, held.sweep_id)
+            except SweeperError:  # its spec no longer parses (a model plugin gone): no rule can judge it
+                return Directive(action=step.action)
             if not plan.spec.stops_early:
                 return Directive(action=step.action)
             if stored is not None and stored.decision is not None:

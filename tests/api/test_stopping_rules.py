@@ -267,3 +267,26 @@ def test_without_a_stopping_rule_no_decision_is_stored(client: TestClient):
 
     assert fleet.report("a", 0, 1.0) == "continue"
     assert get_trial(client, fleet.trials["a"])["history"] == [{"epoch": 0, "metrics": {"val_loss": 1.0, "loss": 1.0}}]
+
+
+def test_a_running_trial_whose_sweeps_model_is_gone_still_reports_its_epochs(
+        settings, make_client: Callable[..., TestClient]):
+    # As after a restart without the plugin that registered the model: the worker has it, the server not.
+    from sqlalchemy import update
+
+    from api.models import SweepRow
+
+    client = make_client(settings)
+    create_sweep(client, stopping_spec("none"))
+    fleet = Fleet(client)
+    fleet.start("a")
+    context = client.app.state.context  # type: ignore[attr-defined]
+    with context.sessions() as session, session.begin():
+        stored = session.get(SweepRow, 1).spec
+        session.execute(update(SweepRow).values(spec={**stored, "model": "plugin-model-gone"}))
+    client.__exit__(None, None, None)
+    restarted = make_client(settings)
+    fleet.client = fleet.workers["a"].client = restarted
+
+    assert fleet.report("a", 0, 1.0) == "continue"
+    assert get_trial(restarted, fleet.trials["a"])["history"][0]["metrics"]["val_loss"] == 1.0
