@@ -119,7 +119,14 @@ class TrialLeases(Store):
             if stored is not None and stored.decision is not None:
                 decision = stored.decision  # answered before: the same answer
             else:
-                decision = self._judge(connection, held, plan, report.epoch)
+                try:
+                    decision = self._judge(connection, held, plan, report.epoch)
+                except Exception:
+                    # A fault in the stopping rule must not stop the fleet's training: the epoch is kept,
+                    # unjudged, and the trial goes on (its next report is judged afresh).
+                    logger.exception("trial %d: the %s rule failed on epoch %d; it goes on", held.id,
+                                     plan.spec.stopping.rule if plan.spec.stopping else "stopping", report.epoch)
+                    return Directive(action=Action.continue_)
             if decision.get("action") != Action.prune:
                 return Directive(action=Action.continue_)
             self._prune(connection, held, report, decision, now)

@@ -290,3 +290,21 @@ def test_a_running_trial_whose_sweeps_model_is_gone_still_reports_its_epochs(
 
     assert fleet.report("a", 0, 1.0) == "continue"
     assert get_trial(restarted, fleet.trials["a"])["history"][0]["metrics"]["val_loss"] == 1.0
+
+
+def test_a_fault_in_the_stopping_rule_keeps_the_epoch_and_the_trial_going(client: TestClient, monkeypatch):
+    from api.search import decisions
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise ZeroDivisionError("a bug in the rule")
+
+    create_sweep(client, stopping_spec("asha"))
+    fleet = Fleet(client)
+    fleet.start("a")
+    monkeypatch.setattr(decisions.Search, "decide", broken)
+
+    assert fleet.report("a", 0, 1.0) == "continue"
+    assert get_trial(client, fleet.trials["a"])["history"] == [{"epoch": 0, "metrics": {"val_loss": 1.0, "loss": 1.0}}]
+    monkeypatch.undo()
+    assert fleet.report("a", 1, 0.9) == "continue"
+    assert fleet.decision("a", 1)["action"] == "continue"
