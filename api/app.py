@@ -19,11 +19,13 @@ from api.claims.desk import ClaimDesk
 from api.errors import install_error_handlers
 from api.limits import BodySizeLimit
 from api.openapi import install_openapi
+from api.origin_guard import OriginGuard
 from api.pareto_logs import ParetoLogs
 from api.reaper import LeaseReaper
 from api.storage import LeasePolicy, PlanCache, Repository
 from api.routers import health, session, sweeps, tensorboard, trials, web, workers
 from api.schemas import COMMON_ERRORS
+from api.security_headers import SecurityHeaders
 from api.settings import Settings
 from api.tensorboards import TensorBoards
 from api.claims.lane import WorkerLane
@@ -51,7 +53,8 @@ def create_app(settings: Settings) -> FastAPI:
                            heartbeat=timedelta(seconds=settings.heartbeat_interval)),
     )
     desk = ClaimDesk(context.sessions, context.policy, context.plans)
-    tensorboards = TensorBoards(context.logdir, idle_seconds=settings.tensorboard_idle_seconds)
+    tensorboards = TensorBoards(context.logdir, idle_seconds=settings.tensorboard_idle_seconds,
+                                max_running=settings.max_tensorboards)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -87,8 +90,13 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(WorkerLane, prefix=API_PREFIX)
     # Default-deny in front of everything: a token is needed except on the public routes (api.auth).
     app.add_middleware(TokenGate, settings=settings)
-    # Outermost: no body over the limit reaches the gate or any route, whatever its Content-Length says.
+    # In front of the gate: a request another web page could forge (a cross-origin POST riding the login
+    # cookie, or none needed without tokens; a Host a rebound DNS name sends) is refused (api.origin_guard).
+    app.add_middleware(OriginGuard, settings=settings)
+    # No body over the limit reaches the gate or any route, whatever its Content-Length says.
     app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)
+    # Outermost: every answer, refusals included, gets the security headers (api.security_headers).
+    app.add_middleware(SecurityHeaders, docs_paths=(app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url))
     app.include_router(health.router)
     app.include_router(session.router, prefix=API_PREFIX)
     app.include_router(sweeps.router, prefix=API_PREFIX, dependencies=[AdminDep])

@@ -3,8 +3,10 @@
 Two roles. The admin token may do everything (create, control and read sweeps, the web page, metrics,
 TensorBoard); the worker token only the worker protocol (claim a trial, report on it). With no token
 configured, auth is off: a server on 127.0.0.1 for one person, as `sweeper run` starts it. A token
-travels as `Authorization: Bearer <token>` or as the `sweeper_token` cookie the web page's login sets;
-the header wins when both come.
+travels as `Authorization: Bearer <token>`. The web page's login trades it for a session (api.web_sessions):
+the `sweeper_session` cookie holds the session's random id, never the token, and grants the role of the
+token that opened it until it expires, is logged out, or that token is no longer configured. The header
+wins when both come. `resolve_role` is the one place that turns a request's header or cookie into a role.
 
 The rule is enforced in two places, on purpose:
 
@@ -30,19 +32,23 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute, iter_route_contexts
 from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.security.utils import get_authorization_scheme_param
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection
 from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.settings import Settings
+from api.web_sessions import find_session, token_fingerprint
 
 __all__ = ["COOKIE_NAME", "PUBLIC_ROUTES", "AdminDep", "Role", "TokenGate", "WorkerDep", "is_public",
-           "presented_token", "role_of", "unauthenticated"]
+           "presented_token", "resolve_role", "role_of", "session_role", "unauthenticated"]
 
 logger = logging.getLogger(__name__)
 
-COOKIE_NAME = "sweeper_token"
-"""The cookie the web page's login sets (HttpOnly, SameSite=Strict): the page's script never sees the token."""
+COOKIE_NAME = "sweeper_session"
+"""The cookie the web page's login sets (HttpOnly, SameSite=Strict): a session id, which the page's script
+never sees either."""
 
 MISSING_TOKEN = "this server needs a token: send it as `Authorization: Bearer <token>`, or log in on the web page"
 INVALID_TOKEN = "invalid token"
@@ -109,6 +115,48 @@ def _same(presented: bytes, expected: str) -> bool:
     return hmac.compare_digest(presented, expected.encode("utf-8"))
 
 
+def session_role(session_id: str, settings: Settings, sessions: sessionmaker[Session]) -> Role | None:
+    """The role the web session `session_id` grants; None for no such session, an expired or closed one, or
+    one whose token is no longer the server's token for its role. Reads the database: call it off the event
+    loop (`resolve_role` does)."""
+    stored = find_session(sessions, session_id)
+    if stored is None or stored.role not in (Role.admin, Role.worker):
+        return None
+    token = settings.admin_token if stored.role == Role.admin else settings.worker_token
+    if token is None:
+        return None
+    expected = token_fingerprint(token.get_secret_value(), stored.id_hash)
+    if not _same(stored.token_fingerprint.encode("ascii", "backslashreplace"), expected):
+        return None
+    return Role(stored.role)
+
+
+_RESOLVED_COOKIE = "sweeper.session_role"
+"""Where `resolve_role` keeps a request's cookie and its role (in the request's scope state), so the gate and
+the route's dependency read the database once between them."""
+
+
+async def resolve_role(connection: HTTPConnection, bearer: str | None, cookie: str | None) -> Role | None:
+    """The role a request's credentials grant, None for none or a wrong one: its bearer token's when it
+    sends the header, else its session cookie's. The gate and the dependencies both ask this, so they
+    never disagree about a request."""
+    context = connection.scope["app"].state.context
+    settings: Settings = context.settings
+    if bearer is not None or settings.admin_token is None:
+        return role_of(bearer, settings)
+    if not cookie:
+        return None
+    state = connection.scope.setdefault("state", {})
+    resolved = state.get(_RESOLVED_COOKIE)
+    if resolved is not None and resolved[0] == cookie:
+        role: Role | None = resolved[1]
+        return role
+    # A database read: in a thread, as every route's own reads are, never on the event loop.
+    role = await run_in_threadpool(session_role, cookie, settings, context.sessions)
+    state[_RESOLVED_COOKIE] = (cookie, role)
+    return role
+
+
 def bearer_credentials(authorization: str | None) -> str | None:
     """The token of an `Authorization: Bearer <token>` header (what FastAPI's HTTPBearer reads), else None."""
     scheme, credentials = get_authorization_scheme_param(authorization)
@@ -118,7 +166,8 @@ def bearer_credentials(authorization: str | None) -> str | None:
 
 
 def presented_token(bearer: str | None, cookie: str | None) -> str | None:
-    """The token a request presents: the bearer header's when it has one, else the cookie's.
+    """The credential a request presents: the bearer header's token when it has one, else the cookie's
+    session id.
 
     The header wins: a program that sends its token explicitly means that one, whatever cookie a
     browser-like client kept.
@@ -143,7 +192,7 @@ class TokenGate:
         if scope["type"] not in ("http", "websocket") or self.settings.admin_token is None:
             await self.app(scope, receive, send)
             return
-        denial = self._denial(scope)
+        denial = await self._denial(scope)
         if denial is None:
             await self.app(scope, receive, send)
         elif scope["type"] == "websocket":
@@ -151,17 +200,17 @@ class TokenGate:
         else:
             await denial(scope, receive, send)
 
-    def _denial(self, scope: Scope) -> JSONResponse | None:
+    async def _denial(self, scope: Scope) -> JSONResponse | None:
         # A websocket has no method: no public route takes one.
         method = scope.get("method", "WEBSOCKET")
         if is_public(method, scope["path"]):
             return None
         connection = HTTPConnection(scope)
-        token = presented_token(bearer_credentials(connection.headers.get("authorization")),
-                                connection.cookies.get(COOKIE_NAME))
-        role = role_of(token, self.settings)
+        bearer = bearer_credentials(connection.headers.get("authorization"))
+        cookie = connection.cookies.get(COOKIE_NAME)
+        role = await resolve_role(connection, bearer, cookie)
         if role is None:
-            return _unauthenticated_response(token, connection)
+            return _unauthenticated_response(presented_token(bearer, cookie), connection)
         if role is Role.worker and not _reaches_worker_route(scope):
             return JSONResponse({"detail": ADMIN_ONLY}, status_code=status.HTTP_403_FORBIDDEN)
         return None
@@ -205,17 +254,17 @@ def unauthenticated(token: str | None, connection: HTTPConnection) -> HTTPExcept
 _bearer = HTTPBearer(auto_error=False, scheme_name="token",
                      description="The admin token; the worker token for the worker protocol.")
 _cookie = APIKeyCookie(name=COOKIE_NAME, auto_error=False, scheme_name="cookie",
-                       description="Set by POST /api/v1/session (the web page's login).")
+                       description="A session id, set by POST /api/v1/session (the web page's login).")
 
 
 async def caller_role(request: Request,
                 bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
                 cookie: Annotated[str | None, Depends(_cookie)]) -> Role:
-    """The caller's role; 401 without a valid token."""
-    token = presented_token(bearer.credentials if bearer is not None else None, cookie)
-    role = role_of(token, request.app.state.context.settings)
+    """The caller's role; 401 without a valid token or session."""
+    token = bearer.credentials if bearer is not None else None
+    role = await resolve_role(request, token, cookie)
     if role is None:
-        raise unauthenticated(token, request)
+        raise unauthenticated(presented_token(token, cookie), request)
     return role
 
 

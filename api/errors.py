@@ -17,6 +17,7 @@ from sqlalchemy.exc import OperationalError
 from sweeper import SpecError, SweeperError, UnknownTrialError
 
 from api.queries import QueryError
+from api.security_headers import DEFAULT_HEADERS
 from api.storage import LeaseConflictError, SweepNotFoundError, SweepStateError
 
 logger = logging.getLogger(__name__)
@@ -53,8 +54,10 @@ async def _query_error(request: Request, error: Exception) -> JSONResponse:
 
 async def _unexpected_error(request: Request, error: Exception) -> JSONResponse:
     # A bug: the server still logs it with its traceback (Starlette re-raises it after this answer), and
-    # the client gets the one error shape, without internals.
-    return JSONResponse({"detail": "internal server error"}, status_code=status.HTTP_500_INTERNAL_SERVER_ERROR)
+    # the client gets the one error shape, without internals. This answer is sent from outside every
+    # middleware (Starlette's ServerErrorMiddleware), so it carries the security headers itself.
+    return JSONResponse({"detail": "internal server error"}, status_code=status.HTTP_500_INTERNAL_SERVER_ERROR,
+                        headers=DEFAULT_HEADERS)
 
 
 async def _spec_error(request: Request, error: Exception) -> JSONResponse:

@@ -152,3 +152,23 @@ class WorkerRow(Base):
     gpu: Mapped[str | None] = mapped_column(String(64))
     first_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WebSessionRow(Base):
+    """A login of the web page: the cookie holds a random session id, this row only its hash.
+
+    A database read therefore yields no session anyone could present. Logging out deletes the row;
+    rows past `expires_at` are refused, and deleted at the next login.
+    """
+
+    __tablename__ = "web_sessions"
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    """SHA-256 of the session id, in hex."""
+    role: Mapped[str] = mapped_column(String(16))
+    """admin or worker: the role of the token that logged in."""
+    token_fingerprint: Mapped[str] = mapped_column(String(64))
+    """An HMAC of the session's hash keyed by the token that logged in: the session holds only while that
+    token is still the server's token for its role (api.web_sessions)."""
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(index=True)

@@ -8,7 +8,7 @@ from pathlib import Path, PurePath
 from typing import Annotated
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from sweeper.log_location import is_url
 
@@ -24,6 +24,9 @@ travels unchanged in a header and a cookie."""
 MAKE_A_TOKEN = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
 _URL_LOCATION = re.compile(r"^[^:]+:///?[^/]")
 """A logdir URL names something (a bucket, a host, or for file:/// a root) after its scheme."""
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+"""The names a server always answers to, on any port (besides its bind address and allowed_hosts)."""
+_HOST_NAME = re.compile(r"[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*")
 
 
 class Settings(BaseSettings):
@@ -62,9 +65,20 @@ class Settings(BaseSettings):
     """The token for everything: sweeps, the web page, metrics, TensorBoard. None: auth is off (loopback only)."""
     worker_token: SecretStr | None = None
     """The token for the worker protocol only (claim a trial, report on it); needs admin_token."""
+    allowed_hosts: Annotated[tuple[str, ...], NoDecode] = ()
+    """More names the server answers to in the Host header (SWEEPER_ALLOWED_HOSTS: comma-separated), besides
+    its bind address, localhost, 127.0.0.1 and ::1, on any port. Without a token, a request for any other
+    name gets 400 (a web page may have pointed a DNS name of its own at this machine); with tokens, any
+    name is answered unless some are listed here (see api.origin_guard)."""
     tensorboard_idle_seconds: Annotated[float, Field(gt=0, le=7 * 24 * 3600)] = 600.0
     """A sweep's TensorBoard (started on demand by the web page) is stopped after this long without a request
     through the server; the next request starts it again."""
+    max_tensorboards: Annotated[int, Field(ge=1, le=1000)] = 3
+    """The most sweep TensorBoards running at once (each imports TensorFlow: a few hundred megabytes).
+    Starting another stops the least recently used one not in use, or is refused (503) when all are."""
+    session_hours: Annotated[float, Field(gt=0, le=366 * 24)] = 12.0
+    """How long a login of the web page lasts: its session is refused after this long (and at once when
+    logged out, or when the token that logged in is no longer configured)."""
 
     @property
     def heartbeat_interval(self) -> float:
@@ -111,6 +125,27 @@ class Settings(BaseSettings):
             raise ValueError(f"database_url must be a SQLAlchemy URL like sqlite:///sweeper.db: {error}") from None
         return url
 
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _host_names(cls, hosts: object) -> object:
+        names = hosts.split(",") if isinstance(hosts, str) else hosts
+        if not isinstance(names, (list, tuple, set, frozenset)):
+            return hosts  # the tuple's own validation says what is wrong
+        allowed = []
+        for entry in names:
+            if not isinstance(entry, str):
+                raise ValueError(f"must be host names, but got {entry!r}")
+            if not entry.strip():
+                continue
+            name = host_name(entry)
+            if not _is_ip(name) and not _HOST_NAME.fullmatch(name):
+                raise ValueError(f"{entry.strip()!r} is not a host name or an IP address: name the host alone, "
+                                 f"like sweeper.example.org or 10.0.0.7, without a scheme, a port (every port "
+                                 f"is accepted) or a path")
+            if name not in allowed:
+                allowed.append(name)
+        return tuple(allowed)
+
     @field_validator("admin_token", "worker_token")
     @classmethod
     def _guessable_token(cls, token: SecretStr | None) -> SecretStr | None:
@@ -143,6 +178,22 @@ class Settings(BaseSettings):
                              f"SWEEPER_WORKER_TOKEN for the workers; make one with: {MAKE_A_TOKEN}), or bind "
                              f"127.0.0.1")
         return self
+
+
+def host_name(host: str) -> str:
+    """`host` as the Host check compares it: lower case, without IPv6 brackets or a final dot."""
+    name = host.strip().lower()
+    if name.startswith("[") and name.endswith("]"):
+        name = name[1:-1]
+    return name.removesuffix(".")
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
 
 
 def is_loopback(host: str) -> bool:

@@ -31,6 +31,16 @@ def serve(
     worker_token: Annotated[Optional[str], typer.Option(
         envvar="SWEEPER_WORKER_TOKEN", show_default=False,
         help="Token that can only claim trials and report on them, for the workers.")] = None,
+    max_tensorboards: Annotated[Optional[int], typer.Option(
+        envvar="SWEEPER_MAX_TENSORBOARDS", show_default=False,
+        help="Sweep TensorBoards running at once (default 3; each holds a few hundred MB). Opening another "
+             "stops the least recently used idle one (no request for a minute), or answers 503 when all are "
+             "in use.")] = None,
+    allowed_host: Annotated[Optional[list[str]], typer.Option(
+        "--allowed-host", metavar="NAME", show_default=False,
+        help="Another name the server answers to (repeat for more; or SWEEPER_ALLOWED_HOSTS, comma-separated), "
+             "besides its --host, localhost, 127.0.0.1 and ::1. Without a token, requests naming any other "
+             "host are refused (DNS rebinding); with tokens, any name is answered unless some are given.")] = None,
 ) -> None:
     """Start the API server."""
     # The server only validates names; the plugins' code runs on the workers.
@@ -42,8 +52,11 @@ def serve(
 
     # Left out when not given, so the settings' own defaults (the heartbeat follows the lease) apply.
     given = {name: value for name, value in (("lease_seconds", lease_seconds), ("heartbeat_seconds", heartbeat_seconds),
-                                             ("admin_token", admin_token), ("worker_token", worker_token))
+                                             ("admin_token", admin_token), ("worker_token", worker_token),
+                                             ("max_tensorboards", max_tensorboards))
              if value is not None}
+    if allowed_host:
+        given["allowed_hosts"] = allowed_host
     try:
         # A non-loopback host without an admin token is refused here, with the reason and the fix.
         settings = Settings(host=host, port=port, database_url=database_url, logdir=logdir, **given)

@@ -7,10 +7,15 @@ Caching without a build step: the shell names every file with its content's fing
 (`/static/app.js?v=3f2a...`), and an import map gives the modules' own imports (`./api.js`) the same
 fingerprinted URLs. A fingerprinted URL never changes content, so the browser keeps it for good and a
 page load asks the server for the shell alone; a new version of a file has a new URL.
+
+The shell's Content-Security-Policy (api.security_headers) lets it run only the server's own scripts and
+its two inline ones, named by their hashes: the import map, and the script that starts the sweeps list's
+first request while the modules load.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import re
@@ -28,10 +33,12 @@ from sweeper import datasets as dataset_registry
 from sweeper import models as model_registry
 
 from api.auth import AdminDep
+from api.security_headers import content_security_policy
 
 STATIC = Path(__file__).resolve().parent.parent / "web" / "static"
 IMPORT_MAP_SLOT = "<!-- import map -->"
 _STATIC_URL = re.compile(r'"/static/([\w.-]+)"')
+_INLINE_SCRIPT = re.compile(r"<script(?![^>]*\ssrc=)[^>]*>(.*?)</script>", re.DOTALL)
 
 
 class _FingerprintedFiles(StaticFiles):
@@ -56,6 +63,14 @@ def page_html() -> str:
     return html.replace(IMPORT_MAP_SLOT, f'<script type="importmap">{json.dumps({"imports": imports})}</script>')
 
 
+@cache
+def page_policy() -> str:
+    """The shell's Content-Security-Policy: the server's, with the hash of each inline script the shell holds."""
+    hashes = [f"'sha256-{base64.b64encode(hashlib.sha256(script.encode('utf-8')).digest()).decode('ascii')}'"
+              for script in _INLINE_SCRIPT.findall(page_html())]
+    return content_security_policy(script_hashes=hashes)
+
+
 router = APIRouter(include_in_schema=False)
 router.mount("/static", _FingerprintedFiles(directory=STATIC), name="static")
 
@@ -65,7 +80,7 @@ registry_router = APIRouter(tags=["registry"], dependencies=[AdminDep])
 @router.get("/")
 def page() -> HTMLResponse:
     # Revalidated on every load: it is what names the current version of every other file.
-    return HTMLResponse(page_html(), headers={"Cache-Control": "no-cache"})
+    return HTMLResponse(page_html(), headers={"Cache-Control": "no-cache", "Content-Security-Policy": page_policy()})
 
 
 class RegistryPublic(BaseModel):

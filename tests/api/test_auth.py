@@ -92,9 +92,10 @@ def test_a_path_no_route_serves_is_401_too_so_what_exists_is_not_disclosed(secur
 def test_a_wrong_token_is_401_whichever_token_it_resembles(secured: TestClient) -> None:
     near_admin = secured.get(f"{API}/sweeps", headers=bearer(ADMIN[:-1] + "x"))
     near_worker = secured.get(f"{API}/sweeps", headers=bearer(WORKER[:-1] + "x"))
-    as_cookie = TestClient(secured.app, cookies={"sweeper_token": ADMIN + "x"}).get(f"{API}/sweeps")
+    as_cookie = TestClient(secured.app, cookies={"sweeper_session": ADMIN + "x"}).get(f"{API}/sweeps")
+    no_session = TestClient(secured.app, cookies={"sweeper_session": "x" * 43}).get(f"{API}/sweeps")
 
-    for response in (near_admin, near_worker, as_cookie):
+    for response in (near_admin, near_worker, as_cookie, no_session):
         assert response.status_code == 401
         assert response.json() == {"detail": "invalid token"}
         assert response.headers["www-authenticate"] == "Bearer"
@@ -179,7 +180,9 @@ def test_logging_in_sets_an_http_only_same_site_strict_cookie_that_opens_the_api
 
     assert login.status_code == 204
     attributes = _cookie_attributes(login.headers["set-cookie"])
-    assert attributes == {"sweeper_token": ADMIN, "httponly": "", "path": "/", "samesite": "strict"}
+    session_id = attributes.pop("sweeper_session")
+    assert attributes == {"httponly": "", "path": "/", "samesite": "strict"}
+    assert re.fullmatch(r"[A-Za-z0-9_-]{43}", session_id)  # a random session id, not the token
     assert secured.get(f"{API}/sweeps").status_code == 200  # the client's cookie jar sends it back
     assert secured.get(f"{API}/session").json() == {"role": "admin"}
 
@@ -217,9 +220,10 @@ def test_logging_out_clears_the_cookie_even_a_stale_one(secured: TestClient) -> 
     attributes = _cookie_attributes(logout.headers["set-cookie"])
     assert attributes["max-age"] == "0" and attributes["httponly"] == "" and attributes["samesite"] == "strict"
     assert secured.get(f"{API}/sweeps").status_code == 401
-    # A cookie from before the tokens changed is no valid token, and can still be dropped.
-    stale = TestClient(secured.app, cookies={"sweeper_token": "from-an-old-server-0000"}).delete(f"{API}/session")
+    # A cookie from before the tokens changed names no valid session, and can still be dropped.
+    stale = TestClient(secured.app, cookies={"sweeper_session": "from-an-old-server-0000"}).delete(f"{API}/session")
     assert stale.status_code == 204
+    assert _cookie_attributes(stale.headers["set-cookie"])["max-age"] == "0"
 
 
 def test_the_bearer_header_wins_over_the_cookie(secured: TestClient) -> None:

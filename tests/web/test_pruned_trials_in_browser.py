@@ -145,7 +145,7 @@ def test_pruned_trials_read_pruned_at_their_epoch_with_their_reason_in_the_trial
         parts = page.locator(".summary .progress-part")
         expect(parts).to_have_count(2)
         expect(parts.nth(1)).to_have_attribute("data-state", "pruned")
-        expect(parts.nth(1)).to_have_attribute("style", "flex-grow: 2")
+        expect(parts.nth(1)).to_have_css("flex-grow", "2")
         expect(page.locator(".summary .progress")).to_have_attribute("title", "1 completed, 2 pruned")
         expect(page.locator(".facts dd.stopping")).to_have_text(
             "asha: first rung after 1 epoch, 1 in 3 trials goes on at each rung")
