@@ -29,6 +29,8 @@ test-fast: $(INSTALLED)
 bench: $(INSTALLED)
 	$(BIN)/python bench/overhead.py
 	$(BIN)/python bench/claims.py
+	$(BIN)/python bench/search.py
+	$(BIN)/python bench/keras_search.py
 	$(BIN)/python bench/page.py
 
 clean:
