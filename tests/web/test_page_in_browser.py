@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 import shutil
 import subprocess
 import sys
@@ -29,8 +28,7 @@ if CHROMIUM is None:
 sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed (pip install "
                                                               "-e '.[dev]')")
 
-from api.server import RunningServer, start_in_thread  # noqa: E402
-from api.settings import Settings  # noqa: E402
+from api.server import RunningServer  # noqa: E402
 
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "screenshots"
 SWEEP_SECONDS = 300
@@ -42,19 +40,6 @@ def spec_of(name: str, *, dataset: str = "digits", epochs: int = 1) -> dict[str,
     """A one-trial sweep, for what the test does through the API."""
     return {"name": name, "model": "mlp", "dataset": dataset, "objective": {"metric": "val_accuracy"},
             "hparams": {"units": 16}, "search": {"strategy": "grid"}, "train": {"epochs": epochs}}
-
-
-@pytest.fixture
-def tokens() -> dict[str, str]:
-    return {"admin": secrets.token_urlsafe(32), "worker": secrets.token_urlsafe(32)}
-
-
-@pytest.fixture
-def server(tmp_path: Path, tokens: dict[str, str]) -> Iterator[RunningServer]:
-    settings = Settings(database_url=f"sqlite:///{tmp_path / 'sweeper.db'}", logdir=tmp_path / "runs", port=0,
-                        admin_token=tokens["admin"], worker_token=tokens["worker"])
-    with start_in_thread(settings) as running:
-        yield running
 
 
 @pytest.fixture
@@ -90,14 +75,6 @@ def start_worker(server: RunningServer, tokens: dict[str, str], tmp_path: Path) 
             process.kill()
             process.wait()
         print(f"--- worker log\n{log.read_text()[-4000:]}")
-
-
-@pytest.fixture
-def browser() -> Iterator[Any]:
-    with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM)
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture

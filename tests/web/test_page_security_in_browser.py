@@ -7,9 +7,7 @@ cookie opens nothing.
 
 from __future__ import annotations
 
-import secrets
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,25 +23,11 @@ if CHROMIUM is None:
 sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed (pip install "
                                                               "-e '.[dev]')")
 
-from api.server import RunningServer, start_in_thread  # noqa: E402
-from api.settings import Settings  # noqa: E402
+from api.server import RunningServer  # noqa: E402
 
 SPEC: dict[str, Any] = {"name": "csp", "model": "mlp", "dataset": "digits", "objective": {"metric": "val_accuracy"},
                         "hparams": {"units": {"type": "discrete", "values": [8, 16, 32]}},
                         "search": {"strategy": "grid"}, "train": {"epochs": 1}}
-
-
-@pytest.fixture
-def tokens() -> dict[str, str]:
-    return {"admin": secrets.token_urlsafe(32), "worker": secrets.token_urlsafe(32)}
-
-
-@pytest.fixture
-def server(tmp_path: Path, tokens: dict[str, str]) -> Iterator[RunningServer]:
-    settings = Settings(database_url=f"sqlite:///{tmp_path / 'sweeper.db'}", logdir=tmp_path / "runs", port=0,
-                        admin_token=tokens["admin"], worker_token=tokens["worker"])
-    with start_in_thread(settings) as running:
-        yield running
 
 
 @pytest.fixture
@@ -61,14 +45,6 @@ def sweep(server: RunningServer, tokens: dict[str, str]) -> dict[str, Any]:
                         headers=worker)
         assert done.status_code == 200, done.text
     return created
-
-
-@pytest.fixture
-def browser() -> Iterator[Any]:
-    with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM)
-        yield chromium
-        chromium.close()
 
 
 def test_the_page_runs_under_its_policy_with_a_session_cookie_that_logout_ends(

@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 import pytest
-from test_pruned_trials_in_browser import browser, server, shoot, sync_api, tokens  # noqa: F401 (fixtures)
+from test_pruned_trials_in_browser import shoot, sync_api
 
 from api.server import RunningServer
 
@@ -29,8 +29,8 @@ def metrics_of(hparams: dict[str, Any]) -> dict[str, float]:
             "num_params": float(hparams["units"] * 100), "loss": 0.1}
 
 
-def test_the_pareto_front_is_named_linked_and_marked(server: RunningServer, tokens: dict[str, str],  # noqa: F811
-                                                     browser: Any) -> None:  # noqa: F811
+def test_the_pareto_front_is_named_linked_and_marked(server: RunningServer, tokens: dict[str, str],
+                                                     browser: Any) -> None:
     with httpx.Client(base_url=f"{server.url}/api/v1", timeout=30) as api:
         sweep = api.post("/sweeps", json=TRADE_OFF_SPEC, headers={"Authorization": f"Bearer {tokens['admin']}"}).json()
         worker = {"Authorization": f"Bearer {tokens['worker']}"}

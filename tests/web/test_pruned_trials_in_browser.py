@@ -8,9 +8,7 @@ trial's panel, where its curves end at a marked epoch. Screenshots go to test-ar
 from __future__ import annotations
 
 import re
-import secrets
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +24,7 @@ if CHROMIUM is None:
 sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed (pip install "
                                                               "-e '.[dev]')")
 
-from api.server import RunningServer, start_in_thread  # noqa: E402
-from api.settings import Settings  # noqa: E402
+from api.server import RunningServer  # noqa: E402
 
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "screenshots"
 ASHA_SPEC: dict[str, Any] = {
@@ -42,27 +39,6 @@ CURVES = {8: [0.90, 0.95, 0.97, 0.98], 16: [0.95, 0.96, 0.91, 0.92], 32: [0.50, 
 """val_accuracy per epoch by units. With rungs after 1 and 3 epochs and 1 in 3 trials going on: units 8 trains
 to the end; units 16 leads at the first rung and trails at the second, so it stops after 3 epochs; units 32
 trails at the first rung and stops after 1."""
-
-
-@pytest.fixture
-def tokens() -> dict[str, str]:
-    return {"admin": secrets.token_urlsafe(32), "worker": secrets.token_urlsafe(32)}
-
-
-@pytest.fixture
-def server(tmp_path: Path, tokens: dict[str, str]) -> Iterator[RunningServer]:
-    settings = Settings(database_url=f"sqlite:///{tmp_path / 'sweeper.db'}", logdir=tmp_path / "runs", port=0,
-                        admin_token=tokens["admin"], worker_token=tokens["worker"])
-    with start_in_thread(settings) as running:
-        yield running
-
-
-@pytest.fixture
-def browser() -> Iterator[Any]:
-    with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM)
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture
