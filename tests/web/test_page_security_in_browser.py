@@ -8,7 +8,6 @@ cookie opens nothing.
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 from typing import Any
 
 import httpx
