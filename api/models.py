@@ -121,6 +121,11 @@ class TrialRow(Base):
     """When the latest attempt started."""
     finished_at: Mapped[datetime | None]
 
+    @property
+    def number(self) -> int:
+        """The trial's number within its sweep, from 1: what people see on the page, the CLI and TensorBoard."""
+        return self.index + 1
+
 
 class TrialEpochRow(Base):
     __tablename__ = "trial_epochs"

@@ -18,8 +18,10 @@ class TrialPublic(BaseModel):
     id: int
     """Unique across sweeps; the trial's session group name in TensorBoard."""
     sweep_id: int
+    number: int
+    """The trial's number within its sweep, from 1 (index + 1): what the page, the CLI and TensorBoard show."""
     index: int
-    """The trial's position in its sweep's search order."""
+    """The trial's position in its sweep's search order, from 0."""
     state: TrialState
     hparams: dict[str, Any]
     metrics: dict[str, float | None]
@@ -132,6 +134,8 @@ class SweepsPublic(BaseModel):
 
 class ObjectivePoint(BaseModel):
     trial_id: int
+    number: int
+    """The trial's number within its sweep, from 1."""
     index: int
     value: float | None
     """The trial's objective; null when it reported no finite value for it."""
@@ -148,7 +152,8 @@ class ObjectivePublic(BaseModel):
     def from_series(cls, series: ObjectiveSeries) -> ObjectivePublic:
         # One validation of plain data: for 10,000 points, far cheaper than a model per point.
         return cls.model_validate({"metric": series.objective.metric, "goal": series.objective.goal, "points": [
-            {"trial_id": point.trial_id, "index": point.index, "value": point.value} for point in series.points]})
+            {"trial_id": point.trial_id, "number": point.index + 1, "index": point.index,
+             "value": point.value} for point in series.points]})
 
 
 class WorkerPublic(BaseModel):

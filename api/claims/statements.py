@@ -140,6 +140,11 @@ class TrialRecord:
     started_at: datetime | None
     finished_at: datetime | None
 
+    @property
+    def number(self) -> int:
+        """The trial's number within its sweep, from 1 (TrialRow.number)."""
+        return self.index + 1
+
 
 def trial_record(row: Row[Any], **changes: Any) -> TrialRecord:
     """The trial in a row selected with all of TRIALS' columns, with `changes` (just written) applied."""
