@@ -1,0 +1,50 @@
+"""A posted spec's problems come back together, each at its field: a misspelled hparam among them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import yaml
+from api_testing import API, grid_spec
+from fastapi.testclient import TestClient
+
+PATHS = ["/sweeps", "/sweeps/validate"]
+
+
+def _problems(response: Any) -> dict[tuple[Any, ...], str]:
+    assert response.status_code == 422, response.text
+    return {tuple(problem["loc"]): problem["msg"] for problem in response.json()["detail"]}
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_an_hparam_the_model_does_not_read_is_422_at_its_name_listing_the_names_it_reads(client: TestClient,
+                                                                                         path: str) -> None:
+    spec = grid_spec()
+    spec["hparams"]["unitz"] = {"type": "discrete", "values": [8, 16]}
+
+    problems = _problems(client.post(f"{API}{path}", json=spec))
+
+    assert list(problems) == [("body", "hparams", "unitz")]
+    message = problems["body", "hparams", "unitz"]
+    assert message.startswith("model mlp reads no hparam 'unitz'; did you mean units?")
+    assert all(name in message for name in ("units", "depth", "dropout", "activation", "learning_rate"))
+    assert client.get(f"{API}/sweeps").json()["count"] == 0
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("media_type", ["application/json", "application/yaml"])
+def test_every_problem_of_a_spec_comes_back_in_one_answer(client: TestClient, path: str, media_type: str) -> None:
+    spec = grid_spec(objective={"metric": "val_acc"}, train={"epochs": 0})
+    spec["hparams"]["unitz"] = 8
+    spec["hparams"]["dropout"] = {"type": "real_interval", "min": 0.5, "max": 0.1}
+    body = yaml.safe_dump(spec) if media_type == "application/yaml" else None
+
+    response = (client.post(f"{API}{path}", content=body, headers={"content-type": media_type}) if body
+                else client.post(f"{API}{path}", json=spec))
+
+    problems = _problems(response)
+    assert sorted(problems) == [("body", "hparams", "dropout"), ("body", "hparams", "unitz"),
+                                ("body", "objective", "metric"), ("body", "train", "epochs")]
+    assert "'val_acc' is not a metric the trial logs" in problems["body", "objective", "metric"]
+    assert all(set(problem) == {"loc", "msg", "type"} for problem in response.json()["detail"])
