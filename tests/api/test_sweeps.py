@@ -120,7 +120,8 @@ BAD_SPECS = {
         _with(grid_spec(), ("hparams", "units"), {"type": "choice", "values": [1]}),
         ["body", "hparams", "units"], "type must be one of"),
     "random over intervals without max_trials": (
-        _with(random_spec(), ("search",), {"strategy": "random"}), ["body"], "search.max_trials is required"),
+        _with(random_spec(), ("search",), {"strategy": "random"}), ["body", "search", "max_trials"],
+        "is required for random search over intervals"),
 }
 
 

@@ -89,7 +89,7 @@ def test_bad_domain_is_rejected_with_its_path(hparam, expected):
     ({"objective": {"metric": "val_accuracy", "goal": "up"}}, "objective.goal: Input should be 'maximize' or 'minimize'"),
     ({"train": {"validation_split": 1.5}}, "train.validation_split: Input should be less than 1"),
     ({"search": {"strategy": "grid", "grid_points": 1}}, "search.grid_points: Input should be greater than or equal to 2"),
-    ({"search": {"strategy": "random"}}, "search.max_trials is required for random search over intervals"),
+    ({"search": {"strategy": "random"}}, "search.max_trials: is required for random search over intervals"),
     ({"hparams": {}}, "hparams: Dictionary should have at least 1 item"),
     ({"name": ""}, "name: String should have at least 1 character"),
 ])
