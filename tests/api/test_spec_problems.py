@@ -9,6 +9,8 @@ import yaml
 from api_testing import API, grid_spec
 from fastapi.testclient import TestClient
 
+from api.search import samplers
+
 PATHS = ["/sweeps", "/sweeps/validate"]
 
 
@@ -48,3 +50,16 @@ def test_every_problem_of_a_spec_comes_back_in_one_answer(client: TestClient, pa
                                 ("body", "objective", "metric"), ("body", "train", "epochs")]
     assert "'val_acc' is not a metric the trial logs" in problems["body", "objective", "metric"]
     assert all(set(problem) == {"loc", "msg", "type"} for problem in response.json()["detail"])
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_the_servers_own_check_of_the_strategy_joins_the_specs_problems(client: TestClient, path: str,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(samplers, "gp_available", lambda: "gp needs PyTorch on the server, which is not installed")
+    spec = grid_spec(search={"strategy": "gp", "max_trials": 4})
+    spec["hparams"]["unitz"] = 8
+
+    problems = _problems(client.post(f"{API}{path}", json=spec))
+
+    assert sorted(problems) == [("body", "hparams", "unitz"), ("body", "search", "strategy")]
+    assert problems["body", "search", "strategy"].startswith("gp needs PyTorch on the server")
