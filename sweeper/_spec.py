@@ -185,7 +185,7 @@ class SweepSpec(_Strict):
         return data
 
     @model_validator(mode="after")
-    def _rules_across_fields(self, info: ValidationInfo) -> SweepSpec:
+    def _across_fields(self, info: ValidationInfo) -> SweepSpec:
         # parse_spec checks these itself, with the field each names, once the fields they read are valid.
         if not (info.context or {}).get(_FIELDS_ONLY):
             problems = [*_check_objectives(self), *_check_random_search(self)]
@@ -252,12 +252,16 @@ _PLACEHOLDERS: dict[str, Any] = {"name": "draft", "model": "mlp", "dataset": "di
 """Valid stand-ins for required fields that are broken, so the rest of a draft can still be checked."""
 
 
-def parse_spec(data: Any, source: str | None = None) -> SweepSpec:
+def parse_spec(data: Any, source: str | None = None, *, stored: bool = False) -> SweepSpec:
     """Validate a parsed spec (a dict), raising SpecError with every problem and its field path.
 
     Every problem is found in one pass: the fields are validated, and the rules across fields (a metric
     the trial logs, hparams the model reads, what the search needs) are checked on what is valid. A
     rule that reads a broken field is skipped: it would only guess.
+
+    `stored`: the spec of a sweep that exists, read again. Its hparams were accepted when the sweep was
+    created, and a model's declaration that changed since must not strand the sweep, so they are not
+    checked against the model's declaration again.
     """
     if not isinstance(data, dict):
         raise SpecError([((), f"a sweep spec must be a mapping, but got {type(data).__name__}")], source)
@@ -269,7 +273,7 @@ def parse_spec(data: Any, source: str | None = None) -> SweepSpec:
         problems += _field_problems(error, data, problems)
         spec = _draft(data, broken)
     if spec is not None:
-        problems += _rules_across_fields(spec, data, frozenset(broken))
+        problems += _rules_across_fields(spec, data, frozenset(broken), stored)
     problems = _dedupe(problems)
     if problems or spec is None:
         raise SpecError(problems, source)
@@ -362,7 +366,8 @@ def _usable(broken: frozenset[Path_], *needs: Path_) -> bool:
     return not any(part[:len(need)] == need or need[:len(part)] == part for part in broken for need in needs)
 
 
-def _rules_across_fields(spec: SweepSpec, data: dict[str, Any], broken: frozenset[Path_]) -> list[Problem]:
+def _rules_across_fields(spec: SweepSpec, data: dict[str, Any], broken: frozenset[Path_],
+                         stored: bool = False) -> list[Problem]:
     """The rules that read several fields, each checked where the fields it reads are valid.
 
     The hparams' rules look at the valid hparams alone (a broken one is left out of `spec`), and only
@@ -375,7 +380,8 @@ def _rules_across_fields(spec: SweepSpec, data: dict[str, Any], broken: frozense
     problems += check_schedule_hparams(space)
     if _usable(broken, ("model",)):
         problems += _registry.models.check_hparams(spec.model, space)
-        problems += _check_hparam_names(spec.model, data.get("hparams"))
+        if not stored:
+            problems += _check_hparam_names(spec.model, data.get("hparams"))
     if _usable(broken, ("objective",), ("train", "metrics"), ("train", "early_stopping")):
         problems += _check_metric_names(spec)
     if _usable(broken, ("objective",)):

@@ -6,10 +6,13 @@ from typing import Any
 
 import pytest
 import yaml
-from api_testing import API, grid_spec
+from api_testing import API, Worker, grid_spec, random_spec
 from fastapi.testclient import TestClient
 
+from api.models import SweepRow, utcnow
 from api.search import samplers
+from sweeper import parse_spec
+from sweeper.messages import SweepStatus
 
 PATHS = ["/sweeps", "/sweeps/validate"]
 
@@ -63,3 +66,21 @@ def test_the_servers_own_check_of_the_strategy_joins_the_specs_problems(client: 
 
     assert sorted(problems) == [("body", "hparams", "unitz"), ("body", "search", "strategy")]
     assert problems["body", "search", "strategy"].startswith("gp needs PyTorch on the server")
+
+
+def test_a_sweep_stored_with_an_hparam_its_model_does_not_read_still_runs_and_extends(client: TestClient) -> None:
+    # As a sweep created before its model declared its hparams: what was accepted then is not taken back.
+    spec = parse_spec(random_spec(name="older", max_trials=2)).to_json()
+    spec["hparams"]["unitz"] = 8
+    context = client.app.state.context  # type: ignore[attr-defined]
+    with context.sessions() as session, session.begin():
+        session.add(SweepRow(name="older", status=SweepStatus.running, spec=spec, total_trials=2, next_index=0,
+                             created_at=utcnow()))
+        session.flush()
+
+    claimed = Worker(client, "w1").claim()
+
+    assert claimed is not None and claimed["hparams"]["unitz"] == 8
+    extended = client.post(f"{API}/sweeps/{claimed['sweep_id']}/extend", json={"max_trials": 4})
+    assert extended.status_code == 200, extended.text
+    assert extended.json()["total_trials"] == 4
