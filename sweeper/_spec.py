@@ -23,8 +23,8 @@ from sweeper._model_hparams import unknown_hparams
 from sweeper._schedule_params import check_schedule_hparams
 from sweeper._text import Printable
 
-Path_ = tuple[str | int, ...]
-Problem = tuple[Path_, str]
+FieldPath = tuple[str | int, ...]
+Problem = tuple[FieldPath, str]
 
 MAX_NAME_LENGTH = 200
 """The longest sweep name, model, dataset or metric name."""
@@ -266,7 +266,7 @@ def parse_spec(data: Any, source: str | None = None, *, stored: bool = False) ->
     if not isinstance(data, dict):
         raise SpecError([((), f"a sweep spec must be a mapping, but got {type(data).__name__}")], source)
     problems = _domain_problems(data.get("hparams"))
-    broken: set[Path_] = {path[:2] for path, _ in problems}
+    broken: set[FieldPath] = {path[:2] for path, _ in problems}
     try:
         spec: SweepSpec | None = SweepSpec.model_validate(data, context=_FIELDS)
     except ValidationError as error:
@@ -320,7 +320,7 @@ def _field_problems(error: ValidationError, data: dict[str, Any], domains: list[
     return problems
 
 
-def _draft(data: dict[str, Any], broken: set[Path_]) -> SweepSpec | None:
+def _draft(data: dict[str, Any], broken: set[FieldPath]) -> SweepSpec | None:
     """The spec with its broken parts left out (or, where required, stood in for); their paths join `broken`.
 
     None when no draft validates, which leaves only the fields' own problems to report.
@@ -338,7 +338,7 @@ def _draft(data: dict[str, Any], broken: set[Path_]) -> SweepSpec | None:
     return None
 
 
-def _leave_out(draft: dict[str, Any], loc: Path_, broken: set[Path_]) -> bool:
+def _leave_out(draft: dict[str, Any], loc: FieldPath, broken: set[FieldPath]) -> bool:
     """Take the part at `loc` out of the draft (its section's field, or the whole field); False if it cannot."""
     if not loc:
         return False
@@ -361,12 +361,12 @@ def _leave_out(draft: dict[str, Any], loc: Path_, broken: set[Path_]) -> bool:
     return True
 
 
-def _usable(broken: frozenset[Path_], *needs: Path_) -> bool:
+def _usable(broken: frozenset[FieldPath], *needs: FieldPath) -> bool:
     """True when no broken part lies inside, or around, any of the parts a rule needs."""
     return not any(part[:len(need)] == need or need[:len(part)] == part for part in broken for need in needs)
 
 
-def _rules_across_fields(spec: SweepSpec, data: dict[str, Any], broken: frozenset[Path_],
+def _rules_across_fields(spec: SweepSpec, data: dict[str, Any], broken: frozenset[FieldPath],
                          stored: bool = False) -> list[Problem]:
     """The rules that read several fields, each checked where the fields it reads are valid.
 
@@ -428,7 +428,7 @@ def _check_random_search(spec: SweepSpec) -> list[Problem]:
 def _check_metric_names(spec: SweepSpec) -> list[Problem]:
     # The objective and early stopping can only watch what the trial logs, known before any training.
     logged = spec.train.metric_names()
-    watched: list[tuple[Path_, str]] = [(("objective", "metric"), spec.objective.metric)]
+    watched: list[tuple[FieldPath, str]] = [(("objective", "metric"), spec.objective.metric)]
     if spec.objectives is not None:
         watched = [(("objective", position, "metric"), objective.metric)
                    for position, objective in enumerate(spec.objectives)]
@@ -447,7 +447,7 @@ def _check_metric_names(spec: SweepSpec) -> list[Problem]:
     return problems
 
 
-def _check_search(spec: SweepSpec, broken: frozenset[Path_] = frozenset()) -> list[Problem]:
+def _check_search(spec: SweepSpec, broken: frozenset[FieldPath] = frozenset()) -> list[Problem]:
     """What an adaptive strategy or a stopping rule needs of the rest of the spec; docs/spec.md explains each limit.
 
     Each rule is checked when the parts it reads are valid (see `_usable`).
@@ -455,7 +455,7 @@ def _check_search(spec: SweepSpec, broken: frozenset[Path_] = frozenset()) -> li
     problems: list[Problem] = []
     search, space = spec.search, spec.search_space()
 
-    def usable(*needs: Path_) -> bool:
+    def usable(*needs: FieldPath) -> bool:
         return _usable(broken, ("search", "strategy"), *needs)
 
     if search.adaptive and search.max_trials is None and usable(("search", "max_trials")):
@@ -538,7 +538,7 @@ def _read_yaml(text: str, source: str | None) -> tuple[Any, yaml.Node | None]:
         loader.dispose()
 
 
-def _line_of(root: yaml.Node | None, path: Path_) -> int | None:
+def _line_of(root: yaml.Node | None, path: FieldPath) -> int | None:
     """The line (from 1) where the deepest part of `path` that the document holds was written; None for none."""
     line, node = None, root
     for part in path:
