@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from sweeper import PluginError, SpecError, SweepSpec, load_spec, log_files
 from sweeper.log_location import is_url
@@ -51,10 +52,13 @@ def load_plugin_modules(plugins: list[str] | None) -> list[str]:
 
 
 def load_spec_file(path: Path) -> SweepSpec:
+    """The spec in the file; or exit 2 with every problem on a line of its own, `file:line: field: rule`."""
     try:
         return load_spec(path)
     except SpecError as error:
-        raise fail(str(error), code=2) from None
+        for line in error.lines:
+            errors.print(f"[red]error:[/red] {escape(line)}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
 
 
 def require_file_system(logdir: str) -> None:

@@ -2,24 +2,39 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class SweeperError(Exception):
     """Root of every error sweeper raises deliberately."""
 
 
 class SpecError(SweeperError):
-    """A sweep spec broke a rule; each problem names its field path and the rule."""
+    """A sweep spec broke a rule; each problem names its field path and the rule.
 
-    def __init__(self, problems: list[tuple[tuple[str | int, ...], str]], source: str | None = None):
+    `line_numbers`, where known (a YAML file's), say on which line of the source each problem's field was
+    written, in the order of `problems`.
+    """
+
+    def __init__(self, problems: list[tuple[tuple[str | int, ...], str]], source: str | None = None,
+                 line_numbers: Sequence[int | None] | None = None):
         self.problems = problems
         self.source = source
-        lines = [f"{_dotted(path)}: {message}" if path else message for path, message in problems]
+        self.line_numbers: list[int | None] = list(line_numbers or [None] * len(problems))
         prefix = f"{source}: " if source else ""
-        super().__init__(prefix + "; ".join(lines))
+        super().__init__(prefix + "; ".join(self.messages))
 
     @property
     def messages(self) -> list[str]:
         return [f"{_dotted(path)}: {message}" if path else message for path, message in self.problems]
+
+    @property
+    def lines(self) -> list[str]:
+        """Each problem as a line of its own, `source:line: field: rule` (as much as is known), in the
+        source's order: what a compiler would print."""
+        located = sorted(zip(self.line_numbers, self.messages), key=lambda item: item[0] or 0)
+        return [f"{self.source}{'' if line is None else f':{line}'}: {message}" if self.source else message
+                for line, message in located]
 
 
 class UnknownTrialError(SweeperError):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import PurePosixPath, PureWindowsPath
 from typing import Any
 
@@ -23,6 +23,10 @@ Problem = tuple[tuple[str | int, ...], str]
 """(field path, broken rule), as `SpecError` reports them."""
 HParamsCheck = Callable[[Mapping[str, Any]], list[Problem]]
 """A model's spec-time check: the search space (hparam name -> domain) in, problems out; no TensorFlow."""
+HParamNames = str | Iterable[str]
+"""A model's declared hparams: names, or a 'module:attribute' reference to them imported on first use."""
+HPARAM_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
+"""What an hparam may be called (in a spec, or declared by a model)."""
 
 NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]{0,99}$")
 """What a plugin may register: identifier-like, so a name can never read as a module, a path or a file
@@ -43,22 +47,27 @@ class Registry:
     """
 
     def __init__(self, kind: str, entries: dict[str, Builder] | None = None, *,
-                 entry_point_group: str | None = None, checks: dict[str, str | HParamsCheck] | None = None):
+                 entry_point_group: str | None = None, checks: dict[str, str | HParamsCheck] | None = None,
+                 hparams: dict[str, HParamNames] | None = None):
         self.kind = kind
         self._entries: dict[str, Builder] = dict(entries or {})
         self._builtins = frozenset(self._entries)
         self._checks: dict[str, str | HParamsCheck] = dict(checks or {})
+        self._hparams: dict[str, HParamNames] = dict(hparams or {})
         self.entry_point_group = entry_point_group
         self._scanned = entry_point_group is None
 
-    def register(self, name: str, builder: Builder, check: str | HParamsCheck | None = None) -> None:
+    def register(self, name: str, builder: Builder, check: str | HParamsCheck | None = None,
+                 hparams: Iterable[str] | None = None) -> None:
         """Add `name`; raises PluginError when the name breaks the rules or is taken by other code.
 
         Registering the same code again (the same object or reference) is allowed, so a plugin that is
         both installed with entry points and named with --plugins does not clash with itself.
+        `hparams`, when given, are the names the entry reads besides the trainer's (see `hparams_of`).
         """
         problem = self._name_problem(name) or _builder_problem(builder) \
-            or (None if check is None else _builder_problem(check, "check"))
+            or (None if check is None else _builder_problem(check, "check")) \
+            or (None if hparams is None else _hparams_problem(hparams))
         if problem is not None:
             raise PluginError(f"cannot register {self.kind} {name!r}: {problem}")
         existing = self._entries.get(name)
@@ -68,6 +77,8 @@ class Registry:
         self._entries[name] = builder
         if check is not None:
             self._checks[name] = check
+        if hparams is not None:
+            self._hparams[name] = frozenset(hparams)
 
     def _name_problem(self, name: object) -> str | None:
         if not isinstance(name, str) or not NAME_PATTERN.match(name):
@@ -137,6 +148,15 @@ class Registry:
             return []
         return list(_load(self._checks, name, f"{self.kind} check")(space))
 
+    def hparams_of(self, name: str) -> frozenset[str] | None:
+        """Every hparam a trial of model `name` reads (its declared ones and the trainer's), or None when
+        the model declared none: then any hparam is accepted."""
+        if name not in self._hparams:
+            return None
+        from sweeper._model_hparams import accepted  # it imports the transfer model's table, which imports this
+
+        return accepted(_load(self._hparams, name, f"{self.kind} hparams"))
+
 
 class DatasetRegistry(Registry):
     """Dataset names: registered built-ins, plus file datasets named `<format>:<relative path>`.
@@ -185,8 +205,9 @@ class DatasetRegistry(Registry):
         return _load(self._formats, prefix, "dataset format")
 
 
-def _load(entries: dict[str, Any], name: str, kind: str) -> Callable[..., Any]:
-    """The callable registered as `name`, importing a 'module:attribute' reference on first use."""
+def _load(entries: dict[str, Any], name: str, kind: str) -> Any:
+    """What is registered as `name` (a callable, or a model's hparam names), importing a 'module:attribute'
+    reference on first use."""
     try:
         entry = entries[name]
     except KeyError:
@@ -202,6 +223,18 @@ def _builder_problem(builder: object, what: str = "builder") -> str | None:
             return f"a {what} given as text must be a 'package.module:attribute' reference, but got {builder!r}"
         return None
     return None if callable(builder) else f"a {what} must be callable or a 'module:attribute' reference"
+
+
+def _hparams_problem(hparams: object) -> str | None:
+    if isinstance(hparams, str) or not isinstance(hparams, Iterable):
+        return f"hparams must be a list of hparam names, but got {hparams!r}"
+    names = list(hparams)
+    bad = [name for name in names if not isinstance(name, str) or not HPARAM_NAME_PATTERN.match(name)]
+    if bad:
+        return f"hparams must be names like units or learning_rate, but got {bad[0]!r}"
+    if len(set(names)) != len(names):
+        return f"hparams must be distinct names, but got {', '.join(names)}"
+    return None
 
 
 def _reference(builder: Builder) -> str:
@@ -255,6 +288,8 @@ models = Registry(
     },
     entry_point_group=MODEL_ENTRY_POINTS,
     checks={"transfer": "sweeper._transfer_params:check_transfer_hparams"},
+    hparams={"mlp": "sweeper._model_hparams:MLP", "cnn": "sweeper._model_hparams:CNN",
+             "transfer": "sweeper._model_hparams:TRANSFER"},
 )
 datasets = DatasetRegistry(
     {

@@ -11,16 +11,20 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, PositiveInt, TypeAdapter, ValidationError, field_validator,
-                      model_validator)
+from pydantic import (BaseModel, ConfigDict, Field, PositiveInt, TypeAdapter, ValidationError, ValidationInfo,
+                      field_validator, model_validator)
 
 from sweeper import _registry
 from sweeper._conditions import check_conditions
 from sweeper._domains import (MAX_HPARAMS, DiscreteValue, Domain, Fixed, IntInterval, RealInterval, SearchDomain,
                               _at_most)
 from sweeper._errors import SpecError
-from sweeper._text import Printable
+from sweeper._model_hparams import unknown_hparams
 from sweeper._schedule_params import check_schedule_hparams
+from sweeper._text import Printable
+
+FieldPath = tuple[str | int, ...]
+Problem = tuple[FieldPath, str]
 
 MAX_NAME_LENGTH = 200
 """The longest sweep name, model, dataset or metric name."""
@@ -181,13 +185,12 @@ class SweepSpec(_Strict):
         return data
 
     @model_validator(mode="after")
-    def _distinct_objectives(self) -> SweepSpec:
-        if self.objectives is not None:
-            if self.objectives[0] != self.objective:
-                raise ValueError("objective must be the first of objectives (write objective as a list instead)")
-            metrics = [objective.metric for objective in self.objectives]
-            if len(set(metrics)) != len(metrics):
-                raise ValueError(f"objective: each metric may be an objective once, but got {', '.join(metrics)}")
+    def _across_fields(self, info: ValidationInfo) -> SweepSpec:
+        # parse_spec checks these itself, with the field each names, once the fields they read are valid.
+        if not (info.context or {}).get(_FIELDS_ONLY):
+            problems = [*_check_objectives(self), *_check_random_search(self)]
+            if problems:
+                raise ValueError("; ".join(f"{'.'.join(map(str, path))}: {rule}" for path, rule in problems))
         return self
 
     @property
@@ -221,14 +224,6 @@ class SweepSpec(_Strict):
                 else _fixed_adapter.validate_python(raw)
         return parsed
 
-    @model_validator(mode="after")
-    def _finite_random_search(self) -> SweepSpec:
-        if self.search.strategy == "random" and self.search.max_trials is None:
-            # Intervals are sampled, not enumerated, so nothing else would end the sweep.
-            if any(isinstance(domain, (RealInterval, IntInterval)) for domain in self.search_space().values()):
-                raise ValueError("search.max_trials is required for random search over intervals")
-        return self
-
     @property
     def stops_early(self) -> bool:
         """True when a stopping rule judges every epoch report."""
@@ -248,70 +243,198 @@ class SweepSpec(_Strict):
         return self.model_dump(mode="json", exclude_none=True)
 
 
-def parse_spec(data: Any, source: str | None = None) -> SweepSpec:
-    """Validate a parsed spec (a dict), raising SpecError with every problem and its field path."""
+_FIELDS_ONLY = "fields_only"
+"""Validation context: check each field, leaving the rules across fields to `parse_spec`'s own checks."""
+_FIELDS = {_FIELDS_ONLY: True}
+
+_PLACEHOLDERS: dict[str, Any] = {"name": "draft", "model": "mlp", "dataset": "digits",
+                                 "objective": {"metric": "loss"}, "hparams": {"_": 0}}
+"""Valid stand-ins for required fields that are broken, so the rest of a draft can still be checked."""
+
+
+def parse_spec(data: Any, source: str | None = None, *, stored: bool = False) -> SweepSpec:
+    """Validate a parsed spec (a dict), raising SpecError with every problem and its field path.
+
+    Every problem is found in one pass: the fields are validated, and the rules across fields (a metric
+    the trial logs, hparams the model reads, what the search needs) are checked on what is valid. A
+    rule that reads a broken field is skipped: it would only guess.
+
+    `stored`: the spec of a sweep that exists, read again. Its hparams were accepted when the sweep was
+    created, and a model's declaration that changed since must not strand the sweep, so they are not
+    checked against the model's declaration again.
+    """
     if not isinstance(data, dict):
         raise SpecError([((), f"a sweep spec must be a mapping, but got {type(data).__name__}")], source)
-    problems: list[tuple[tuple[str | int, ...], str]] = []
-    # Validate each hparam on its own first, to report its problems with a path like hparams.dropout.min.
-    hparams = data.get("hparams")
-    # Past the limit, the model reports the count alone: validating each of a million hparams would take long.
-    if isinstance(hparams, dict) and len(hparams) <= MAX_HPARAMS:
-        for name, raw in hparams.items():
-            if not isinstance(raw, dict):
-                try:
-                    _fixed_adapter.validate_python(raw)
-                except ValidationError as error:
-                    problems.append((("hparams", str(name)), f"a fixed value {_rule(error.errors()[0])}; a searched "
-                                     "one is a mapping like {type: discrete, values: [...]}"))
-                continue
-            try:
-                _domain_adapter.validate_python(raw)
-            except ValidationError as error:
-                problems += [(("hparams", str(name), *_inner_loc(e["loc"], raw)), _rule(e)) for e in error.errors()]
+    problems = _domain_problems(data.get("hparams"))
+    broken: set[FieldPath] = {path[:2] for path, _ in problems}
     try:
-        spec = SweepSpec.model_validate(data)
+        spec: SweepSpec | None = SweepSpec.model_validate(data, context=_FIELDS)
     except ValidationError as error:
-        for e in error.errors():
-            loc = tuple(e["loc"])
-            # Problems inside a domain were reported above with the hparam's name in their path.
-            if loc[:1] == ("hparams",) and "[key]" not in loc and any(p[0][:1] == ("hparams",) for p in problems):
-                continue
-            if isinstance(data.get("objective"), list) and data["objective"]:
-                # Written as a list: each problem is named by its place in that list, once.
-                if loc[:1] == ("objective",) and len(data["objective"]) > 1:
-                    continue
-                if loc[:1] == ("objectives",):
-                    loc = ("objective", *loc[1:])
-                elif loc[:1] == ("objective",):
-                    loc = ("objective", 0, *loc[1:])
-            problems.append((loc, _rule(e)))
-        problems = _dedupe(problems)
-        raise SpecError(problems, source) from None
-    # Learning-rate schedule parameters are checked against the whole space, with their own paths.
-    problems += check_conditions(spec.search_space())
-    problems += check_schedule_hparams(spec.search_space())
-    problems += _registry.models.check_hparams(spec.model, spec.search_space())
-    problems += _check_metric_names(spec)
-    problems += _check_search(spec)
-    problems += [(("hparams", f"log10_{name}"), f"clashes with the log10_{name} column that TensorBoard shows for "
-                                              f"log-scaled {name}; rename it")
-                 for name in spec.log_scaled() if f"log10_{name}" in spec.hparams]
-    if problems:
+        problems += _field_problems(error, data, problems)
+        spec = _draft(data, broken)
+    if spec is not None:
+        problems += _rules_across_fields(spec, data, frozenset(broken), stored)
+    problems = _dedupe(problems)
+    if problems or spec is None:
         raise SpecError(problems, source)
     return spec
 
 
-def _check_metric_names(spec: SweepSpec) -> list[tuple[tuple[str | int, ...], str]]:
+def _domain_problems(hparams: Any) -> list[Problem]:
+    """Each hparam validated on its own, to report its problems with a path like hparams.dropout.min."""
+    problems: list[Problem] = []
+    # Past the limit, the model reports the count alone: validating each of a million hparams would take long.
+    if not isinstance(hparams, dict) or len(hparams) > MAX_HPARAMS:
+        return problems
+    for name, raw in hparams.items():
+        if not isinstance(raw, dict):
+            try:
+                _fixed_adapter.validate_python(raw)
+            except ValidationError as error:
+                problems.append((("hparams", str(name)), f"a fixed value {_rule(error.errors()[0])}; a searched "
+                                 "one is a mapping like {type: discrete, values: [...]}"))
+            continue
+        try:
+            _domain_adapter.validate_python(raw)
+        except ValidationError as error:
+            problems += [(("hparams", str(name), *_inner_loc(e["loc"], raw)), _rule(e)) for e in error.errors()]
+    return problems
+
+
+def _field_problems(error: ValidationError, data: dict[str, Any], domains: list[Problem]) -> list[Problem]:
+    problems: list[Problem] = []
+    for e in error.errors():
+        loc = tuple(e["loc"])
+        # Problems inside a domain were reported above with the hparam's name in their path.
+        if loc[:1] == ("hparams",) and "[key]" not in loc and domains:
+            continue
+        if isinstance(data.get("objective"), list) and data["objective"]:
+            # Written as a list: each problem is named by its place in that list, once.
+            if loc[:1] == ("objective",) and len(data["objective"]) > 1:
+                continue
+            if loc[:1] == ("objectives",):
+                loc = ("objective", *loc[1:])
+            elif loc[:1] == ("objective",):
+                loc = ("objective", 0, *loc[1:])
+        problems.append((loc, _rule(e)))
+    return problems
+
+
+def _draft(data: dict[str, Any], broken: set[FieldPath]) -> SweepSpec | None:
+    """The spec with its broken parts left out (or, where required, stood in for); their paths join `broken`.
+
+    None when no draft validates, which leaves only the fields' own problems to report.
+    """
+    draft = dict(data)
+    if isinstance(draft.get("hparams"), dict):
+        draft["hparams"] = {name: raw for name, raw in draft["hparams"].items() if ("hparams", str(name)) not in broken}
+    for _ in range(len(_PLACEHOLDERS) + 4):  # each round repairs at least one field, or gives up
+        try:
+            return SweepSpec.model_validate(draft, context=_FIELDS)
+        except ValidationError as error:
+            for e in error.errors():
+                if not _leave_out(draft, tuple(e["loc"]), broken):
+                    return None
+    return None
+
+
+def _leave_out(draft: dict[str, Any], loc: FieldPath, broken: set[FieldPath]) -> bool:
+    """Take the part at `loc` out of the draft (its section's field, or the whole field); False if it cannot."""
+    if not loc:
+        return False
+    field = loc[0]
+    if field in ("objective", "objectives"):
+        draft.pop("objectives", None)
+        draft["objective"] = _PLACEHOLDERS["objective"]
+        broken.update({("objective",), ("objectives",)})
+        return True
+    section = draft.get(field)
+    if len(loc) > 1 and isinstance(section, dict) and loc[1] in section:
+        draft[field] = {key: value for key, value in section.items() if key != loc[1]}
+        broken.add((field, loc[1]))
+        return True
+    if field in _PLACEHOLDERS:
+        draft[field] = _PLACEHOLDERS[field]
+    else:
+        draft.pop(field, None)
+    broken.add((field,))
+    return True
+
+
+def _usable(broken: frozenset[FieldPath], *needs: FieldPath) -> bool:
+    """True when no broken part lies inside, or around, any of the parts a rule needs."""
+    return not any(part[:len(need)] == need or need[:len(part)] == part for part in broken for need in needs)
+
+
+def _rules_across_fields(spec: SweepSpec, data: dict[str, Any], broken: frozenset[FieldPath],
+                         stored: bool = False) -> list[Problem]:
+    """The rules that read several fields, each checked where the fields it reads are valid.
+
+    The hparams' rules look at the valid hparams alone (a broken one is left out of `spec`), and only
+    where each rule holds whatever the broken ones would be.
+    """
+    problems: list[Problem] = []
+    space = spec.search_space() if ("hparams",) not in broken else {}
+    problems += [problem for problem in check_conditions(space)
+                 if not (len(problem[0]) == 4 and ("hparams", problem[0][3]) in broken)]
+    problems += check_schedule_hparams(space)
+    if _usable(broken, ("model",)):
+        problems += _registry.models.check_hparams(spec.model, space)
+        if not stored:
+            problems += _check_hparam_names(spec.model, data.get("hparams"))
+    if _usable(broken, ("objective",), ("train", "metrics"), ("train", "early_stopping")):
+        problems += _check_metric_names(spec)
+    if _usable(broken, ("objective",)):
+        problems += _check_objectives(spec)
+    if _usable(broken, ("search", "strategy"), ("search", "max_trials")):
+        problems += _check_random_search(spec)
+    problems += _check_search(spec, broken)
+    problems += [(("hparams", f"log10_{name}"), f"clashes with the log10_{name} column that TensorBoard shows for "
+                                              f"log-scaled {name}; rename it")
+                 for name in spec.log_scaled() if f"log10_{name}" in space]
+    return problems
+
+
+def _check_hparam_names(model: str, hparams: Any) -> list[Problem]:
+    """An hparam that the model does not read would silently do nothing: refused, when the model declares its own."""
+    reads = _registry.models.hparams_of(model)
+    if reads is None or not isinstance(hparams, dict) or len(hparams) > MAX_HPARAMS:
+        return []
+    # A name that is not an hparam name at all has its own problem already.
+    names = [name for name in hparams if isinstance(name, str) and len(name) <= MAX_HPARAM_NAME_LENGTH
+             and _registry.HPARAM_NAME_PATTERN.match(name)]
+    return unknown_hparams(model, names, reads)
+
+
+def _check_objectives(spec: SweepSpec) -> list[Problem]:
+    if spec.objectives is None:
+        return []
+    if spec.objectives[0] != spec.objective:
+        return [(("objective",), "must be the first of objectives (write objective as a list instead)")]
+    metrics = [objective.metric for objective in spec.objectives]
+    if len(set(metrics)) != len(metrics):
+        return [(("objective",), f"each metric may be an objective once, but got {', '.join(metrics)}")]
+    return []
+
+
+def _check_random_search(spec: SweepSpec) -> list[Problem]:
+    if spec.search.strategy == "random" and spec.search.max_trials is None:
+        # Intervals are sampled, not enumerated, so nothing else would end the sweep.
+        if any(isinstance(domain, (RealInterval, IntInterval)) for domain in spec.search_space().values()):
+            return [(("search", "max_trials"), "is required for random search over intervals")]
+    return []
+
+
+def _check_metric_names(spec: SweepSpec) -> list[Problem]:
     # The objective and early stopping can only watch what the trial logs, known before any training.
     logged = spec.train.metric_names()
-    watched: list[tuple[tuple[str | int, ...], str]] = [(("objective", "metric"), spec.objective.metric)]
+    watched: list[tuple[FieldPath, str]] = [(("objective", "metric"), spec.objective.metric)]
     if spec.objectives is not None:
         watched = [(("objective", position, "metric"), objective.metric)
                    for position, objective in enumerate(spec.objectives)]
     if spec.train.early_stopping is not None:
         watched.append((("train", "early_stopping", "monitor"), spec.train.early_stopping.monitor))
-    problems: list[tuple[tuple[str | int, ...], str]] = []
+    problems: list[Problem] = []
     for path, name in watched:
         if name not in logged:
             problems.append((path, f"{name!r} is not a metric the trial logs; with train.metrics "
@@ -324,49 +447,63 @@ def _check_metric_names(spec: SweepSpec) -> list[tuple[tuple[str | int, ...], st
     return problems
 
 
-def _check_search(spec: SweepSpec) -> list[tuple[tuple[str | int, ...], str]]:
-    """What an adaptive strategy or a stopping rule needs of the rest of the spec; docs/spec.md explains each limit."""
-    problems: list[tuple[tuple[str | int, ...], str]] = []
+def _check_search(spec: SweepSpec, broken: frozenset[FieldPath] = frozenset()) -> list[Problem]:
+    """What an adaptive strategy or a stopping rule needs of the rest of the spec; docs/spec.md explains each limit.
+
+    Each rule is checked when the parts it reads are valid (see `_usable`).
+    """
+    problems: list[Problem] = []
     search, space = spec.search, spec.search_space()
-    if search.adaptive and search.max_trials is None:
+
+    def usable(*needs: FieldPath) -> bool:
+        return _usable(broken, ("search", "strategy"), *needs)
+
+    if search.adaptive and search.max_trials is None and usable(("search", "max_trials")):
         problems.append((("search", "max_trials"), f"is required for {search.strategy} search: it proposes "
                                                     "configurations without end"))
     intervals = [name for name, domain in space.items() if isinstance(domain, (RealInterval, IntInterval))]
-    if search.strategy == "cmaes" and not intervals:
+    if search.strategy == "cmaes" and not intervals and usable(("hparams",)):
         problems.append((("search", "strategy"), "cmaes searches real_interval and int_interval hparams, and this "
                                                  "space has none; use tpe for a space of listed values"))
     conditional = [name for name, domain in space.items() if domain.when]
     objectives = spec.all_objectives
     named = f"{len(objectives)} ({', '.join(objective.metric for objective in objectives)})"
-    if search.strategy == "cmaes" and len(objectives) > 1:
+    if search.strategy == "cmaes" and len(objectives) > 1 and usable(("objective",)):
         problems.append((("search", "strategy"), f"cmaes optimizes one objective, and this sweep has {named}; "
                                                  "use nsga2 or tpe"))
-    if spec.stopping is not None and spec.stopping.active and len(objectives) > 1:
+    if spec.stopping is not None and spec.stopping.active and len(objectives) > 1 \
+            and _usable(broken, ("objective",), ("stopping", "rule")):
         problems.append((("stopping", "rule"), f"stopping rules judge one objective, and this sweep has {named}; "
                                                "drop stopping, or keep one objective"))
-    if search.strategy == "gp" and conditional:
+    if search.strategy == "gp" and conditional and usable():
         problems.append((("search", "strategy"), f"gp cannot search conditional hparams (those with a when: "
                                                  f"{', '.join(conditional)}); use tpe, which can"))
-    if search.warm_start and not search.adaptive:
+    if search.warm_start and not search.adaptive and usable(("search", "warm_start")):
         problems.append((("search", "warm_start"), f"only an adaptive strategy ({', '.join(ADAPTIVE_STRATEGIES)}) "
                                                    f"learns from earlier results; {search.strategy} search would "
                                                    "ignore them"))
     stopping = spec.stopping
-    if stopping is not None and stopping.active and stopping.min_epochs > spec.train.epochs:
+    if stopping is not None and stopping.active and stopping.min_epochs > spec.train.epochs \
+            and _usable(broken, ("stopping", "rule"), ("stopping", "min_epochs"), ("train", "epochs")):
         problems.append((("stopping", "min_epochs"), f"must be <= train.epochs ({spec.train.epochs}), but got "
                                                      f"{stopping.min_epochs}: no trial would reach the first decision"))
     return problems
 
 
 def load_spec(path: str | Path) -> SweepSpec:
-    """Read a YAML or JSON spec file; errors name the file (and the line, for syntax errors)."""
+    """Read a YAML or JSON spec file; errors name the file, and for YAML each problem's line."""
     path = Path(path)
     try:
         text = path.read_text()
     except OSError as error:
         raise SpecError([((), f"cannot read spec file: {error.strerror}")], str(path)) from None
-    data = read_spec_text(text, syntax="json" if path.suffix == ".json" else "yaml", source=str(path))
-    return parse_spec(data, source=str(path))
+    if path.suffix == ".json":
+        return parse_spec(read_spec_text(text, syntax="json", source=str(path)), source=str(path))
+    data, root = _read_yaml(text, source=str(path))
+    try:
+        return parse_spec(data, source=str(path))
+    except SpecError as error:
+        raise SpecError(error.problems, error.source, [_line_of(root, where) for where, _ in error.problems]) from None
 
 
 def read_spec_text(text: str, *, syntax: Literal["yaml", "json"] = "yaml", source: str | None = None) -> Any:
@@ -374,16 +511,49 @@ def read_spec_text(text: str, *, syntax: Literal["yaml", "json"] = "yaml", sourc
 
     Shared by spec files and the REST API's YAML bodies, so both report a typo the same way.
     """
+    if syntax == "yaml":
+        return _read_yaml(text, source)[0]
     try:
-        return json.loads(text) if syntax == "json" else yaml.safe_load(text)
+        return json.loads(text)
     except RecursionError:
         raise SpecError([((), "the document nests too deeply to be a sweep spec")], source) from None
     except json.JSONDecodeError as error:
         raise SpecError([((), f"line {error.lineno}: invalid JSON: {error.msg}")], source) from None
+
+
+def _read_yaml(text: str, source: str | None) -> tuple[Any, yaml.Node | None]:
+    """The document's data, and its node tree, whose marks say on which line each part was written."""
+    loader = yaml.SafeLoader(text)
+    try:
+        # What yaml.safe_load does, keeping the node that it drops.
+        root = loader.get_single_node()
+        return (loader.construct_document(root) if root is not None else None), root
+    except RecursionError:
+        raise SpecError([((), "the document nests too deeply to be a sweep spec")], source) from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark is not None else ""
         raise SpecError([((), f"{where}invalid YAML: {getattr(error, 'problem', None) or error}")], source) from None
+    finally:
+        loader.dispose()
+
+
+def _line_of(root: yaml.Node | None, path: FieldPath) -> int | None:
+    """The line (from 1) where the deepest part of `path` that the document holds was written; None for none."""
+    line, node = None, root
+    for part in path:
+        if isinstance(node, yaml.MappingNode):
+            found = next(((key, value) for key, value in node.value
+                          if isinstance(key, yaml.ScalarNode) and key.value == str(part)), None)
+            if found is None:
+                break
+            line, node = found[0].start_mark.line + 1, found[1]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line
 
 
 def _inner_loc(loc: tuple[Any, ...], raw: Any) -> tuple[Any, ...]:

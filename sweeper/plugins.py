@@ -29,16 +29,20 @@ ENV_VAR = "SWEEPER_PLUGINS"
 """Plugin modules for the commands, comma- or space-separated, when --plugins is not given."""
 
 
-def register_model(name: str, builder: Builder, *, check: str | HParamsCheck | None = None) -> None:
+def register_model(name: str, builder: Builder, *, check: str | HParamsCheck | None = None,
+                   hparams: Iterable[str] | None = None) -> None:
     """Register model `name`: `builder(hparams, info)` returns an uncompiled Keras classifier.
 
     `builder` is a callable or a 'module:attribute' reference, imported when a trial first uses it (so
     a server that only validates specs never imports it). `check`, if given, is a TensorFlow-free
     function from the search space (hparam name -> domain) to problems [((field path), rule), ...],
-    run when a sweep is submitted. Raises PluginError for a bad name, a built-in's name, or a name
-    already registered as other code.
+    run when a sweep is submitted. `hparams`, if given, names the hparams the builder reads: a spec
+    naming any other (besides those the trainer reads for every model, like learning_rate) is then
+    refused, so a misspelled one cannot go unnoticed; without it, every name is accepted. Raises
+    PluginError for a bad name, a built-in's name, a name already registered as other code, or
+    `hparams` that are not distinct hparam names.
     """
-    _registry.models.register(name, builder, check)
+    _registry.models.register(name, builder, check, hparams)
 
 
 def register_dataset(name: str, builder: Builder) -> None:

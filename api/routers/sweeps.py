@@ -10,13 +10,13 @@ from pydantic import BaseModel, ConfigDict, PositiveInt
 
 from fastapi import APIRouter, Body, HTTPException, Query, Request, status
 
-from sweeper import make_strategy, parse_spec
+from sweeper import SpecError, SweepSpec, make_strategy, parse_spec
 from sweeper.hparams_log import write_experiment
 from sweeper.log_location import sweep_dir
 from sweeper.messages import SweepStatus, TrialState
 
 from api.deps import ContextDep, RepositoryDep
-from api.search.samplers import require_sampler
+from api.search.samplers import require_sampler, sampler_problems
 from api.json_guard import StrictJSONRoute
 from api.schemas import (COMMON_ERRORS, ObjectivePublic, SweepPlanPublic, SweepPublic, SweepsPublic, TrialPublic,
                          TrialsPublic, error_responses)
@@ -63,8 +63,7 @@ Offset = Annotated[int, Query(ge=0, le=2**62, description="Items to skip.")]
 def create_sweep(body: SpecBody, request: Request, repository: RepositoryDep, context: ContextDep) -> SweepPublic:
     """Create a sweep from a spec, JSON or YAML; trials are generated as workers claim them. A spec with a
     mistake creates nothing and answers 422 with every problem and its field path."""
-    spec = parse_spec(spec_document(body, request.headers.get("content-type")))
-    require_sampler(spec)
+    spec = _checked_spec(body, request)
     # Written before the sweep is committed: a sweep that exists always has its TensorBoard config.
     summary = repository.create_sweep(
         spec, max_trials=context.settings.max_sweep_trials,
@@ -77,10 +76,22 @@ def create_sweep(body: SpecBody, request: Request, repository: RepositoryDep, co
 def validate_sweep(body: SpecBody, request: Request) -> SweepPlanPublic:
     """Check a spec (JSON or YAML) without creating anything: its problems (422), or how large its search is
     and the spec with its defaults filled in."""
-    spec = parse_spec(spec_document(body, request.headers.get("content-type")))
-    require_sampler(spec)
+    spec = _checked_spec(body, request)
     strategy = make_strategy(spec)
     return SweepPlanPublic(space_size=strategy.size, total_trials=strategy.total, spec=spec.to_json())
+
+
+def _checked_spec(body: Any, request: Request) -> SweepSpec:
+    """The posted spec, valid and runnable here; or SpecError with its problems and this server's, together."""
+    document = spec_document(body, request.headers.get("content-type"))
+    try:
+        spec = parse_spec(document)
+    except SpecError as error:
+        search = document.get("search") if isinstance(document, dict) else None
+        strategy = search.get("strategy") if isinstance(search, dict) else None
+        raise SpecError([*error.problems, *sampler_problems(strategy)]) from None
+    require_sampler(spec)
+    return spec
 
 
 @router.get("", response_model=SweepsPublic, summary="List sweeps")

@@ -62,9 +62,16 @@ def _tpe(seed: int) -> TPESampler:
 
 def require_sampler(spec: SweepSpec) -> None:
     """SpecError (422 at search.strategy) when this server cannot run the spec's sampler."""
-    missing = gp_available() if spec.search.strategy == "gp" else None
-    if missing is not None:
-        raise SpecError([(("search", "strategy"), missing)])
+    problems = sampler_problems(spec.search.strategy)
+    if problems:
+        raise SpecError(problems)
+
+
+def sampler_problems(strategy: object) -> list[tuple[tuple[str | int, ...], str]]:
+    """The problem, at search.strategy, when this server cannot run the sampler of `strategy` (a name, as
+    written in a spec that may be broken otherwise); none when it can."""
+    missing = gp_available() if strategy == "gp" else None
+    return [] if missing is None else [(("search", "strategy"), missing)]
 
 
 def gp_available() -> str | None:

@@ -104,7 +104,7 @@ class PlanCache:
                 self._plans.move_to_end(sweep_id)
                 return plan
         stored = stored_spec()
-        plan = SweepPlan.of(sweep_id, parse_spec(stored), stored)
+        plan = SweepPlan.of(sweep_id, parse_spec(stored, stored=True), stored)
         self.put(sweep_id, plan)
         return plan
 

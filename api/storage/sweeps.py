@@ -182,7 +182,7 @@ class SweepStore(Store):
             sweep = self._sweep(sweep_id, lock=True)
             status = next_status(sweep, SweepEvent.extend)
             stored = {**sweep.spec, "search": {**sweep.spec.get("search", {}), "max_trials": max_trials}}
-            spec = parse_spec(stored)
+            spec = parse_spec(stored, stored=True)
             total = make_strategy(spec).total
             if max_trials > server_limit:
                 raise SpecError([(("max_trials",), f"a sweep may have at most {server_limit} trials on this "

@@ -79,6 +79,7 @@ def load_spirals_splits() -> DataSplits:
 
 # Registered on import. The same names (and the same functions) are in pyproject.toml's entry points,
 # so an installed plugin that is also named with --plugins does not clash with itself.
-sweeper.register_model("spiral_mlp", build_spiral_mlp)
+# Declaring the hparams the builder reads makes a spec that names another (a typo) an error at submit time.
+sweeper.register_model("spiral_mlp", build_spiral_mlp, hparams=["units", "layers"])
 sweeper.register_dataset("spirals", load_spirals)
 sweeper.register_dataset("spirals_splits", load_spirals_splits)

@@ -77,13 +77,13 @@ def statements_run(engine: Engine, work: Any) -> list[tuple[str, Any]]:
 def test_claims_and_reports_never_scan_the_trials_table(engine: Engine):
     clock = Clock()
     repository = repositories(engine, clock)
-    spec = grid_spec(values=1, max_attempts=3, hparams={"a": {"type": "discrete", "values": list(range(100))},
-                                                        "b": {"type": "discrete", "values": list(range(100))}})
+    spec = grid_spec(values=1, max_attempts=3, hparams={"units": {"type": "discrete", "values": list(range(100))},
+                                                        "depth": {"type": "discrete", "values": list(range(100))}})
     sweep_id = repository().create_sweep(parse_spec(spec), max_trials=100_000).sweep.id
     with Session(engine) as session, session.begin():
         # A sweep well into its life: thousands of finished trials that no claim should ever read.
         session.execute(insert(TrialRow), [
-            {"sweep_id": sweep_id, "index": index, "state": TrialState.completed, "hparams": {"a": 0, "b": index},
+            {"sweep_id": sweep_id, "index": index, "state": TrialState.completed, "hparams": {"units": 0, "depth": index},
              "metrics": {"val_accuracy": 0.5}, "attempts": 1, "worker_id": "old", "created_at": clock.now}
             for index in range(FINISHED)])
         session.execute(text("UPDATE sweeps SET next_index = :n WHERE id = :id"), {"n": FINISHED, "id": sweep_id})

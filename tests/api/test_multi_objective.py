@@ -97,8 +97,8 @@ def test_a_single_objective_sweep_has_no_pareto_front(client: TestClient):
      "'val_acc' is not a metric the trial logs"),
     ({"objective": [{"metric": "val_accuracy"}, {"metric": "num_params", "goal": "down"}]}, ["objective", 1, "goal"],
      "Input should be 'maximize' or 'minimize'"),
-    ({"objective": [{"metric": "loss", "goal": "minimize"}, {"metric": "loss", "goal": "minimize"}]}, [],
-     "objective: each metric may be an objective once, but got loss, loss"),
+    ({"objective": [{"metric": "loss", "goal": "minimize"}, {"metric": "loss", "goal": "minimize"}]}, ["objective"],
+     "each metric may be an objective once, but got loss, loss"),
 ])
 def test_a_bad_list_of_objectives_is_a_422_naming_the_entry(client: TestClient, overrides: dict[str, Any],
                                                             loc: list[Any], message: str):

@@ -120,7 +120,8 @@ BAD_SPECS = {
         _with(grid_spec(), ("hparams", "units"), {"type": "choice", "values": [1]}),
         ["body", "hparams", "units"], "type must be one of"),
     "random over intervals without max_trials": (
-        _with(random_spec(), ("search",), {"strategy": "random"}), ["body"], "search.max_trials is required"),
+        _with(random_spec(), ("search",), {"strategy": "random"}), ["body", "search", "max_trials"],
+        "is required for random search over intervals"),
 }
 
 
@@ -159,8 +160,8 @@ def test_malformed_json_is_422(client: TestClient):
     assert response.json()["detail"][0]["type"] == "json_invalid"
 
 
-def test_a_sweep_larger_than_the_server_allows_is_422_at_max_trials(client: TestClient):
-    spec = grid_spec()
+def test_a_sweep_larger_than_the_server_allows_is_422_at_max_trials(client: TestClient, any_hparams_model: str):
+    spec = grid_spec(model=any_hparams_model)
     spec["hparams"] = {f"h{i}": {"type": "discrete", "values": list(range(10))} for i in range(30)}
 
     response = client.post(f"{API}/sweeps", json=spec)

@@ -48,7 +48,33 @@ def test_check_names_the_file_the_field_and_the_rule(tmp_path: Path) -> None:
     code, output = check(tmp_path, GRID.replace("when: {optimizer: sgd}", "when: {optimizer: lbfgs}"))
 
     assert code == 2
-    assert f"{tmp_path / 'sweep.yaml'}: hparams.momentum.when.optimizer: optimizer never takes 'lbfgs'" in output
+    assert f"{tmp_path / 'sweep.yaml'}:9: hparams.momentum.when.optimizer: optimizer never takes 'lbfgs'" in output
+
+
+def test_check_refuses_a_misspelled_hparam_naming_its_line_and_the_names_the_model_reads(tmp_path: Path) -> None:
+    code, output = check(tmp_path, GRID.replace("  units:", "  unitz:"))
+
+    assert code == 2
+    assert f"{tmp_path / 'sweep.yaml'}:6: hparams.unitz: model mlp reads no hparam 'unitz'; did you mean units?" \
+        in output
+    assert "depth" in output and "learning_rate" in output
+
+
+def test_check_prints_every_problem_on_a_line_of_its_own_in_the_files_order(tmp_path: Path) -> None:
+    broken = (GRID.replace("objective: {metric: val_accuracy}", "objective: {metric: val_acc}")
+              .replace("  units:", "  unitz:")
+              .replace("{type: int_interval, min: 1, max: 3}", "{type: int_interval, min: 3, max: 1}"))
+    path = tmp_path / "sweep.yaml"
+    path.write_text(broken)
+
+    result = CliRunner().invoke(app, ["check", str(path)], env={"COLUMNS": "1000"})
+
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert [line.split(": ")[1] for line in lines] == [f"{path}:4", f"{path}:6", f"{path}:7"], lines
+    assert lines[0].endswith("objective.metric: 'val_acc' is not a metric the trial logs; with train.metrics "
+                             "['accuracy'] it logs: loss, accuracy, val_loss, val_accuracy, learning_rate, num_params")
+    assert lines[2] == f"error: {path}:7: hparams.depth: min (3) must be < max (1)"
 
 
 def test_check_names_the_stopping_rule_and_its_rungs(tmp_path: Path) -> None:

@@ -36,17 +36,17 @@ def test_a_condition_may_list_several_values_and_chain_through_another_condition
     strategy = make_strategy(parse_spec(sweep({
         "optimizer": {"type": "discrete", "values": ["adam", "sgd", "rmsprop"]},
         "momentum": {"type": "discrete", "values": [0.0, 0.9], "when": {"optimizer": ["sgd", "rmsprop"]}},
-        "nesterov": {"type": "discrete", "values": [True, False], "when": {"momentum": 0.9}},
+        "weight_decay": {"type": "discrete", "values": [0.0, 0.01], "when": {"momentum": 0.9}},
     })))
 
     configs = [strategy.config_at(k) for k in range(strategy.total)]
 
     assert {"optimizer": "adam"} in configs
     assert {"optimizer": "rmsprop", "momentum": 0.0} in configs
-    assert {"optimizer": "sgd", "momentum": 0.9, "nesterov": False} in configs
-    # adam: 1, sgd and rmsprop: momentum 0.0 (1) or 0.9 with nesterov either way (2).
+    assert {"optimizer": "sgd", "momentum": 0.9, "weight_decay": 0.01} in configs
+    # adam: 1, sgd and rmsprop: momentum 0.0 (1) or 0.9 with weight_decay either way (2).
     assert len(configs) == len({tuple(sorted(c.items())) for c in configs}) == 1 + 2 * 3
-    assert all("nesterov" not in c for c in configs if c.get("momentum") != 0.9)
+    assert all("weight_decay" not in c for c in configs if c.get("momentum") != 0.9)
 
 
 def test_the_schedule_parameters_of_the_chosen_schedule_only():

@@ -17,18 +17,18 @@ from sweeper.hparams_log import (CONFIG_FILE, SessionStatus, TrialSession, hpara
                                  write_experiment)
 
 SPEC = {
-    "name": "digits-mlp",
-    "model": "mlp",
+    "name": "digits-cnn",
+    "model": "cnn",
     "dataset": "digits",
     "objective": {"metric": "val_accuracy", "goal": "maximize"},
     "hparams": {
-        "units": {"type": "discrete", "values": [16, 32, 64]},
+        "filters": {"type": "discrete", "values": [16, 32, 64]},
         "dropout": {"type": "real_interval", "min": 0.1, "max": 0.5},
-        "depth": {"type": "int_interval", "min": 1, "max": 3},
+        "blocks": {"type": "int_interval", "min": 1, "max": 3},
         "learning_rate": {"type": "real_interval", "min": 1.0e-4, "max": 1, "log": True},
         "optimizer": {"type": "discrete", "values": ["sgd", "adam"]},
         "momentum": {"type": "discrete", "values": [0, 0.9]},
-        "nesterov": {"type": "discrete", "values": [True, False]},
+        "batch_norm": {"type": "discrete", "values": [True, False]},
         "batch_size": 64,
         "lr_schedule": "cosine",
     },
@@ -36,8 +36,8 @@ SPEC = {
 }
 
 # Each log-scaled hparam is followed by its log10_ column.
-WITH_LOG10_COLUMNS = ["units", "dropout", "depth", "learning_rate", "log10_learning_rate", "optimizer", "momentum",
-                      "nesterov", "batch_size", "lr_schedule"]
+WITH_LOG10_COLUMNS = ["filters", "dropout", "blocks", "learning_rate", "log10_learning_rate", "optimizer", "momentum",
+                      "batch_norm", "batch_size", "lr_schedule"]
 
 
 def test_a_log_scaled_hparam_also_shows_as_log10_over_the_log10_of_its_bounds(tmp_path: Path) -> None:
@@ -83,10 +83,10 @@ def test_config_holds_each_hparams_exact_domain(tmp_path: Path) -> None:
     infos = _hparam_infos(_read_experiment(tmp_path))
 
     assert list(infos) == WITH_LOG10_COLUMNS
-    assert _discrete_values(infos["units"]) == [16, 32, 64]
-    assert infos["units"].type == api_pb2.DATA_TYPE_FLOAT64
+    assert _discrete_values(infos["filters"]) == [16, 32, 64]
+    assert infos["filters"].type == api_pb2.DATA_TYPE_FLOAT64
     assert (infos["dropout"].domain_interval.min_value, infos["dropout"].domain_interval.max_value) == (0.1, 0.5)
-    assert (infos["depth"].domain_interval.min_value, infos["depth"].domain_interval.max_value) == (1, 3)
+    assert (infos["blocks"].domain_interval.min_value, infos["blocks"].domain_interval.max_value) == (1, 3)
     assert (infos["learning_rate"].domain_interval.min_value,
             infos["learning_rate"].domain_interval.max_value) == (1.0e-4, 1.0)
     assert "log" in infos["learning_rate"].description
@@ -94,8 +94,8 @@ def test_config_holds_each_hparams_exact_domain(tmp_path: Path) -> None:
     assert _discrete_values(infos["optimizer"]) == ["adam", "sgd"]
     assert infos["optimizer"].type == api_pb2.DATA_TYPE_STRING
     assert _discrete_values(infos["momentum"]) == [0.0, 0.9]
-    assert _discrete_values(infos["nesterov"]) == [False, True]
-    assert infos["nesterov"].type == api_pb2.DATA_TYPE_BOOL
+    assert _discrete_values(infos["batch_norm"]) == [False, True]
+    assert infos["batch_norm"].type == api_pb2.DATA_TYPE_BOOL
     # Fixed values are one-value discrete domains, so they still show as columns.
     assert _discrete_values(infos["batch_size"]) == [64]
     assert _discrete_values(infos["lr_schedule"]) == ["cosine"]

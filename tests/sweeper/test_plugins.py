@@ -114,6 +114,33 @@ def test_a_models_spec_time_check_runs_on_its_search_space() -> None:
     assert parse_spec(_spec(model="even_net", hparams={"units": 4})).model == "even_net"
 
 
+def test_a_plugin_model_that_declares_its_hparams_refuses_others_but_takes_the_trainers() -> None:
+    sweeper.register_model("declared_net", "json:loads", hparams=["units", "layers"])
+
+    assert _registry.models.hparams_of("declared_net") >= {"units", "layers", "learning_rate", "optimizer"}
+    spec = parse_spec(_spec(model="declared_net", hparams={"units": 8, "layers": 2, "learning_rate": 0.01}))
+    assert set(spec.hparams) == {"units", "layers", "learning_rate"}
+    with pytest.raises(SpecError) as caught:
+        parse_spec(_spec(model="declared_net", hparams={"units": 8, "layerz": 2}))
+    ((path, message),) = caught.value.problems
+    assert path == ("hparams", "layerz")
+    assert "model declared_net reads no hparam 'layerz'; did you mean layers?" in message
+
+
+def test_a_plugin_model_without_a_declaration_takes_any_hparam() -> None:
+    sweeper.register_model("open_net", "json:loads")
+
+    assert _registry.models.hparams_of("open_net") is None
+    assert set(parse_spec(_spec(model="open_net", hparams={"anything": 1, "units": 2})).hparams) == {"anything",
+                                                                                                     "units"}
+
+
+@pytest.mark.parametrize("hparams", ["units", ["units", "bad name"], [3], ["learning_rate", "learning_rate"]])
+def test_a_declaration_must_be_a_list_of_distinct_hparam_names(hparams: Any) -> None:
+    with pytest.raises(PluginError, match="cannot register model 'net': hparams must be "):
+        sweeper.register_model("net", "json:loads", hparams=hparams)
+
+
 # -- --plugins modules ----------------------------------------------------------------------------
 
 def test_parse_plugin_modules_takes_repeats_commas_and_spaces_in_order_without_repeats() -> None:

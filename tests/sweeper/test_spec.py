@@ -89,7 +89,7 @@ def test_bad_domain_is_rejected_with_its_path(hparam, expected):
     ({"objective": {"metric": "val_accuracy", "goal": "up"}}, "objective.goal: Input should be 'maximize' or 'minimize'"),
     ({"train": {"validation_split": 1.5}}, "train.validation_split: Input should be less than 1"),
     ({"search": {"strategy": "grid", "grid_points": 1}}, "search.grid_points: Input should be greater than or equal to 2"),
-    ({"search": {"strategy": "random"}}, "search.max_trials is required for random search over intervals"),
+    ({"search": {"strategy": "random"}}, "search.max_trials: is required for random search over intervals"),
     ({"hparams": {}}, "hparams: Dictionary should have at least 1 item"),
     ({"name": ""}, "name: String should have at least 1 character"),
 ])
@@ -100,6 +100,39 @@ def test_bad_spec_field_is_rejected_with_its_path(overrides, expected):
 def test_every_problem_is_reported_at_once():
     problems = parse_problems(spec(model="nope", hparams={"a": {"type": "discrete", "values": []}}))
     assert ("model",) in problems and ("hparams", "a") in problems
+
+
+def test_a_bad_domain_an_unknown_hparam_and_an_unknown_metric_are_reported_in_one_pass():
+    hparams = {**spec()["hparams"], "dropout": {"type": "real_interval", "min": 0.5, "max": 0.1},
+               "unitz": {"type": "discrete", "values": [8, 16]}}
+    problems = parse_problems(spec(hparams=hparams, objective={"metric": "val_acc"}))
+
+    assert sorted(problems) == [("hparams", "dropout"), ("hparams", "unitz"), ("objective", "metric")]
+
+
+def test_checks_across_fields_still_run_when_other_fields_are_broken():
+    problems = parse_problems(spec(
+        name="",
+        train={"epochs": 0, "metrics": ["accuracy"], "early_stopping": {"patience": 1, "monitor": "val_auc"}},
+        stopping={"rule": "asha", "reduction_factor": 1},
+        search={"strategy": "tpe"},
+        hparams={**spec()["hparams"], "momentum": {"type": "real_interval", "min": 0.5, "max": 0.9,
+                                                   "when": {"optimizer": "lbfgs"}},
+                 "lr_schedule": "cosine_warm", "warmup_epochs": -1}))
+
+    assert sorted(problems) == [("hparams", "lr_schedule"), ("hparams", "momentum", "when", "optimizer"),
+                                ("hparams", "warmup_epochs"), ("name",), ("search", "max_trials"),
+                                ("stopping", "reduction_factor"), ("train", "early_stopping", "monitor"),
+                                ("train", "epochs")]
+
+
+def test_a_check_that_needs_a_broken_field_is_skipped_rather_than_guessed():
+    # With train.metrics broken, which metrics the trial logs is unknown: the objective is not judged.
+    problems = parse_problems(spec(train={"metrics": ["acuracy"]}, objective={"metric": "val_auc"}))
+    assert problems == [("train", "metrics", 0)]
+    # With the model unknown, so are the hparams it reads.
+    problems = parse_problems(spec(model="nope", hparams={**spec()["hparams"], "unitz": 8}))
+    assert problems == [("model",)]
 
 
 def parse_problems(data):
@@ -124,8 +157,33 @@ def test_yaml_file_rule_error_names_file_and_field(tmp_path):
     path = tmp_path / "sweep.yaml"
     path.write_text("name: x\nmodel: mlp\ndataset: digits\nobjective: {metric: val_accuracy}\n"
                     "hparams:\n  dropout: {type: real_interval, min: 0.5, max: 0.1}\n")
-    with pytest.raises(SpecError, match=r"sweep.yaml: hparams.dropout: min \(0.5\) must be < max \(0.1\)"):
+    with pytest.raises(SpecError, match=r"sweep.yaml: hparams.dropout: min \(0.5\) must be < max \(0.1\)") as caught:
         load_spec(path)
+    assert caught.value.lines == [f"{path}:6: hparams.dropout: min (0.5) must be < max (0.1)"]
+
+
+def test_each_problem_of_a_yaml_file_names_its_line(tmp_path):
+    path = tmp_path / "sweep.yaml"
+    path.write_text("name: x\nmodel: mlp\ndataset: digits\nobjective:\n  metric: val_acc\nhparams:\n"
+                    "  units: {type: discrete, values: [8, 16]}\n  unitz: {type: discrete, values: [8, 16]}\n"
+                    "  dropout:\n    type: real_interval\n    min: 0.1\n    max: 0.5\n    log: maybe\n"
+                    "train: {epochs: 3, batchsize: 8}\nsearch: {strategy: random, max_trials: 3}\n")
+    with pytest.raises(SpecError) as caught:
+        load_spec(path)
+    lines = caught.value.lines  # in the file's order
+    assert [line.split(": ")[0] for line in lines] == [f"{path}:{n}" for n in (5, 8, 13, 14)], lines
+    assert lines[0].startswith(f"{path}:5: objective.metric: 'val_acc' is not a metric the trial logs")
+    assert lines[1].startswith(f"{path}:8: hparams.unitz: model mlp reads no hparam 'unitz'; did you mean units?")
+    assert lines[2].startswith(f"{path}:13: hparams.dropout.log: ")
+    assert lines[3] == f"{path}:14: train.batchsize: unknown field (not allowed here)"
+
+
+def test_a_problem_about_a_missing_field_names_the_line_of_its_parent(tmp_path):
+    path = tmp_path / "sweep.yaml"
+    path.write_text("name: x\nmodel: mlp\ndataset: digits\nobjective: {goal: maximize}\nhparams: {units: 8}\n")
+    with pytest.raises(SpecError) as caught:
+        load_spec(path)
+    assert caught.value.lines == [f"{path}:4: objective.metric: Field required"]
 
 
 def test_json_spec_file_is_read(tmp_path):

@@ -6,6 +6,9 @@ import pytest
 
 from sweeper import GridStrategy, RandomStrategy, make_strategy, parse_spec
 
+# Spaces of any hparams, not one model's: see tests/conftest.py.
+pytestmark = pytest.mark.usefixtures("any_hparams_model")
+
 MIXED = {
     "units": {"type": "discrete", "values": [16, 32, 64]},
     "dropout": {"type": "real_interval", "min": 0.1, "max": 0.5},
@@ -23,7 +26,7 @@ DISCRETE = {
 
 
 def sweep(hparams, **search):
-    return parse_spec({"name": "s", "model": "mlp", "dataset": "digits",
+    return parse_spec({"name": "s", "model": "any_hparams", "dataset": "digits",
                        "objective": {"metric": "val_accuracy"}, "hparams": hparams, "search": search})
 
 

@@ -12,6 +12,9 @@ from hypothesis import strategies as st
 from sweeper import make_strategy, parse_spec
 from sweeper._conditions import holds
 
+# Spaces of any hparams, not one model's: see tests/conftest.py.
+pytestmark = pytest.mark.usefixtures("any_hparams_model")
+
 SPACES = {
     "mixed": {
         "units": {"type": "discrete", "values": [16, 32, 64]},
@@ -44,7 +47,7 @@ CASES = [pytest.param(space, search, id=f"{search}-{space}") for space in SPACES
 
 def spec_for(space: str, search: str | dict):
     search = SEARCHES[search] if isinstance(search, str) else search
-    return parse_spec({"name": "contract", "model": "mlp", "dataset": "digits",
+    return parse_spec({"name": "contract", "model": "any_hparams", "dataset": "digits",
                        "objective": {"metric": "val_accuracy"}, "hparams": SPACES[space], "search": search})
 
 
@@ -120,7 +123,7 @@ def test_random_trial_k_depends_on_the_seed():
 
 def test_a_grid_of_ten_to_the_twelfth_points_is_enumerated_lazily():
     space = {f"h{i}": {"type": "discrete", "values": list(range(10))} for i in range(12)}
-    spec = parse_spec({"name": "huge", "model": "mlp", "dataset": "digits", "objective": {"metric": "val_accuracy"},
+    spec = parse_spec({"name": "huge", "model": "any_hparams", "dataset": "digits", "objective": {"metric": "val_accuracy"},
                        "hparams": space, "search": {"strategy": "grid"}})
     started = time.perf_counter()
 
@@ -154,7 +157,7 @@ def conditional_spaces(draw: st.DrawFn) -> dict:
 def test_grid_and_random_enumerate_exactly_the_distinct_active_configurations(space, seed):
     # Brute force: every combination of all values, with inactive hparams dropped, deduplicated.
     names = list(space)
-    spec = parse_spec({"name": "p", "model": "mlp", "dataset": "digits", "objective": {"metric": "val_accuracy"},
+    spec = parse_spec({"name": "p", "model": "any_hparams", "dataset": "digits", "objective": {"metric": "val_accuracy"},
                        "hparams": space, "search": {"strategy": "grid"}})
     domains = spec.search_space()
     expected = set()
