@@ -94,7 +94,11 @@ class SweepPublic(BaseModel):
     """When its first trial started; null before any did."""
     finished_at: datetime | None
     reason: str | None
-    """Why the sweep ended early (failed or cancelled); null otherwise."""
+    """Why the sweep ended early (failed or cancelled); null otherwise. A sweep whose every trial failed
+    ends failed with "no trial completed: N failed; the first, trial K: <its error>"."""
+    error: str | None = None
+    """The first trial to fail for good and its error's first line ("trial 2: FileNotFoundError: ..."), while
+    the sweep runs and after it ended; null when no trial has failed."""
     trial_counts: dict[TrialState, int]
     """Trials by state, every state present; trials not yet handed out are in none of them."""
     best_trial: TrialPublic | None
@@ -111,6 +115,7 @@ class SweepPublic(BaseModel):
         return cls(id=sweep.id, name=sweep.name, status=sweep.status, spec=sweep.spec,
                    total_trials=sweep.total_trials, space_size=summary.space_size, created_at=sweep.created_at,
                    started_at=summary.started_at, finished_at=sweep.finished_at, reason=sweep.status_reason,
+                   error=None if summary.first_failure is None else str(summary.first_failure),
                    trial_counts=summary.trial_counts,
                    best_trial=None if best is None else TrialPublic.model_validate(best),
                    pareto_front=summary.pareto_front)
