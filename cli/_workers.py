@@ -80,9 +80,12 @@ def run(
             supervisor.start()
             sweep = _console.watch(client, sweep["id"], console)
             supervisor.stop()  # before the summary, so the workers' goodbyes do not follow it
-            _console.summary(sweep, logdir, console)
+            trials = client.list_trials(sweep["id"])["data"] if sweep.get("pareto_front") else None
+            _console.summary(sweep, logdir, console, trials)
     except SweeperError as error:
         raise fail(str(error)) from None
     finally:
         supervisor.stop()
         server.stop()
+    if sweep["status"] in _console.UNSUCCESSFUL:
+        raise typer.Exit(1)
