@@ -11,7 +11,9 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+from rich import box
 from rich.console import Console
+from rich.measure import Measurement
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
@@ -38,9 +40,9 @@ def best_value(sweep: dict[str, Any]) -> float | None:
     return best["metrics"].get(sweep["spec"]["objective"]["metric"])
 
 
-def _format(value: Any) -> str:
+def _format(value: Any, digits: int = 4) -> str:
     if isinstance(value, float):
-        return f"{value:.4g}"
+        return f"{value:.{digits}g}"
     return "" if value is None else str(value)
 
 
@@ -78,9 +80,9 @@ def stopping_text(spec: dict[str, Any]) -> str:
 def sweeps_table(sweeps: list[dict[str, Any]], now: datetime | None = None) -> Table:
     """One row per sweep: its status, trials finished of all (failed ones counted in red), best value, start."""
     now = now or datetime.now(UTC)
-    table = Table(title="Sweeps")
+    table = Table(title="Sweeps", box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 0))
     for column in ("id", "name", "status", "finished", "best", "created"):
-        table.add_column(column, no_wrap=column != "name")
+        table.add_column(column, no_wrap=column != "name", justify="right" if column == "id" else "left")
     for sweep in sweeps:
         objective = sweep["spec"]["objective"]
         best = best_value(sweep)
@@ -123,70 +125,113 @@ def shared_hparams(sweep: dict[str, Any], trials: list[dict[str, Any]]) -> dict[
 
 def print_trials(console: Console, sweep: dict[str, Any], trials: list[dict[str, Any]], *,
                  now: datetime | None = None, shown: str = "number") -> None:
-    """A sweep's trials: the hparams they share on one line, then the table of what differs."""
+    """A sweep's trials: the hparams they share on one line, the table of what differs (fitted to the
+    console's width), and under it each distinct error that its error column refers to."""
     shared = shared_hparams(sweep, trials)
     if shared:
         console.print(Text("Same in every trial: " + ", ".join(f"{name}={_format(value)}"
                                                              for name, value in shared.items())))
-    console.print(trials_table(sweep, trials, now=now, shared=shared, shown=shown))
+    console.print(trials_table(sweep, trials, now=now, shared=shared, shown=shown, fit=(console, console.width)))
+    for key, error in error_keys(trials).items():
+        console.print(Text.assemble((f"{key}", "red"), f" {error}"))
+
+
+def error_keys(trials: list[dict[str, Any]]) -> dict[str, str]:
+    """Each distinct error (its first line) among the trials, by the short key the error column shows: E1, E2..."""
+    errors = dict.fromkeys(_first_line(trial.get("error")) for trial in trials if trial.get("error"))
+    return {f"E{number}": error for number, error in enumerate(errors, start=1)}
 
 
 def trials_table(sweep: dict[str, Any], trials: list[dict[str, Any]], *, now: datetime | None = None,
-                 shared: dict[str, Any] | None = None, shown: str = "number") -> Table:
+                 shared: dict[str, Any] | None = None, shown: str = "number",
+                 fit: tuple[Console, int] | None = None) -> Table:
     """One row per trial, by its number in the sweep: state, objective(s), the hparams that vary, how long it
-    ran, and why it failed. The title says the sweep's status and counts; `shown` names the order."""
-    now = now or datetime.now(UTC)
-    metric = sweep["spec"]["objective"]["metric"]
-    # A multi-objective sweep: every objective gets a column, and its Pareto front is marked.
-    others = [objective["metric"] for objective in sweep["spec"].get("objectives", [])[1:]]
-    front = set(sweep.get("pareto_front") or [])
-    shared = shared_hparams(sweep, trials) if shared is None else shared
-    names = [name for name in sweep["spec"]["hparams"] if name not in shared]
-    best = (sweep.get("best_trial") or {}).get("id")
-    counts = _counts(sweep)
-    retried = any(trial["attempts"] > 1 for trial in trials)
-    errors = any(trial.get("error") for trial in trials)
-    order = "" if shown in ("number", "index") else f", by {shown}"
-    table = Table(title=f"Sweep {sweep['id']} {sweep['name']}: {sweep['status']}, "
-                        f"{finished_count(sweep)}/{sweep['total_trials']} finished"
-                        + (f" ({counts})" if counts else "") + order)
-    table.add_column("#", justify="right", no_wrap=True)
-    table.add_column("state", no_wrap=True)
-    for name in (metric, *others):
-        table.add_column(name, justify="right", no_wrap=True)
-    for name in names:
-        table.add_column(name, no_wrap=True)
-    if retried:
-        table.add_column("tries", justify="right", no_wrap=True)
-    table.add_column("time", justify="right", no_wrap=True)
-    if errors:
-        # The one column that gives way: an error is cut to the width the others leave.
-        table.add_column("error", no_wrap=True, overflow="ellipsis", ratio=1, min_width=12)
-    for trial in trials:
-        style = "bold green" if trial["id"] == best or trial["id"] in front else None
-        state = Text(trial_state(trial), style=TRIAL_STATE_STYLES.get(trial["state"], ""))
-        marker = " ◆" if trial["id"] in front else ""
-        row: list[Any] = [f"{trial.get('number', trial.get('index', 0) + 1)}{marker}", state,
-                          *(_format(trial["metrics"].get(name)) for name in (metric, *others)),
-                          *(_format(trial["hparams"].get(name)) for name in names)]
-        if retried:
-            row.append(str(trial["attempts"]))
-        row.append(trial_time(trial, now))
-        if errors:
-            row.append(Text(_first_line(trial.get("error")), style="red"))
-        table.add_row(*row, style=style)
-    notes = []
-    if front:
-        notes.append("◆: on the Pareto front")
-    if any(epochs_trained(trial) is not None for trial in trials):
-        rule = (sweep["spec"].get("stopping") or {}).get("rule", "stopping")
-        notes.append(f"pruned @ N: stopped by the {rule} rule after N epochs trained")
-    reason = sweep.get("reason")
-    if reason:
-        notes.append(f"{sweep['status']}: {reason}")
-    if notes:
-        table.caption = "; ".join(notes)
+    ran, and its error's key (error_keys). The title says the sweep's status and counts; `shown` the order.
+
+    `fit` (a console and a width): when the table is wider, its headers break at underscores, then the time
+    column goes.
+    """
+    layout = _TrialColumns(sweep, trials, shared_hparams(sweep, trials) if shared is None else shared)
+    when = now or datetime.now(UTC)
+    table = layout.table(sweep, trials, when, shown)
+    if fit is not None:
+        console, width = fit
+        for change in ({"broken_headers": True}, {"broken_headers": True, "with_time": False}):
+            if _natural_width(console, table) <= width:
+                break
+            table = layout.table(sweep, trials, when, shown, **change)
     return table
+
+
+def _natural_width(console: Console, table: Table) -> int:
+    """How wide the table is with no cell cut: measured on a console as wide as it needs."""
+    return Measurement.get(console, console.options.update_width(10_000), table).maximum
+
+
+class _TrialColumns:
+    """The columns of a sweep's trials table, and the table in a given layout."""
+
+    def __init__(self, sweep: dict[str, Any], trials: list[dict[str, Any]], shared: dict[str, Any]):
+        self.objectives = [sweep["spec"]["objective"]["metric"],
+                           *(objective["metric"] for objective in sweep["spec"].get("objectives", [])[1:])]
+        self.hparams = [name for name in sweep["spec"]["hparams"] if name not in shared]
+        self.retried = any(trial["attempts"] > 1 for trial in trials)
+        self.errors = any(trial.get("error") for trial in trials)
+
+    def table(self, sweep: dict[str, Any], trials: list[dict[str, Any]], now: datetime, shown: str, *,
+              broken_headers: bool = False, with_time: bool = True) -> Table:
+        keys = {error: key for key, error in error_keys(trials).items()}
+        front = set(sweep.get("pareto_front") or [])
+        best = (sweep.get("best_trial") or {}).get("id")
+        counts = _counts(sweep)
+        order = "" if shown in ("number", "index") else f", by {shown}"
+        # No vertical rules and one space between columns: a sweep's columns fit 80 characters.
+        table = Table(title=f"Sweep {sweep['id']} {sweep['name']}: {sweep['status']}, "
+                            f"{finished_count(sweep)}/{sweep['total_trials']} finished"
+                            + (f" ({counts})" if counts else "") + order,
+                      box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 0))
+
+        def header(name: str) -> str:
+            return name.replace("_", "_\n") if broken_headers else name
+
+        table.add_column("#", justify="right", no_wrap=True)
+        table.add_column("state", no_wrap=True)
+        for name in self.objectives:
+            table.add_column(header(name), justify="right", no_wrap=True)
+        for name in self.hparams:
+            numeric = all(isinstance(trial["hparams"].get(name), int | float | None) for trial in trials)
+            table.add_column(header(name), justify="right" if numeric else "left", no_wrap=True)
+        if self.retried:
+            table.add_column("tries", justify="right", no_wrap=True)
+        if with_time:
+            table.add_column("time", justify="right", no_wrap=True)
+        if self.errors:
+            table.add_column("error", no_wrap=True)
+        for trial in trials:
+            style = "bold green" if trial["id"] == best or trial["id"] in front else None
+            marker = "◆" if trial["id"] in front else ""
+            row: list[Any] = [f"{marker}{trial.get('number', trial.get('index', 0) + 1)}",
+                              Text(trial_state(trial), style=TRIAL_STATE_STYLES.get(trial["state"], "")),
+                              *(_format(trial["metrics"].get(name)) for name in self.objectives),
+                              *(_format(trial["hparams"].get(name), digits=3) for name in self.hparams)]
+            if self.retried:
+                row.append(str(trial["attempts"]))
+            if with_time:
+                row.append(trial_time(trial, now))
+            if self.errors:
+                row.append(Text(keys.get(_first_line(trial.get("error")), ""), style="red"))
+            table.add_row(*row, style=style)
+        notes = []
+        if front:
+            notes.append("◆: on the Pareto front")
+        if any(epochs_trained(trial) is not None for trial in trials):
+            rule = (sweep["spec"].get("stopping") or {}).get("rule", "stopping")
+            notes.append(f"pruned @ N: stopped by the {rule} rule after N epochs trained")
+        if sweep.get("reason"):
+            notes.append(f"{sweep['status']}: {sweep['reason']}")
+        if notes:
+            table.caption = "; ".join(notes)
+        return table
 
 
 def trial_time(trial: dict[str, Any], now: datetime) -> str:
