@@ -158,9 +158,9 @@ def tensorboard(
     if not found:
         raise fail(f"no logs for sweep {sweep_id} in {folder}", code=2)
     console.print(f"TensorBoard for sweep {sweep_id}: http://{host}:{port}/#hparams")
-    command = [sys.executable, "-m", "tensorboard.main", "--logdir", folder, "--host", host, "--port", str(port),
+    command = [sys.executable, "-m", "cli._quiet_tensorboard", "--logdir", folder, "--host", host, "--port", str(port),
                *reader_flags(folder)]
     sys.stdout.flush()
     # This process becomes TensorBoard: Ctrl-C or a SIGTERM reaches it directly, and stopping
     # `sweeper tensorboard` can never leave an orphaned TensorBoard behind.
-    os.execve(sys.executable, command, {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    os.execve(sys.executable, command, {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
