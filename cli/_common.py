@@ -45,7 +45,8 @@ CONNECT_SECONDS = 1.5
 
 def fail(message: str, code: int = 1) -> typer.Exit:
     """Print `message` as an error; the caller raises the answer, so the command exits with `code`."""
-    errors.print(f"[red]error:[/red] {message}", highlight=False)
+    # One logical line however narrow the terminal: it wraps it, and a copy of it stays one line.
+    errors.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 

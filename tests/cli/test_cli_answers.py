@@ -51,7 +51,7 @@ def test_a_command_with_no_server_to_answer_fails_within_two_seconds_in_one_line
     url = f"http://127.0.0.1:{free_port()}"
     args = [str(spec_file(tmp_path)) if arg == "SPEC" else arg for arg in command]
 
-    code, output, seconds = sweeper(*args, env={"SWEEPER_SERVER": url})
+    code, output, seconds = sweeper(*args, env={"SWEEPER_SERVER": url, "COLUMNS": "80"})
 
     assert seconds < 2, f"took {seconds:.1f} s"
     assert code == 1
