@@ -171,6 +171,10 @@ class WorkerPublic(BaseModel):
     """idle or busy, or lost when it has made no call for longer than the lease."""
     trial_id: int | None
     """The running trial it holds."""
+    sweep_id: int | None = None
+    """That trial's sweep; null when it holds none."""
+    trial_number: int | None = None
+    """That trial's number within its sweep, from 1 (what the page and the CLI show); null when it holds none."""
     first_seen_at: datetime
     last_heartbeat_at: datetime
     """Its latest call: a claim, a heartbeat, or a report on its trial."""
@@ -179,7 +183,7 @@ class WorkerPublic(BaseModel):
     def from_status(cls, status: WorkerStatus) -> WorkerPublic:
         worker = status.worker
         return cls(id=worker.id, host=worker.host, gpu=worker.gpu, state=status.state, trial_id=status.trial_id,
-                   first_seen_at=worker.first_seen_at, last_heartbeat_at=worker.last_seen_at)
+                   sweep_id=status.sweep_id, trial_number=status.trial_number, first_seen_at=worker.first_seen_at, last_heartbeat_at=worker.last_seen_at)
 
 
 class WorkersPublic(BaseModel):

@@ -288,12 +288,14 @@ def workers_table(workers: list[dict[str, Any]], now: datetime | None = None) ->
     """One row per worker: where it runs, what it does, and how long ago it last called."""
     now = now or datetime.now(UTC)
     table = Table(title=f"Workers ({_worker_counts(workers)})" if workers else "Workers: none seen yet")
-    for column in ("worker", "host", "gpu", "state", "trial", "last heartbeat"):
+    for column in ("worker", "host", "gpu", "state", "sweep/trial", "last heartbeat"):
         table.add_column(column)
     for worker in workers:
         state = worker["state"]
+        held = "" if worker.get("trial_id") is None else (
+            f"{worker['sweep_id']}/{worker['trial_number']}" if worker.get("trial_number") else str(worker["trial_id"]))
         table.add_row(worker["id"], worker["host"] or "", worker["gpu"] or "cpu",
-                      f"[{WORKER_STATE_STYLES.get(state, 'default')}]{state}[/]", _format(worker["trial_id"]),
+                      f"[{WORKER_STATE_STYLES.get(state, 'default')}]{state}[/]", held,
                       _ago(worker["last_heartbeat_at"], now))
     return table
 
