@@ -26,7 +26,7 @@ from sweeper.messages import Action, LeaseConflictReason, SweepStatus, TrialStat
 
 __all__ = [
     "ENDED_EARLY", "OPEN", "Caller", "LeaseConflict", "Step", "SweepEvent", "SweepStateConflict", "TRANSITIONS",
-    "TrialEvent", "TrialLife", "apply", "directive", "sweep_after", "sweep_after_failure",
+    "TrialEvent", "TrialLife", "apply", "directive", "sweep_after", "sweep_after_failure", "sweep_end",
 ]
 
 OPEN = (SweepStatus.running, SweepStatus.paused)
@@ -290,9 +290,9 @@ class SweepEvent(StrEnum):
     fail = "fail"
     """Too many trials failed in a row, or the search cannot generate its next trial."""
     finish = "finish"
-    """Every trial was handed out and none is pending or running."""
+    """Every trial was handed out, none is pending or running, and at least one gave a result (`sweep_end`)."""
     extend = "extend"
-    """More trials: a completed sweep runs again, a running or paused one keeps its status."""
+    """More trials: a completed or failed sweep runs again, a running or paused one keeps its status."""
 
 
 _SWEEP_TRANSITIONS: dict[tuple[SweepStatus, SweepEvent], SweepStatus] = {
@@ -302,9 +302,11 @@ _SWEEP_TRANSITIONS: dict[tuple[SweepStatus, SweepEvent], SweepStatus] = {
     **{(status, SweepEvent.fail): SweepStatus.failed for status in OPEN},
     # A paused sweep with nothing left to run is done too: pausing only holds back trials not yet started.
     **{(status, SweepEvent.finish): SweepStatus.completed for status in OPEN},
-    # A cancelled or failed sweep was stopped on purpose or for a reason: extending it would hide that.
     **{(status, SweepEvent.extend): status for status in OPEN},
+    # A failed sweep runs again too: once its cause is mended (a data file put in place, say), more trials are
+    # the way to go on. A cancelled one was stopped on purpose: extending it would undo that.
     (SweepStatus.completed, SweepEvent.extend): SweepStatus.running,
+    (SweepStatus.failed, SweepEvent.extend): SweepStatus.running,
 }
 _DONE = {SweepEvent.pause: "paused", SweepEvent.resume: "resumed", SweepEvent.cancel: "cancelled",
          SweepEvent.fail: "failed", SweepEvent.finish: "completed", SweepEvent.extend: "extended"}
@@ -321,6 +323,17 @@ def sweep_after(status: SweepStatus, event: SweepEvent) -> SweepStatus:
         allowed = [before.value for before, on in _SWEEP_TRANSITIONS if on is event]
         raise SweepStateConflict(f"is {status.value}: only a {' or '.join(allowed)} sweep can be {_DONE[event]}")
     return after
+
+
+def sweep_end(completed: int, pruned: int) -> SweepEvent:
+    """How a sweep with every trial handed out and none left to run ends, from its completed and pruned trials.
+
+    A pruned trial counts as a result: it trained, its curve is logged, and the stopping rule judged it
+    against the others, so a sweep whose trials were all pruned shows what its search found (its rule was
+    harsh, its training was not broken). Only a sweep where no trial gave a result, every one of them failed,
+    fails: reading it as completed would hide that nothing worked.
+    """
+    return SweepEvent.finish if completed + pruned > 0 else SweepEvent.fail
 
 
 def sweep_after_failure(status: SweepStatus, consecutive_failures: int, max_failures: int) -> SweepStatus:

@@ -81,6 +81,37 @@ def trial_stats(session: Session, sweep_ids: Iterable[int]) -> dict[int, TrialSt
     return {sweep_id: TrialStats(counts[sweep_id], started[sweep_id]) for sweep_id in ids}
 
 
+class FirstFailure(NamedTuple):
+    """A sweep's first trial to fail for good: its number in the sweep and its error's first line."""
+
+    number: int
+    error: str
+
+    def __str__(self) -> str:
+        return f"trial {self.number}: {self.error}"
+
+
+def first_failures(session: Session, sweep_ids: Iterable[int]) -> dict[int, FirstFailure]:
+    """Each sweep's first trial to fail for good (the earliest to finish; the lower index wins a tie), by sweep
+    id; sweeps without a failed trial are left out. One statement, ranking each sweep's failed trials."""
+    ids = list(sweep_ids)
+    if not ids:
+        return {}
+    order = (TrialRow.finished_at, TrialRow.index)
+    rank = func.row_number().over(partition_by=TrialRow.sweep_id, order_by=order).label("rank")
+    ranked = (select(TrialRow.sweep_id, TrialRow.index, TrialRow.error, rank)
+              .where(TrialRow.sweep_id.in_(ids), TrialRow.state == TrialState.failed).subquery())
+    rows = session.execute(select(ranked.c.sweep_id, ranked.c.index, ranked.c.error).where(ranked.c.rank == 1))
+    return {sweep_id: FirstFailure(index + 1, first_line(error)) for sweep_id, index, error in rows}
+
+
+def first_line(text: str | None, default: str = "no error given", limit: int = 200) -> str:
+    """A message's first line, cut to `limit` characters: errors and tracebacks can run to pages."""
+    lines = (text or "").strip().splitlines()
+    line = lines[0] if lines else default
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
 def best_trials(session: Session, sweeps: Sequence[SweepRow]) -> dict[int, TrialRow]:
     """Each sweep's completed trial with the best finite objective (the earliest wins a tie), by sweep id.
 

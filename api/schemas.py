@@ -94,7 +94,11 @@ class SweepPublic(BaseModel):
     """When its first trial started; null before any did."""
     finished_at: datetime | None
     reason: str | None
-    """Why the sweep ended early (failed or cancelled); null otherwise."""
+    """Why the sweep ended early (failed or cancelled); null otherwise. A sweep whose every trial failed
+    ends failed with "no trial completed: N failed; the first, trial K: <its error>"."""
+    error: str | None = None
+    """The first trial to fail for good and its error's first line ("trial 2: FileNotFoundError: ..."), while
+    the sweep runs and after it ended; null when no trial has failed."""
     trial_counts: dict[TrialState, int]
     """Trials by state, every state present; trials not yet handed out are in none of them."""
     best_trial: TrialPublic | None
@@ -111,6 +115,7 @@ class SweepPublic(BaseModel):
         return cls(id=sweep.id, name=sweep.name, status=sweep.status, spec=sweep.spec,
                    total_trials=sweep.total_trials, space_size=summary.space_size, created_at=sweep.created_at,
                    started_at=summary.started_at, finished_at=sweep.finished_at, reason=sweep.status_reason,
+                   error=None if summary.first_failure is None else str(summary.first_failure),
                    trial_counts=summary.trial_counts,
                    best_trial=None if best is None else TrialPublic.model_validate(best),
                    pareto_front=summary.pareto_front)
@@ -166,6 +171,10 @@ class WorkerPublic(BaseModel):
     """idle or busy, or lost when it has made no call for longer than the lease."""
     trial_id: int | None
     """The running trial it holds."""
+    sweep_id: int | None = None
+    """That trial's sweep; null when it holds none."""
+    trial_number: int | None = None
+    """That trial's number within its sweep, from 1 (what the page and the CLI show); null when it holds none."""
     first_seen_at: datetime
     last_heartbeat_at: datetime
     """Its latest call: a claim, a heartbeat, or a report on its trial."""
@@ -174,7 +183,7 @@ class WorkerPublic(BaseModel):
     def from_status(cls, status: WorkerStatus) -> WorkerPublic:
         worker = status.worker
         return cls(id=worker.id, host=worker.host, gpu=worker.gpu, state=status.state, trial_id=status.trial_id,
-                   first_seen_at=worker.first_seen_at, last_heartbeat_at=worker.last_seen_at)
+                   sweep_id=status.sweep_id, trial_number=status.trial_number, first_seen_at=worker.first_seen_at, last_heartbeat_at=worker.last_seen_at)
 
 
 class WorkersPublic(BaseModel):

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
-from sweeper import PluginError, SpecError, SweepSpec, load_spec, log_files
+from sweeper import PluginError, SpecError, SweeperError, SweepSpec, load_spec, log_files
 from sweeper.log_location import is_url
 from sweeper.plugins import load_plugins
+
+if TYPE_CHECKING:
+    from sweeper.client import Client
 
 console = Console()
 errors = Console(stderr=True)
@@ -35,12 +40,50 @@ Plugins = Annotated[Optional[list[str]], typer.Option(
     help="Operator module(s) registering models and datasets (repeat, or comma-separated); see docs/plugins.md.")]
 SpecFile = Annotated[Path, typer.Argument(help="Sweep spec, YAML or JSON.")]
 DEFAULT_SERVER = "http://127.0.0.1:8000"
+CONNECT_SECONDS = 1.5
+"""How long a command a person typed waits for the server to accept the connection: it answers within 2 s."""
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
     """Print `message` as an error; the caller raises the answer, so the command exits with `code`."""
-    errors.print(f"[red]error:[/red] {message}", highlight=False)
+    # One logical line however narrow the terminal: it wraps it, and a copy of it stays one line.
+    errors.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
+
+
+@contextmanager
+def server_client(server: str, token: str | None, *, patient: bool = False) -> Iterator[Client]:
+    """A client of the server for a command a person typed; its errors end the command with one line.
+
+    Not `patient`: one try, with CONNECT_SECONDS to connect, so no server means an answer at once that
+    names --server (only the workers wait for a server to come back). `patient`: the client's retries,
+    for a progress bar that must outlive a server's restart.
+    """
+    import httpx
+
+    from sweeper.client import Client, ServerUnavailableError
+
+    options = {} if patient else {"retries": 0, "timeout": httpx.Timeout(30.0, connect=CONNECT_SECONDS)}
+    try:
+        with Client(server, token=token, **options) as client:
+            yield client
+    except ServerUnavailableError as error:
+        if error.status_code is not None:  # it answered, with 5xx
+            raise fail(str(error)) from None
+        raise fail(f"no sweeper server answers at {client.base_url} ({_cause(error)}); start one with "
+                   f"`sweeper serve`, or point --server or SWEEPER_SERVER at yours") from None
+    except SweeperError as error:
+        raise fail(str(error)) from None
+
+
+def _cause(error: Exception) -> str:
+    """The transport's own words for why the connection failed: "connection refused", "timed out"."""
+    cause = error.__cause__
+    text = str(cause) if cause is not None else str(error)
+    for known in ("Connection refused", "timed out", "Name or service not known", "No route to host"):
+        if known.lower() in text.lower():
+            return known.lower()
+    return text.split("] ")[-1] if text else type(cause).__name__
 
 
 def load_plugin_modules(plugins: list[str] | None) -> list[str]:

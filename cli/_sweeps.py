@@ -15,8 +15,8 @@ import typer
 
 from cli import _console
 from cli._common import (DEFAULT_SERVER, Logdir, Plugins, Server, SpecFile, Token, console, fail, load_plugin_modules,
-                         load_spec_file)
-from sweeper import SweeperError, log_files, make_strategy
+                         load_spec_file, server_client)
+from sweeper import log_files, make_strategy
 from sweeper.log_location import reader_flags, sweep_dir
 
 SweepId = Annotated[int, typer.Argument(help="The sweep's id.")]
@@ -25,7 +25,8 @@ SweepId = Annotated[int, typer.Argument(help="The sweep's id.")]
 def submit(
     file: SpecFile,
     server: Server = DEFAULT_SERVER,
-    wait: Annotated[bool, typer.Option(help="Show progress until the sweep ends.")] = False,
+    wait: Annotated[bool, typer.Option(help="Show progress until the sweep ends; exit 1 if it failed or was "
+                                            "cancelled.")] = False,
     logdir: Logdir = "runs",
     plugins: Plugins = None,
     token: Token = None,
@@ -34,16 +35,27 @@ def submit(
     # Only for the local check of the spec: a plugin module's names must be known here too.
     load_plugin_modules(plugins)
     spec = load_spec_file(file)
-    from sweeper.client import Client
+    from sweeper.client import ApiError, ServerUnavailableError
 
-    with Client(server, token=token) as client:
+    with server_client(server, token) as client:
         try:
             sweep = client.create_sweep(spec.to_json())
-        except SweeperError as error:
+        except ServerUnavailableError:
+            raise
+        except ApiError as error:  # the server refused the spec: the file is at fault
             raise fail(f"{file}: {error}", code=2) from None
         console.print(f"Created sweep {sweep['id']} {sweep['name']}: {_console.search_size(sweep)}")
-        if wait:
-            _console.summary(_console.watch(client, sweep["id"], console), logdir, console)
+        if not wait:
+            flag = "" if server == DEFAULT_SERVER else f" --server {server}"
+            console.print(f"Follow it: sweeper status {sweep['id']}{flag}, {client.base_url}/#/sweeps/{sweep['id']}, "
+                          f"or submit with --wait for a progress bar", highlight=False, soft_wrap=True)
+            return
+    with server_client(server, token, patient=True) as client:
+        ended = _console.watch(client, sweep["id"], console)
+        trials = client.list_trials(sweep["id"])["data"] if ended.get("pareto_front") else None
+        _console.summary(ended, logdir, console, trials)
+    if ended["status"] in _console.UNSUCCESSFUL:
+        raise typer.Exit(1)
 
 
 def check(file: SpecFile) -> None:
@@ -57,21 +69,35 @@ def check(file: SpecFile) -> None:
 
 def status(
     sweep_id: Annotated[Optional[int], typer.Argument(help="A sweep id; all sweeps when left out.")] = None,
+    sort: Annotated[str, typer.Option(
+        help="Order of a sweep's trials: number, objective (best first), or a metric or hparam name.")] = "number",
+    top: Annotated[Optional[int], typer.Option(
+        min=1, show_default=False, help="Only the first N trials in that order (by objective unless --sort).")] = None,
     server: Server = DEFAULT_SERVER,
     token: Token = None,
 ) -> None:
     """Show all sweeps, or one sweep's trials."""
-    from sweeper.client import Client
+    with server_client(server, token) as client:
+        if sweep_id is None:
+            console.print(_console.sweeps_table(client.list_sweeps(limit=100, offset=0)["data"]))
+            return
+        sweep = client.get_sweep(sweep_id)
+        if top is not None and sort == "number":
+            sort = "objective"
+        order = _trial_order(sweep, sort)
+        trials = client.list_trials(sweep_id, sort=order, limit=top)["data"]
+        _console.print_trials(console, sweep, trials, shown=sort)
 
-    with Client(server, token=token) as client:
-        try:
-            if sweep_id is None:
-                console.print(_console.sweeps_table(client.list_sweeps(limit=100, offset=0)["data"]))
-            else:
-                sweep = client.get_sweep(sweep_id)
-                console.print(_console.trials_table(sweep, client.list_trials(sweep_id)["data"]))
-        except SweeperError as error:
-            raise fail(str(error)) from None
+
+def _trial_order(sweep: dict[str, Any], sort: str) -> str:
+    """The API's `sort` for --sort: number is the search order, a name is an hparam's or else a metric's."""
+    if sort in ("number", "index"):
+        return "index"
+    if sort == "objective":
+        return "objective"
+    if sort in sweep["spec"]["hparams"]:
+        return f"hparams.{sort}"
+    return f"metrics.{sort}"
 
 
 def pause_sweep(sweep_id: SweepId, server: Server = DEFAULT_SERVER, token: Token = None) -> None:
@@ -100,30 +126,21 @@ def extend_sweep(sweep_id: SweepId,
                  max_trials: Annotated[int, typer.Option("--max-trials", min=1,
                                                          help="The sweep's trials in all, more than it has.")],
                  server: Server = DEFAULT_SERVER, token: Token = None) -> None:
-    """Give a sweep more trials: a completed one runs again, and an adaptive search goes on from its results."""
+    """Give a sweep more trials: a completed or failed one runs again, and an adaptive search goes on from its
+    results."""
     sweep = _control_sweep(server, token, lambda client: client.extend_sweep(sweep_id, max_trials))
     console.print(f"Sweep {sweep['id']} {sweep['name']}: {sweep['status']}, {sweep['total_trials']} trials")
 
 
 def _control_sweep(server: str, token: str | None, call: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
-    from sweeper.client import Client
-
-    with Client(server, token=token) as client:
-        try:
-            return call(client)
-        except SweeperError as error:
-            raise fail(str(error)) from None
+    with server_client(server, token) as client:
+        return call(client)
 
 
 def list_workers(server: Server = DEFAULT_SERVER, token: Token = None) -> None:
     """Show every worker the server has seen: host, GPU, state (idle, busy, lost) and trial."""
-    from sweeper.client import Client
-
-    with Client(server, token=token) as client:
-        try:
-            console.print(_console.workers_table(client.list_workers()["data"]))
-        except SweeperError as error:
-            raise fail(str(error)) from None
+    with server_client(server, token) as client:
+        console.print(_console.workers_table(client.list_workers()["data"]))
 
 
 def tensorboard(
@@ -141,9 +158,9 @@ def tensorboard(
     if not found:
         raise fail(f"no logs for sweep {sweep_id} in {folder}", code=2)
     console.print(f"TensorBoard for sweep {sweep_id}: http://{host}:{port}/#hparams")
-    command = [sys.executable, "-m", "tensorboard.main", "--logdir", folder, "--host", host, "--port", str(port),
+    command = [sys.executable, "-m", "cli._quiet_tensorboard", "--logdir", folder, "--host", host, "--port", str(port),
                *reader_flags(folder)]
     sys.stdout.flush()
     # This process becomes TensorBoard: Ctrl-C or a SIGTERM reaches it directly, and stopping
     # `sweeper tensorboard` can never leave an orphaned TensorBoard behind.
-    os.execve(sys.executable, command, {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    os.execve(sys.executable, command, {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})

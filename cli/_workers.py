@@ -50,14 +50,14 @@ def run(
     from api.server import start_in_thread
     from api.settings import Settings
     from sweeper.client import Client
-    from workers.gpus import discover_gpus, memory_share_mb, select_gpus
+    from workers.gpus import discover_gpus, memory_share_mb, select_gpus, wants_no_gpu
     from workers.supervisor import Supervisor
 
     modules = load_plugin_modules(plugins)
     spec = load_spec_file(file)
     require_file_system(logdir)
     try:
-        chosen = select_gpus(gpus, discover_gpus())
+        chosen = select_gpus(gpus, [] if wants_no_gpu(gpus) else discover_gpus())
         for gpu in chosen:
             memory_share_mb(gpu, trials_per_gpu)  # too small to share: say so before starting anything
     except ValueError as error:
@@ -80,9 +80,12 @@ def run(
             supervisor.start()
             sweep = _console.watch(client, sweep["id"], console)
             supervisor.stop()  # before the summary, so the workers' goodbyes do not follow it
-            _console.summary(sweep, logdir, console)
+            trials = client.list_trials(sweep["id"])["data"] if sweep.get("pareto_front") else None
+            _console.summary(sweep, logdir, console, trials)
     except SweeperError as error:
         raise fail(str(error)) from None
     finally:
         supervisor.stop()
         server.stop()
+    if sweep["status"] in _console.UNSUCCESSFUL:
+        raise typer.Exit(1)

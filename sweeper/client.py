@@ -85,10 +85,11 @@ class Client:
     Thread-safe (httpx's connection pool is lock-guarded): a worker's heartbeat thread shares it.
     """
 
-    def __init__(self, base_url: str, timeout: float = 30.0, retries: int = 8, backoff: float = 0.5,
+    def __init__(self, base_url: str, timeout: float | httpx.Timeout = 30.0, retries: int = 8, backoff: float = 0.5,
                  max_backoff: float = 10.0, transport: httpx.BaseTransport | None = None, token: str | None = None):
         """`token`: the server's admin token, or its worker token for the worker calls; None when the
-        server has none (sent as `Authorization: Bearer`, never logged or shown in repr)."""
+        server has none (sent as `Authorization: Bearer`, never logged or shown in repr). `timeout` is in
+        seconds, or an `httpx.Timeout` to give connecting a shorter limit than reading."""
         if retries < 0:
             raise ValueError(f"`retries >= 0` must hold, but got {retries=}")
         if backoff < 0 or max_backoff < 0:
@@ -179,8 +180,8 @@ class Client:
         return self._request("POST", f"/sweeps/{sweep_id}/cancel", retry="connect", conflict=SweepStateError).json()
 
     def extend_sweep(self, sweep_id: int, max_trials: int) -> dict[str, Any]:
-        """Give the sweep `max_trials` trials in all; a completed one runs again. ApiError (409) once it was
-        cancelled or failed, (422) when that adds no trial."""
+        """Give the sweep `max_trials` trials in all; a completed or failed one runs again. ApiError (409) once
+        it was cancelled, (422) when that adds no trial."""
         return self._request("POST", f"/sweeps/{sweep_id}/extend", json={"max_trials": max_trials},
                              retry="connect", conflict=SweepStateError).json()
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from sweeper import SweeperError
 
-__all__ = ["Gpu", "GpuSelectionError", "discover_gpus", "memory_share_mb", "select_gpus"]
+__all__ = ["Gpu", "GpuSelectionError", "discover_gpus", "memory_share_mb", "select_gpus", "wants_no_gpu"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +55,11 @@ def discover_gpus(timeout: float = 15.0, nvml: Any = _AUTO) -> list[Gpu]:
         except Exception as error:  # NVMLError and its many subclasses, or a broken binding
             logger.info("NVML cannot list GPUs (%s: %s); asking nvidia-smi", type(error).__name__, error)
     return _ask_nvidia_smi(timeout)
+
+
+def wants_no_gpu(selection: str) -> bool:
+    """Whether a `--gpus` selection is `none`: then no GPU library is asked anything (discovery is skipped)."""
+    return selection.strip().lower() == "none"
 
 
 def select_gpus(selection: str, discovered: Sequence[Gpu]) -> list[Gpu]:

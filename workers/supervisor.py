@@ -35,7 +35,7 @@ from pathlib import Path
 
 from sweeper.client import ApiError, AuthError, Client, LeaseLostError, NotFoundError
 from sweeper.messages import FailReport, FailureKind, ReleaseReport
-from workers.gpus import Gpu, discover_gpus, memory_share_mb, select_gpus
+from workers.gpus import Gpu, discover_gpus, memory_share_mb, select_gpus, wants_no_gpu
 from workers.handoff import (EXIT_SERVER_UNREACHABLE, EXIT_WORKER_ID_IN_USE, MEMORY_LIMIT_VARIABLE, TOKEN_VARIABLE,
                              RunningTrial, StateFile, delete_checkpoint_if_finished)
 from workers.identity import ReservedId, reserve
@@ -408,7 +408,8 @@ def run_workers(server: str, gpus: str = "all", cpu_workers: int = 1, idle_exit:
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s [supervisor] %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    discovered = discover_gpus()
+    # `--gpus none` asks neither NVML nor nvidia-smi: on a host whose driver hangs, it is the way out.
+    discovered = [] if wants_no_gpu(gpus) else discover_gpus()
     selected = select_gpus(gpus, discovered)
     supervisor = Supervisor(server, selected, cpu_workers=cpu_workers, idle_exit=idle_exit, data_root=data_root,
                             plugins=plugins, trials_per_gpu=trials_per_gpu, token=token)
@@ -418,7 +419,7 @@ def run_workers(server: str, gpus: str = "all", cpu_workers: int = 1, idle_exit:
             limit = slot.env.get(MEMORY_LIMIT_VARIABLE)
             print(f"  {slot.worker_id} on GPU {slot.gpu}" + (f", {limit} MB" if limit else ""))
     else:
-        reason = "no GPUs found" if not discovered else f"--gpus {gpus}"
+        reason = f"--gpus {gpus}" if discovered or wants_no_gpu(gpus) else "no GPUs found"
         print(f"Starting {cpu_workers} CPU worker(s) for {server} ({reason}):")
         for slot in supervisor.slots:
             print(f"  {slot.worker_id}")

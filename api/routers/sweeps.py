@@ -177,11 +177,12 @@ class ExtendRequest(BaseModel):
 
 @router.post("/{sweep_id}/extend", response_model=SweepPublic, summary="Extend a sweep",
              responses=error_responses(404, 409, 422, e404="No sweep with this id.",
-                                       e409="The sweep is cancelled or failed; the message says which.",
+                                       e409="The sweep is cancelled.",
                                        e422="max_trials adds no trial, or more than this server allows."))
 def extend_sweep(sweep_id: int, body: ExtendRequest, repository: RepositoryDep, context: ContextDep) -> SweepPublic:
-    """Give the sweep more trials: a completed sweep runs again, a running or paused one keeps its status, and
-    an adaptive search goes on from all its results so far. Not a cancelled or failed sweep (409)."""
+    """Give the sweep more trials: a completed or failed sweep runs again (a failed one with a fresh failure
+    budget), a running or paused one keeps its status, and an adaptive search goes on from all its results so
+    far. Not a cancelled sweep (409)."""
     return SweepPublic.from_summary(repository.extend_sweep(sweep_id, body.max_trials,
                                                             server_limit=context.settings.max_sweep_trials))
 

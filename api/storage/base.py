@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Row, exists, select
+from sqlalchemy import Connection, Row, exists, func, select
 from sqlalchemy.orm import Session, SessionTransaction
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.util import identity_key
@@ -31,6 +31,7 @@ from api import lifecycle
 from api.claims import statements as sql
 from api.lifecycle import OPEN, Caller, SweepEvent, TrialEvent, TrialLife
 from api.models import Base, SweepRow, TrialRow, WorkerRow, utcnow
+from api.queries import first_failures, first_line
 from api.search.decisions import Search
 
 logger = logging.getLogger("api.storage")
@@ -278,7 +279,8 @@ class Store:
             trial.finished_at = now
 
     def _complete_finished_sweeps(self, now: datetime, sweep_id: int | None = None) -> None:
-        """Mark completed every running or paused sweep with all trials handed out and none pending or running.
+        """End every running or paused sweep with all trials handed out and none pending or running: completed
+        when any trial completed or was pruned, failed when every one failed (api.lifecycle.sweep_end).
 
         A paused sweep with nothing left to run is done too: pausing only holds back trials not yet started.
         """
@@ -287,9 +289,20 @@ class Store:
                                        SweepRow.next_index >= SweepRow.total_trials, ~active)
         if sweep_id is not None:
             query = query.where(SweepRow.id == sweep_id)
-        for sweep in self._session.scalars(query):
-            sweep.status = next_status(sweep, SweepEvent.finish)
-            sweep.finished_at = now
+        for sweep in self._session.scalars(query).all():
+            counts = dict(self._session.execute(
+                select(TrialRow.state, func.count()).where(TrialRow.sweep_id == sweep.id).group_by(TrialRow.state)
+            ).all())
+            event = lifecycle.sweep_end(counts.get(TrialState.completed, 0), counts.get(TrialState.pruned, 0))
+            if event is SweepEvent.fail:
+                first = first_failures(self._session, [sweep.id]).get(sweep.id)
+                reason = (f"no trial completed: {counts.get(TrialState.failed, 0)} failed"
+                          + (f"; the first, {first}" if first else ""))
+                logger.error("sweep %d failed: %s", sweep.id, reason)
+                self._end_sweep(sweep, event, reason, now)
+            else:
+                sweep.status = next_status(sweep, event)
+                sweep.finished_at = now
 
 
 def life_of(trial: TrialRow | Row[Any]) -> TrialLife:
@@ -318,13 +331,6 @@ def spec_limit(sweep: SweepRow, name: str) -> int:
     """
     value = sweep.spec.get(name)
     return value if isinstance(value, int) else SweepSpec.model_fields[name].default
-
-
-def first_line(text: str | None, default: str, limit: int = 200) -> str:
-    """A message's first line, cut to `limit` characters: errors and tracebacks can run to pages."""
-    lines = (text or "").strip().splitlines()
-    line = lines[0] if lines else default
-    return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 def finite(metrics: Mapping[str, float]) -> dict[str, float | None]:

@@ -13,9 +13,8 @@ from sweeper.messages import SweepStatus, TrialState
 
 from api.lifecycle import SweepEvent
 from api.models import SweepRow, TrialEpochRow, TrialRow
-from api.queries import (ObjectivePoint, SortOrder, best_trials, is_multi_objective, objective_of, objective_points,
-                         ordered_trials, pareto_fronts,
-                         stored_space_size, trial_stats)
+from api.queries import (FirstFailure, ObjectivePoint, SortOrder, best_trials, first_failures, is_multi_objective,
+                         objective_of, objective_points, ordered_trials, pareto_fronts, stored_space_size, trial_stats)
 from api.storage.base import SweepPlan, Store, next_status
 
 CANCELLED_ON_REQUEST = "cancelled on request"
@@ -33,6 +32,8 @@ class SweepSummary:
     """When its first trial started; None before any did."""
     pareto_front: list[int] | None = None
     """A multi-objective sweep's completed trials that no other beats in every objective; None with one objective."""
+    first_failure: FirstFailure | None = None
+    """Its first trial to fail for good, with the error; None while none has."""
 
 
 @dataclass(frozen=True)
@@ -193,6 +194,9 @@ class SweepStore(Store):
                     if size is not None and size <= max_trials else ""
                 raise SpecError([(("max_trials",), f"must be more than the sweep's {sweep.total_trials} trials, "
                                                    f"but got {max_trials}{whole}")])
+            if sweep.status == SweepStatus.failed:
+                # It runs again with a fresh failure budget: the reason it ended no longer holds.
+                sweep.status_reason, sweep.consecutive_failures = None, 0
             sweep.spec, sweep.total_trials, sweep.status = stored, total, status
             if status != SweepStatus.completed:
                 sweep.finished_at = None
@@ -203,14 +207,17 @@ class SweepStore(Store):
         return self._summaries([sweep])[0]
 
     def _summaries(self, sweeps: list[SweepRow]) -> list[SweepSummary]:
-        """Summaries of many sweeps in two statements (plus one per distinct objective), none per sweep."""
+        """Summaries of many sweeps in three statements (plus one per distinct objective), none per sweep."""
         stats = trial_stats(self._session, (sweep.id for sweep in sweeps))
         # A multi-objective sweep has no single best trial: its Pareto front takes that place.
         single = [sweep for sweep in sweeps if not is_multi_objective(sweep)]
         best = best_trials(self._session, single)
         fronts = pareto_fronts(self._session, sweeps)
+        failures = first_failures(self._session, (sweep.id for sweep in sweeps if stats[sweep.id].counts[
+            TrialState.failed]))
         return [SweepSummary(sweep, stats[sweep.id].counts, best.get(sweep.id), self._space_size(sweep),
-                             stats[sweep.id].started_at, fronts.get(sweep.id)) for sweep in sweeps]
+                             stats[sweep.id].started_at, fronts.get(sweep.id), failures.get(sweep.id))
+                for sweep in sweeps]
 
     def _space_size(self, sweep: SweepRow) -> int | None:
         # Derived from the spec, never stored: the plan cache parses each sweep's spec once per process.

@@ -29,6 +29,10 @@ class WorkerStatus:
     state: WorkerState
     trial_id: int | None
     """The running trial the worker holds, if any (also while it is lost, until the lease is reaped)."""
+    sweep_id: int | None = None
+    """That trial's sweep."""
+    trial_number: int | None = None
+    """That trial's number within its sweep, from 1."""
 
 
 
@@ -46,14 +50,18 @@ class WorkerStore(Store):
                 matching = matching.where(worker_state_is(state, now - self._policy.lease))
             count = self._session.scalar(select(func.count()).select_from(matching.subquery())) or 0
             workers = list(self._session.scalars(matching.order_by(WorkerRow.id).limit(limit).offset(offset)))
-            held: dict[str, int] = {}
-            for worker_id, trial_id in self._session.execute(
-                    select(TrialRow.worker_id, TrialRow.id)
+            held: dict[str, tuple[int, int, int]] = {}
+            for worker_id, trial_id, sweep_id, index in self._session.execute(
+                    select(TrialRow.worker_id, TrialRow.id, TrialRow.sweep_id, TrialRow.index)
                     .where(TrialRow.state == TrialState.running, TrialRow.worker_id.in_([w.id for w in workers]))
                     .order_by(TrialRow.id.desc())):
-                held[worker_id] = trial_id  # descending, so the oldest held trial wins
-            return [WorkerStatus(worker, self._worker_state(worker, held.get(worker.id), now), held.get(worker.id))
-                    for worker in workers], count
+                held[worker_id] = (trial_id, sweep_id, index + 1)  # descending, so the oldest held trial wins
+            statuses = []
+            for worker in workers:
+                trial_id, sweep_id, number = held.get(worker.id, (None, None, None))
+                statuses.append(WorkerStatus(worker, self._worker_state(worker, trial_id, now), trial_id, sweep_id,
+                                             number))
+            return statuses, count
 
     def _worker_state(self, worker: WorkerRow, trial_id: int | None, now: datetime) -> WorkerState:
         if worker.last_seen_at + self._policy.lease < now:

@@ -28,12 +28,19 @@ def memory_limit_from_environment(environ: dict[str, str] | None = None) -> int 
     return limit
 
 
+def gpus_hidden(environ: dict[str, str] | None = None) -> bool:
+    """Whether `CUDA_VISIBLE_DEVICES` hides every GPU (-1, as the supervisor sets for a CPU worker)."""
+    return (os.environ if environ is None else environ).get("CUDA_VISIBLE_DEVICES", "").strip() == "-1"
+
+
 def configure_gpus(memory_limit_mb: int | None = None) -> None:
     """Give each visible GPU a logical device of `memory_limit_mb` MB, or with None let memory grow.
 
     Must run before any op is placed on a GPU; TensorFlow refuses either setting afterwards. A no-op on
-    a machine without GPUs.
+    a machine without GPUs, and one that asks TensorFlow nothing when every GPU is hidden (a CPU worker).
     """
+    if gpus_hidden():
+        return
     if memory_limit_mb is None:
         enable_memory_growth()
         return

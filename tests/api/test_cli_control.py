@@ -55,20 +55,21 @@ def test_workers_prints_a_table_of_every_worker(server: RunningServer):
     assert code == 0
     assert "Workers (1 idle, 1 busy)" in output
     assert "box-cpu0 │ box │ cpu │ idle │ │" in output
-    assert f"box-gpu0 │ box │ 0 │ busy │ {trial['trial_id']} │" in output
+    # The trial it holds, as sweep/number: trial 1 of the sweep.
+    assert f"box-gpu0 │ box │ 0 │ busy │ {trial['sweep_id']}/1 │" in output
 
 
 def test_workers_table_shows_lost_workers_and_how_long_ago_they_called():
     now = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
     seen = (now - timedelta(minutes=5, seconds=3)).isoformat().replace("+00:00", "Z")
     table = _console.workers_table([{"id": "w9", "host": "far", "gpu": None, "state": "lost", "trial_id": 7,
-                                     "last_heartbeat_at": seen}], now=now)
+                                     "sweep_id": 2, "trial_number": 3, "last_heartbeat_at": seen}], now=now)
     console = Console(width=200, record=True)
     console.print(table)
 
     text = " ".join(console.export_text().split())
 
-    assert "Workers (1 lost)" in text and "w9 │ far │ cpu │ lost │ 7 │ 5m ago" in text
+    assert "Workers (1 lost)" in text and "w9 │ far │ cpu │ lost │ 2/3 │ 5m ago" in text
 
 
 def test_workers_with_none_seen_says_so(server: RunningServer):

@@ -78,4 +78,4 @@ def test_a_cancelled_sweep_cannot_be_extended(client: TestClient):
     response = extend(client, sweep["id"], 5)
 
     assert response.status_code == 409
-    assert "only a running or paused or completed sweep can be extended" in response.json()["detail"]
+    assert "only a running or paused or completed or failed sweep can be extended" in response.json()["detail"]

@@ -57,7 +57,9 @@ def test_a_crash_is_retried_through_the_specs_attempts_even_unmarked(client: Tes
 
     trial = get_trial(client, trial_id)  # type: ignore[arg-type]
     assert trial["attempts"] == 3 and trial["failure_kind"] == "crash"
-    assert get_sweep(client, sweep["id"])["status"] == "completed"
+    # Its only trial failed: the sweep failed, naming that trial's error.
+    assert get_sweep(client, sweep["id"])["status"] == "failed"
+    assert get_sweep(client, sweep["id"])["error"] == "trial 1: worker process killed by SIGKILL"
 
 
 def test_a_completed_retry_clears_the_earlier_failure(client: TestClient):

@@ -211,7 +211,7 @@ def test_the_reaper_fails_a_trial_as_worker_lost_once_the_specs_attempts_are_use
 
     assert trial["error"] == "worker lost" and trial["failure_kind"] == "crash" and trial["worker_id"] == "lost"
     assert trial["finished_at"] is not None
-    assert get_sweep(client, sweep["id"])["status"] == "completed"
+    assert get_sweep(client, sweep["id"])["status"] == "failed"  # its only trial failed
 
 
 def test_a_heartbeating_worker_is_never_reaped(client_with):

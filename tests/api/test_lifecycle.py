@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from api.lifecycle import (Caller, LeaseConflict, Step, SweepEvent, SweepStateConflict, TrialEvent, TrialLife, apply,
-                           sweep_after, sweep_after_failure)
+                           sweep_after, sweep_after_failure, sweep_end)
 from sweeper.messages import Action, SweepStatus, TrialState
 
 CONFLICT = "conflict"
@@ -325,12 +325,12 @@ SWEEP_TABLE: dict[str, tuple[str, ...]] = {
     "paused":    (CONFLICT, "running", "cancelled", "failed", "completed", "paused"),  # paused with nothing left: done
     "completed": (CONFLICT, CONFLICT, CONFLICT,    CONFLICT, CONFLICT,    "running"),  # more trials: it runs again
     "cancelled": (CONFLICT, CONFLICT, CONFLICT,    CONFLICT, CONFLICT,    CONFLICT),
-    "failed":    (CONFLICT, CONFLICT, CONFLICT,    CONFLICT, CONFLICT,    CONFLICT),
+    "failed":    (CONFLICT, CONFLICT, CONFLICT,    CONFLICT, CONFLICT,    "running"),  # mended: it runs again
 }
 # fmt: on
 ALLOWED_BEFORE: dict[str, set[str]] = {
     "pause": {"running"}, "resume": {"paused"}, "cancel": {"running", "paused"}, "fail": {"running", "paused"},
-    "finish": {"running", "paused"}, "extend": {"running", "paused", "completed"},
+    "finish": {"running", "paused"}, "extend": {"running", "paused", "completed", "failed"},
 }
 DONE = {"pause": "paused", "resume": "resumed", "cancel": "cancelled", "fail": "failed", "finish": "completed",
         "extend": "extended"}
@@ -375,6 +375,16 @@ FAILURE_LIMITS: list[tuple[str, int, int, str]] = [
 def test_a_sweep_fails_once_failures_in_a_row_reach_its_limit(
         status: str, failures: int, max_failures: int, after: str) -> None:
     assert sweep_after_failure(SweepStatus(status), failures, max_failures) is SweepStatus(after)
+
+
+@pytest.mark.parametrize(("completed", "pruned", "event"), [
+    (3, 0, SweepEvent.finish), (1, 0, SweepEvent.finish),
+    (0, 3, SweepEvent.finish),  # every trial pruned: each trained and was judged, so the search gave results
+    (0, 0, SweepEvent.fail),  # every trial failed: nothing worked
+])
+def test_a_sweep_with_nothing_left_to_run_completes_only_when_some_trial_gave_a_result(
+        completed: int, pruned: int, event: SweepEvent) -> None:
+    assert sweep_end(completed, pruned) is event
 
 
 # -- fencing under random interleavings ------------------------------------------------------------------

@@ -94,7 +94,7 @@ def test_lease_is_renewed_by_heartbeats_and_lost_without_them(repository: Reposi
     assert claim(repository, "w3") is None  # out of attempts: failed for good
     lost = repository.get_trial(trial.id).trial
     assert lost.state == TrialState.failed and lost.error == WORKER_LOST
-    assert repository.get_sweep(lost.sweep_id).sweep.status == SweepStatus.completed
+    assert repository.get_sweep(lost.sweep_id).sweep.status == SweepStatus.failed  # its only trial failed
 
 
 def test_trials_are_generated_on_claim_not_up_front(repository: Repository):

@@ -13,7 +13,7 @@ def test_no_workers_on_a_new_server(client: TestClient):
 
 
 def test_a_claiming_worker_is_recorded_with_its_host_gpu_and_trial(client: TestClient):
-    create_sweep(client, grid_spec(values=2))
+    sweep = create_sweep(client, grid_spec(values=2))
     trial_id = Worker(client, "box-a-gpu0", host="box-a", gpu="0").claim_id()
     Worker(client, "box-b-cpu0", host="box-b").claim_id()
     Worker(client, "box-c-cpu0", host="box-c").claim()  # no work left: recorded all the same
@@ -25,8 +25,12 @@ def test_a_claiming_worker_is_recorded_with_its_host_gpu_and_trial(client: TestC
     assert (busy["host"], busy["gpu"], busy["state"], busy["trial_id"]) == ("box-a", "0", "busy", trial_id)
     assert busy["last_heartbeat_at"].endswith("Z") and busy["first_seen_at"] <= busy["last_heartbeat_at"]
     assert workers["box-b-cpu0"]["gpu"] is None and workers["box-b-cpu0"]["state"] == "busy"
+    # The trial each holds, also as its sweep and its number there (what people read).
+    assert (busy["sweep_id"], busy["trial_number"]) == (sweep["id"], 1)
+    assert (workers["box-b-cpu0"]["sweep_id"], workers["box-b-cpu0"]["trial_number"]) == (sweep["id"], 2)
     idle = workers["box-c-cpu0"]
     assert (idle["host"], idle["state"], idle["trial_id"]) == ("box-c", "idle", None)
+    assert (idle["sweep_id"], idle["trial_number"]) == (None, None)
 
 
 def test_a_worker_is_idle_again_once_its_trial_ends(client: TestClient):

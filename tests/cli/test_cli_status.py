@@ -3,16 +3,13 @@ title counts pruned trials apart from completed and failed ones."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from typer.testing import CliRunner
 
-from api.server import RunningServer, start_in_thread
-from api.settings import Settings
+from api.server import RunningServer
 from cli import app
 
 ASHA_SPEC: dict[str, Any] = {
@@ -27,13 +24,6 @@ CURVES = {8: [0.90, 0.95, 0.97, 0.98], 16: [0.95, 0.96, 0.91, 0.92], 32: [0.50, 
 """val_accuracy per epoch by units. With rungs after 1 and 3 epochs and 1 in 3 trials going on: units 8 trains
 to the end; units 16 leads at the first rung and trails at the second, so it stops after 3 epochs; units 32
 trails at the first rung and stops after 1."""
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[RunningServer]:
-    settings = Settings(port=0, database_url=f"sqlite:///{tmp_path / 'sweeper.db'}", logdir=tmp_path / "runs")
-    with start_in_thread(settings) as running:
-        yield running
 
 
 def train_as_a_worker(url: str, curves: dict[int, list[float]]) -> None:
@@ -78,10 +68,11 @@ def test_status_of_a_sweep_marks_each_pruned_trial_with_the_epochs_it_trained(se
     code, output = sweeper(server, "status", str(pruned_sweep["id"]))
 
     assert code == 0
-    assert f"│ {trials[8]['id']} │ completed │ 0.98 │ 8 │ 1 │" in output
+    # Trials go by their number in the sweep (1, 2, 3), not their global id.
+    assert f" {trials[8]['number']} completed 0.98 8 " in output
     # pruned_at_epoch counts from 0: the trial pruned after epoch 2 trained 3 epochs.
-    assert f"│ {trials[16]['id']} │ pruned @ 3 │ 0.91 │ 16 │ 1 │" in output
-    assert f"│ {trials[32]['id']} │ pruned @ 1 │ 0.5 │ 32 │ 1 │" in output
+    assert f" {trials[16]['number']} pruned @ 3 0.91 16 " in output
+    assert f" {trials[32]['number']} pruned @ 1 0.5 32 " in output
     assert output.endswith("pruned @ N: stopped by the asha rule after N epochs trained")
 
 
@@ -103,7 +94,8 @@ def test_status_of_a_sweep_without_pruned_trials_has_no_pruning_note(server: Run
     code, output = sweeper(server, "status", str(sweep["id"]))
 
     assert code == 0
-    assert output.startswith(f"Sweep {sweep['id']} plain: completed, 1/1 finished (1 completed)")
+    assert output.startswith(f"Same in every trial: units=8 Sweep {sweep['id']} plain: completed, 1/1 finished "
+                             "(1 completed)")
     assert "pruned" not in output
 
 
@@ -121,15 +113,15 @@ def test_status_of_a_multi_objective_sweep_marks_its_pareto_front_and_shows_ever
             api.post(f"/trials/{assignment['trial_id']}/complete", json={
                 "worker_id": "w1", "lease_token": assignment["lease_token"],
                 "metrics": {"val_accuracy": accuracy, "num_params": float(units * 100)}})
-        trials = {t["hparams"]["units"]: t["id"] for t in api.get(f"/sweeps/{sweep['id']}/trials").json()["data"]}
+        trials = {t["hparams"]["units"]: t["number"] for t in api.get(f"/sweeps/{sweep['id']}/trials").json()["data"]}
 
     code, output = sweeper(server, "status", str(sweep["id"]))
 
     assert code == 0, output
-    assert "┃ trial ┃ state ┃ val_accuracy ┃ num_params ┃ units ┃ attempts ┃" in output
-    assert f"│ {trials[8]} ◆ │ completed │ 0.9 │ 800 │ 8 │ 1 │" in output
-    assert f"│ {trials[32]} ◆ │ completed │ 0.95 │ 3200 │ 32 │ 1 │" in output
-    assert f"│ {trials[16]} │ completed │ 0.85 │ 1600 │ 16 │ 1 │" in output
+    assert " # state val_accuracy num_params units time " in output
+    assert f" ◆{trials[8]} completed 0.9 800 8 " in output
+    assert f" ◆{trials[32]} completed 0.95 3200 32 " in output
+    assert f" {trials[16]} completed 0.85 1600 16 " in output
     assert output.endswith("◆: on the Pareto front")
 
 
@@ -144,7 +136,9 @@ def test_the_end_of_a_multi_objective_sweep_names_its_pareto_front_not_a_best_tr
                       "objectives": [{"metric": "val_accuracy"}, {"metric": "num_params"}]}}
     console = Console(record=True, width=200)
 
-    _console.summary(sweep, "runs", console)
+    _console.summary(sweep, "runs", console, trials=[{"id": 10, "number": 1}, {"id": 11, "number": 2},
+                                                     {"id": 12, "number": 3}])
 
+    # By their numbers in the sweep, as `sweeper status` shows them.
     assert console.export_text().splitlines()[1] == (
-        "Pareto front (val_accuracy, num_params): trials 10, 12; sweeper status 4 shows their values")
+        "Pareto front (val_accuracy, num_params): trials 1, 3; sweeper status 4 shows their values")

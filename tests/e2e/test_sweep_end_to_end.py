@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 
 import httpx
@@ -137,7 +138,7 @@ def test_cli_submit_waits_with_progress_and_status_shows_the_trials(tmp_path, pr
     assert listing.returncode == 0 and "cli-grid" in listing.stdout and "completed" in listing.stdout
     trials = sweeper_cli("status", "1", "--server", url)
     assert trials.returncode == 0, trials.stderr
-    rows = [line for line in trials.stdout.splitlines() if "completed" in line and "│" in line]
+    rows = [line for line in trials.stdout.splitlines() if re.match(r"\s*[12] completed ", line)]
     assert len(rows) == 2 and any(" 4 " in row for row in rows) and any(" 8 " in row for row in rows)
     missing = sweeper_cli("status", "99", "--server", url)
     assert missing.returncode == 1 and "sweep 99 not found" in missing.stderr
