@@ -53,6 +53,7 @@ from rich.table import Table
 # Scripts in bench/ run with their folder on sys.path; said explicitly so that loading this file from
 # elsewhere (a test, say) finds the shared helpers too.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import simulated_model  # noqa: E402
 from claims import API, BIN, SERVER_ENV, ServerProcess, free_port, ms, percentile, run_async, verdict  # noqa: E402
 
 # -- the objective: Hartmann6, reached through a learning curve -------------------------------------------
@@ -65,7 +66,7 @@ _A = ((10, 3, 17, 3.5, 1.7, 8), (0.05, 10, 17, 0.1, 8, 14), (3, 3.5, 1.7, 10, 17
 _P = ((0.1312, 0.1696, 0.5569, 0.0124, 0.8283, 0.5886), (0.2329, 0.4135, 0.8307, 0.3736, 0.1004, 0.9991),
       (0.2348, 0.1451, 0.3522, 0.2883, 0.3047, 0.6650), (0.4047, 0.8828, 0.8732, 0.5743, 0.1091, 0.0381))
 
-HPARAMS = [f"x{number}" for number in range(1, 7)]
+HPARAMS = simulated_model.HPARAMS
 EPOCHS = 27
 """Epochs a trial that is never stopped reports: 3**3, so ASHA's rungs (1, 3, 9, 27) end on the last one."""
 
@@ -105,10 +106,10 @@ def space() -> dict[str, Any]:
 
 
 def sweep_spec(name: str, strategy: str, trials: int, seed: int, asha: bool) -> dict[str, Any]:
-    """Nothing is trained, so the model and dataset only have to be valid: the mlp accepts x1..x6."""
+    """Nothing is trained, so the model and dataset only have to be valid: the plugin model reads x1..x6."""
     spec: dict[str, Any] = {
         "name": name,
-        "model": "mlp",
+        "model": "hartmann6",
         "dataset": "digits",
         "objective": {"metric": "val_loss", "goal": "minimize"},
         "hparams": space(),
@@ -132,6 +133,10 @@ BUDGET_SHARES = (0.25, 0.5, 1.0)
 TARGET_SHARE = 0.25
 """TPE+ASHA should find random search's final best within this share of random search's epochs."""
 
+PLUGIN_ENV = {**SERVER_ENV, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent),
+                                                                      SERVER_ENV.get("PYTHONPATH")]))}
+"""The server's environment, with this folder on the path for its plugin, simulated_model."""
+
 TARGET_LONE_P50_SECONDS = 0.050
 TARGET_BURST_SECONDS = 5.0
 TARGET_REBUILD_SECONDS = 2.0
@@ -151,8 +156,9 @@ def serve(work: Path, database: Path, name: str) -> Iterator[tuple[ServerProcess
         started = time.perf_counter()
         process = subprocess.Popen(
             [str(BIN / "sweeper"), "serve", "--host", "127.0.0.1", "--port", str(port),
-             "--database-url", f"sqlite:///{database}", "--logdir", str(work / "runs")],
-            stdout=log, stderr=subprocess.STDOUT, env=SERVER_ENV)
+             "--database-url", f"sqlite:///{database}", "--logdir", str(work / "runs"),
+             "--plugins", simulated_model.__name__],
+            stdout=log, stderr=subprocess.STDOUT, env=PLUGIN_ENV)
         try:
             url = f"http://127.0.0.1:{port}"
             with httpx.Client(timeout=1) as probe:
@@ -366,14 +372,16 @@ def audit_run(database: Path, run: Run, trials: int, asha: bool) -> list[str]:
     return problems
 
 
-def sample_efficiency(work: Path, trials: int, seeds: int, workers: int) -> tuple[list[Run], float]:
+def sample_efficiency(work: Path, trials: int, seeds: range, workers: int, labels: list[str]
+                      ) -> tuple[list[Run], float]:
     """Every strategy on every seed, one sweep after another on one server; the runs and the seconds."""
     runs: list[Run] = []
     started = time.perf_counter()
     with serve(work, work / "search.db", "search") as (server, _):
         # Seeds outermost, so that any drift in the machine's load falls on all strategies alike.
-        for seed in range(seeds):
-            for label, (strategy, asha) in STRATEGIES.items():
+        for seed in seeds:
+            for label in labels:
+                strategy, asha = STRATEGIES[label]
                 run = Run(label, seed)
                 name = f"{label.lower().replace('+', '-')}-{seed}"
                 run.sweep_id = create_sweep(server.url, sweep_spec(name, strategy, trials, seed, asha))
@@ -658,6 +666,9 @@ def main() -> None:
     parser.add_argument("--part", choices=["efficiency", "cost"], help="run one part only (default: both)")
     parser.add_argument("--trials", type=int, default=80, help="max_trials of every sweep of the efficiency part")
     parser.add_argument("--seeds", type=int, default=5, help="seeds per strategy")
+    parser.add_argument("--first-seed", type=int, default=0, help="the seed of the first sweep of each strategy")
+    parser.add_argument("--strategies", nargs="+", choices=list(STRATEGIES), default=list(STRATEGIES),
+                        help="strategies to compare (random is always run: it sets the budget and the target)")
     parser.add_argument("--workers", type=int, default=8, help="simulated workers")
     parser.add_argument("--lone-claims", type=int, default=50, help="sequential claims timed in the cost part")
     args = parser.parse_args()
@@ -669,7 +680,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="sweeper-search-") as tmp:
         work = Path(tmp)
         if args.part in (None, "efficiency"):
-            runs, seconds = sample_efficiency(work, args.trials, args.seeds, args.workers)
+            runs, seconds = sample_efficiency(
+                work, args.trials, range(args.first_seed, args.first_seed + args.seeds), args.workers,
+                ["random", *(label for label in args.strategies if label != "random")])
             tables, _ = efficiency_tables(runs, args.trials, args.workers)
             for table in tables:
                 console.print(table)
