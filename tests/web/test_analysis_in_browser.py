@@ -236,6 +236,12 @@ def test_exports_and_the_best_configuration_copied_as_yaml(server: RunningServer
     copied = page.evaluate("() => navigator.clipboard.readText()")
     assert yaml.safe_load(copied) == {"hparams": sweep["best_trial"]["hparams"]}
     shoot(page, "analysis-copied")
+    # Whatever the value, the snippet reads back as the same value and type (PyYAML reads 1e-05 as a string).
+    values = [1e-05, 0.001, 3, -2.5e-7, True, "adam", "yes", "1.5", "a: b", "null", None]
+    written = page.evaluate("async values => (await import('/static/best_config.js')).bestConfigYaml("
+                            "{id: 1, number: 1, hparams: Object.fromEntries(values.map((v, i) => [`h${i}`, v]))})",
+                            values)
+    assert yaml.safe_load(written) == {"hparams": {f"h{i}": value for i, value in enumerate(values)}}
     assert errors == []
 
 
