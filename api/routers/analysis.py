@@ -40,8 +40,9 @@ def importance(sweep_id: int, repository: RepositoryDep, context: ContextDep,
                                "or `mean_decrease_impurity`.")] = ImportanceEvaluator.fanova,
                ) -> ImportancePublic:
     """Each searched hparam's importance for the sweep's objective (the first, for a multi-objective sweep),
-    largest first, over its completed trials (fANOVA: a seeded sample of at most 200 of them); seeded, so the same trials give the same answer. With fewer than
-    4 completed trials, or no hparam searched, `importances` is empty and `reason` says why."""
+    largest first, over its completed trials (fANOVA: a seeded sample of at most 200 of them); seeded, so the
+    same trials give the same answer. With fewer than 4 completed trials, or no hparam searched,
+    `importances` is empty and `reason` says why."""
     def compute() -> Importances:
         study = repository.sweep_study(sweep_id)
         return param_importances(study.trials, study.spec.all_objectives[0], study.directions, evaluator)

@@ -166,3 +166,13 @@ def test_the_client_reads_importance_and_exports(server: RunningServer):
         assert '"trials":[]' in client.export_trials(sweep["id"], format="json")
         with pytest.raises(ValueError, match="format must be 'csv' or 'json'"):
             client.export_trials(sweep["id"], format="xlsx")
+
+
+def test_a_one_value_hparam_cannot_matter_and_is_left_out(client: TestClient):
+    spec = random_spec(max_trials=5)
+    spec["hparams"]["units"] = {"type": "discrete", "values": [16]}
+    sweep, _ = _run(client, 5, hparams=spec["hparams"])
+
+    found = client.get(f"{API}/sweeps/{sweep['id']}/importance", params={"evaluator": "ped_anova"}).json()
+
+    assert {entry["hparam"] for entry in found["importances"]} == {"dropout", "learning_rate"}
