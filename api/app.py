@@ -23,7 +23,7 @@ from api.origin_guard import OriginGuard
 from api.pareto_logs import ParetoLogs
 from api.reaper import LeaseReaper
 from api.storage import LeasePolicy, PlanCache, Repository
-from api.routers import health, session, sweeps, tensorboard, trials, web, workers
+from api.routers import analysis, health, session, sweeps, tensorboard, trials, web, workers
 from api.schemas import COMMON_ERRORS
 from api.security_headers import SecurityHeaders
 from api.settings import Settings
@@ -100,6 +100,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(health.router)
     app.include_router(session.router, prefix=API_PREFIX)
     app.include_router(sweeps.router, prefix=API_PREFIX, dependencies=[AdminDep])
+    app.include_router(analysis.router, prefix=API_PREFIX, dependencies=[AdminDep])
     app.include_router(trials.router, prefix=API_PREFIX,  # its routes declare worker or admin one by one
                        responses=COMMON_ERRORS)
     app.include_router(workers.router, prefix=API_PREFIX, dependencies=[AdminDep])

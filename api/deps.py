@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from api.search.importance import ImportanceCache
 from api.storage import LeasePolicy, PlanCache, Repository
 from api.settings import Settings
 
@@ -26,6 +27,7 @@ class AppContext:
     sessions: sessionmaker[Session]
     plans: PlanCache
     policy: LeasePolicy
+    importances: ImportanceCache = field(default_factory=ImportanceCache)
 
 
 # These are `async def` although they never wait: FastAPI runs a plain `def` dependency in its thread

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, model
 
 from sweeper.messages import FailureKind, SweepStatus, TrialState
 
+from api.search.importance import ImportanceEvaluator, Importances
 from api.storage import ObjectiveSeries, SweepSummary, TrialHistory, WorkerState, WorkerStatus
 
 
@@ -159,6 +160,40 @@ class ObjectivePublic(BaseModel):
         return cls.model_validate({"metric": series.objective.metric, "goal": series.objective.goal, "points": [
             {"trial_id": point.trial_id, "number": point.index + 1, "index": point.index,
              "value": point.value} for point in series.points]})
+
+
+class HParamImportance(BaseModel):
+    hparam: str
+    importance: float
+    """Its share of the importance of all the hparams judged: they sum to 1."""
+
+
+class ImportancePublic(BaseModel):
+    """How much each searched hparam matters for the sweep's (first) objective, by Optuna's evaluators."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "metric": "val_accuracy", "goal": "maximize", "evaluator": "fanova", "completed": 40, "judged": 40,
+        "importances": [{"hparam": "learning_rate", "importance": 0.71}, {"hparam": "units", "importance": 0.2},
+                        {"hparam": "dropout", "importance": 0.09}], "reason": None}]})
+
+    metric: str
+    goal: Literal["maximize", "minimize"]
+    evaluator: ImportanceEvaluator
+    completed: int
+    """The completed trials with a finite value of every objective."""
+    judged: int
+    """How many of them the evaluator judged: all, or for fANOVA a seeded sample of at most 200."""
+    importances: list[HParamImportance]
+    """Largest first; empty when `reason` says why (too few completed trials, or no hparam searched)."""
+    reason: str | None
+    """Why `importances` is empty; null otherwise."""
+
+    @classmethod
+    def of(cls, found: Importances) -> ImportancePublic:
+        return cls(metric=found.objective.metric, goal=found.objective.goal, evaluator=found.evaluator,
+                   completed=found.completed, judged=found.judged, reason=found.reason,
+                   importances=[HParamImportance(hparam=name, importance=value)
+                                for name, value in found.importances.items()])
 
 
 class WorkerPublic(BaseModel):

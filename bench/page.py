@@ -10,11 +10,14 @@ measures, each several times on a fresh navigation:
 - the big sweep's page: from navigation start to its first full render (progress, the trials table,
   the objective chart with all 10,000 points);
 - on that page, from the click to the table rendered again: sorting by the objective, sorting by an
-  hparam, and the next page.
+  hparam, and the next page;
+- on that page, from the click on the "Objective per hparam" tab to its slice plots of every completed
+  trial drawn.
 
 The page marks each render with `performance.mark` (sweeps-rendered, sweep-rendered,
-trials-rendered), so the figures are the browser's own clock. The API calls behind them are timed
-from here too. Prints a table; `make bench` runs it. Exits 2 when Chromium or Playwright is missing.
+trials-rendered, slices-rendered), so the figures are the browser's own clock. The API calls behind them are timed
+from here too, with parameter importance (fANOVA's first, uncached evaluation apart from its cached
+answers) and the CSV export. Prints a table; `make bench` runs it. Exits 2 when Chromium or Playwright is missing.
 """
 
 from __future__ import annotations
@@ -163,7 +166,15 @@ def api_timings(url: str, big: int, repeat: int) -> list[Measure]:
             f"/api/v1/sweeps/{big}/trials?limit=50&sort=hparams.dropout",
     }
     measures = []
-    with httpx.Client(base_url=url, timeout=60) as client:
+    with httpx.Client(base_url=url, timeout=600) as client:
+        # Importance is computed once per completed count and then kept: its first answer is its real cost.
+        for evaluator in ("fanova", "ped_anova"):
+            started = time.perf_counter()
+            client.get(f"/api/v1/sweeps/{big}/importance", params={"evaluator": evaluator}).raise_for_status()
+            measures.append(Measure(f"API: GET /sweeps/{{big}}/importance?evaluator={evaluator} (first, computed)",
+                                    [(time.perf_counter() - started) * 1000]))
+        calls[f"API: GET /sweeps/{{big}}/importance (cached)"] = f"/api/v1/sweeps/{big}/importance"
+        calls["API: GET /sweeps/{big}/trials.csv (every trial)"] = f"/api/v1/sweeps/{big}/trials.csv"
         for name, path in calls.items():
             samples = []
             for _ in range(repeat + 1):
@@ -199,10 +210,25 @@ def click_to_render(page: Any, selector: str) -> float:
     return elapsed
 
 
+def click_to_mark(page: Any, selector: str, mark: str) -> float:
+    """Ms from a click on `selector` to the page's next `mark`."""
+    page.wait_for_selector(selector)
+    page.evaluate("""([selector, mark]) => {
+        window.benchMarks = performance.getEntriesByName(mark).length;
+        window.benchStart = performance.now();
+        document.querySelector(selector).click();
+    }""", [selector, mark])
+    page.wait_for_function("mark => performance.getEntriesByName(mark).length > window.benchMarks", arg=mark,
+                           timeout=120_000)
+    elapsed: float = page.evaluate("mark => performance.getEntriesByName(mark).at(-1).startTime - window.benchStart",
+                                   mark)
+    return elapsed
+
+
 def browser_timings(url: str, big: int, repeat: int, chromium: str, sweeps: int, trials: int) -> list[Measure]:
     from playwright.sync_api import sync_playwright
 
-    listing, sweep_page, chart, by_objective, by_hparam, next_page = ([] for _ in range(6))
+    listing, sweep_page, chart, by_objective, by_hparam, next_page, slices = ([] for _ in range(7))
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium)
         context = browser.new_context(viewport={"width": 1400, "height": 900})
@@ -225,13 +251,15 @@ def browser_timings(url: str, big: int, repeat: int, chromium: str, sweeps: int,
             by_objective.append(click_to_render(page, "button.sort[data-sort=objective]"))
             by_hparam.append(click_to_render(page, "button.sort[data-sort='hparams.dropout']"))
             next_page.append(click_to_render(page, "button.next-page"))
+            slices.append(click_to_mark(page, "button[data-tab=slices]", "slices-rendered"))
         browser.close()
     return [Measure(f"Sweeps list: navigation to rendered ({sweeps + 1:,} sweeps)", listing[1:], LIST_TARGET_MS),
             Measure(f"Sweep page: navigation to first render ({trials:,} trials)", sweep_page[1:]),
             Measure(f"Sweep page: objective chart of {trials:,} trials drawn", chart[1:]),
             Measure("Trials table: click to sorted by objective", by_objective[1:]),
             Measure("Trials table: click to sorted by an hparam", by_hparam[1:]),
-            Measure("Trials table: click to next page", next_page[1:])]
+            Measure("Trials table: click to next page", next_page[1:]),
+            Measure(f"Analysis: click to the objective against each hparam ({trials:,} trials)", slices[1:])]
 
 
 # -- the report ------------------------------------------------------------------------------------------------

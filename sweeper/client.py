@@ -163,6 +163,22 @@ class Client:
     def get_trial(self, trial_id: int) -> dict[str, Any]:
         return self._request("GET", f"/trials/{trial_id}").json()
 
+    def importance(self, sweep_id: int, evaluator: str | None = None) -> dict[str, Any]:
+        """{"metric", "goal", "evaluator", "completed", "judged", "importances": [{"hparam", "importance"}],
+        "reason"}: how much each searched hparam matters for the objective, largest first. `evaluator` is
+        "fanova" (the server's default), "ped_anova" or "mean_decrease_impurity". With too few completed
+        trials, `importances` is empty and `reason` says why."""
+        params = _present(evaluator=evaluator)
+        return self._request("GET", f"/sweeps/{sweep_id}/importance", params=params or None).json()
+
+    def export_trials(self, sweep_id: int, format: str = "csv", state: str | None = None) -> str:
+        """Every trial of the sweep (of one state, if given) as the text of a CSV file (`format="csv"`) or a
+        JSON document (`"json"`): one row per trial, `hparams.<name>` and `metrics.<name>` columns."""
+        if format not in ("csv", "json"):
+            raise ValueError(f"format must be 'csv' or 'json', but got {format!r}")
+        params = _present(state=state)
+        return self._request("GET", f"/sweeps/{sweep_id}/trials.{format}", params=params or None).text
+
     # -- sweep control and workers -----------------------------------------------------------------
     # A control request retried after the server carried it out would answer 409 ("sweep 3 is
     # cancelled: ..."), hiding that it worked, so only failures to connect are retried.

@@ -1,11 +1,12 @@
 """Storage: every read and write of sweeps, trials and workers, one transaction per public method; no HTTP.
 
 Split by concern: sweeps (api.storage.sweeps), trials and their leases (api.storage.trials), workers
-(api.storage.workers), over what they share (api.storage.base). `Repository` is all three over one
-session, one per request; a trial's life itself is api.lifecycle, which this layer loads, applies and
+(api.storage.workers), and the reads of the analysis views (api.storage.analysis), over what they share
+(api.storage.base). `Repository` is all of them over one session, one per request; a trial's life itself is api.lifecycle, which this layer loads, applies and
 stores.
 """
 
+from api.storage.analysis import SweepAnalysis, SweepStudy
 from api.storage.base import (LeaseConflictError, LeasePolicy, PlanCache, SweepNotFoundError, SweepPlan,
                               SweepStateError, TrialNotFoundError)
 from api.storage.sweeps import CANCELLED_ON_REQUEST, ObjectiveSeries, SweepStore, SweepSummary, TrialHistory
@@ -14,10 +15,10 @@ from api.storage.workers import WorkerState, WorkerStatus, WorkerStore
 
 __all__ = [
     "CANCELLED_ON_REQUEST", "WORKER_LOST", "Claimed", "LeaseConflictError", "LeasePolicy", "ObjectiveSeries",
-    "PlanCache", "Repository", "SweepNotFoundError", "SweepPlan", "SweepStateError", "SweepSummary",
-    "TrialHistory", "TrialNotFoundError", "WorkerState", "WorkerStatus",
+    "PlanCache", "Repository", "SweepAnalysis", "SweepNotFoundError", "SweepPlan", "SweepStateError", "SweepStudy",
+    "SweepSummary", "TrialHistory", "TrialNotFoundError", "WorkerState", "WorkerStatus",
 ]
 
 
-class Repository(SweepStore, TrialLeases, WorkerStore):
+class Repository(SweepStore, TrialLeases, WorkerStore, SweepAnalysis):
     """Sweeps, trials and workers in the database; one per request (it wraps that request's session)."""

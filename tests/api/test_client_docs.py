@@ -38,6 +38,10 @@ def test_the_client_guide_runs_as_written(server: RunningServer, monkeypatch: py
     assert [trial["id"] for trial in namespace["top_three"]][0] == best["id"]
     dropouts = [trial["hparams"]["dropout"] for trial in namespace["by_dropout"]["data"]]
     assert dropouts == sorted(dropouts, reverse=True)
+    assert {entry["hparam"] for entry in namespace["importance"]["importances"]} == {"units", "dropout",
+                                                                                    "learning_rate"}
+    assert namespace["importance"]["completed"] == 12 and namespace["importance"]["importances"]
+    assert len(namespace["table"].splitlines()) == 13  # a header and a row per trial
     printed = capsys.readouterr().out
     assert "422 ['hparams.dropout: min (0.5) must be < max (0.1)']" in printed
     assert "sweep 1000000 not found" in printed

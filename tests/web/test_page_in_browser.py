@@ -199,11 +199,12 @@ def test_a_sweep_created_in_the_page_is_watched_to_the_end_and_opened_in_tensorb
         page.locator("button.sort[data-sort=objective]").click()
         expect(page.locator("th[aria-sort=descending] button.sort[data-sort=objective]")).to_have_count(1)
         expect(page.locator(".trials-table tbody tr").first).to_have_attribute("data-trial-id", str(best["id"]))
-        values = [float(text) for text in page.locator(".trials-table tbody tr td:nth-child(3)").all_inner_texts()]
+        # Columns: the compare box, #, state, the objective, then the hparams.
+        values = [float(text) for text in page.locator(".trials-table tbody tr td:nth-child(4)").all_inner_texts()]
         assert values == sorted(values, reverse=True)
         page.locator("button.sort[data-sort='hparams.units']").click()
         expect(page.locator("th[aria-sort=ascending] button.sort[data-sort='hparams.units']")).to_have_count(1)
-        units = [int(text) for text in page.locator(".trials-table tbody tr td:nth-child(4)").all_inner_texts()]
+        units = [int(text) for text in page.locator(".trials-table tbody tr td:nth-child(5)").all_inner_texts()]
         assert units == sorted(units)
         shots(page, "trials-sorted")
 
@@ -212,7 +213,7 @@ def test_a_sweep_created_in_the_page_is_watched_to_the_end_and_opened_in_tensorb
         panel = page.locator(".trial-panel")
         expect(panel).to_be_visible()
         expect(panel.locator("h2")).to_have_text(f"Trial {best['index']}")
-        expect(panel.locator("figure.curve figcaption")).to_have_text(["Loss", "val_accuracy", "Learning rate"])
+        expect(panel.locator("figure.curve figcaption")).to_have_text(["Loss", "val_accuracy", "Learning rate (log scale)"])
         # One line per series through a point per epoch: loss and val_loss, then the learning rate.
         for curve, series in (("Loss", 2), ("Learning rate", 1)):
             figure = panel.locator("figure.curve", has_text=curve)

@@ -2,7 +2,8 @@
 // (stopping its polling), which runs before the next view mounts.
 //   #/              the sweeps list
 //   #/new           a new sweep (form, or a pasted YAML/JSON spec)
-//   #/sweeps/{id}   one sweep: progress, chart, trials, a trial's curves, controls, TensorBoard
+//   #/sweeps/{id}   one sweep: progress, chart, analysis, trials, a trial's curves, controls, exports, TensorBoard
+//   #/workers       every worker seen, its state and the trial it runs
 
 import { api, logout } from "./api.js";
 import { h } from "./dom.js";
@@ -12,6 +13,7 @@ const routes = [
   [/^#?\/?$/, (root) => mountSweeps(root)],
   [/^#\/new$/, async (root) => (await import("./new_sweep.js")).mountNewSweep(root)],
   [/^#\/sweeps\/(\d+)$/, async (root, [, id]) => (await import("./sweep.js")).mountSweep(root, Number(id))],
+  [/^#\/workers$/, async (root) => (await import("./workers.js")).mountWorkers(root)],
 ];
 
 let cleanup = null;

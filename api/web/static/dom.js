@@ -83,7 +83,8 @@ export function progressBar(finished, total, counts = null) {
     : h("div", { class: "progress-fill", style: width });
   return h("div", { class: "progress", role: "progressbar", "aria-valuemin": 0, "aria-valuemax": total, "aria-valuenow": finished,
     title: parts.length ? parts.map((state) => `${counts[state].toLocaleString("en")} ${state}`).join(", ") : null },
-  fill, h("span", { class: "progress-text" }, `${finished.toLocaleString("en")} / ${total.toLocaleString("en")}`));
+  fill, h("span", { class: "progress-text" }, `${finished.toLocaleString("en")} / ${total.toLocaleString("en")}`,
+    counts?.failed > 0 ? h("span", { class: "progress-failed", dataset: { state: "failed" } }, ` · ${counts.failed.toLocaleString("en")} failed`) : null));
 }
 
 export function stateBadge(state) {

@@ -1,9 +1,13 @@
-// One sweep: its progress and controls, the objective of every trial with the best so far, the trials
-// table (paged, sorted and filtered by the server, so 10,000 trials cost one page), a trial's curves
-// on click, and its TensorBoard.
+// One sweep: its progress and controls, the objective of every trial with the best so far, its analysis
+// (analysis.js: importance, slices, compared curves), the trials table (paged, sorted and filtered by the
+// server, so 10,000 trials cost one page) with each running trial's epoch and estimated finish, a trial's
+// curves on click (below the table, which keeps its full width), exports, and its TensorBoard.
 
 import { api } from "./api.js";
+import { analysisCard, COMPARE_LIMIT } from "./analysis.js";
+import { bestConfigYaml } from "./best_config.js";
 import { lineChart, objectiveChart } from "./charts.js";
+import { progressLine, trialProgress } from "./progress.js";
 import {
   ACTIVE_SWEEP, epochsTrained, errorText, fill, finishedCount, formatValue, formatWhen, h, objectiveOf, poll, progressBar, stateBadge,
   trialStateBadge, TRIAL_STATES,
@@ -25,6 +29,7 @@ export async function mountSweep(root, id) {
     objectiveLoadedAt: 0,
     objectivePoints: 0,
     tableRequests: 0,
+    progress: new Map(), // running trial id -> its trial detail, for the epoch and finish estimate
   };
 
   const title = h("h1", {}, `Sweep ${id}`);
@@ -38,15 +43,23 @@ export async function mountSweep(root, id) {
     h("option", { value: "" }, "all states"), TRIAL_STATES.map((state) => h("option", { value: state }, state)));
   const pager = h("div", { class: "pager" });
   const panel = h("aside", { class: "card trial-panel", hidden: true, "aria-label": "Trial" });
+  const copied = h("span", { class: "muted copy-status", role: "status" });
+  const bestYaml = h("details", { class: "best-yaml", hidden: true }, h("summary", {}, "Best configuration as YAML"), h("pre", {}));
+  const copyBest = h("button", { type: "button", id: "copy-best", disabled: true, onclick: () => copyBestConfig() }, "Copy best config (YAML)");
+  const exports = h("div", { class: "exports" },
+    h("a", { class: "button", id: "export-csv", href: `/api/v1/sweeps/${id}/trials.csv`, download: `sweep-${id}-trials.csv` }, "Export CSV"),
+    h("a", { class: "button", id: "export-json", href: `/api/v1/sweeps/${id}/trials.json`, download: `sweep-${id}-trials.json` }, "Export JSON"),
+    copyBest, copied);
+  const analysis = analysisCard(id, { onPick: select, onCompareChange: () => markCompared() });
   root.append(h("section", { class: "sweep-page" },
     h("div", { class: "toolbar" }, title, badge, h("span", { class: "spacer" }), controls),
-    notice, summary,
-    h("div", { class: "columns" },
-      h("div", { class: "main" },
-        h("section", { class: "card" }, h("h2", {}, "Objective per trial"), chart),
-        h("section", { class: "card" },
-          h("div", { class: "card-head" }, h("h2", {}, "Trials"), h("span", { class: "spacer" }), filter), tableBox, pager)),
-      panel)));
+    notice, summary, exports, bestYaml,
+    h("section", { class: "card" }, h("h2", {}, "Objective per trial"), chart),
+    analysis.element,
+    h("section", { class: "card trials-card" },
+      h("div", { class: "card-head" }, h("h2", {}, "Trials"), h("span", { class: "muted compare-hint" }, `tick up to ${COMPARE_LIMIT} to compare their curves`),
+        h("span", { class: "spacer" }), filter), tableBox, pager),
+    panel));
 
   // -- the sweep -----------------------------------------------------------------------------------
 
@@ -58,9 +71,11 @@ export async function mountSweep(root, id) {
     renderHeader(sweep);
     const counts = JSON.stringify([sweep.status, sweep.trial_counts]);
     const work = [];
+    let table = null;
     if (counts !== view.countsSeen) {
       view.countsSeen = counts;
-      work.push(loadTrials());
+      table = loadTrials();
+      work.push(table);
     }
     // A big sweep's chart is reloaded less often (about a second per 1,000 points, at most every 30 s):
     // its points cost the server more than the table. Once the sweep has ended, at once.
@@ -70,6 +85,9 @@ export async function mountSweep(root, id) {
       work.push(loadObjective());
     }
     if (view.selected !== null && panel.dataset.live === "true") work.push(loadTrial(view.selected));
+    // After the table, whose running rows it reads.
+    if (sweep.trial_counts.running > 0 || view.progress.size) work.push((table ?? Promise.resolve()).then(loadProgress));
+    work.push(analysis.update(sweep));
     await Promise.all(work);
     if (first) performance.mark("sweep-rendered");
   }
@@ -81,6 +99,8 @@ export async function mountSweep(root, id) {
     const objective = sweep.spec.objective;
     const best = sweep.best_trial;
     const stopping = stoppingText(sweep.spec.stopping);
+    copyBest.disabled = !best;
+    copyBest.title = best ? `trial ${best.number ?? best.index + 1}'s hparams, to paste into a spec` : "no trial has completed yet";
     summary.replaceChildren(
       h("div", { class: "summary-progress" }, progressBar(finishedCount(counts), sweep.total_trials, counts),
         h("div", { class: "counts" }, TRIAL_STATES.filter((state) => counts[state]).map((state) =>
@@ -130,8 +150,10 @@ export async function mountSweep(root, id) {
     const objective = await api(`/sweeps/${id}/objective`);
     view.objectiveLoadedAt = Date.now();
     view.objectivePoints = objective.points.length;
-    chart.replaceChildren(objectiveChart(objective, { bestTrialId: view.sweep?.best_trial?.id, onPick: select }));
-    performance.mark("objective-rendered");
+    chart.replaceChildren(objectiveChart(objective, {
+      bestTrialId: view.sweep?.best_trial?.id, onPick: select, onDrawn: () => performance.mark("objective-rendered"),
+    }));
+    if (!objective.points.length) performance.mark("objective-rendered");
   }
 
   // -- the table -----------------------------------------------------------------------------------
@@ -169,22 +191,30 @@ export async function mountSweep(root, id) {
         key ? h("button", { type: "button", class: "sort", dataset: { sort: key }, onclick: () => sortBy(key) },
           label, h("span", { class: "arrow" }, sorted ? (view.order === "asc" ? " ▲" : " ▼") : "")) : label);
     };
+    const epochs = sweep.spec.train?.epochs ?? 0;
     const rows = page.data.map((trial) => h("tr", {
       class: [trial.id === bestId ? "best" : "", trial.id === view.selected ? "selected" : ""].join(" ").trim() || null,
       dataset: { trialId: trial.id }, tabindex: 0,
       onclick: () => select(trial.id),
       onkeydown: (event) => { if (event.key === "Enter") select(trial.id); },
     },
+    h("td", { class: "pick" }, h("input", {
+      type: "checkbox", class: "compare-box", "aria-label": `compare trial ${trial.number ?? trial.index + 1}`,
+      checked: analysis.comparing(trial.id), disabled: !analysis.comparing(trial.id) && analysis.full(),
+      onclick: (event) => event.stopPropagation(),
+      onchange: (event) => { if (!analysis.toggle(trial.id, trial.number)) event.target.checked = false; },
+    })),
     h("td", { class: "number" }, trial.index, trial.id === bestId ? h("span", { class: "star", title: "best trial" }, " ★") : null,
       front.has(trial.id) ? h("span", { class: "star pareto", title: "on the Pareto front" }, " ◆") : null),
-    h("td", { class: "state" }, trialStateBadge(trial)),
+    h("td", { class: "state", dataset: { trialId: trial.id } }, trialStateBadge(trial),
+      trial.state === "running" && view.progress.has(trial.id) ? progressLine(trialProgress(view.progress.get(trial.id), epochs)) : null),
     h("td", { class: "number" }, formatValue(trial.metrics?.[metric] ?? null)),
     others.map((name) => h("td", { class: "number" }, formatValue(trial.metrics?.[name] ?? null))),
     names.map((name) => h("td", { class: "number" }, formatValue(trial.hparams[name] ?? null))),
     h("td", { class: "number" }, trial.attempts),
     h("td", { class: "failure", title: trial.error ?? "" }, trial.error ?? "")));
     fill(tableBox, h("table", { class: "grid trials-table" },
-      h("thead", {}, h("tr", {}, heading("#", "index"), heading("State"), heading(metric, "objective"),
+      h("thead", {}, h("tr", {}, h("th", { scope: "col", class: "pick", title: "compare" }, h("span", { class: "visually-hidden" }, "Compare")), heading("#", "index"), heading("State"), heading(metric, "objective"),
         others.map((name) => heading(name, `metrics.${name}`)),
         names.map((name) => heading(name, `hparams.${name}`)), heading("Attempts"), heading("Failure"))),
       h("tbody", {}, rows)),
@@ -211,9 +241,55 @@ export async function mountSweep(root, id) {
     const trial = await api(`/trials/${trialId}`);
     if (view.selected !== trialId) return; // another trial was picked meanwhile
     panel.dataset.live = String(trial.state === "running" || trial.state === "pending");
+    const opening = panel.hidden || panel.dataset.trialId !== String(trialId);
     panel.hidden = false;
+    panel.dataset.trialId = String(trialId);
     fill(panel, trialDetail(trial, view.sweep, () => { view.selected = null; panel.hidden = true; }));
+    // Below the table, which keeps its width: brought into view when a trial is opened, not on every refresh.
+    if (opening) panel.scrollIntoView({ block: "nearest" });
     performance.mark("trial-rendered");
+  }
+
+  // -- running trials: epoch and estimated finish ---------------------------------------------------
+
+  async function loadProgress() {
+    const running = [...tableBox.querySelectorAll("tr[data-trial-id]")]
+      .filter((row) => row.querySelector(".state-running")).map((row) => Number(row.dataset.trialId)).slice(0, 16);
+    const details = await Promise.all(running.map((trialId) => api(`/trials/${trialId}`).catch(() => null)));
+    view.progress = new Map(details.filter((trial) => trial?.state === "running").map((trial) => [trial.id, trial]));
+    const epochs = view.sweep.spec.train?.epochs ?? 0;
+    for (const cell of tableBox.querySelectorAll("td.state[data-trial-id]")) {
+      const trial = view.progress.get(Number(cell.dataset.trialId));
+      cell.querySelector(".epoch-progress")?.remove();
+      if (trial) cell.append(progressLine(trialProgress(trial, epochs)));
+    }
+  }
+
+  // -- comparing and copying ------------------------------------------------------------------------
+
+  function markCompared() {
+    const full = analysis.full();
+    for (const box of tableBox.querySelectorAll("input.compare-box")) {
+      const trialId = Number(box.closest("tr").dataset.trialId);
+      box.checked = analysis.comparing(trialId);
+      box.disabled = !box.checked && full;
+    }
+  }
+
+  async function copyBestConfig() {
+    const best = view.sweep?.best_trial;
+    if (!best) return;
+    const text = bestConfigYaml(best, Object.keys(view.sweep.spec.hparams));
+    bestYaml.querySelector("pre").textContent = text;
+    try {
+      await navigator.clipboard.writeText(text);
+      copied.textContent = `Copied trial ${best.number ?? best.index + 1}'s hparams.`;
+    } catch {
+      // No clipboard (an insecure origin, a refused permission): the snippet is shown to copy by hand.
+      copied.textContent = "The clipboard is not available here: copy it below.";
+      bestYaml.open = true;
+    }
+    bestYaml.hidden = false;
   }
 
   return poll(refresh, POLL_MS, (error) => { notice.textContent = `Cannot load sweep ${id}: ${errorText(error)}`; });
@@ -234,7 +310,10 @@ function trialDetail(trial, sweep, close) {
     const train = metric.startsWith("val_") ? metric.slice(4) : null;
     charts.push(lineChart(metric, [series(metric), train ? series(train) : null].filter(Boolean), ending));
   }
-  charts.push(lineChart("Learning rate", [series("learning_rate")], ending));
+  charts.push(lineChart("Learning rate", [series("learning_rate")], { ...ending, log: true }));
+  // The learning rate is an hparam (what the trial started with) and a metric (where its schedule ended): it is
+  // listed once, as the hparam, and its schedule is the chart.
+  const metrics = Object.entries(trial.metrics ?? {}).filter(([name]) => !(name in trial.hparams));
   return [
     h("div", { class: "card-head" }, h("h2", {}, `Trial ${trial.index}`), h("span", { class: "muted id" }, `#${trial.id}`),
       trialStateBadge(trial), h("span", { class: "spacer" }),
@@ -245,11 +324,16 @@ function trialDetail(trial, sweep, close) {
     trial.state === "pruned" ? h("div", { class: "prune-reason" },
       h("p", {}, h("strong", {}, epochs === null ? "Pruned: " : `Pruned after ${epochs} epoch${epochs === 1 ? "" : "s"}: `),
         trial.prune_reason ?? "stopped by the sweep's stopping rule.")) : null,
-    h("dl", { class: "facts" },
-      Object.entries(trial.hparams).map(([name, value]) => [h("dt", {}, name), h("dd", {}, formatValue(value))]),
-      Object.entries(trial.metrics ?? {}).map(([name, value]) => [h("dt", {}, name), h("dd", { class: name === metric ? "best-value" : "" }, formatValue(value))]),
-      h("dt", {}, "attempts"), h("dd", {}, trial.attempts),
-      trial.worker_id ? [h("dt", {}, "worker"), h("dd", {}, trial.worker_id)] : null),
+    h("div", { class: "trial-facts" },
+      h("section", {}, h("h3", {}, "Hyperparameters"), h("dl", { class: "facts hparam-facts" },
+        Object.entries(trial.hparams).map(([name, value]) => [h("dt", {}, name), h("dd", {}, formatValue(value))]))),
+      h("section", {}, h("h3", {}, "Final metrics"), metrics.length ? h("dl", { class: "facts metric-facts" },
+        metrics.map(([name, value]) => [h("dt", {}, name), h("dd", { class: name === metric ? "best-value" : "" }, formatValue(value))]))
+        : h("p", { class: "muted" }, "None yet.")),
+      h("section", {}, h("h3", {}, "Run"), h("dl", { class: "facts run-facts" },
+        h("dt", {}, "attempts"), h("dd", {}, trial.attempts),
+        trial.worker_id ? [h("dt", {}, "worker"), h("dd", {}, trial.worker_id)] : null,
+        trial.state === "running" ? [h("dt", {}, "progress"), h("dd", {}, progressLine(trialProgress(trial, sweep.spec.train?.epochs ?? 0)))] : null))),
     history.length ? h("div", { class: "curves" }, charts) : h("p", { class: "empty" }, "No epoch reported yet."),
   ];
 }
