@@ -7,7 +7,7 @@ stores.
 """
 
 from api.storage.base import (LeaseConflictError, LeasePolicy, PlanCache, SweepNotFoundError, SweepPlan,
-                              SweepStateError, TrialNotFoundError)
+                              SweepStateError, TrialNotFoundError, TrialNumberNotFoundError)
 from api.storage.sweeps import CANCELLED_ON_REQUEST, ObjectiveSeries, SweepStore, SweepSummary, TrialHistory
 from api.storage.trials import WORKER_LOST, Claimed, TrialLeases
 from api.storage.workers import WorkerState, WorkerStatus, WorkerStore
@@ -15,7 +15,7 @@ from api.storage.workers import WorkerState, WorkerStatus, WorkerStore
 __all__ = [
     "CANCELLED_ON_REQUEST", "WORKER_LOST", "Claimed", "LeaseConflictError", "LeasePolicy", "ObjectiveSeries",
     "PlanCache", "Repository", "SweepNotFoundError", "SweepPlan", "SweepStateError", "SweepSummary",
-    "TrialHistory", "TrialNotFoundError", "WorkerState", "WorkerStatus",
+    "TrialHistory", "TrialNotFoundError", "TrialNumberNotFoundError", "WorkerState", "WorkerStatus",
 ]
 
 
