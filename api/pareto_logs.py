@@ -70,11 +70,9 @@ class ParetoLogs:
             for sweep in sweeps:
                 if counts.get(sweep.id, 0) == self._seen.get(sweep.id):
                     continue
-                ids, points, maximize = objective_table(session, sweep)
-                ranks = dict(zip(ids, pareto_ranks(points, maximize)))
-                runs = {trial_id: sweep.run_name(trial_id, index + 1) for trial_id, index in session.execute(
-                    select(TrialRow.id, TrialRow.index).where(TrialRow.sweep_id == sweep.id,
-                                                              TrialRow.state == TrialState.completed))}
+                trials, points, maximize = objective_table(session, sweep)
+                ranks = dict(zip((trial_id for trial_id, _ in trials), pareto_ranks(points, maximize)))
+                runs = {trial_id: sweep.run_name(trial_id, number) for trial_id, number in trials}
                 written += self._write(sweep.id, ranks, runs, step=counts.get(sweep.id, 0))
                 self._seen[sweep.id] = counts.get(sweep.id, 0)
         return written

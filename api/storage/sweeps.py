@@ -31,8 +31,9 @@ class SweepSummary:
     """Distinct configurations in the search space (the grid's size); None when intervals make it endless."""
     started_at: datetime | None = None
     """When its first trial started; None before any did."""
-    pareto_front: list[int] | None = None
-    """A multi-objective sweep's completed trials that no other beats in every objective; None with one objective."""
+    pareto_front: list[tuple[int, int]] | None = None
+    """A multi-objective sweep's completed trials that no other beats in every objective, as (id, number);
+    None with one objective."""
 
 
 @dataclass(frozen=True)

@@ -71,17 +71,17 @@ function pointer(svg, event) {
 }
 
 /**
- * The objective of each completed trial (x: its index), with the best value so far as a step line.
- * @param {{metric: string, goal: "maximize"|"minimize", points: {trial_id: number, index: number, value: number|null}[]}} objective
+ * The objective of each completed trial (x: its number in the sweep), with the best value so far as a step line.
+ * @param {{metric: string, goal: "maximize"|"minimize", points: {trial_id: number, number: number, index: number, value: number|null}[]}} objective
  * @param {{bestTrialId?: number, onPick?: (trialId: number) => void}} options
  */
 export function objectiveChart(objective, { bestTrialId, onPick } = {}) {
   const points = objective.points.filter((p) => p.value !== null && Number.isFinite(p.value));
   if (points.length === 0) return h("p", { class: "empty chart-empty" }, "No completed trials yet.");
-  points.sort((a, b) => a.index - b.index);
+  points.sort((a, b) => a.number - b.number);
   const better = objective.goal === "minimize" ? (a, b) => a < b : (a, b) => a > b;
-  const xDomain = points.length === 1 ? [points[0].index - 1, points[0].index + 1]
-    : [points[0].index, points[points.length - 1].index];
+  const xDomain = points.length === 1 ? [points[0].number - 1, points[0].number + 1]
+    : [points[0].number, points[points.length - 1].number];
   const { svg, x, y } = frame(LARGE, xDomain, extent(points.map((p) => p.value)), { xLabel: "trial", yLabel: objective.metric });
   const { width, height, left, right, top, bottom } = LARGE;
 
@@ -89,7 +89,7 @@ export function objectiveChart(objective, { bestTrialId, onPick } = {}) {
   let line = "";
   let best = null;
   for (const point of points) {
-    const px = x(point.index).toFixed(1);
+    const px = x(point.number).toFixed(1);
     const py = y(point.value).toFixed(1);
     dots += `M${px},${py}h0`;
     if (best === null || better(point.value, best)) {
@@ -102,9 +102,9 @@ export function objectiveChart(objective, { bestTrialId, onPick } = {}) {
   const dotSize = points.length > 2000 ? 2.5 : points.length > 300 ? 4 : 6;
   svg.append(h("svg:path", { d: line, class: "best-line" }), h("svg:path", { d: dots, class: "dots", "stroke-width": dotSize }));
   const bestPoint = points.find((p) => p.trial_id === bestTrialId);
-  if (bestPoint) svg.append(h("svg:circle", { cx: x(bestPoint.index), cy: y(bestPoint.value), r: 6, class: "best-dot" }));
+  if (bestPoint) svg.append(h("svg:circle", { cx: x(bestPoint.number), cy: y(bestPoint.value), r: 6, class: "best-dot" }));
 
-  // Hover shows the nearest trial (by index); a click opens it.
+  // Hover shows the nearest trial (by number); a click opens it.
   const marker = h("svg:circle", { r: 5, class: "hover-dot", visibility: "hidden" });
   const label = h("svg:text", { class: "hover-label", visibility: "hidden" });
   const overlay = h("svg:rect", { x: left, y: top, width: width - left - right,
@@ -117,20 +117,20 @@ export function objectiveChart(objective, { bestTrialId, onPick } = {}) {
     let high = points.length - 1;
     while (low < high) {
       const middle = (low + high) >> 1;
-      if (points[middle].index < index) low = middle + 1;
+      if (points[middle].number < index) low = middle + 1;
       else high = middle;
     }
-    if (low > 0 && Math.abs(points[low - 1].index - index) < Math.abs(points[low].index - index)) low -= 1;
+    if (low > 0 && Math.abs(points[low - 1].number - index) < Math.abs(points[low].number - index)) low -= 1;
     return points[low];
   };
   overlay.addEventListener("mousemove", (event) => {
     const point = nearest(event);
-    const px = x(point.index);
+    const px = x(point.number);
     marker.setAttribute("cx", px);
     marker.setAttribute("cy", y(point.value));
     label.setAttribute("x", Math.min(px + 8, width - 150));
     label.setAttribute("y", top + 12);
-    label.textContent = `trial ${point.index}: ${formatValue(point.value)}`;
+    label.textContent = `trial ${point.number}: ${formatValue(point.value)}`;
     marker.setAttribute("visibility", "visible");
     label.setAttribute("visibility", "visible");
   });

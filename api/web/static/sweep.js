@@ -90,7 +90,7 @@ export async function mountSweep(root, id) {
         sweep.pareto_front ? paretoFacts(sweep, select) : [
           h("dt", {}, `Best ${objective.metric}`),
           h("dd", { class: "best-value" }, best
-            ? [formatValue(objectiveOf(best, sweep.spec)), " ", h("a", { href: "#", onclick: (event) => { event.preventDefault(); select(best.id); } }, `trial ${best.index}`)]
+            ? [formatValue(objectiveOf(best, sweep.spec)), " ", h("a", { href: "#", onclick: (event) => { event.preventDefault(); select(best.id); } }, `trial ${best.number}`)]
             : h("span", { class: "muted" }, "none yet")),
           h("dt", {}, "Goal"), h("dd", {}, objective.goal)],
         h("dt", {}, "Model"), h("dd", {}, `${sweep.spec.model} on ${sweep.spec.dataset}`),
@@ -175,7 +175,7 @@ export async function mountSweep(root, id) {
       onclick: () => select(trial.id),
       onkeydown: (event) => { if (event.key === "Enter") select(trial.id); },
     },
-    h("td", { class: "number" }, trial.index, trial.id === bestId ? h("span", { class: "star", title: "best trial" }, " ★") : null,
+    h("td", { class: "number" }, trial.number, trial.id === bestId ? h("span", { class: "star", title: "best trial" }, " ★") : null,
       front.has(trial.id) ? h("span", { class: "star pareto", title: "on the Pareto front" }, " ◆") : null),
     h("td", { class: "state" }, trialStateBadge(trial)),
     h("td", { class: "number" }, formatValue(trial.metrics?.[metric] ?? null)),
@@ -236,7 +236,7 @@ function trialDetail(trial, sweep, close) {
   }
   charts.push(lineChart("Learning rate", [series("learning_rate")], ending));
   return [
-    h("div", { class: "card-head" }, h("h2", {}, `Trial ${trial.index}`), h("span", { class: "muted id" }, `#${trial.id}`),
+    h("div", { class: "card-head" }, h("h2", {}, `Trial ${trial.number}`), h("span", { class: "muted id" }, `id ${trial.id}`),
       trialStateBadge(trial), h("span", { class: "spacer" }),
       h("button", { type: "button", class: "link", "aria-label": "close", onclick: close }, "✕")),
     trial.error ? h("div", { class: "failure-reason" },
@@ -263,7 +263,7 @@ function paretoFacts(sweep, select) {
     h("dt", {}, "Pareto front"),
     h("dd", { class: "pareto-front" }, front.length
       ? [`${front.length} trial${front.length === 1 ? "" : "s"}: `, front.map((id, position) => [position ? ", " : "",
-        h("a", { href: "#", onclick: (event) => { event.preventDefault(); select(id); } }, `#${id}`)])]
+        h("a", { href: "#", onclick: (event) => { event.preventDefault(); select(id); } }, `${sweep.pareto_front_numbers[position]}`)])]
       : h("span", { class: "muted" }, "none yet")),
   ];
 }
