@@ -78,7 +78,7 @@ class Service(ServerApi):
         epoch written twice by two processes shows even where TensorBoard would show only one)."""
         history = self.get(f"/trials/{trial['id']}")["history"]
         assert [point["epoch"] for point in history] == list(range(epochs)), history
-        trial_dir = self.logdir / str(trial["sweep_id"]) / str(trial["id"])
+        trial_dir = self.logdir / str(trial["sweep_id"]) / f"trial-{trial['number']:04d}"
         for folder in ("train", "validation"):
             steps = epoch_scalar_steps(trial_dir / folder)
             assert "epoch_loss" in steps, (folder, steps)
