@@ -58,7 +58,8 @@ class Base(DeclarativeBase):
         TrialEvent: Enum(TrialEvent, native_enum=False, length=16),
     }
 
-# Ids name TensorBoard folders and session groups, so SQLite must never reuse a deleted row's id.
+# Ids name workers' calls, and the TensorBoard folders of sweeps (and of trials of sweeps from before numbered
+# folders), so SQLite must never reuse a deleted row's id.
 _NEVER_REUSE_IDS = {"sqlite_autoincrement": True}
 
 
@@ -106,7 +107,8 @@ class TrialRow(Base):
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    """Global, so it is unique across sweeps: TensorBoard's session group name."""
+    """Global, so it is unique across sweeps: the worker protocol's name for the trial. People name it by its
+    sweep and `number`, as do its TensorBoard folder and session (SweepRow.run_name)."""
     sweep_id: Mapped[int] = mapped_column(ForeignKey("sweeps.id", ondelete="CASCADE"), index=True)
     index: Mapped[int]
     state: Mapped[TrialState] = mapped_column(default=TrialState.pending)

@@ -16,10 +16,11 @@ class TrialPublic(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
     id: int
-    """Unique across sweeps; the trial's session group name in TensorBoard."""
+    """Unique across sweeps: what the worker protocol and `GET /trials/{id}` name the trial by."""
     sweep_id: int
     number: int
-    """The trial's number within its sweep, from 1 (index + 1): what the page, the CLI and TensorBoard show."""
+    """The trial's number within its sweep, from 1 (index + 1): what the page, the CLI and TensorBoard show
+    (its TensorBoard run and HParams session are `trial-0007`); `GET /sweeps/{id}/trials/{number}` reads it."""
     index: int
     """The trial's position in its sweep's search order, from 0."""
     state: TrialState

@@ -25,8 +25,8 @@ CHECKPOINT_FOLDER = "checkpoint"
 """A trial's checkpoint folder, beside its logs: a retry on any worker that reaches the logdir resumes from it."""
 
 MIN_RUN_DIGITS = 4
-"""Run names pad numbers to at least this many digits: sweeps of up to 9,999 trials sort in number order
-whatever they are extended to within that."""
+"""Run names pad numbers to at least this many digits, so a sweep keeps number order when extended, up to
+9,999 trials; one created larger pads to its own size (`run_digits`)."""
 
 # RFC 3986's scheme, then "://". Two letters at least, so a Windows drive ("C:/runs") is not a scheme.
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+://")

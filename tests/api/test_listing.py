@@ -223,8 +223,10 @@ def test_the_objective_curve_has_every_completed_trial_in_index_order(client: Te
     curve = client.get(f"{API}/sweeps/{sweep_id}/objective").json()
 
     assert curve == {"metric": "val_accuracy", "goal": "maximize", "points": [
-        {"trial_id": ids[0], "index": 0, "value": 0.7}, {"trial_id": ids[1], "index": 1, "value": 0.9},
-        {"trial_id": ids[2], "index": 2, "value": 0.8}, {"trial_id": ids[4], "index": 4, "value": None}]}
+        {"trial_id": ids[0], "number": 1, "index": 0, "value": 0.7},
+        {"trial_id": ids[1], "number": 2, "index": 1, "value": 0.9},
+        {"trial_id": ids[2], "number": 3, "index": 2, "value": 0.8},
+        {"trial_id": ids[4], "number": 5, "index": 4, "value": None}]}
     assert client.get(f"{API}/sweeps/42/objective").status_code == 404
 
 
