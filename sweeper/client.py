@@ -156,7 +156,8 @@ class Client:
             return None
 
     def objective(self, sweep_id: int) -> dict[str, Any]:
-        """{"metric", "goal", "points": [{"trial_id", "number", "index", "value"}]}: every completed trial's objective."""
+        """{"metric", "goal", "points": [{"trial_id", "number", "index", "value"}]}: every completed trial's
+        objective."""
         return self._request("GET", f"/sweeps/{sweep_id}/objective").json()
 
     def get_trial(self, trial_id: int) -> dict[str, Any]:

@@ -1,8 +1,8 @@
 """TensorBoard HParams logging: a sweep's experiment config and each trial's session.
 
 Layout: `<logdir>/<sweep_id>/` holds exactly one hparams_config (the exact domains and the metrics);
-`<logdir>/<sweep_id>/<run name>/` (`trial-0007`, see `sweeper.log_location`) holds a trial's session start, its final scalars (the objective,
-`num_params`, and `pruned_at_epoch` when it was pruned) and its session end. The logdir is a local
+`<logdir>/<sweep_id>/<run name>/` (`trial-0007`, see `sweeper.log_location`) holds a trial's session start,
+its final scalars (the objective, `num_params`, and `pruned_at_epoch` when it was pruned) and its session end. The logdir is a local
 folder or an object-store URL (`sweeper.log_location`). The API server writes the config, so this
 module loads no TensorFlow at import time and `write_experiment` loads it only for a URL; the session
 helpers, used by workers, import it where they run.

@@ -218,8 +218,9 @@ class Agent:
                 worker_id=self.worker_id, lease_token=token, error="cancelled", retryable=False,
                 kind=FailureKind.error)))
             return
-        logger.info("%s finished: %d epoch(s) in %.1fs%s, metrics %s", assignment.trial_name, result.epochs_run, elapsed,
-                    f" (stopped early: {result.stopped_by})" if result.stopped else "", _short(result.metrics))
+        logger.info("%s finished: %d epoch(s) in %.1fs%s, metrics %s", assignment.trial_name, result.epochs_run,
+                    elapsed, f" (stopped early: {result.stopped_by})" if result.stopped else "",
+                    _short(result.metrics))
         self._report(assignment, lambda: self.client.complete(trial_id, CompleteReport(
             worker_id=self.worker_id, lease_token=token, metrics=_floats(result.metrics))))
 

@@ -221,8 +221,11 @@ class Store:
 
     def _plan(self, connection: Connection, sweep_id: int) -> SweepPlan:
         """The sweep's plan, from the cache; its spec is read from the database on a miss only."""
-        return self._plans.lookup(
-            sweep_id, lambda: tuple(connection.execute(sql.SWEEP_SPEC, {"sweep": sweep_id}).one()))
+        def stored() -> tuple[dict[str, Any], int | None]:
+            row = connection.execute(sql.SWEEP_SPEC, {"sweep": sweep_id}).one()
+            return row.spec, row.run_digits
+
+        return self._plans.lookup(sweep_id, stored)
 
     def _sweep(self, sweep_id: int, *, lock: bool = False) -> SweepRow:
         """The sweep; `lock` when its status or counters are about to change (FOR UPDATE beyond SQLite)."""

@@ -39,7 +39,8 @@ MLP_PARAMS = 64 * 16 + 16 + 16 * 10 + 10
 def _assignment(logdir: Path, trial_id: int = 7, epochs: int = EPOCHS, model: str = "mlp",
                 objective: str = "val_accuracy", lease_token: int = 1, **hparams: Any) -> Assignment:
     return Assignment(
-        trial_id=trial_id, sweep_id=1, number=trial_id, hparams={**BASE_HPARAMS, **hparams}, model=model, dataset="digits",
+        trial_id=trial_id, sweep_id=1, number=trial_id, hparams={**BASE_HPARAMS, **hparams}, model=model,
+        dataset="digits",
         objective=Objective(metric=objective), train=TrainSettings(epochs=epochs, validation_split=0.2),
         logdir=str(logdir / str(trial_id)), lease_expires_at=datetime.now(timezone.utc) + timedelta(minutes=5),
         lease_token=lease_token)

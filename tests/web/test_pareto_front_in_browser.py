@@ -67,7 +67,8 @@ def test_the_pareto_front_is_named_linked_and_marked(server: RunningServer, toke
 
     expect(page.locator(".facts dd.pareto-front")).to_contain_text("3 trials:")
     # The front's trials are named by their numbers, as the table names them.
-    expect(page.locator(".facts dd.pareto-front a")).to_have_text([str(numbers[trial_id]) for trial_id in sorted(front)])
+    expect(page.locator(".facts dd.pareto-front a")).to_have_text([str(numbers[trial_id])
+                                                                    for trial_id in sorted(front)])
     expect(page.locator(".facts").first).to_contain_text("val_accuracy (maximize), num_params (minimize)")
     expect(page.locator(".trials-table thead th")).to_contain_text(["#", "State", "val_accuracy", "num_params"])
     expect(page.locator(".trials-table tbody tr")).to_have_count(6)
