@@ -4,6 +4,7 @@ TensorBoard folder is named, so that folders and runs sort in number order."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from api_testing import API, Worker, create_sweep, grid_spec, random_spec
@@ -13,10 +14,12 @@ from sqlalchemy import create_engine, update
 from api.models import SweepRow
 
 
-def claim_all(worker: Worker) -> list[dict]:
+def claim_all(worker: Worker) -> list[dict[str, Any]]:
+    """Claim every trial there is, each reporting one epoch and completing; their assignments."""
     assignments = []
     while (assignment := worker.claim()) is not None:
         assignments.append(assignment)
+        worker.report(assignment["trial_id"], 0, val_accuracy=0.5)
         worker.complete(assignment["trial_id"], val_accuracy=0.5)
     return assignments
 
@@ -25,7 +28,7 @@ def test_a_trial_is_found_by_its_sweep_and_number_with_its_history(client: TestC
     create_sweep(client, grid_spec("other", values=2))  # so ids and numbers differ
     sweep = create_sweep(client, grid_spec(values=3))
     claim_all(Worker(client, "w1"))
-    second = [trial for trial in client.get(f"{API}/sweeps/{sweep['id']}/trials").json()["data"]]
+    second = client.get(f"{API}/sweeps/{sweep['id']}/trials").json()["data"]
     assert [trial["number"] for trial in second] == [1, 2, 3]
 
     found = client.get(f"{API}/sweeps/{sweep['id']}/trials/2")
@@ -33,7 +36,8 @@ def test_a_trial_is_found_by_its_sweep_and_number_with_its_history(client: TestC
     assert found.status_code == 200, found.text
     by_id = client.get(f"{API}/trials/{second[1]['id']}").json()
     assert found.json() == by_id
-    assert found.json()["number"] == 2 and found.json()["state"] == "completed"
+    assert found.json()["number"] == 2 and found.json()["id"] == second[1]["id"] == 4  # not its number
+    assert [point["epoch"] for point in found.json()["history"]] == [0]
 
 
 def test_a_number_the_sweep_has_not_reached_is_404_naming_the_sweep_and_the_number(client: TestClient) -> None:
