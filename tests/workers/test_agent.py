@@ -236,7 +236,7 @@ def test_a_lost_lease_drops_the_trial_silently_and_the_agent_goes_on(
         # The late epoch report was refused; the runner was told to write nothing more, and no report followed.
         assert [type(error) for error in raised] == [TrialAbandonedError]
         assert trial["metrics"] == {} and sent == []
-        assert f"dropping trial {trial['id']}" in caplog.text
+        assert f"dropping sweep {trial['sweep_id']} trial {trial['number']} (id {trial['id']})" in caplog.text
 
 
 def test_shutdown_finishes_the_epoch_and_releases_the_trial_without_using_an_attempt(client: Client) -> None:
