@@ -10,6 +10,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
+from sweeper import log_location
 from sweeper.messages import FailureKind, SweepStatus, TrialState
 
 from api.lifecycle import TrialEvent
@@ -40,6 +41,12 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def run_name(run_digits: int | None, trial_id: int, number: int) -> str:
+    """A trial's folder and TensorBoard run name under its sweep's folder: `trial-0007` (log_location.run_name),
+    or its id where its sweep's `run_digits` is None (created before trials were named by number)."""
+    return str(trial_id) if run_digits is None else log_location.run_name(number, run_digits)
+
+
 class Base(DeclarativeBase):
     type_annotation_map = {
         datetime: UTCDateTime,
@@ -51,7 +58,8 @@ class Base(DeclarativeBase):
         TrialEvent: Enum(TrialEvent, native_enum=False, length=16),
     }
 
-# Ids name TensorBoard folders and session groups, so SQLite must never reuse a deleted row's id.
+# Ids name workers' calls, and the TensorBoard folders of sweeps (and of trials of sweeps from before numbered
+# folders), so SQLite must never reuse a deleted row's id.
 _NEVER_REUSE_IDS = {"sqlite_autoincrement": True}
 
 
@@ -75,6 +83,14 @@ class SweepRow(Base):
     """Trials failed for good since the last completed one; the sweep fails at its spec's max_failures."""
     search_state: Mapped[dict[str, Any] | None]
     """An adaptive sampler's study-wide state (Optuna's study system attributes), None until it keeps any."""
+    run_digits: Mapped[int | None]
+    """How many digits its trials' run names (folders, TensorBoard runs) pad their numbers to: `trial-0007`
+    (sweeper.log_location.run_name), fixed when the sweep is created. None for a sweep created before trials
+    were named by number, whose trial folders are named by trial id and stay so."""
+
+    def run_name(self, trial_id: int, number: int) -> str:
+        """The folder and TensorBoard run name of the sweep's trial `trial_id`, number `number`."""
+        return run_name(self.run_digits, trial_id, number)
 
 
 class TrialRow(Base):
@@ -91,7 +107,8 @@ class TrialRow(Base):
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    """Global, so it is unique across sweeps: TensorBoard's session group name."""
+    """Global, so it is unique across sweeps: the worker protocol's name for the trial. People name it by its
+    sweep and `number`, as do its TensorBoard folder and session (SweepRow.run_name)."""
     sweep_id: Mapped[int] = mapped_column(ForeignKey("sweeps.id", ondelete="CASCADE"), index=True)
     index: Mapped[int]
     state: Mapped[TrialState] = mapped_column(default=TrialState.pending)

@@ -70,19 +70,20 @@ class ParetoLogs:
             for sweep in sweeps:
                 if counts.get(sweep.id, 0) == self._seen.get(sweep.id):
                     continue
-                ids, points, maximize = objective_table(session, sweep)
-                ranks = dict(zip(ids, pareto_ranks(points, maximize)))
-                written += self._write(sweep.id, ranks, step=counts.get(sweep.id, 0))
+                trials, points, maximize = objective_table(session, sweep)
+                ranks = dict(zip((trial_id for trial_id, _ in trials), pareto_ranks(points, maximize)))
+                runs = {trial_id: sweep.run_name(trial_id, number) for trial_id, number in trials}
+                written += self._write(sweep.id, ranks, runs, step=counts.get(sweep.id, 0))
                 self._seen[sweep.id] = counts.get(sweep.id, 0)
         return written
 
-    def _write(self, sweep_id: int, ranks: dict[int, int], step: int) -> int:
+    def _write(self, sweep_id: int, ranks: dict[int, int], runs: dict[int, str], step: int) -> int:
         before = self._written.setdefault(sweep_id, {})
         changed = 0
         for trial_id, rank in ranks.items():
             if before.get(trial_id) == rank:
                 continue
-            folder = log_location.join(log_location.trial_dir(self._logdir, sweep_id, trial_id), PARETO_GROUP)
+            folder = log_location.join(log_location.trial_dir(self._logdir, sweep_id, runs[trial_id]), PARETO_GROUP)
             write_scalar_file(folder, PARETO_RANK, float(rank), step, suffix=PARETO_RANK)
             before[trial_id] = rank
             changed += 1

@@ -143,28 +143,28 @@ def is_multi_objective(sweep: SweepRow) -> bool:
     return bool(sweep.spec.get("objectives"))
 
 
-def pareto_fronts(session: Session, sweeps: Sequence[SweepRow]) -> dict[int, list[int]]:
-    """Each multi-objective sweep's Pareto front: the ids of its completed trials that no other completed
-    trial beats in every objective, in id order. One statement per multi-objective sweep."""
-    fronts: dict[int, list[int]] = {}
+def pareto_fronts(session: Session, sweeps: Sequence[SweepRow]) -> dict[int, list[tuple[int, int]]]:
+    """Each multi-objective sweep's Pareto front: the (id, number) of its completed trials that no other
+    completed trial beats in every objective, in id order. One statement per multi-objective sweep."""
+    fronts: dict[int, list[tuple[int, int]]] = {}
     for sweep in sweeps:
         if is_multi_objective(sweep):
-            ids, points, maximize = objective_table(session, sweep)
-            fronts[sweep.id] = [ids[position] for position in pareto_front(points, maximize)]
+            trials, points, maximize = objective_table(session, sweep)
+            fronts[sweep.id] = [trials[position] for position in pareto_front(points, maximize)]
     return fronts
 
 
-def objective_table(session: Session, sweep: SweepRow) -> tuple[list[int], list[list[float]], list[bool]]:
-    """A multi-objective sweep's completed trials with a finite value of every objective: their ids, their
-    values (one column per objective), and which objectives are maximized."""
+def objective_table(session: Session, sweep: SweepRow) -> tuple[list[tuple[int, int]], list[list[float]], list[bool]]:
+    """A multi-objective sweep's completed trials with a finite value of every objective: their (id, number),
+    their values (one column per objective), and which objectives are maximized."""
     objectives = [Objective.model_validate(objective) for objective in sweep.spec["objectives"]]
     values = [objective_value(objective).label(f"value_{position}") for position, objective in enumerate(objectives)]
-    rows = session.execute(select(TrialRow.id, *values)
+    rows = session.execute(select(TrialRow.id, TrialRow.index, *values)
                            .where(TrialRow.sweep_id == sweep.id, TrialRow.state == TrialState.completed,
                                   *(value.is_not(None) for value in values))
                            .order_by(TrialRow.id)).all()
-    finite = [row for row in rows if all(math.isfinite(value) for value in row[1:])]
-    return ([row.id for row in finite], [list(row[1:]) for row in finite],
+    finite = [row for row in rows if all(math.isfinite(value) for value in row[2:])]
+    return ([(row.id, row.index + 1) for row in finite], [list(row[2:]) for row in finite],
             [objective.goal == "maximize" for objective in objectives])
 
 

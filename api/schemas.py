@@ -17,10 +17,11 @@ class TrialPublic(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
     id: int
-    """Unique across sweeps; the trial's session group name in TensorBoard."""
+    """Unique across sweeps: what the worker protocol and `GET /trials/{id}` name the trial by."""
     sweep_id: int
     number: int
-    """The trial's number within its sweep, from 1 (index + 1): what the page, the CLI and TensorBoard show."""
+    """The trial's number within its sweep, from 1 (index + 1): what the page, the CLI and TensorBoard show
+    (its TensorBoard run and HParams session are `trial-0007`); `GET /sweeps/{id}/trials/{number}` reads it."""
     index: int
     """The trial's position in its sweep's search order, from 0."""
     state: TrialState
@@ -108,18 +109,20 @@ class SweepPublic(BaseModel):
     pareto_front: list[int] | None = None
     """A multi-objective sweep's Pareto front: the ids of the completed trials that no other completed trial
     beats in every objective; null for a sweep with one objective."""
+    pareto_front_numbers: list[int] | None = None
+    """The same trials' numbers within the sweep, in the same order; null for a sweep with one objective."""
 
     @classmethod
     def from_summary(cls, summary: SweepSummary) -> SweepPublic:
-        sweep = summary.sweep
-        best = summary.best_trial
+        sweep, best, front = summary.sweep, summary.best_trial, summary.pareto_front
         return cls(id=sweep.id, name=sweep.name, status=sweep.status, spec=sweep.spec,
                    total_trials=sweep.total_trials, space_size=summary.space_size, created_at=sweep.created_at,
                    started_at=summary.started_at, finished_at=sweep.finished_at, reason=sweep.status_reason,
                    error=None if summary.first_failure is None else str(summary.first_failure),
                    trial_counts=summary.trial_counts,
                    best_trial=None if best is None else TrialPublic.model_validate(best),
-                   pareto_front=summary.pareto_front)
+                   pareto_front=None if front is None else [trial_id for trial_id, _ in front],
+                   pareto_front_numbers=None if front is None else [number for _, number in front])
 
 
 class SweepPlanPublic(BaseModel):

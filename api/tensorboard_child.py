@@ -4,7 +4,8 @@ Only the server's proxy may talk to it. The child listens on 127.0.0.1, where ev
 connect, so the server gives it a random secret (in the environment variable SECRET_ENV, never on the
 command line, which `ps` shows to every user) and adds it to every request it forwards as the header
 SECRET_HEADER. TensorBoard's WSGI app is wrapped (through `program.TensorBoard`'s `server_class`) in
-`require_secret`, which answers 403 to any request without it and hides it from TensorBoard.
+`require_secret`, which answers 403 to any request without it and hides it from TensorBoard. Its web
+assets tick every varying hparam in the HParams dashboard (api.tensorboard_assets).
 
 The server starts it with a pipe as its stdin, keeps the write end and never writes to it. However the
 server ends, a SIGKILL or a crash included, the system closes that end; reading stdin then returns here
@@ -83,8 +84,11 @@ def main() -> None:
     def guarded_server(wsgi_app: WSGIApp, flags: Any) -> program.TensorBoardServer:
         return program.create_port_scanning_werkzeug_server(require_secret(wsgi_app, secret), flags)
 
+    from api.tensorboard_assets import hparams_assets
+
     main_lib.global_init()
-    tensorboard = program.TensorBoard(plugins=default.get_plugins(), server_class=guarded_server)
+    tensorboard = program.TensorBoard(plugins=default.get_plugins(), assets_zip_provider=hparams_assets(),
+                                      server_class=guarded_server)
     try:
         app.run(tensorboard.main, flags_parser=tensorboard.configure)
     except base_plugin.FlagsError as error:

@@ -157,11 +157,17 @@ class Client:
             return None
 
     def objective(self, sweep_id: int) -> dict[str, Any]:
-        """{"metric", "goal", "points": [{"trial_id", "index", "value"}]}: every completed trial's objective."""
+        """{"metric", "goal", "points": [{"trial_id", "number", "index", "value"}]}: every completed trial's
+        objective."""
         return self._request("GET", f"/sweeps/{sweep_id}/objective").json()
 
     def get_trial(self, trial_id: int) -> dict[str, Any]:
         return self._request("GET", f"/trials/{trial_id}").json()
+
+    def get_trial_by_number(self, sweep_id: int, number: int) -> dict[str, Any]:
+        """The sweep's trial `number` (from 1, as the page and TensorBoard name it), as `get_trial` answers it.
+        NotFoundError naming the sweep and the number when it has no such trial (yet)."""
+        return self._request("GET", f"/sweeps/{sweep_id}/trials/{number}").json()
 
     def importance(self, sweep_id: int, evaluator: str | None = None) -> dict[str, Any]:
         """{"metric", "goal", "evaluator", "completed", "judged", "importances": [{"hparam", "importance"}],

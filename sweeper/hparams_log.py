@@ -1,8 +1,8 @@
 """TensorBoard HParams logging: a sweep's experiment config and each trial's session.
 
 Layout: `<logdir>/<sweep_id>/` holds exactly one hparams_config (the exact domains and the metrics);
-`<logdir>/<sweep_id>/<trial_id>/` holds a trial's session start, its final scalars (the objective,
-`num_params`, and `pruned_at_epoch` when it was pruned) and its session end. The logdir is a local
+`<logdir>/<sweep_id>/<run name>/` (`trial-0007`, see `sweeper.log_location`) holds a trial's session start,
+its final scalars (the objective, `num_params`, and `pruned_at_epoch` when it was pruned) and its session end. The logdir is a local
 folder or an object-store URL (`sweeper.log_location`). The API server writes the config, so this
 module loads no TensorFlow at import time and `write_experiment` loads it only for a URL; the session
 helpers, used by workers, import it where they run.
@@ -22,7 +22,7 @@ from typing import Any
 # `summary_v2` rather than the public `api` module: `api` imports the Keras callback, which imports
 # TensorFlow. `summary_v2` resolves TensorFlow lazily, and only for writing through `tf.summary`.
 from tensorboard.compat.proto import event_pb2
-from tensorboard.plugins.hparams import api_pb2, summary_v2 as hp
+from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2, summary_v2 as hp
 from tensorboard.summary.writer.record_writer import RecordWriter
 
 from sweeper import _log_files, log_location
@@ -73,18 +73,25 @@ class SessionStatus(StrEnum):
 
 
 def hparams_for(spec: SweepSpec) -> list[hp.HParam]:
-    """The spec's hparams with their exact domains, in the spec's order, conditional ones included.
+    """The spec's hparams with their exact domains, conditional ones included: those that vary first, then
+    the fixed ones (a Fixed value, or a discrete domain of one value), each group in the spec's order.
 
     Each log-scaled hparam is followed by `log10_<name>` over the log10 of its bounds: the
     parallel-coordinates view draws axes linearly, where 1e-4..1e-1 would crowd into one end.
     """
+    space = spec.search_space()
     hparams: list[hp.HParam] = []
-    for name, domain in spec.search_space().items():
+    for name, domain in sorted(space.items(), key=lambda item: not varies(item[1])):
         hparams.append(hp.HParam(name, _domain(domain), description=_description(domain)))
         if isinstance(domain, (RealInterval, IntInterval)) and domain.log:
             hparams.append(hp.HParam(f"log10_{name}", hp.RealInterval(math.log10(domain.min), math.log10(domain.max)),
                                      description=f"log10 of {name}, for a linear axis."))
     return hparams
+
+
+def varies(domain: SearchDomain) -> bool:
+    """Whether trials of a sweep can differ in this hparam."""
+    return not isinstance(domain, Fixed) and not (isinstance(domain, Discrete) and len(domain.values) == 1)
 
 
 def metrics_for(spec: SweepSpec) -> list[hp.Metric]:
@@ -130,8 +137,23 @@ def write_scalar_file(folder: str | Path, tag: str, value: float, step: int, *, 
 
 
 def experiment_config_pb(spec: SweepSpec) -> Any:
-    """The sweep's hparams_config as a TensorBoard `Summary` proto."""
-    return hp.hparams_config_pb(hparams_for(spec), metrics_for(spec))
+    """The sweep's hparams_config as a TensorBoard `Summary` proto, its varying hparams marked `differs`.
+
+    TensorBoard lists an experiment's hparams by `differs` (true first), then by name, and its HParams
+    dashboard ticks the first five for its table and plots. Unmarked, a sweep's hparams are all alike to it,
+    so fixed ones such as `batch_size` can take those places by name while `units` or `optimizer` stay
+    unticked. `hparams_config_pb` has no argument for `differs`, so it is set on the proto it builds.
+    """
+    summary = hp.hparams_config_pb(hparams_for(spec), metrics_for(spec))
+    varying = {name for name, domain in spec.search_space().items() if varies(domain)}
+    varying |= {f"log10_{name}" for name, domain in spec.search_space().items()
+                if isinstance(domain, (RealInterval, IntInterval)) and domain.log}
+    value = summary.value[0]
+    data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
+    for info in data.experiment.hparam_infos:
+        info.differs = info.name in varying
+    value.metadata.plugin_data.content = data.SerializeToString()
+    return summary
 
 
 def write_experiment(sweep_dir: str | Path, spec: SweepSpec) -> None:
@@ -179,10 +201,11 @@ class TrialSession:
     the trial twice, and the dashboard keeps the trial's first start time.
     """
 
-    def __init__(self, trial_dir: str | Path, trial_id: int | str, hparams: Mapping[str, Any],
+    def __init__(self, trial_dir: str | Path, name: int | str, hparams: Mapping[str, Any],
                  log_scaled: tuple[str, ...] | list[str] = (), resumed: bool = False):
         self.trial_dir = str(trial_dir)
-        self.trial_id = str(trial_id)
+        self.name = str(name)
+        """The session's group name, which the dashboard shows as the trial's: its run name (`trial-0007`)."""
         self.hparams = {**dict(hparams), **_log10_hparams(hparams, log_scaled)}
         self.resumed = resumed
         self.status: SessionStatus | None = SessionStatus.success
@@ -195,8 +218,7 @@ class TrialSession:
         self._writer = tf.summary.create_file_writer(self.trial_dir)
         if not self.resumed:
             with self._writer.as_default():
-                # The group name is the trial id, so the dashboard's rows match the service's trial ids.
-                hp.hparams(self.hparams, trial_id=self.trial_id)
+                hp.hparams(self.hparams, trial_id=self.name)
             # Flushed now so the dashboard lists the trial while it trains, not only once it has ended.
             self._writer.flush()
         return self

@@ -2,8 +2,10 @@
 
 The server, the workers and the CLI all name folders through this module, so that a trial's folder in
 an assignment, the folder the server writes the sweep's config to, and the one TensorBoard reads are
-the same place whatever the logdir is. Layout: `<logdir>/<sweep_id>/<trial_id>/`, with the trial's
-checkpoint in `<trial folder>/checkpoint/`.
+the same place whatever the logdir is. Layout: `<logdir>/<sweep_id>/<run name>/`, with the trial's
+checkpoint in `<trial folder>/checkpoint/`. A trial's run name is its number within the sweep, zero-padded
+(`trial-0007`), so that folders, TensorBoard's runs and its HParams sessions sort in number order; the
+server decides it (sweeps created before numbered folders keep theirs named by trial id).
 
 A logdir with a scheme (`gs://bucket/prefix`, `s3://...`, `file:///...`, any that TensorFlow's gfile
 handles) is a URL: kept as written and joined with `/`. Anything else is a local folder, made absolute
@@ -16,11 +18,15 @@ import os
 import re
 from pathlib import Path
 
-__all__ = ["CHECKPOINT_FOLDER", "checkpoint_dir", "is_url", "join", "parent", "reader_flags", "resolve_logdir",
-           "sweep_dir", "trial_dir"]
+__all__ = ["CHECKPOINT_FOLDER", "MIN_RUN_DIGITS", "checkpoint_dir", "is_url", "join", "name", "parent", "reader_flags",
+           "resolve_logdir", "run_digits", "run_name", "sweep_dir", "trial_dir"]
 
 CHECKPOINT_FOLDER = "checkpoint"
 """A trial's checkpoint folder, beside its logs: a retry on any worker that reaches the logdir resumes from it."""
+
+MIN_RUN_DIGITS = 4
+"""Run names pad numbers to at least this many digits, so a sweep keeps number order when extended, up to
+9,999 trials; one created larger pads to its own size (`run_digits`)."""
 
 # RFC 3986's scheme, then "://". Two letters at least, so a Windows drive ("C:/runs") is not a scheme.
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+://")
@@ -62,9 +68,31 @@ def sweep_dir(logdir: str | os.PathLike[str], sweep_id: int) -> str:
     return join(logdir, sweep_id)
 
 
-def trial_dir(logdir: str | os.PathLike[str], sweep_id: int, trial_id: int) -> str:
-    """A trial's folder: its HParams session, and its train/ and validation/ scalars."""
-    return join(logdir, sweep_id, trial_id)
+def trial_dir(logdir: str | os.PathLike[str], sweep_id: int, run: str | int) -> str:
+    """A trial's folder, named `run` (see `run_name`): its HParams session, and its train/ and validation/ scalars."""
+    return join(logdir, sweep_id, run)
+
+
+def run_digits(total_trials: int) -> int:
+    """How many digits a sweep of `total_trials` pads its run names to: enough for its last trial's number."""
+    return max(MIN_RUN_DIGITS, len(str(total_trials)))
+
+
+def run_name(number: int, digits: int) -> str:
+    """A trial's folder and TensorBoard run name: `trial-0007` for trial 7 of a sweep padded to 4 digits.
+
+    Zero-padded because TensorBoard lists runs and HParams sessions in text order, where "10" comes before
+    "2". A number wider than `digits` (a sweep extended past what it was created for) is written whole.
+    """
+    return f"trial-{number:0{digits}d}"
+
+
+def name(location: str | os.PathLike[str]) -> str:
+    """The last part of `location`: a trial folder's run name."""
+    text = os.fspath(location)
+    if is_url(text):
+        return _without_trailing_slash(text).rsplit("/", 1)[-1]
+    return os.path.basename(os.path.normpath(text))
 
 
 def checkpoint_dir(trial_folder: str | os.PathLike[str]) -> str:

@@ -88,13 +88,16 @@ class Assignment(_Message):
 
     trial_id: int
     sweep_id: int
+    number: Annotated[int, Field(ge=1)]
+    """The trial's number within its sweep, from 1: how people name it ("sweep 3 trial 7")."""
     hparams: dict[str, Any]
     model: str
     dataset: str
     objective: Objective
     train: TrainSettings
     logdir: str
-    """The trial's own TensorBoard folder: <server logdir>/<sweep_id>/<trial_id>."""
+    """The trial's own TensorBoard folder, `<server logdir>/<sweep_id>/trial-0007` (sweeper.log_location); its
+    name is the trial's run name in TensorBoard and the name of its HParams session."""
     log_scaled: list[str] = []
     """Hparams searched on a log scale; the TensorBoard session also gets `log10_<name>` for each."""
     attempt: int = 1
@@ -106,6 +109,11 @@ class Assignment(_Message):
     lease_expires_at: datetime
     lease_token: LeaseToken
     """This claim's token: every later call on the trial carries it (see `LeaseToken`)."""
+
+    @property
+    def trial_name(self) -> str:
+        """How logs name the trial: by sweep and number as people do, with its id for the server's records."""
+        return f"sweep {self.sweep_id} trial {self.number} (id {self.trial_id})"
 
 
 class HeartbeatRequest(_Message):

@@ -152,8 +152,8 @@ class Agent:
 
     def _run_trial(self, assignment: Assignment) -> None:
         trial_id = assignment.trial_id
-        logger.info("claimed trial %d of sweep %d (%s on %s, attempt %d, lease token %d): %s", trial_id,
-                    assignment.sweep_id, assignment.model, assignment.dataset, assignment.attempt,
+        logger.info("claimed %s (%s on %s, attempt %d, lease token %d): %s", assignment.trial_name,
+                    assignment.model, assignment.dataset, assignment.attempt,
                     assignment.lease_token, assignment.hparams)
         if self.state_file is not None:
             self.state_file.write(RunningTrial(trial_id=trial_id, worker_id=self.worker_id,
@@ -194,7 +194,7 @@ class Agent:
 
         if control.lease_lost is not None:
             # Another process may be training the trial now: no report, no checkpoint deleted.
-            logger.warning("dropping trial %d: %s", trial_id, control.lease_lost)
+            logger.warning("dropping %s: %s", assignment.trial_name, control.lease_lost)
             if _claimed_under_this_id(control.lease_lost):
                 raise WorkerIdInUseError(
                     f"worker id {self.worker_id!r} is in use by another process, which claimed trial {trial_id} "
@@ -213,20 +213,21 @@ class Agent:
                           epochs_done=result.epochs_run)
             return
         if result.stopped_by == Action.cancel:
-            logger.info("trial %d cancelled after %d epoch(s) in %.1fs", trial_id, result.epochs_run, elapsed)
+            logger.info("%s cancelled after %d epoch(s) in %.1fs", assignment.trial_name, result.epochs_run, elapsed)
             self._report(assignment, lambda: self.client.fail(trial_id, FailReport(
                 worker_id=self.worker_id, lease_token=token, error="cancelled", retryable=False,
                 kind=FailureKind.error)))
             return
-        logger.info("trial %d finished: %d epoch(s) in %.1fs%s, metrics %s", trial_id, result.epochs_run, elapsed,
-                    f" (stopped early: {result.stopped_by})" if result.stopped else "", _short(result.metrics))
+        logger.info("%s finished: %d epoch(s) in %.1fs%s, metrics %s", assignment.trial_name, result.epochs_run,
+                    elapsed, f" (stopped early: {result.stopped_by})" if result.stopped else "",
+                    _short(result.metrics))
         self._report(assignment, lambda: self.client.complete(trial_id, CompleteReport(
             worker_id=self.worker_id, lease_token=token, metrics=_floats(result.metrics))))
 
     def _report_failure(self, assignment: Assignment, error: Exception, trace: str, elapsed: float) -> None:
         trial_id = assignment.trial_id
         report = failure_report(self.worker_id, assignment.lease_token, error, trace, assignment.hparams)
-        logger.error("trial %d failed after %.1fs (%s%s): %s\n%s", trial_id, elapsed, report.kind.value,
+        logger.error("%s failed after %.1fs (%s%s): %s\n%s", assignment.trial_name, elapsed, report.kind.value,
                      ", retryable" if report.retryable else "", report.error, trace.rstrip())
         if report.kind is FailureKind.oom:
             # The runner cleared the Keras session; collecting now frees what the failed trial still held,
@@ -246,14 +247,14 @@ class Agent:
             try:
                 control.server_says(self.client.report_metrics(assignment.trial_id, report).action)
             except (LeaseLostError, NotFoundError) as error:
-                logger.warning("epoch %d of trial %d refused: %s", epoch, assignment.trial_id, error)
+                logger.warning("epoch %d of %s refused: %s", epoch, assignment.trial_name, error)
                 control.lose_lease(error)
             except ServerUnavailableError as error:
-                logger.error("cannot report epoch %d of trial %d: %s", epoch, assignment.trial_id, error)
+                logger.error("cannot report epoch %d of %s: %s", epoch, assignment.trial_name, error)
                 control.unreachable = error
             except ApiError as error:
                 # A rejected report (a bad metric name, say) costs one point of history, not the trial.
-                logger.warning("server rejected epoch %d of trial %d: %s", epoch, assignment.trial_id, error)
+                logger.warning("server rejected epoch %d of %s: %s", epoch, assignment.trial_name, error)
         return control.action(leaving=self.check_supervisor() or self.draining)
 
     def _trainer(self) -> Trainer:
@@ -268,7 +269,7 @@ class Agent:
 
     def _release(self, assignment: Assignment, reason: str, epochs_done: int = 0) -> None:
         """Give the trial back unfinished: pending again for any worker, no attempt counted."""
-        logger.warning("releasing trial %d: %s", assignment.trial_id, reason.splitlines()[0])
+        logger.warning("releasing %s: %s", assignment.trial_name, reason.splitlines()[0])
         report = ReleaseReport(worker_id=self.worker_id, lease_token=assignment.lease_token,
                                reason=clip(reason, _MAX_REASON_CHARS), epochs_done=epochs_done)
         self._report(assignment, lambda: self.client.release(assignment.trial_id, report))
@@ -279,7 +280,7 @@ class Agent:
         try:
             answer = call()
         except (LeaseLostError, NotFoundError) as error:
-            logger.warning("dropping trial %d: %s", assignment.trial_id, error)
+            logger.warning("dropping %s: %s", assignment.trial_name, error)
             return
         delete_checkpoint_if_finished(answer, checkpoint_folder(assignment))
 

@@ -43,9 +43,9 @@ def assignment(claimed: Claimed, context: AppContext) -> Assignment:
     """What the worker needs to run the trial it claimed, with the token of this claim."""
     trial, spec = claimed.trial, claimed.plan.stored_spec
     assert trial.lease_expires_at is not None, "a claimed trial is running, so it has a lease"
-    folder = log_location.trial_dir(context.logdir, trial.sweep_id, trial.id)
+    folder = log_location.trial_dir(context.logdir, trial.sweep_id, claimed.plan.run_name(trial.id, trial.number))
     return Assignment(
-        trial_id=trial.id, sweep_id=trial.sweep_id, hparams=trial.hparams,
+        trial_id=trial.id, sweep_id=trial.sweep_id, number=trial.number, hparams=trial.hparams,
         model=spec["model"], dataset=spec["dataset"],
         objective=claimed.plan.spec.objective, train=claimed.plan.spec.train,
         logdir=folder,

@@ -73,7 +73,7 @@ ADVANCE_SWEEP = (SWEEPS.update()
 
 INSERT_TRIAL = TRIALS.insert()
 
-SWEEP_SPEC = select(SWEEPS.c.spec).where(SWEEPS.c.id == bindparam("sweep"))
+SWEEP_SPEC = select(SWEEPS.c.spec, SWEEPS.c.run_digits).where(SWEEPS.c.id == bindparam("sweep"))
 
 # -- reports on a held trial
 

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, PositiveInt
 
-from fastapi import APIRouter, Body, HTTPException, Query, Request, status
+from fastapi import APIRouter, Body, HTTPException, Path, Query, Request, status
 
 from sweeper import SpecError, SweepSpec, make_strategy, parse_spec
 from sweeper.hparams_log import write_experiment
@@ -18,8 +18,8 @@ from sweeper.messages import SweepStatus, TrialState
 from api.deps import ContextDep, RepositoryDep
 from api.search.samplers import require_sampler, sampler_problems
 from api.json_guard import StrictJSONRoute
-from api.schemas import (COMMON_ERRORS, ObjectivePublic, SweepPlanPublic, SweepPublic, SweepsPublic, TrialPublic,
-                         TrialsPublic, error_responses)
+from api.schemas import (COMMON_ERRORS, ObjectivePublic, SweepPlanPublic, SweepPublic, SweepsPublic, TrialDetail,
+                         TrialPublic, TrialsPublic, error_responses)
 from api.spec_body import spec_document
 from api.queries import SORT_PATTERN, SortOrder
 
@@ -129,6 +129,17 @@ def list_trials(sweep_id: int, repository: RepositoryDep,
     trials, count = repository.list_trials(sweep_id, limit=limit, offset=offset, state=state, sort=sort,
                                            order=order)
     return TrialsPublic(data=[TrialPublic.model_validate(trial) for trial in trials], count=count)
+
+
+@router.get("/{sweep_id}/trials/{number}", response_model=TrialDetail, summary="Read a trial by its number",
+            responses=error_responses(404, e404="No sweep with this id, or the sweep has no trial with this number "
+                                                "(yet); the message names both."))
+def get_trial_by_number(sweep_id: int, repository: RepositoryDep,
+                        number: Annotated[int, Path(ge=1, le=2**62, description="The trial's number within the "
+                                                                                 "sweep, from 1.")]) -> TrialDetail:
+    """The sweep's trial with this number (as the page, the CLI and TensorBoard name it), with its per-epoch
+    metric history: the same answer as `GET /trials/{id}`."""
+    return TrialDetail.from_history(repository.get_trial_by_number(sweep_id, number))
 
 
 @router.get("/{sweep_id}/best", response_model=TrialPublic, summary="Read a sweep's best trial",

@@ -30,7 +30,7 @@ from sweeper.messages import ClaimRequest, LeaseConflictReason, SweepStatus, Tri
 from api import lifecycle
 from api.claims import statements as sql
 from api.lifecycle import OPEN, Caller, SweepEvent, TrialEvent, TrialLife
-from api.models import Base, SweepRow, TrialRow, WorkerRow, utcnow
+from api.models import Base, SweepRow, TrialRow, WorkerRow, run_name, utcnow
 from api.queries import first_failures, first_line
 from api.search.decisions import Search
 
@@ -50,6 +50,13 @@ class TrialNotFoundError(UnknownTrialError):
     def __init__(self, trial_id: int):
         super().__init__(f"trial {trial_id} not found")
         self.trial_id = trial_id
+
+
+class TrialNumberNotFoundError(UnknownTrialError):
+    def __init__(self, sweep_id: int, number: int, trials: int):
+        so_far = f"its trials so far: 1 to {trials}" if trials else "it has no trials yet"
+        super().__init__(f"sweep {sweep_id} has no trial {number} ({so_far})")
+        self.sweep_id, self.number = sweep_id, number
 
 
 class LeaseConflictError(SweeperError):
@@ -72,13 +79,19 @@ class SweepPlan:
     strategy: Strategy
     stored_spec: dict[str, Any]
     """The spec as stored (SweepRow.spec), so a claim needs not read and decode it again; never modified."""
+    run_digits: int | None
+    """SweepRow.run_digits: how its trials' run names are padded; None names their folders by trial id."""
     search: Search | None = None
     """The sampler and pruner over the sweep's study in memory (api.search), kept in step with the database."""
 
     @classmethod
-    def of(cls, sweep_id: int, spec: SweepSpec, stored: dict[str, Any]) -> SweepPlan:
+    def of(cls, sweep_id: int, spec: SweepSpec, stored: dict[str, Any], run_digits: int | None) -> SweepPlan:
         search = Search(sweep_id, spec) if spec.search.adaptive or spec.stops_early else None
-        return cls(spec, make_strategy(spec), stored, search)
+        return cls(spec, make_strategy(spec), stored, run_digits, search)
+
+    def run_name(self, trial_id: int, number: int) -> str:
+        """The name of the trial's folder under its sweep's and of its TensorBoard run (log_location.run_name)."""
+        return run_name(self.run_digits, trial_id, number)
 
 
 class PlanCache:
@@ -95,17 +108,17 @@ class PlanCache:
         self._lock = threading.Lock()
 
     def get(self, sweep: SweepRow) -> SweepPlan:
-        return self.lookup(sweep.id, lambda: sweep.spec)
+        return self.lookup(sweep.id, lambda: (sweep.spec, sweep.run_digits))
 
-    def lookup(self, sweep_id: int, stored_spec: Callable[[], dict[str, Any]]) -> SweepPlan:
-        """The sweep's plan; `stored_spec()` (its SweepRow.spec) is only called when it is not cached."""
+    def lookup(self, sweep_id: int, stored: Callable[[], tuple[dict[str, Any], int | None]]) -> SweepPlan:
+        """The sweep's plan; `stored()` (its SweepRow.spec and .run_digits) is only called when it is not cached."""
         with self._lock:
             plan = self._plans.get(sweep_id)
             if plan is not None:
                 self._plans.move_to_end(sweep_id)
                 return plan
-        stored = stored_spec()
-        plan = SweepPlan.of(sweep_id, parse_spec(stored, stored=True), stored)
+        spec, run_digits = stored()
+        plan = SweepPlan.of(sweep_id, parse_spec(spec, stored=True), spec, run_digits)
         self.put(sweep_id, plan)
         return plan
 
@@ -209,8 +222,11 @@ class Store:
 
     def _plan(self, connection: Connection, sweep_id: int) -> SweepPlan:
         """The sweep's plan, from the cache; its spec is read from the database on a miss only."""
-        return self._plans.lookup(
-            sweep_id, lambda: connection.execute(sql.SWEEP_SPEC, {"sweep": sweep_id}).scalar_one())
+        def stored() -> tuple[dict[str, Any], int | None]:
+            row = connection.execute(sql.SWEEP_SPEC, {"sweep": sweep_id}).one()
+            return row.spec, row.run_digits
+
+        return self._plans.lookup(sweep_id, stored)
 
     def _sweep(self, sweep_id: int, *, lock: bool = False) -> SweepRow:
         """The sweep; `lock` when its status or counters are about to change (FOR UPDATE beyond SQLite)."""

@@ -8,14 +8,14 @@ from datetime import datetime
 
 from sqlalchemy import func, select
 
-from sweeper import Objective, SpecError, SweeperError, SweepSpec, make_strategy, parse_spec
+from sweeper import Objective, SpecError, SweeperError, SweepSpec, log_location, make_strategy, parse_spec
 from sweeper.messages import SweepStatus, TrialState
 
 from api.lifecycle import SweepEvent
 from api.models import SweepRow, TrialEpochRow, TrialRow
 from api.queries import (FirstFailure, ObjectivePoint, SortOrder, best_trials, first_failures, is_multi_objective,
                          objective_of, objective_points, ordered_trials, pareto_fronts, stored_space_size, trial_stats)
-from api.storage.base import SweepPlan, Store, next_status
+from api.storage.base import SweepPlan, Store, TrialNumberNotFoundError, next_status
 
 CANCELLED_ON_REQUEST = "cancelled on request"
 """The reason of a sweep cancelled through the API."""
@@ -30,8 +30,9 @@ class SweepSummary:
     """Distinct configurations in the search space (the grid's size); None when intervals make it endless."""
     started_at: datetime | None = None
     """When its first trial started; None before any did."""
-    pareto_front: list[int] | None = None
-    """A multi-objective sweep's completed trials that no other beats in every objective; None with one objective."""
+    pareto_front: list[tuple[int, int]] | None = None
+    """A multi-objective sweep's completed trials that no other beats in every objective, as (id, number);
+    None with one objective."""
     first_failure: FirstFailure | None = None
     """Its first trial to fail for good, with the error; None while none has."""
 
@@ -69,10 +70,11 @@ class SweepStore(Store):
         with self._session.begin():
             stored = spec.to_json()
             sweep = SweepRow(name=spec.name, status=SweepStatus.running, spec=stored,
-                             total_trials=strategy.total, next_index=0, created_at=self._clock())
+                             total_trials=strategy.total, next_index=0, created_at=self._clock(),
+                             run_digits=log_location.run_digits(strategy.total))
             self._session.add(sweep)
             self._session.flush()
-            self._plans.put(sweep.id, SweepPlan.of(sweep.id, spec, stored))
+            self._plans.put(sweep.id, SweepPlan.of(sweep.id, spec, stored, sweep.run_digits))
             if on_created is not None:
                 on_created(sweep.id)
         return SweepSummary(sweep, dict.fromkeys(TrialState, 0), None, strategy.size)
@@ -146,10 +148,22 @@ class SweepStore(Store):
 
     def get_trial(self, trial_id: int) -> TrialHistory:
         with self._session.begin():
-            trial = self._trial(trial_id)
-            epochs = list(self._session.scalars(
-                select(TrialEpochRow).where(TrialEpochRow.trial_id == trial_id).order_by(TrialEpochRow.epoch)))
-            return TrialHistory(trial, epochs)
+            return self._history(self._trial(trial_id))
+
+    def get_trial_by_number(self, sweep_id: int, number: int) -> TrialHistory:
+        """The sweep's trial `number` (from 1, TrialRow.number), with its history."""
+        with self._session.begin():
+            sweep = self._sweep(sweep_id)
+            trial = self._session.scalar(select(TrialRow).where(TrialRow.sweep_id == sweep.id,
+                                                                TrialRow.index == number - 1))
+            if trial is None:
+                raise TrialNumberNotFoundError(sweep.id, number, sweep.next_index)
+            return self._history(trial)
+
+    def _history(self, trial: TrialRow) -> TrialHistory:
+        epochs = list(self._session.scalars(
+            select(TrialEpochRow).where(TrialEpochRow.trial_id == trial.id).order_by(TrialEpochRow.epoch)))
+        return TrialHistory(trial, epochs)
 
     def pause_sweep(self, sweep_id: int) -> SweepSummary:
         """No new trials are claimed from the sweep; its running trials finish normally."""
@@ -200,7 +214,7 @@ class SweepStore(Store):
             sweep.spec, sweep.total_trials, sweep.status = stored, total, status
             if status != SweepStatus.completed:
                 sweep.finished_at = None
-            self._plans.put(sweep.id, SweepPlan.of(sweep.id, spec, stored))
+            self._plans.put(sweep.id, SweepPlan.of(sweep.id, spec, stored, sweep.run_digits))
             return self._summary(sweep)
 
     def _summary(self, sweep: SweepRow) -> SweepSummary:

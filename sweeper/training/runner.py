@@ -35,7 +35,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from sweeper import _log_files, _registry
+from sweeper import _log_files, _registry, log_location
 from sweeper._errors import InfrastructureError, NonFiniteLossError, TrialAbandonedError
 from sweeper._spec import LOSSES, METRICS, EarlyStopping, Objective
 from sweeper.hparams_log import NUM_PARAMS, PRUNED_AT_EPOCH, SessionStatus, TrialSession
@@ -118,7 +118,7 @@ def run_trial(assignment: Assignment, on_epoch_end: EpochCallback, data_root: Pa
     checkpoint = TrialCheckpoint.for_assignment(assignment)
     resume = checkpoint.load()
     if resume is not None:
-        logger.info("trial %d resumes after epoch %d (attempt %d, from lease %d's checkpoint)", assignment.trial_id,
+        logger.info("%s resumes after epoch %d (attempt %d, from lease %d's checkpoint)", assignment.trial_name,
                     resume.epochs_done - 1, assignment.attempt, resume.lease_token)
     with _log_files.io_failures(f"rewind the trial's logs in {assignment.logdir}"):
         session_started = rewind_trial_logs(assignment.logdir, resume.epochs_done if resume is not None else 0)
@@ -160,8 +160,10 @@ def _trial_session(assignment: Assignment, resumed: bool) -> Iterator[TrialSessi
     another error ends the trial, failing to write its FAILURE end is only logged: the error that ended
     the trial is the one the worker must report.
     """
-    session = TrialSession(assignment.logdir, assignment.trial_id, assignment.hparams, assignment.log_scaled,
-                           resumed=resumed)
+    # Named after the trial's folder, its run in TensorBoard: the dashboard's sessions and runs then agree,
+    # and sort in number order.
+    session = TrialSession(assignment.logdir, log_location.name(assignment.logdir), assignment.hparams,
+                           assignment.log_scaled, resumed=resumed)
     action = f"write the HParams session to the trial's logs in {assignment.logdir}"
     with _log_files.io_failures(action):
         session.__enter__()
@@ -175,7 +177,7 @@ def _trial_session(assignment: Assignment, resumed: bool) -> Iterator[TrialSessi
             with _log_files.io_failures(action):
                 session.__exit__(*((None, None, None) if abandoned else (type(error), error, error.__traceback__)))
         except InfrastructureError as failure:
-            logger.warning("trial %d: %s", assignment.trial_id, failure)
+            logger.warning("%s: %s", assignment.trial_name, failure)
         raise
     with _log_files.io_failures(action):
         session.__exit__(None, None, None)
@@ -232,7 +234,7 @@ def _train(assignment: Assignment, on_epoch_end: EpochCallback, data_root: Path 
             tensorboard.close()
         except InfrastructureError as failure:
             # The error that ended training is the one to report.
-            logger.warning("trial %d: %s", assignment.trial_id, failure)
+            logger.warning("%s: %s", assignment.trial_name, failure)
         raise
     tensorboard.close()
 

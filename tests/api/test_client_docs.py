@@ -36,6 +36,7 @@ def test_the_client_guide_runs_as_written(server: RunningServer, monkeypatch: py
     scores = [point["value"] for point in curve["points"]]
     assert len(scores) == 12 and best["metrics"]["val_accuracy"] == max(scores)
     assert [trial["id"] for trial in namespace["top_three"]][0] == best["id"]
+    assert namespace["third"]["number"] == 3 and len(namespace["third"]["history"]) == sweep["spec"]["train"]["epochs"]
     dropouts = [trial["hparams"]["dropout"] for trial in namespace["by_dropout"]["data"]]
     assert dropouts == sorted(dropouts, reverse=True)
     assert {entry["hparam"] for entry in namespace["importance"]["importances"]} == {"units", "dropout",

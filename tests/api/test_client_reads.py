@@ -55,3 +55,17 @@ def test_lists_take_their_filters_and_sorts(client: Client):
         client.list_trials(first["id"], sort="hparams.nope")
     assert error.value.status_code == 422
     assert error.value.messages == ["sort: sweep 1 has no hparam 'nope'; its hparams: units, batch_size"]
+
+
+def test_a_trial_is_read_by_its_sweep_and_number_and_a_missing_one_names_both(client: Client):
+    first = client.create_sweep(grid_spec("first", values=1))
+    _complete_next(client, "w1", 0.3)  # the first sweep's trial, so the second's ids are not its numbers
+    second = client.create_sweep(grid_spec("second", values=3))
+    ids = [_complete_next(client, "w1", score) for score in (0.4, 0.6)]
+
+    trial = client.get_trial_by_number(second["id"], 2)
+
+    assert (trial["id"], trial["number"], trial["metrics"]) == (ids[1], 2, {"val_accuracy": 0.6})
+    assert client.get_trial_by_number(first["id"], 1)["number"] == 1
+    with pytest.raises(NotFoundError, match=rf"sweep {second['id']} has no trial 3 \(its trials so far: 1 to 2\)"):
+        client.get_trial_by_number(second["id"], 3)

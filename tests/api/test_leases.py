@@ -40,7 +40,7 @@ def test_an_assignment_carries_the_attempt_checkpoint_folder_and_heartbeat(clien
     assignment = Worker(client, "w1").claim()
 
     assert assignment is not None
-    folder = (settings.logdir / str(sweep["id"]) / str(assignment["trial_id"])).resolve()
+    folder = (settings.logdir / str(sweep["id"]) / "trial-0001").resolve()
     assert assignment["checkpoint_dir"] == str(folder / "checkpoint")
     assert Path(assignment["checkpoint_dir"]).is_absolute()
     assert assignment["heartbeat_seconds"] == 4.0

@@ -38,7 +38,7 @@ def test_a_url_logdir_gets_the_sweep_config_and_names_trial_folders_under_it(
 
     assert assignment is not None
     assert tf.io.gfile.exists(f"{url_logdir}/{sweep['id']}/{CONFIG_FILE}")
-    trial_folder = f"{url_logdir}/{sweep['id']}/{assignment['trial_id']}"
+    trial_folder = f"{url_logdir}/{sweep['id']}/trial-0001"
     assert assignment["logdir"] == trial_folder
     assert assignment["checkpoint_dir"] == f"{trial_folder}/checkpoint"
 

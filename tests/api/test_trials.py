@@ -24,7 +24,8 @@ def test_claim_assigns_the_first_trial_with_everything_a_worker_needs(client: Te
     assert assignment["objective"] == {"metric": "val_accuracy", "goal": "maximize", "epoch": "last"}
     assert TrainSettings.model_validate(assignment["train"]) == TrainSettings.model_validate(sweep["spec"]["train"])
     assert assignment["log_scaled"] == []
-    assert assignment["logdir"] == str((settings.logdir / str(sweep["id"]) / str(assignment["trial_id"])).resolve())
+    assert assignment["number"] == 1
+    assert assignment["logdir"] == str((settings.logdir / str(sweep["id"]) / "trial-0001").resolve())
     assert assignment["lease_expires_at"].endswith("Z")
     trial = get_trial(client, assignment["trial_id"])
     assert trial["state"] == "running" and trial["worker_id"] == "w1" and trial["attempts"] == 1

@@ -122,8 +122,8 @@ def test_a_worker_cannot_choose_where_its_trial_is_written(client: TestClient) -
     assignment = client.post(f"{API}/trials/claim", json={"worker_id": "../../w1", "host": "../h"}).json()
 
     assert "Extra inputs are not permitted" in refused_at(sneaky, "logdir")
-    # A worker id is a label too: the trial's folder is the server's logdir / sweep id / trial id.
-    assert Path(assignment["logdir"]).parts[-2:] == (str(assignment["sweep_id"]), str(assignment["trial_id"]))
+    # A worker id is a label too: the trial's folder is the server's logdir / sweep id / trial number.
+    assert Path(assignment["logdir"]).parts[-2:] == (str(assignment["sweep_id"]), f"trial-{assignment['number']:04d}")
     assert ".." not in Path(assignment["logdir"]).parts
 
 

@@ -97,7 +97,8 @@ def test_a_claim_through_the_lane_is_a_complete_assignment(client: TestClient):
     assert answer.status_code == 200 and answer.headers["content-type"] == "application/json"
     assignment = answer.json()
     assert (assignment["trial_id"], assignment["hparams"]["units"], assignment["attempt"]) == (1, 1, 1)
-    assert assignment["logdir"].endswith("/1/1") and assignment["checkpoint_dir"].endswith("/1/1/checkpoint")
+    assert assignment["number"] == 1 and assignment["logdir"].endswith("/1/trial-0001")
+    assert assignment["checkpoint_dir"].endswith("/1/trial-0001/checkpoint")
     assert math.isclose(assignment["heartbeat_seconds"], settings_heartbeat(client))
 
 

@@ -78,7 +78,7 @@ class Service(ServerApi):
         epoch written twice by two processes shows even where TensorBoard would show only one)."""
         history = self.get(f"/trials/{trial['id']}")["history"]
         assert [point["epoch"] for point in history] == list(range(epochs)), history
-        trial_dir = self.logdir / str(trial["sweep_id"]) / str(trial["id"])
+        trial_dir = self.logdir / str(trial["sweep_id"]) / f"trial-{trial['number']:04d}"
         for folder in ("train", "validation"):
             steps = epoch_scalar_steps(trial_dir / folder)
             assert "epoch_loss" in steps, (folder, steps)
@@ -131,7 +131,8 @@ def test_a_supervisor_killed_mid_trial_leaves_no_second_trainer_and_the_trial_fi
     assert (sweep["status"], done["state"]) == ("completed", "completed"), done.get("error")
     service.assert_each_epoch_once(done, epochs)
     orphan_log = (tmp_path / "worker.log").read_text()  # the child wrote to its supervisor's output
-    assert "lost its supervisor" in orphan_log and f"releasing trial {trial['id']}" in orphan_log, orphan_log[-3000:]
+    released = f"releasing sweep {trial['sweep_id']} trial {trial['number']} (id {trial['id']})"
+    assert "lost its supervisor" in orphan_log and released in orphan_log, orphan_log[-3000:]
     assert done["attempts"] == 1  # handed back, not lost: the release gave its attempt back
 
 
@@ -189,7 +190,7 @@ def test_two_agents_under_one_worker_id_on_two_hosts_never_train_one_trial_toget
     assert first.wait(timeout=120) == EXIT_WORKER_ID_IN_USE
     first_log = (tmp_path / "host-a.log").read_text()
     assert "worker id 'box-cpu0' is in use by another process" in first_log, first_log[-3000:]
-    assert "releasing trial" not in first_log and "finished" not in first_log
+    assert "releasing sweep" not in first_log and "finished" not in first_log
     sweep = service.ended(sweep_id)
     done = service.get(f"/trials/{trial['id']}")
     assert (sweep["status"], done["state"], done["attempts"]) == ("completed", "completed", 1)

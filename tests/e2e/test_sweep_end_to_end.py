@@ -90,9 +90,10 @@ def test_sweep_over_rest_is_trained_by_workers_and_shown_in_tensorboard_hparams(
 
     groups = {g["name"]: g for g in wait_until(session_groups, 90, "TensorBoard's session groups")}
     assert {t["hparams"]["lr_schedule"] for t in trials} == {"constant", "cosine"}
-    assert set(groups) == {str(t["id"]) for t in trials}
+    # Each trial's session is named by its number, as its folder is.
+    assert set(groups) == {f"trial-{t['number']:04d}" for t in trials}
     for trial in trials:
-        group = groups[str(trial["id"])]
+        group = groups[f"trial-{trial['number']:04d}"]
         # The session holds the trial's own hparams: warmup_epochs only where lr_schedule is cosine.
         assert ("warmup_epochs" in trial["hparams"]) == (trial["hparams"]["lr_schedule"] == "cosine")
         logged = {**trial["hparams"], "log10_learning_rate": pytest.approx(math.log10(trial["hparams"]["learning_rate"]))}
@@ -156,9 +157,9 @@ def test_run_does_server_workers_and_sweep_in_one_command(tmp_path):
     assert "Sweep 1 tiny completed: 2/2 trials finished (2 completed)" in result.stdout
     assert "Best trial" in result.stdout and "Open TensorBoard: sweeper tensorboard 1 --logdir runs" in result.stdout
     trial_folders = sorted(p.name for p in (tmp_path / "runs" / "1").iterdir() if p.is_dir())
-    assert trial_folders == ["1", "2"]
+    assert trial_folders == ["trial-0001", "trial-0002"]
     assert "workers.agent" not in result.stdout + result.stderr  # worker lines go to their log, not the bar
-    assert "trial 1 finished" in (tmp_path / "runs" / "workers.log").read_text()
+    assert "sweep 1 trial 1 (id 1) finished" in (tmp_path / "runs" / "workers.log").read_text()
 
 
 def test_run_trains_on_an_npz_file_under_the_data_root(tmp_path):

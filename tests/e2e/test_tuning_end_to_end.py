@@ -86,9 +86,11 @@ def test_pruned_trials_stop_after_their_epoch_and_a_killed_server_changes_no_dec
             assert trial["metrics"]["val_accuracy"] == history[-1]["metrics"]["val_accuracy"]
             # TensorBoard tells it from a completed trial: its folder has the epochs it trained.
             epochs_trained = trial["pruned_at_epoch"] + 1
-            assert pruned_at_epoch_in_tensorboard(tmp_path / "runs" / str(sweep_id) / str(trial["id"])) == [
+            folder = tmp_path / "runs" / str(sweep_id) / f"trial-{trial['number']:04d}"
+            assert pruned_at_epoch_in_tensorboard(folder) == [
                 (epochs_trained - 1, float(epochs_trained))]
         else:
-            assert pruned_at_epoch_in_tensorboard(tmp_path / "runs" / str(sweep_id) / str(trial["id"])) == []
+            folder = tmp_path / "runs" / str(sweep_id) / f"trial-{trial['number']:04d}"
+            assert pruned_at_epoch_in_tensorboard(folder) == []
             assert epochs == list(range(EPOCHS)), (trial["id"], epochs)
             assert all(entry["decision"]["action"] == "continue" for entry in history)

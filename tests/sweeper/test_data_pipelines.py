@@ -42,7 +42,8 @@ def _register(monkeypatch: pytest.MonkeyPatch, **builders: Callable[[], Any]) ->
 
 def _assignment(logdir: Path, dataset: str, trial_id: int = 1, epochs: int = 1, **hparams: Any) -> Assignment:
     return Assignment(
-        trial_id=trial_id, sweep_id=1, hparams={"units": 8, "batch_size": 16, "seed": 3, **hparams}, model="mlp",
+        trial_id=trial_id, sweep_id=1, number=trial_id, hparams={"units": 8, "batch_size": 16, "seed": 3, **hparams},
+        model="mlp",
         dataset=dataset, objective=Objective(metric="val_accuracy"),
         train=TrainSettings(epochs=epochs, validation_split=0.25), logdir=str(logdir / str(trial_id)),
         lease_expires_at=datetime.now(timezone.utc) + timedelta(minutes=5), lease_token=1)

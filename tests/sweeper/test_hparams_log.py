@@ -283,3 +283,22 @@ def test_an_exception_ends_the_session_as_failure_whatever_status_was_set(tmp_pa
 def test_session_statuses_map_to_tensorboards() -> None:
     assert [status.proto for status in SessionStatus] == [
         api_pb2.STATUS_SUCCESS, api_pb2.STATUS_FAILURE, getattr(api_pb2, "STATUS_ABORTED", api_pb2.STATUS_UNKNOWN)]
+
+
+def test_the_hparams_that_vary_are_marked_so_and_listed_before_the_fixed_ones(tmp_path: Path) -> None:
+    # batch_size first in the spec and first by name: TensorBoard must still not take it for a varying one.
+    spec = parse_spec({**SPEC, "hparams": {
+        "batch_size": 32,
+        "units": {"type": "discrete", "values": [16, 32, 64]},
+        "activation": {"type": "discrete", "values": ["relu"]},
+        "learning_rate": {"type": "real_interval", "min": 1.0e-4, "max": 1.0e-1, "log": True},
+        "optimizer": {"type": "discrete", "values": ["adam", "sgd"]},
+        "lr_schedule": {"type": "discrete", "values": ["constant", "step", "cosine"]},
+    }})
+    write_experiment(tmp_path, spec)
+
+    infos = _read_experiment(tmp_path).hparam_infos
+
+    assert [(info.name, info.differs) for info in infos] == [
+        ("units", True), ("learning_rate", True), ("log10_learning_rate", True), ("optimizer", True),
+        ("lr_schedule", True), ("batch_size", False), ("activation", False)]

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from sweeper.log_location import (checkpoint_dir, is_url, join, parent, reader_flags, resolve_logdir, sweep_dir,
-                                  trial_dir)
+from sweeper.log_location import (checkpoint_dir, is_url, join, name, parent, reader_flags, resolve_logdir,
+                                  run_digits, run_name, sweep_dir, trial_dir)
 
 
 @pytest.mark.parametrize("location", ["gs://bucket/runs", "s3://bucket", "file:///srv/runs", "hdfs://name:8020/x",
@@ -91,3 +91,21 @@ def test_serve_refuses_a_logdir_url_that_tensorflow_has_no_file_system_for(
     message = " ".join(result.output.split())
     assert all(part in message for part in said), message
     assert not (tmp_path / "sweeper.db").exists()
+
+
+def test_run_names_sort_as_text_in_number_order_up_to_the_sweeps_size() -> None:
+    # TensorBoard lists runs and HParams sessions as text, where "10" would come before "2".
+    for total in (12, 9_999, 12_000, 1_000_000):
+        digits = run_digits(total)
+        numbers = sorted({number for number in (1, 2, 9, 10, 11, 99, 100, 9_999, 10_000, total - 1, total)
+                          if number <= total})
+        names = [run_name(number, digits) for number in numbers]
+        assert sorted(names) == names, total
+    assert run_name(7, run_digits(20)) == "trial-0007"
+    assert run_name(7, run_digits(12_000)) == "trial-00007"
+
+
+def test_a_trial_folders_name_is_its_run_name() -> None:
+    assert name("gs://bucket/runs/3/trial-0007/") == "trial-0007"
+    assert name("/srv/runs/3/trial-0007") == "trial-0007"
+    assert name(trial_dir("gs://bucket/runs", 3, "trial-0012")) == "trial-0012"

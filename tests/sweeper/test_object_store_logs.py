@@ -17,7 +17,7 @@ from tensorboard.plugins.hparams import api_pb2, metadata
 
 from sweeper import parse_spec
 from sweeper.hparams_log import write_experiment
-from sweeper.log_location import checkpoint_dir, join, sweep_dir, trial_dir
+from sweeper.log_location import MIN_RUN_DIGITS, checkpoint_dir, join, run_name, sweep_dir, trial_dir
 from sweeper.messages import Assignment
 from sweeper.training.checkpoints import STATE_FILE, TrialCheckpoint, lease_folder_name
 from sweeper.training.runner import run_trial
@@ -32,7 +32,7 @@ EPOCHS = 3
 def _trial_in(logdir: str) -> Assignment:
     """The runner tests' trial, with its folders in `logdir` as the server would name them."""
     base = _assignment(Path("replaced"), epochs=EPOCHS, lr_schedule="exponential")
-    folder = trial_dir(logdir, base.sweep_id, base.trial_id)
+    folder = trial_dir(logdir, base.sweep_id, run_name(base.number, MIN_RUN_DIGITS))
     return base.model_copy(update={"logdir": folder, "checkpoint_dir": checkpoint_dir(folder)})
 
 
@@ -69,7 +69,7 @@ def test_a_trial_logged_to_a_bucket_resumes_from_its_checkpoint_there_and_logs_e
     assert _session_starts(assignment.logdir) == 1
     assert _session(assignment.logdir)[1] == api_pb2.STATUS_SUCCESS
     (group,) = _session_groups(sweep_dir(logdir, assignment.sweep_id))
-    assert group.name == str(assignment.trial_id)
+    assert group.name == "trial-0007"
     assert [session.status for session in group.sessions] == [api_pb2.STATUS_SUCCESS]
     # The runner leaves the checkpoint; the worker deletes it, every lease's, once the server has the end.
     assert tf.io.gfile.exists(first_state)

@@ -39,7 +39,8 @@ MLP_PARAMS = 64 * 16 + 16 + 16 * 10 + 10
 def _assignment(logdir: Path, trial_id: int = 7, epochs: int = EPOCHS, model: str = "mlp",
                 objective: str = "val_accuracy", lease_token: int = 1, **hparams: Any) -> Assignment:
     return Assignment(
-        trial_id=trial_id, sweep_id=1, hparams={**BASE_HPARAMS, **hparams}, model=model, dataset="digits",
+        trial_id=trial_id, sweep_id=1, number=trial_id, hparams={**BASE_HPARAMS, **hparams}, model=model,
+        dataset="digits",
         objective=Objective(metric=objective), train=TrainSettings(epochs=epochs, validation_split=0.2),
         logdir=str(logdir / str(trial_id)), lease_expires_at=datetime.now(timezone.utc) + timedelta(minutes=5),
         lease_token=lease_token)
@@ -480,3 +481,20 @@ def test_extra_callbacks_see_every_training_batch(tmp_path: Path) -> None:
 
     # 1,797 digits, 20% held out: 1,437 training examples in batches of 64.
     assert result.epochs_run == 2 and BatchCounter.batches == 2 * math.ceil(1437 / 64)
+
+
+def test_the_trials_session_is_named_after_its_folder_which_the_server_names_by_number(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A model that fails at once: the session is started (and ended FAILURE) without any training.
+    def broken(hparams: dict[str, Any], info: Any) -> Any:
+        raise RuntimeError("no such layer")
+
+    monkeypatch.setattr(_registry, "models", _registry.Registry("model", {"broken": broken}))
+    assignment = _assignment(tmp_path, model="broken").model_copy(
+        update={"trial_id": 42, "number": 7, "logdir": str(tmp_path / "trial-0007")})
+
+    with pytest.raises(RuntimeError, match="no such layer"):
+        run_trial(assignment, _Recorder())
+
+    start, _ = _session(tmp_path / "trial-0007")
+    assert start.group_name == "trial-0007"

@@ -33,7 +33,8 @@ def _assignment(logdir: Path, trial_id: int = 1, dataset: str = "iris", model: s
                 objective: Objective | None = None, hparams: dict[str, Any] | None = None,
                 **train: Any) -> Assignment:
     return Assignment(
-        trial_id=trial_id, sweep_id=1, hparams={**HPARAMS, **(hparams or {})}, model=model, dataset=dataset,
+        trial_id=trial_id, sweep_id=1, number=trial_id, hparams={**HPARAMS, **(hparams or {})}, model=model,
+        dataset=dataset,
         objective=objective or Objective(metric="val_accuracy"), train=TrainSettings(**{"epochs": 1, **train}),
         logdir=str(logdir / str(trial_id)), lease_expires_at=datetime.now(timezone.utc) + timedelta(minutes=5),
         lease_token=1)

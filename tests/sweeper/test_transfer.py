@@ -193,7 +193,7 @@ def test_a_short_training_run_through_the_runner(tmp_path: Path, monkeypatch: py
     monkeypatch.setattr(_registry, "datasets", _registry.Registry("dataset", {"transfer_tiny_digits": lambda: tiny}))
     epochs: list[int] = []
     assignment = Assignment(
-        trial_id=1, sweep_id=1, model="transfer", dataset="transfer_tiny_digits",
+        trial_id=1, sweep_id=1, number=1, model="transfer", dataset="transfer_tiny_digits",
         hparams={"frozen_layers": 20, "head_units": 8, "dropout": 0.1, "learning_rate": 0.01, "batch_size": 32},
         objective=Objective(metric="val_accuracy"), train=TrainSettings(epochs=1, validation_split=0.25),
         logdir=str(tmp_path / "1"), lease_expires_at=datetime.now(timezone.utc) + timedelta(minutes=5),

@@ -191,6 +191,9 @@ def test_a_sweep_created_in_the_page_is_watched_to_the_end_and_opened_in_tensorb
         expect(page.locator(".sweep-page .toolbar .badge")).to_have_text("completed")
         expect(page.locator(".trials-table tbody tr")).to_have_count(3)
         expect(page.locator(".trials-table tr.best")).to_have_attribute("data-trial-id", str(best["id"]))
+        # A trial is named by its number in the sweep, as the CLI and TensorBoard name it; never its id or index.
+        expect(page.locator(".trials-table tr.best td").first).to_have_text(f"{best['number']} ★")
+        expect(page.locator(".facts .best-value a")).to_have_text(f"trial {best['number']}")
         expect(page.locator(".chart-box svg.chart")).to_have_attribute("aria-label",
                                                                         re.compile("of 3 completed trials"))
         shots(page, "sweep-page-completed")
@@ -212,7 +215,8 @@ def test_a_sweep_created_in_the_page_is_watched_to_the_end_and_opened_in_tensorb
         page.locator(f".trials-table tr[data-trial-id='{best['id']}']").click()
         panel = page.locator(".trial-panel")
         expect(panel).to_be_visible()
-        expect(panel.locator("h2")).to_have_text(f"Trial {best['index']}")
+        expect(panel.locator("h2")).to_have_text(f"Trial {best['number']}")
+        expect(panel.locator(".card-head .id")).to_have_text(f"id {best['id']}")
         expect(panel.locator("figure.curve figcaption")).to_have_text(["Loss", "val_accuracy", "Learning rate (log scale)"])
         # One line per series through a point per epoch: loss and val_loss, then the learning rate.
         for curve, series in (("Loss", 2), ("Learning rate", 1)):

@@ -32,8 +32,14 @@ def metrics_of(hparams: dict[str, Any]) -> dict[str, float]:
 def test_the_pareto_front_is_named_linked_and_marked(server: RunningServer, tokens: dict[str, str],
                                                      browser: Any) -> None:
     with httpx.Client(base_url=f"{server.url}/api/v1", timeout=30) as api:
-        sweep = api.post("/sweeps", json=TRADE_OFF_SPEC, headers={"Authorization": f"Bearer {tokens['admin']}"}).json()
         worker = {"Authorization": f"Bearer {tokens['worker']}"}
+        # An earlier sweep's trial first, so that this sweep's trial ids are not their numbers.
+        api.post("/sweeps", json={**TRADE_OFF_SPEC, "name": "earlier", "hparams": {"units": 8, "dropout": 0.0}},
+                 headers={"Authorization": f"Bearer {tokens['admin']}"})
+        earlier = api.post("/trials/claim", json={"worker_id": "w1", "host": "box"}, headers=worker).json()
+        api.post(f"/trials/{earlier['trial_id']}/complete", headers=worker, json={
+            "worker_id": "w1", "lease_token": earlier["lease_token"], "metrics": metrics_of(earlier["hparams"])})
+        sweep = api.post("/sweeps", json=TRADE_OFF_SPEC, headers={"Authorization": f"Bearer {tokens['admin']}"}).json()
         while (claim := api.post("/trials/claim", json={"worker_id": "w1", "host": "box"},
                                  headers=worker)).status_code == 200:
             assignment = claim.json()
@@ -45,6 +51,9 @@ def test_the_pareto_front_is_named_linked_and_marked(server: RunningServer, toke
                          headers={"Authorization": f"Bearer {tokens['admin']}"}).json()["data"]
     front = {t["id"] for t in trials if t["hparams"]["dropout"] == 0.0}
     assert set(read["pareto_front"]) == front  # what the server decided; the test is about the page
+    numbers = {t["id"]: t["number"] for t in trials}
+    assert read["pareto_front_numbers"] == [numbers[trial_id] for trial_id in read["pareto_front"]]
+    assert all(trial_id != number for trial_id, number in numbers.items())
 
     page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
     errors: list[str] = []
@@ -57,7 +66,9 @@ def test_the_pareto_front_is_named_linked_and_marked(server: RunningServer, toke
     expect(login).to_be_hidden()
 
     expect(page.locator(".facts dd.pareto-front")).to_contain_text("3 trials:")
-    expect(page.locator(".facts dd.pareto-front a")).to_have_text([f"#{trial_id}" for trial_id in sorted(front)])
+    # The front's trials are named by their numbers, as the table names them.
+    expect(page.locator(".facts dd.pareto-front a")).to_have_text([str(numbers[trial_id])
+                                                                    for trial_id in sorted(front)])
     expect(page.locator(".facts").first).to_contain_text("val_accuracy (maximize), num_params (minimize)")
     expect(page.locator(".trials-table thead th")).to_contain_text(["#", "State", "val_accuracy", "num_params"])
     expect(page.locator(".trials-table tbody tr")).to_have_count(6)

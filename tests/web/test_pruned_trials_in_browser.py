@@ -130,7 +130,7 @@ def test_pruned_trials_read_pruned_at_their_epoch_with_their_reason_in_the_trial
         # The pruned trial's panel: its state, the server's reason, and curves that end at a marked epoch.
         row(16).click()
         panel = page.locator(".trial-panel")
-        expect(panel.locator("h2")).to_have_text(f"Trial {trials[16]['index']}")
+        expect(panel.locator("h2")).to_have_text(f"Trial {trials[16]['number']}")
         expect(panel.locator(".card-head .badge")).to_have_text("pruned @ 3")
         reason = trials[16]["prune_reason"]
         assert "0.91" in reason, reason  # the server's sentence, shown as it is

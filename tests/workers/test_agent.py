@@ -111,7 +111,7 @@ def test_agent_trains_every_trial_of_a_keras_sweep(client: Client, tmp_path: Pat
         history = client.get_trial(trial["id"])["history"]
         assert [point["epoch"] for point in history] == [0, 1]
         assert {"loss", "val_loss", "accuracy", "val_accuracy"} <= set(history[-1]["metrics"])
-        assert (tmp_path / "runs" / str(sweep["id"]) / str(trial["id"]) / "train").is_dir()
+        assert (tmp_path / "runs" / str(sweep["id"]) / f"trial-{trial['number']:04d}" / "train").is_dir()
 
 
 def test_a_trial_that_raises_is_failed_with_a_summary_and_its_traceback_and_the_agent_goes_on(
@@ -236,7 +236,7 @@ def test_a_lost_lease_drops_the_trial_silently_and_the_agent_goes_on(
         # The late epoch report was refused; the runner was told to write nothing more, and no report followed.
         assert [type(error) for error in raised] == [TrialAbandonedError]
         assert trial["metrics"] == {} and sent == []
-        assert f"dropping trial {trial['id']}" in caplog.text
+        assert f"dropping sweep {trial['sweep_id']} trial {trial['number']} (id {trial['id']})" in caplog.text
 
 
 def test_shutdown_finishes_the_epoch_and_releases_the_trial_without_using_an_attempt(client: Client) -> None:
@@ -458,7 +458,7 @@ def test_an_orphaned_agent_stops_after_the_batch_releases_its_trial_with_its_tok
     assert (trial["state"], trial["attempts"]) == ("pending", 0)
     assert [point["epoch"] for point in trial["history"]] == [0]
     # The checkpoint of the last finished epoch stays for the next attempt.
-    checkpoint = tmp_path / "runs" / str(sweep["id"]) / str(trial_id) / "checkpoint"
+    checkpoint = tmp_path / "runs" / str(sweep["id"]) / f"trial-{trial['number']:04d}" / "checkpoint"
     assert (checkpoint / "epochs_done").read_text() == "1"
     assert agent.trials_run == 1  # and the sweep's other trial was never claimed
     assert all(trial["state"] == "pending" for trial in trials(client, sweep["id"]))
@@ -472,7 +472,7 @@ def test_the_agent_deletes_a_trials_checkpoint_once_the_server_shows_it_finished
 
     [trial] = trials(client, sweep["id"])
     assert trial["state"] == "completed"
-    assert not (tmp_path / "runs" / str(sweep["id"]) / str(trial["id"]) / "checkpoint").exists()
+    assert not (tmp_path / "runs" / str(sweep["id"]) / f"trial-{trial['number']:04d}" / "checkpoint").exists()
 
 
 def test_an_agent_started_on_its_own_refuses_a_worker_id_another_process_on_this_host_holds(server: Any) -> None:
@@ -507,7 +507,7 @@ def test_a_released_trial_resumes_from_its_checkpoint_on_the_next_claim(client: 
     first = Agent(client, "test-cpu0", "test-host", poll_interval=0.2, heartbeat_interval=1.0, idle_exit=2)
     first.run()
     [trial] = trials(client, sweep["id"])
-    checkpoint = tmp_path / "runs" / str(sweep["id"]) / str(trial["id"]) / "checkpoint"
+    checkpoint = tmp_path / "runs" / str(sweep["id"]) / f"trial-{trial['number']:04d}" / "checkpoint"
     saved = TrialCheckpoint(checkpoint).load()
     assert trial["state"] == "pending" and saved is not None and saved.epochs_done == 2
 
@@ -578,7 +578,7 @@ def test_cancelling_a_sweep_stops_a_keras_trial_mid_epoch(client: Client, tmp_pa
     assert [(name, report.error) for name, _, report in sent] == [("fail", "cancelled")]
     trial = client.get_trial(trial["id"])
     assert trial["state"] == "cancelled"
-    trial_dir = tmp_path / "runs" / str(sweep["id"]) / str(trial["id"])
+    trial_dir = tmp_path / "runs" / str(sweep["id"]) / f"trial-{trial['number']:04d}"
     assert not (trial_dir / "checkpoint").exists()
     accumulator = EventAccumulator(str(trial_dir))
     accumulator.Reload()

@@ -283,7 +283,8 @@ def test_an_assignment_says_the_attempt_checkpoint_folder_and_heartbeat(client: 
     assignment = claim(client)
     assert assignment.attempt == 1 and assignment.heartbeat_seconds == 10.0
     assert assignment.checkpoint_dir == str(Path(assignment.logdir) / "checkpoint")
-    assert Path(assignment.logdir).parts[-2:] == (str(sweep["id"]), str(assignment.trial_id))
+    assert assignment.number == 1
+    assert Path(assignment.logdir).parts[-2:] == (str(sweep["id"]), "trial-0001")
 
 
 def test_pause_resume_and_cancel_a_sweep(client: Client) -> None:

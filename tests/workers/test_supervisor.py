@@ -438,7 +438,7 @@ def test_a_sigterm_lets_real_agents_finish_the_epoch_and_release_their_trials(
     assert supervisor.exits == []  # each child exited 0 after releasing its trial
     trial = client.get_trial(trial_id)
     assert (trial["state"], trial["attempts"]) == ("pending", 0)
-    checkpoint = tmp_path / "runs" / str(client.get_trial(trial_id)["sweep_id"]) / str(trial_id) / "checkpoint"
+    checkpoint = tmp_path / "runs" / str(trial["sweep_id"]) / f"trial-{trial['number']:04d}" / "checkpoint"
     # The checkpoint holds every epoch the server has: the one under way at the signal was finished.
     saved = TrialCheckpoint(checkpoint).load()
     assert saved is not None and saved.epochs_done == len(trial["history"]) >= 1
@@ -508,7 +508,7 @@ def test_a_trial_whose_worker_is_killed_is_retried_and_resumes_where_it_was(
     done = client.get_trial(trial["id"])
     assert (done["state"], done["attempts"], done["worker_id"]) == ("completed", 2, "box-cpu0")
     assert [point["epoch"] for point in done["history"]] == list(range(epochs))
-    trial_dir = tmp_path / "runs" / str(sweep["id"]) / str(trial["id"])
+    trial_dir = tmp_path / "runs" / str(sweep["id"]) / f"trial-{trial['number']:04d}"
     train = EventAccumulator(str(trial_dir / "train"), size_guidance={"tensors": 0})
     train.Reload()
     # Each epoch's learning rate once: the killed attempt's epochs kept, the retry's following on.

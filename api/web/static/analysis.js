@@ -106,7 +106,7 @@ export function analysisCard(id, { onPick, onCompareChange }) {
       h("p", { class: "muted pane-note" }, `${metric} of each of the ${page.count.toLocaleString("en")} completed trials against each searched hparam.`),
       h("div", { class: "slices" }, searched.map(([name, domain]) => sliceChart(name, domain,
         page.data.filter((trial) => name in trial.hparams)
-          .map((trial) => ({ value: trial.hparams[name], objective: trial.metrics?.[metric], number: trial.number ?? trial.index + 1 })),
+          .map((trial) => ({ value: trial.hparams[name], objective: trial.metrics?.[metric], number: trial.number })),
         metric))));
     performance.mark("slices-rendered");
   }
@@ -129,14 +129,14 @@ export function analysisCard(id, { onPick, onCompareChange }) {
     const chosen = choices.includes(compareMetric.value) ? compareMetric.value : objective;
     fill(compareMetric, choices.map((name) => h("option", { value: name, selected: name === chosen }, name)));
     const series = trials.map((trial, i) => ({
-      name: `trial ${trial.number ?? trial.index + 1}`, colour: i,
+      name: `trial ${trial.number}`, colour: i,
       points: (trial.history ?? []).filter((entry) => Number.isFinite(entry.metrics[chosen])).map((entry) => [entry.epoch, entry.metrics[chosen]]),
     }));
     fill(pane,
       h("div", { class: "card-head" },
         h("div", { class: "picked" }, trials.map((trial, i) => h("span", { class: `chip series-${i}`, dataset: { trialId: trial.id } },
-          h("a", { href: "#", onclick: (event) => { event.preventDefault(); onPick(trial.id); } }, `trial ${trial.number ?? trial.index + 1}`),
-          h("button", { type: "button", class: "link", "aria-label": `stop comparing trial ${trial.number ?? trial.index + 1}`, onclick: () => toggle(trial.id) }, "✕")))),
+          h("a", { href: "#", onclick: (event) => { event.preventDefault(); onPick(trial.id); } }, `trial ${trial.number}`),
+          h("button", { type: "button", class: "link", "aria-label": `stop comparing trial ${trial.number}`, onclick: () => toggle(trial.id) }, "✕")))),
         h("span", { class: "spacer" }), compareMetric,
         h("button", { type: "button", class: "link", onclick: () => { view.compare.clear(); changed(); } }, "Clear")),
       lineChart(chosen, series, { log: chosen === "learning_rate" }));

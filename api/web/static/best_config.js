@@ -18,7 +18,7 @@ export function yamlScalar(value) {
 
 /** `hparams:` with each of the trial's values, in the spec's order, as a YAML block. */
 export function bestConfigYaml(trial, names = Object.keys(trial.hparams)) {
-  const lines = [`# trial ${trial.number ?? trial.index + 1} (id ${trial.id})`, "hparams:"];
+  const lines = [`# trial ${trial.number} (id ${trial.id})`, "hparams:"];
   for (const name of names) {
     if (name in trial.hparams) lines.push(`  ${name}: ${yamlScalar(trial.hparams[name])}`);
   }

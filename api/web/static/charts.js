@@ -158,8 +158,7 @@ function legend(entries, className = "legend") {
  * @param {{bestTrialId?: number, onPick?: (trialId: number) => void, onDrawn?: () => void}} options
  */
 export function objectiveChart(objective, { bestTrialId, onPick, onDrawn } = {}) {
-  const points = objective.points.filter((p) => p.value !== null && Number.isFinite(p.value))
-    .map((p) => ({ ...p, number: p.number ?? p.index + 1 }));
+  const points = objective.points.filter((p) => p.value !== null && Number.isFinite(p.value));
   if (points.length === 0) return h("p", { class: "empty chart-empty" }, "No completed trials yet.");
   points.sort((a, b) => a.number - b.number);
   const better = objective.goal === "minimize" ? (a, b) => a < b : (a, b) => a > b;

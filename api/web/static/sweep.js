@@ -100,7 +100,7 @@ export async function mountSweep(root, id) {
     const best = sweep.best_trial;
     const stopping = stoppingText(sweep.spec.stopping);
     copyBest.disabled = !best;
-    copyBest.title = best ? `trial ${best.number ?? best.index + 1}'s hparams, to paste into a spec` : "no trial has completed yet";
+    copyBest.title = best ? `trial ${best.number}'s hparams, to paste into a spec` : "no trial has completed yet";
     summary.replaceChildren(
       h("div", { class: "summary-progress" }, progressBar(finishedCount(counts), sweep.total_trials, counts),
         h("div", { class: "counts" }, TRIAL_STATES.filter((state) => counts[state]).map((state) =>
@@ -110,7 +110,7 @@ export async function mountSweep(root, id) {
         sweep.pareto_front ? paretoFacts(sweep, select) : [
           h("dt", {}, `Best ${objective.metric}`),
           h("dd", { class: "best-value" }, best
-            ? [formatValue(objectiveOf(best, sweep.spec)), " ", h("a", { href: "#", onclick: (event) => { event.preventDefault(); select(best.id); } }, `trial ${best.index}`)]
+            ? [formatValue(objectiveOf(best, sweep.spec)), " ", h("a", { href: "#", onclick: (event) => { event.preventDefault(); select(best.id); } }, `trial ${best.number}`)]
             : h("span", { class: "muted" }, "none yet")),
           h("dt", {}, "Goal"), h("dd", {}, objective.goal)],
         h("dt", {}, "Model"), h("dd", {}, `${sweep.spec.model} on ${sweep.spec.dataset}`),
@@ -199,12 +199,12 @@ export async function mountSweep(root, id) {
       onkeydown: (event) => { if (event.key === "Enter") select(trial.id); },
     },
     h("td", { class: "pick" }, h("input", {
-      type: "checkbox", class: "compare-box", "aria-label": `compare trial ${trial.number ?? trial.index + 1}`,
+      type: "checkbox", class: "compare-box", "aria-label": `compare trial ${trial.number}`,
       checked: analysis.comparing(trial.id), disabled: !analysis.comparing(trial.id) && analysis.full(),
       onclick: (event) => event.stopPropagation(),
       onchange: (event) => { if (!analysis.toggle(trial.id, trial.number)) event.target.checked = false; },
     })),
-    h("td", { class: "number" }, trial.index, trial.id === bestId ? h("span", { class: "star", title: "best trial" }, " ★") : null,
+    h("td", { class: "number" }, trial.number, trial.id === bestId ? h("span", { class: "star", title: "best trial" }, " ★") : null,
       front.has(trial.id) ? h("span", { class: "star pareto", title: "on the Pareto front" }, " ◆") : null),
     h("td", { class: "state", dataset: { trialId: trial.id } }, trialStateBadge(trial),
       trial.state === "running" && view.progress.has(trial.id) ? progressLine(trialProgress(view.progress.get(trial.id), epochs)) : null),
@@ -283,7 +283,7 @@ export async function mountSweep(root, id) {
     bestYaml.querySelector("pre").textContent = text;
     try {
       await navigator.clipboard.writeText(text);
-      copied.textContent = `Copied trial ${best.number ?? best.index + 1}'s hparams.`;
+      copied.textContent = `Copied trial ${best.number}'s hparams.`;
     } catch {
       // No clipboard (an insecure origin, a refused permission): the snippet is shown to copy by hand.
       copied.textContent = "The clipboard is not available here: copy it below.";
@@ -315,7 +315,7 @@ function trialDetail(trial, sweep, close) {
   // listed once, as the hparam, and its schedule is the chart.
   const metrics = Object.entries(trial.metrics ?? {}).filter(([name]) => !(name in trial.hparams));
   return [
-    h("div", { class: "card-head" }, h("h2", {}, `Trial ${trial.index}`), h("span", { class: "muted id" }, `#${trial.id}`),
+    h("div", { class: "card-head" }, h("h2", {}, `Trial ${trial.number}`), h("span", { class: "muted id" }, `id ${trial.id}`),
       trialStateBadge(trial), h("span", { class: "spacer" }),
       h("button", { type: "button", class: "link", "aria-label": "close", onclick: close }, "✕")),
     trial.error ? h("div", { class: "failure-reason" },
@@ -347,7 +347,7 @@ function paretoFacts(sweep, select) {
     h("dt", {}, "Pareto front"),
     h("dd", { class: "pareto-front" }, front.length
       ? [`${front.length} trial${front.length === 1 ? "" : "s"}: `, front.map((id, position) => [position ? ", " : "",
-        h("a", { href: "#", onclick: (event) => { event.preventDefault(); select(id); } }, `#${id}`)])]
+        h("a", { href: "#", onclick: (event) => { event.preventDefault(); select(id); } }, `${sweep.pareto_front_numbers[position]}`)])]
       : h("span", { class: "muted" }, "none yet")),
   ];
 }

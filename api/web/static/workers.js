@@ -60,7 +60,7 @@ function workerRow(worker, running) {
     h("td", {}, worker.host ?? h("span", { class: "muted" }, "—")),
     h("td", {}, worker.gpu ?? h("span", { class: "muted" }, "CPU")),
     h("td", { class: "running" }, trial
-      ? h("a", { href: `#/sweeps/${trial.sweep_id}` }, `${running.sweep.name} · trial ${trial.number ?? trial.index + 1}`)
+      ? h("a", { href: `#/sweeps/${trial.sweep_id}` }, `${running.sweep.name} · trial ${trial.number}`)
       : worker.trial_id !== null ? `trial #${worker.trial_id}` : h("span", { class: "muted" }, "—")),
     h("td", { class: "progress-cell" }, trial && trial.state === "running" ? progressLine(trialProgress(trial, running.sweep.epochs)) : null),
     h("td", {}, formatWhen(worker.last_heartbeat_at)));
