@@ -15,9 +15,10 @@ from __future__ import annotations
 import io
 import logging
 import re
+import sys
 import zipfile
 from collections.abc import Callable
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 logger = logging.getLogger(__name__)
 
@@ -65,3 +66,20 @@ def hparams_assets(default: AssetsZipProvider | None = None) -> AssetsZipProvide
             rewritten.writestr(entry, content)
     data = output.getvalue()
     return lambda: io.BytesIO(data)
+
+
+def run_tensorboard(server_class: Callable[..., Any] | None = None) -> None:
+    """tensorboard.main.run_main with these assets (and `server_class`, if given, to serve the WSGI app):
+    TensorBoard parses its own flags from sys.argv and serves until stopped."""
+    from absl import app
+    from tensorboard import default, main_lib, program
+    from tensorboard.plugins import base_plugin
+
+    main_lib.global_init()
+    options: dict[str, Any] = {} if server_class is None else {"server_class": server_class}
+    tensorboard = program.TensorBoard(plugins=default.get_plugins(), assets_zip_provider=hparams_assets(), **options)
+    try:
+        app.run(tensorboard.main, flags_parser=tensorboard.configure)
+    except base_plugin.FlagsError as error:
+        print(f"Error: {error}", file=sys.stderr)
+        sys.exit(1)

@@ -76,25 +76,15 @@ def main() -> None:
         sys.exit(2)
     threading.Thread(target=end_with_parent, name="end-with-server", daemon=True).start()
 
-    # tensorboard.main.run_main, with the WSGI app wrapped before TensorBoard's own server serves it.
-    from absl import app
-    from tensorboard import default, main_lib, program
-    from tensorboard.plugins import base_plugin
+    # TensorBoard's own server, serving the WSGI app wrapped by require_secret.
+    from tensorboard import program
+
+    from api.tensorboard_assets import run_tensorboard
 
     def guarded_server(wsgi_app: WSGIApp, flags: Any) -> program.TensorBoardServer:
         return program.create_port_scanning_werkzeug_server(require_secret(wsgi_app, secret), flags)
 
-    from api.tensorboard_assets import hparams_assets
-
-    main_lib.global_init()
-    tensorboard = program.TensorBoard(plugins=default.get_plugins(), assets_zip_provider=hparams_assets(),
-                                      server_class=guarded_server)
-    try:
-        app.run(tensorboard.main, flags_parser=tensorboard.configure)
-    except base_plugin.FlagsError as error:
-        print(f"Error: {error}", file=sys.stderr)
-        sys.exit(1)
-
+    run_tensorboard(guarded_server)
 
 if __name__ == "__main__":
     main()

@@ -1,4 +1,5 @@
-"""TensorBoard without TensorFlow's start-up noise: what `sweeper tensorboard` becomes (`python -m` this module).
+"""TensorBoard without TensorFlow's start-up noise, its HParams dashboard ticking every hparam the sweep varies
+(api.tensorboard_assets): what `sweeper tensorboard` becomes (`python -m` this module).
 
 TensorBoard imports TensorFlow, whose C++ side logs through absl before anything configures it: those
 early lines ("oneDNN custom operations are on", "Could not find cuda drivers", "failed call to cuInit")
@@ -56,9 +57,10 @@ def filter_stderr() -> None:
 def main() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # what absl logs after it is configured
     filter_stderr()
-    from tensorboard.main import run_main
+    # The server's TensorBoard assets, so this dashboard too ticks every hparam the sweep varies.
+    from api.tensorboard_assets import run_tensorboard
 
-    run_main()
+    run_tensorboard()
 
 
 if __name__ == "__main__":

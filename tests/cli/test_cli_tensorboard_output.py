@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from cli._quiet_tensorboard import is_noise
@@ -50,7 +51,7 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def test_sweeper_tensorboard_prints_only_where_to_open_it(tmp_path: Path) -> None:
+def test_sweeper_tensorboard_prints_only_where_to_open_it_and_ticks_every_varying_hparam(tmp_path: Path) -> None:
     (tmp_path / "runs" / "1").mkdir(parents=True)
     port = free_port()
     command = [sys.executable, "-m", "cli", "tensorboard", "1", "--logdir", str(tmp_path / "runs"), "--port", str(port)]
@@ -65,6 +66,8 @@ def test_sweeper_tensorboard_prints_only_where_to_open_it(tmp_path: Path) -> Non
             if not line:
                 break
             lines.append(line.rstrip("\n"))
+        # The dashboard's bundle as this TensorBoard serves it: the server's, ticking every varying hparam.
+        bundle = httpx.get(f"http://127.0.0.1:{port}/index.js", timeout=30).text
     finally:
         process.send_signal(signal.SIGINT)
         rest, _ = process.communicate(timeout=30)
@@ -73,3 +76,4 @@ def test_sweeper_tensorboard_prints_only_where_to_open_it(tmp_path: Path) -> Non
     assert lines[0] == f"TensorBoard for sweep 1: http://127.0.0.1:{port}/#hparams", lines
     assert any(line.startswith("TensorBoard ") and f":{port}/" in line and "CTRL+C" in line for line in lines), lines
     assert not [line for line in lines if is_noise(line + "\n") or "tensorflow" in line.lower()], lines
+    assert "filter(h=>h.info.differs)" in bundle and "Math.min(5," in bundle

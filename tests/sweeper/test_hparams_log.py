@@ -289,7 +289,7 @@ def test_the_hparams_that_vary_are_marked_so_and_listed_before_the_fixed_ones(tm
     # batch_size first in the spec and first by name: TensorBoard must still not take it for a varying one.
     spec = parse_spec({**SPEC, "hparams": {
         "batch_size": 32,
-        "units": {"type": "discrete", "values": [16, 32, 64]},
+        "dense_units": {"type": "discrete", "values": [16, 32, 64]},
         "activation": {"type": "discrete", "values": ["relu"]},
         "learning_rate": {"type": "real_interval", "min": 1.0e-4, "max": 1.0e-1, "log": True},
         "optimizer": {"type": "discrete", "values": ["adam", "sgd"]},
@@ -300,5 +300,5 @@ def test_the_hparams_that_vary_are_marked_so_and_listed_before_the_fixed_ones(tm
     infos = _read_experiment(tmp_path).hparam_infos
 
     assert [(info.name, info.differs) for info in infos] == [
-        ("units", True), ("learning_rate", True), ("log10_learning_rate", True), ("optimizer", True),
+        ("dense_units", True), ("learning_rate", True), ("log10_learning_rate", True), ("optimizer", True),
         ("lr_schedule", True), ("batch_size", False), ("activation", False)]
