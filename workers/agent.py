@@ -156,7 +156,8 @@ class Agent:
                     assignment.model, assignment.dataset, assignment.attempt,
                     assignment.lease_token, assignment.hparams)
         if self.state_file is not None:
-            self.state_file.write(RunningTrial(trial_id=trial_id, worker_id=self.worker_id,
+            self.state_file.write(RunningTrial(trial_id=trial_id, trial_name=assignment.trial_name,
+                                               worker_id=self.worker_id,
                                                lease_token=assignment.lease_token,
                                                checkpoint_dir=checkpoint_folder(assignment)))
         try:

@@ -37,11 +37,17 @@ class RunningTrial(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
     trial_id: int
+    trial_name: str = ""
+    """How logs name the trial (Assignment.trial_name: sweep, number and id); empty in an older child's file."""
     worker_id: WorkerId
     lease_token: LeaseToken
     """The claim's token: a report with it is refused once a newer claim holds the trial."""
     checkpoint_dir: str
     """The trial's checkpoint root, which the supervisor deletes once the trial is finished for good."""
+
+    @property
+    def name(self) -> str:
+        return self.trial_name or f"trial {self.trial_id}"
 
 
 class StateFile:

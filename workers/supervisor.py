@@ -375,19 +375,19 @@ class Supervisor:
                     reason = f"worker {slot.worker_id} on {self.host} stopped ({record.cause}) while running it"
                     answer = client.release(trial_id, ReleaseReport(worker_id=slot.worker_id, lease_token=token,
                                                                     reason=reason))
-                    logger.info("released trial %d: %s", trial_id, reason)
+                    logger.info("released %s: %s", held.name, reason)
                 else:
                     error = f"worker {slot.worker_id} died: {record.cause}"
                     answer = client.fail(trial_id, FailReport(worker_id=slot.worker_id, lease_token=token,
                                                               error=error, retryable=True, kind=FailureKind.crash))
-                    logger.info("reported trial %d as crashed: %s", trial_id, error)
+                    logger.info("reported %s as crashed: %s", held.name, error)
             # Out of attempts, or its sweep ended: no retry will resume from the checkpoint.
             delete_checkpoint_if_finished(answer, held.checkpoint_dir)
         except (LeaseLostError, NotFoundError):
             pass  # a newer claim holds the trial, or the server already moved it on
         except ApiError as error:
-            logger.warning("could not report trial %d to the server (its lease will expire instead): %s",
-                           trial_id, error)
+            logger.warning("could not report %s to the server (its lease will expire instead): %s",
+                           held.name, error)
 
     def _cleanup(self) -> None:
         for slot in self.slots:

@@ -8,7 +8,8 @@ import pytest
 
 from workers.handoff import RunningTrial, StateFile, delete_checkpoint_if_finished, ended_for_good
 
-TRIAL = RunningTrial(trial_id=3, worker_id="box-cpu0", lease_token=7, checkpoint_dir="/runs/1/3/checkpoint")
+TRIAL = RunningTrial(trial_id=3, trial_name="sweep 1 trial 2 (id 3)", worker_id="box-cpu0", lease_token=7,
+                     checkpoint_dir="/runs/1/trial-0002/checkpoint")
 
 
 def test_the_state_file_reads_back_the_running_trial_it_recorded(tmp_path: Path) -> None:
@@ -30,6 +31,16 @@ def test_a_state_file_that_is_not_a_running_trial_reads_as_none(tmp_path: Path, 
     path.write_bytes(content)
 
     assert StateFile(path).read() is None
+
+
+def test_the_supervisor_names_the_trial_as_its_child_did_and_by_id_for_an_older_childs_file(tmp_path: Path) -> None:
+    state = StateFile(tmp_path / "box-cpu0.json")
+    state.write(TRIAL)
+    assert state.read().name == "sweep 1 trial 2 (id 3)"  # type: ignore[union-attr]
+
+    (tmp_path / "box-cpu0.json").write_text('{"trial_id": 3, "worker_id": "box-cpu0", "lease_token": 7, '
+                                            '"checkpoint_dir": "/runs/1/3/checkpoint"}')
+    assert state.read().name == "trial 3"  # type: ignore[union-attr]
 
 
 def test_a_missing_state_file_reads_as_none(tmp_path: Path) -> None:
