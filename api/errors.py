@@ -36,9 +36,11 @@ _STATUS_OF: dict[type[SweeperError], int] = {
 
 
 def spec_problems(error: SpecError) -> list[dict[str, Any]]:
-    """SpecError's problems in FastAPI's validation-error shape, rooted at the request body."""
-    return [{"loc": ["body", *map(_loc_part, path)], "msg": message, "type": "value_error"}
-            for path, message in error.problems]
+    """SpecError's problems in FastAPI's validation-error shape, rooted at the request body; each with the
+    `line` of a YAML body it was written on, where known."""
+    return [{"loc": ["body", *map(_loc_part, path)], "msg": message, "type": "value_error",
+             **({} if line is None else {"line": line})}
+            for (path, message), line in zip(error.problems, error.line_numbers)]
 
 
 def _loc_part(part: Any) -> str | int:

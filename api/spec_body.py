@@ -30,7 +30,7 @@ def spec_document(body: Any, content_type: str | None) -> Any:
     FastAPI parses JSON itself and hands over the raw bytes of any other media type, or of a body sent
     without a Content-Type.
     """
-    media_type = (content_type or "").partition(";")[0].strip().lower()
+    media_type = _media_type(content_type)
     if media_type in YAML_MEDIA_TYPES:
         return _yaml_document(body)
     if isinstance(body, (bytes, bytearray)):
@@ -38,6 +38,15 @@ def spec_document(body: Any, content_type: str | None) -> Any:
         raise HTTPException(status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
                             f"a sweep spec is sent as application/json or application/yaml, not {sent}")
     return body
+
+
+def is_yaml(content_type: str | None) -> bool:
+    """Whether a body of this Content-Type is read as YAML."""
+    return _media_type(content_type) in YAML_MEDIA_TYPES
+
+
+def _media_type(content_type: str | None) -> str:
+    return (content_type or "").partition(";")[0].strip().lower()
 
 
 def _yaml_document(body: Any) -> Any:

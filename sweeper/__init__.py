@@ -12,7 +12,7 @@ from sweeper._errors import (InfrastructureError, NonFiniteLossError, RetryableE
                              TrialAbandonedError, UnknownTrialError)
 from sweeper._registry import PluginError, datasets, models
 from sweeper._spec import (Objective, SearchSettings, Stopping, SweepSpec, TrainSettings, load_spec, parse_spec,
-                           read_spec_text)
+                           read_spec_text, yaml_lines)
 from sweeper._strategies import AdaptiveStrategy, GridStrategy, RandomStrategy, Strategy, make_strategy
 from sweeper.plugins import register_dataset, register_model
 
@@ -25,7 +25,7 @@ __all__ = [
     "TrialAbandonedError", "UnknownTrialError",
     "datasets", "models", "register_dataset", "register_model",
     "Objective", "SearchSettings", "Stopping", "SweepSpec", "TrainSettings", "load_spec", "parse_spec",
-    "read_spec_text",
+    "read_spec_text", "yaml_lines",
     "AdaptiveStrategy", "GridStrategy", "RandomStrategy", "Strategy", "make_strategy",
     "log_files",
 ]

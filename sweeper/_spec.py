@@ -7,6 +7,7 @@ with its field path and the rule it broke, e.g. `hparams.dropout: min (0.5) must
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -504,6 +505,14 @@ def load_spec(path: str | Path) -> SweepSpec:
         return parse_spec(data, source=str(path))
     except SpecError as error:
         raise SpecError(error.problems, error.source, [_line_of(root, where) for where, _ in error.problems]) from None
+
+
+def yaml_lines(text: str, paths: Sequence[FieldPath]) -> list[int | None]:
+    """The line (from 1) on which each field path was written in the YAML document `text`: the deepest part
+    of the path that the document holds, None where it holds none. For problems found after parsing, such
+    as a REST API's YAML body, whose lines the 422 answer then names as `sweeper check` does."""
+    _, root = _read_yaml(text, None)
+    return [_line_of(root, path) for path in paths]
 
 
 def read_spec_text(text: str, *, syntax: Literal["yaml", "json"] = "yaml", source: str | None = None) -> Any:

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, PositiveInt
 
 from fastapi import APIRouter, Body, HTTPException, Path, Query, Request, status
 
-from sweeper import SpecError, SweepSpec, make_strategy, parse_spec
+from sweeper import SpecError, SweepSpec, make_strategy, parse_spec, yaml_lines
 from sweeper.hparams_log import write_experiment
 from sweeper.log_location import sweep_dir
 from sweeper.messages import SweepStatus, TrialState
@@ -20,7 +20,7 @@ from api.search.samplers import require_sampler, sampler_problems
 from api.json_guard import StrictJSONRoute
 from api.schemas import (COMMON_ERRORS, ObjectivePublic, SweepPlanPublic, SweepPublic, SweepsPublic, TrialDetail,
                          TrialPublic, TrialsPublic, error_responses)
-from api.spec_body import spec_document
+from api.spec_body import is_yaml, spec_document
 from api.queries import SORT_PATTERN, SortOrder
 
 router = APIRouter(prefix="/sweeps", tags=["sweeps"], route_class=StrictJSONRoute, responses=COMMON_ERRORS)
@@ -83,15 +83,27 @@ def validate_sweep(body: SpecBody, request: Request) -> SweepPlanPublic:
 
 def _checked_spec(body: Any, request: Request) -> SweepSpec:
     """The posted spec, valid and runnable here; or SpecError with its problems and this server's, together."""
-    document = spec_document(body, request.headers.get("content-type"))
+    content_type = request.headers.get("content-type")
+    document = spec_document(body, content_type)
     try:
         spec = parse_spec(document)
     except SpecError as error:
         search = document.get("search") if isinstance(document, dict) else None
         strategy = search.get("strategy") if isinstance(search, dict) else None
-        raise SpecError([*error.problems, *sampler_problems(strategy)]) from None
-    require_sampler(spec)
+        raise _located(SpecError([*error.problems, *sampler_problems(strategy)]), body, content_type) from None
+    try:
+        require_sampler(spec)
+    except SpecError as error:
+        raise _located(error, body, content_type) from None
     return spec
+
+
+def _located(error: SpecError, body: Any, content_type: str | None) -> SpecError:
+    """`error` with the line of a YAML body on which each problem's field was written, as `sweeper check`
+    names them for a file; a JSON body has no lines worth naming."""
+    if not is_yaml(content_type):
+        return error
+    return SpecError(error.problems, None, yaml_lines(bytes(body).decode("utf-8"), [path for path, _ in error.problems]))
 
 
 @router.get("", response_model=SweepsPublic, summary="List sweeps")

@@ -52,7 +52,32 @@ def test_every_problem_of_a_spec_comes_back_in_one_answer(client: TestClient, pa
     assert sorted(problems) == [("body", "hparams", "dropout"), ("body", "hparams", "unitz"),
                                 ("body", "objective", "metric"), ("body", "train", "epochs")]
     assert "'val_acc' is not a metric the trial logs" in problems["body", "objective", "metric"]
-    assert all(set(problem) == {"loc", "msg", "type"} for problem in response.json()["detail"])
+    # A YAML body's problems also say on which line their field was written, as `sweeper check` does.
+    expected = {"loc", "msg", "type", "line"} if body else {"loc", "msg", "type"}
+    assert all(set(problem) == expected for problem in response.json()["detail"])
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_a_yaml_bodys_problems_name_the_lines_their_fields_are_on(client: TestClient, path: str) -> None:
+    body = """\
+name: typo
+model: mlp
+dataset: digits
+objective:
+  metric: val_acc
+hparams:
+  units: {type: discrete, values: [16, 32]}
+  unitz:
+    type: discrete
+    values: [8, 16]
+  dropout: {type: real_interval, min: 0.5, max: 0.1}
+search: {strategy: grid}
+"""
+    response = client.post(f"{API}{path}", content=body, headers={"content-type": "application/yaml"})
+
+    assert response.status_code == 422, response.text
+    lines = {tuple(problem["loc"][1:]): problem["line"] for problem in response.json()["detail"]}
+    assert lines == {("objective", "metric"): 5, ("hparams", "unitz"): 8, ("hparams", "dropout"): 11}
 
 
 @pytest.mark.parametrize("path", PATHS)
