@@ -94,8 +94,9 @@ def test_workers_given_only_the_url_and_token_run_a_sweep_logged_where_the_serve
     # Every trial's logs are in the server's logdir, and nothing in the workers' own folders.
     sweep_folder = f"{logdir}/{sweep_id}" if logdir else str(head / "runs" / str(sweep_id))
     for trial in trials:
-        assert tf.io.gfile.glob(f"{sweep_folder}/{trial['id']}/train/*tfevents*"), trial
-        assert not tf.io.gfile.exists(f"{sweep_folder}/{trial['id']}/checkpoint")  # completed: deleted
+        run = f"trial-{trial['number']:04d}"  # each trial's folder, named by its number within the sweep
+        assert tf.io.gfile.glob(f"{sweep_folder}/{run}/train/*tfevents*"), trial
+        assert not tf.io.gfile.exists(f"{sweep_folder}/{run}/checkpoint")  # completed: deleted
     for host in hosts:
         assert not (host / "runs").exists()
 
@@ -108,6 +109,6 @@ def test_workers_given_only_the_url_and_token_run_a_sweep_logged_where_the_serve
         return groups if len(groups) == TRIALS and all(group.get("metricValues") for group in groups) else None
 
     groups = wait_until(session_groups, 90, "TensorBoard's session groups", interval=1)
-    assert {group["name"] for group in groups} == {str(trial["id"]) for trial in trials}
+    assert {group["name"] for group in groups} == {f"trial-{trial['number']:04d}" for trial in trials}
     assert all(session["status"] == "STATUS_SUCCESS" for group in groups for session in group["sessions"])
     admin.close()

@@ -2,11 +2,13 @@
 kill -9 of the server mid-sweep changes nothing that was decided.
 
 `sweeper serve` and `sweeper worker` run as subprocesses on a temporary SQLite file; everything is observed
-through the REST API, as an operator would, and through TensorBoard's own reader of the logs.
+through the REST API, as an operator would, through TensorBoard's own reader of the logs, and on the web
+page in Chromium.
 """
 
 from __future__ import annotations
 
+import shutil
 import signal
 from pathlib import Path
 
@@ -53,6 +55,9 @@ def pruned_at_epoch_in_tensorboard(trial_folder: Path) -> list[tuple[int, float]
 
 
 def test_pruned_trials_stop_after_their_epoch_and_a_killed_server_changes_no_decision(processes, tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the page part needs Playwright")
+    if shutil.which("chromium") is None:
+        pytest.skip("the page part needs Debian's Chromium (.ci/run installs it)")
     service = Service(processes, tmp_path)
     service.start_worker(cpu_workers=2)
     sweep_id = service.submit(TUNING_SPEC)
@@ -94,3 +99,19 @@ def test_pruned_trials_stop_after_their_epoch_and_a_killed_server_changes_no_dec
             assert pruned_at_epoch_in_tensorboard(folder) == []
             assert epochs == list(range(EPOCHS)), (trial["id"], epochs)
             assert all(entry["decision"]["action"] == "continue" for entry in history)
+
+    # The page marks each pruned trial "pruned @ N", N the epochs it trained, and counts them apart.
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=shutil.which("chromium"))
+        try:
+            page = browser.new_page()
+            page.goto(f"{service.url}/#/sweeps/{sweep_id}")
+            expect = sync_api.expect
+            expect(page.locator(".trials-table tbody tr")).to_have_count(TRIALS)
+            for trial in trials:
+                badge = page.locator(f".trials-table tr[data-trial-id='{trial['id']}'] td.state .badge")
+                expect(badge).to_have_text(f"pruned @ {trial['pruned_at_epoch'] + 1}" if trial["state"] == "pruned"
+                                           else "completed")
+            expect(page.locator(".counts .count")).to_contain_text([f"{len(pruned)} pruned"])
+        finally:
+            browser.close()

@@ -86,7 +86,7 @@ def test_a_trial_reads_only_declared_hparams(tmp_path: Path) -> None:
 
     hparams = Recording({"units": 8, "batch_size": 64})
     assignment = Assignment(
-        trial_id=1, sweep_id=1, hparams={}, model="mlp", dataset="iris", objective=Objective(metric="val_accuracy"),
+        trial_id=1, sweep_id=1, number=1, hparams={}, model="mlp", dataset="iris", objective=Objective(metric="val_accuracy"),
         train=TrainSettings(epochs=1), logdir=str(tmp_path / "1"), checkpoint_dir=str(tmp_path / "checkpoint"),
         lease_expires_at=datetime.now(timezone.utc) + timedelta(minutes=5), lease_token=1)
 

@@ -192,7 +192,7 @@ def test_a_sweep_created_in_the_page_is_watched_to_the_end_and_opened_in_tensorb
         expect(page.locator(".trials-table tbody tr")).to_have_count(3)
         expect(page.locator(".trials-table tr.best")).to_have_attribute("data-trial-id", str(best["id"]))
         # A trial is named by its number in the sweep, as the CLI and TensorBoard name it; never its id or index.
-        expect(page.locator(".trials-table tr.best td").first).to_have_text(f"{best['number']} ★")
+        expect(page.locator(".trials-table tr.best td.number").first).to_have_text(f"{best['number']} ★")
         expect(page.locator(".facts .best-value a")).to_have_text(f"trial {best['number']}")
         expect(page.locator(".chart-box svg.chart")).to_have_attribute("aria-label",
                                                                         re.compile("of 3 completed trials"))
