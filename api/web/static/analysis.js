@@ -81,7 +81,8 @@ export function analysisCard(id, { onPick, onCompareChange }) {
       EVALUATORS.map(([value, label]) => h("option", { value, selected: value === view.evaluator }, label)));
     if (!pane.firstChild) fill(pane, h("p", { class: "muted" }, "Computing…"));
     const found = await api(`/sweeps/${id}/importance?evaluator=${view.evaluator}`);
-    const judged = found.judged < found.completed
+    // With too few trials nothing was judged: the reason below says why, so no sample is spoken of.
+    const judged = found.judged > 0 && found.judged < found.completed
       ? `a seeded sample of ${found.judged.toLocaleString("en")} of the ${found.completed.toLocaleString("en")} completed trials`
       : `${found.completed.toLocaleString("en")} completed trial${found.completed === 1 ? "" : "s"}`;
     fill(pane,
