@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from sweeper import NonFiniteLossError, RetryableError, TrialAbandonedError
-from sweeper.client import Client
+from sweeper.client import ApiError, Client
 from sweeper.messages import Action, Assignment, ClaimRequest, HeartbeatRequest, ReleaseReport
 from sweeper.training.checkpoints import TrialCheckpoint, checkpoint_folder
 from workers.agent import Agent, FatalWorkerError
@@ -203,7 +203,10 @@ def test_a_lost_lease_drops_the_trial_silently_and_the_agent_goes_on(
         def thief_keeps_its_lease() -> None:
             beat = HeartbeatRequest(worker_id="thief", lease_token=thief[0].lease_token)
             while not thief_done.wait(0.1):
-                client.heartbeat(thief[0].trial_id, beat)
+                try:
+                    client.heartbeat(thief[0].trial_id, beat)
+                except ApiError:
+                    pass  # one slow or refused beat on a loaded machine must not end the thief's heartbeats
 
         def lease_expires_and_another_worker_claims(epoch: int) -> None:
             if epoch == 0:
