@@ -10,7 +10,6 @@ neither read nor create sweeps. The server's own page still pauses a sweep with 
 from __future__ import annotations
 
 import secrets
-import shutil
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -22,12 +21,7 @@ import pytest
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 
-CHROMIUM = shutil.which("chromium")
-if CHROMIUM is None:
-    pytest.skip("Debian's chromium is not installed (apt-get install chromium; .ci/run does it)",
-                allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed (pip install "
-                                                              "-e '.[dev]')")
+from browser_testing import CHROMIUM, sync_api  # noqa: E402  (skips the module without them)
 
 from api.server import RunningServer, start_in_thread  # noqa: E402
 from api.settings import Settings  # noqa: E402

@@ -7,7 +7,6 @@ cookie opens nothing.
 
 from __future__ import annotations
 
-import shutil
 from typing import Any
 
 import httpx
@@ -15,12 +14,7 @@ import pytest
 
 pytestmark = [pytest.mark.browser]
 
-CHROMIUM = shutil.which("chromium")
-if CHROMIUM is None:
-    pytest.skip("Debian's chromium is not installed (apt-get install chromium; .ci/run does it)",
-                allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed (pip install "
-                                                              "-e '.[dev]')")
+from browser_testing import CHROMIUM, sync_api  # noqa: E402  (skips the module without them)
 
 from api.server import RunningServer  # noqa: E402
 

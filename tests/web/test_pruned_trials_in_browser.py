@@ -8,7 +8,6 @@ trial's panel, where its curves end at a marked epoch. Screenshots go to test-ar
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +16,7 @@ import pytest
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 
-CHROMIUM = shutil.which("chromium")
-if CHROMIUM is None:
-    pytest.skip("Debian's chromium is not installed (apt-get install chromium; .ci/run does it)",
-                allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed (pip install "
-                                                              "-e '.[dev]')")
+from browser_testing import CHROMIUM, sync_api  # noqa: E402  (skips the module without them)
 
 from api.server import RunningServer  # noqa: E402
 
