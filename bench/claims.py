@@ -593,6 +593,12 @@ def main() -> None:
         if args.sizes:
             by_size = {size: latency_with_finished(work, size, args.latency_claims) for size in args.sizes}
             console.print(size_table(by_size))
+    finish(console, failures)
+
+
+def finish(console: Console, failures: list[str]) -> None:
+    """The machine's load at the end, then each correctness failure; exit 1 if there was any (never for a
+    missed target)."""
     console.print(f"load average {os.getloadavg()[0]:.2f} at the end")
     if failures:
         for failure in failures:

@@ -48,7 +48,7 @@ from rich.table import Table
 # Scripts in bench/ run with their folder on sys.path; said explicitly so that loading this file from
 # elsewhere (a test, say) finds the shared helpers too.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from claims import API, BIN, SERVER_ENV, running_server, verdict  # noqa: E402
+from claims import API, BIN, SERVER_ENV, finish, running_server, verdict  # noqa: E402
 
 EPOCHS = 27
 """3**3: with min_epochs 1 and reduction_factor 3, ASHA's rungs fall after 1, 3, 9 and 27 epochs."""
@@ -370,13 +370,7 @@ def main() -> None:
     console.print(f"Target: TPE+ASHA's best completed val_accuracy >= random search's at equal wall time: "
                   f"{verdict(wins == len(args.seeds))} on {wins} of {len(args.seeds)} seed(s)"
                   f"{' (one seed: a single draw, not a distribution)' if len(args.seeds) == 1 else ''}")
-    console.print(f"load average {os.getloadavg()[0]:.2f} at the end")
-
-    failures = [f"{o.side.label}, seed {o.seed}: {problem}" for o in outcomes for problem in o.problems]
-    for failure in failures:
-        console.print(f"[red]correctness failure[/] {failure}")
-    if failures:
-        raise SystemExit(1)
+    finish(console, [f"{o.side.label}, seed {o.seed}: {problem}" for o in outcomes for problem in o.problems])
 
 
 if __name__ == "__main__":

@@ -54,7 +54,8 @@ from rich.table import Table
 # elsewhere (a test, say) finds the shared helpers too.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import simulated_model  # noqa: E402
-from claims import API, BIN, SERVER_ENV, ServerProcess, free_port, ms, percentile, run_async, verdict  # noqa: E402
+from claims import (API, BIN, SERVER_ENV, ServerProcess, finish, free_port, ms, percentile, run_async,  # noqa: E402
+                    verdict)
 
 # -- the objective: Hartmann6, reached through a learning curve -------------------------------------------
 
@@ -692,11 +693,7 @@ def main() -> None:
             cost = sampler_cost(work, args.lone_claims, after_restart=10)
             console.print(cost_table(cost, args.lone_claims))
             failures += [f"sampler cost: {problem}" for problem in cost.problems]
-    console.print(f"load average {os.getloadavg()[0]:.2f} at the end")
-    if failures:
-        for failure in failures:
-            console.print(f"[red]correctness failure[/] {failure}")
-        raise SystemExit(1)
+    finish(console, failures)
 
 
 if __name__ == "__main__":
