@@ -10,8 +10,9 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from sweeper import log_location
 from sweeper._spec import Objective, TrainSettings
 from sweeper._text import Printable
 
@@ -50,6 +51,9 @@ class Action(StrEnum):
     """Stop now: the trial will not win; it ends pruned with the metrics it reached."""
     cancel = "cancel"
     """Stop now: the sweep has ended."""
+    exploit = "exploit"
+    """Population Based Training: load another member's weights and optimizer state, saved after this epoch,
+    and train on from the next epoch with new hparams; the `Directive`'s `exploit` says which and what."""
 
 
 class LeaseConflictReason(StrEnum):
@@ -76,11 +80,57 @@ class _Message(BaseModel):
 class ClaimRequest(_Message):
     # An example for the OpenAPI docs.
     model_config = ConfigDict(json_schema_extra={"examples": [
-        {"worker_id": "gpu-box-1/0", "host": "gpu-box-1", "gpu": "0"}]})
+        {"worker_id": "gpu-box-1/0", "host": "gpu-box-1", "gpu": "0", "gpus": 1}]})
 
     worker_id: WorkerId
     host: Annotated[str, Field(min_length=1, max_length=255), Printable]
     gpu: Annotated[str, Field(max_length=64), Printable] | None = None
+    """The worker's GPU, or its group of GPUs as CUDA_VISIBLE_DEVICES lists them ("0,1"); None on a CPU."""
+    gpus: Annotated[int, Field(ge=0, le=64)] = 1
+    """How many GPUs (or, on a CPU, devices) the worker can give one trial: it is handed only trials of
+    sweeps whose `train.gpus_per_trial` is at most this. A worker from before this field counts as one."""
+
+
+class PbtSegment(_Message):
+    """One stretch of a Population Based Training member's life with the same hparams: its first segment
+    (from epoch 0, no parent), then one more for every exploit."""
+
+    segment: Annotated[int, Field(ge=1)]
+    """1 for the member's first stretch, then 2, 3, ... after each exploit."""
+    start_epoch: Annotated[int, Field(ge=0)]
+    """The first epoch (from 0) trained with these hparams."""
+    hparams: dict[str, Any]
+    parent_trial_id: int | None = None
+    """The member whose weights this segment started from (None for segment 1)."""
+    parent_number: int | None = None
+    parent_epoch: int | None = None
+    """The epoch (from 0) after which the parent's weights were saved and copied: start_epoch - 1."""
+
+
+class PbtMember(_Message):
+    """What a worker needs to run a trial of a `strategy: pbt` sweep: a member of the population."""
+
+    interval_epochs: Annotated[int, Field(ge=1)]
+    """After every `interval_epochs` epochs (epoch indices interval-1, 2*interval-1, ...), the worker saves
+    the member's weights and optimizer state to `snapshot_path(snapshot_dir, epoch)` before it reports
+    the epoch: the file another member may be told to copy. It is never written again."""
+    snapshot_dir: str
+    """The member's snapshot folder (local or an object store URL), outside its checkpoint folder: a finished
+    member's snapshots may still be copied. The server deletes the ones no member may still copy."""
+    segments: Annotated[list[PbtSegment], Field(min_length=1)]
+    """The member's lineage so far, oldest first; the last is in force. A retried member resumes from its
+    checkpoint with the hparams of the segment its first epoch to train falls in."""
+
+
+class Exploit(_Message):
+    """The answer to a PBT member's report at the end of an interval when it is in the bottom quarter: copy
+    a top-quarter member's weights and optimizer state saved after the same epoch, and train on from the
+    next epoch as a new segment with `segment.hparams` (its mutable hparams explored)."""
+
+    snapshot: str
+    """The donor's snapshot file (`snapshot_path(<donor's snapshot_dir>, epoch)`): a path or an object store URL."""
+    segment: PbtSegment
+    """The segment that starts at the next epoch: its hparams, and the donor as its parent."""
 
 
 class Assignment(_Message):
@@ -100,6 +150,8 @@ class Assignment(_Message):
     name is the trial's run name in TensorBoard and the name of its HParams session."""
     log_scaled: list[str] = []
     """Hparams searched on a log scale; the TensorBoard session also gets `log10_<name>` for each."""
+    pbt: PbtMember | None = None
+    """Set for a member of a Population Based Training sweep; None otherwise."""
     attempt: int = 1
     """Which attempt at the trial this is (1 for the first claim)."""
     checkpoint_dir: str = ""
@@ -196,3 +248,17 @@ class Directive(_Message):
     """The server's answer to a heartbeat or a metrics report."""
 
     action: Action = Action.continue_
+    exploit: Exploit | None = None
+    """Set exactly when `action` is exploit (only ever in the answer to a PBT member's metrics report)."""
+
+    @model_validator(mode="after")
+    def _exploit_with_its_details(self) -> Directive:
+        if (self.action == Action.exploit) != (self.exploit is not None):
+            raise ValueError("exploit must be given exactly when action is exploit")
+        return self
+
+
+def snapshot_path(snapshot_dir: str, epoch: int) -> str:
+    """The file a PBT member's weights and optimizer state are saved to after `epoch` (from 0):
+    `<snapshot_dir>/epoch-000005.weights.h5`."""
+    return log_location.join(snapshot_dir, f"epoch-{epoch:06d}.weights.h5")
