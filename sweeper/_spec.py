@@ -64,12 +64,20 @@ ADAPTIVE_STRATEGIES = ("tpe", "gp", "cmaes", "nsga2")
 
 
 class SearchSettings(_Strict):
-    strategy: Literal["grid", "random", "tpe", "gp", "cmaes", "nsga2"] = "random"
+    strategy: Literal["grid", "random", "tpe", "gp", "cmaes", "nsga2", "pbt"] = "random"
     max_trials: PositiveInt | None = None
     seed: int = 0
     grid_points: int = Field(default=2, ge=2, le=1000)
     warm_start: Annotated[list[PositiveInt], Field(max_length=100)] | None = None
     """Earlier sweeps of the same space and objective whose finished trials the sampler starts from."""
+    population: int | None = Field(default=None, ge=2, le=1000)
+    """pbt: how many members train at once; each member is one trial."""
+    interval_epochs: PositiveInt | None = None
+    """pbt: a member is judged (exploit and explore) after every this many epochs."""
+    mutable: Annotated[list[str], Field(max_length=100)] | None = None
+    """pbt: the hparams that may change within a member's life."""
+    max_epochs: PositiveInt | None = Field(default=None, le=100_000)
+    """pbt: the epochs every member trains in all (the same as train.epochs)."""
 
     @property
     def adaptive(self) -> bool:
@@ -133,6 +141,9 @@ class TrainSettings(_Strict):
     """Train in float16 with float32 variables (Keras "mixed_float16"); worth it on GPUs with tensor cores."""
     jit_compile: bool = False
     """Compile the training step with XLA."""
+    gpus_per_trial: int = Field(default=1, ge=1, le=64)
+    """GPUs one trial trains on, with tf.distribute.MirroredStrategy when more than one; `batch_size` is per
+    replica. Only workers with at least this many GPUs (`ClaimRequest.gpus`) are handed its trials."""
 
     @field_validator("class_weight", mode="before")
     @classmethod

@@ -42,13 +42,16 @@ def get_trial(trial_id: int, repository: RepositoryDep) -> TrialDetail:
     return TrialDetail.from_history(repository.get_trial(trial_id))
 
 
-@router.post("/{trial_id}/heartbeat", response_model=Directive, responses=_LEASE_RESPONSES, dependencies=[WorkerDep])
+# exclude_none: an answer without an exploit reads {"action": "continue"}, as it did before PBT.
+@router.post("/{trial_id}/heartbeat", response_model=Directive, response_model_exclude_none=True,
+             responses=_LEASE_RESPONSES, dependencies=[WorkerDep])
 def heartbeat(trial_id: int, request: HeartbeatRequest, repository: RepositoryDep) -> Directive:
     """Extend the lease; the answer says whether to go on ("continue") or stop now ("cancel")."""
     return repository.heartbeat(trial_id, request)
 
 
-@router.post("/{trial_id}/metrics", response_model=Directive, responses=_LEASE_RESPONSES, dependencies=[WorkerDep])
+@router.post("/{trial_id}/metrics", response_model=Directive, response_model_exclude_none=True,
+             responses=_LEASE_RESPONSES, dependencies=[WorkerDep])
 def report_metrics(trial_id: int, report: MetricsReport, repository: RepositoryDep) -> Directive:
     """One epoch's metrics (re-reporting an epoch replaces it); extends the lease, and answers like a heartbeat."""
     return repository.report_metrics(trial_id, report)

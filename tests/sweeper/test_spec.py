@@ -82,7 +82,7 @@ def test_bad_domain_is_rejected_with_its_path(hparam, expected):
 
 @pytest.mark.parametrize(("overrides", "expected"), [
     ({"search": {"strategy": "bayes"}},
-     "search.strategy: Input should be 'grid', 'random', 'tpe', 'gp', 'cmaes' or 'nsga2'"),
+     "search.strategy: Input should be 'grid', 'random', 'tpe', 'gp', 'cmaes', 'nsga2' or 'pbt'"),
     ({"model": "resnet9000"}, "model: unknown model 'resnet9000'; registered models: cnn, mlp"),
     ({"dataset": "imagenet"}, "dataset: unknown dataset 'imagenet'"),
     ({"colour": "blue"}, "colour: unknown field"),
