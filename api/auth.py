@@ -32,12 +32,14 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute, iter_route_contexts
 from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.security.utils import get_authorization_scheme_param
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection
 from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from api.errors import busy_database_answer
 from api.settings import Settings
 from api.web_sessions import find_session, token_fingerprint
 
@@ -208,7 +210,14 @@ class TokenGate:
         connection = HTTPConnection(scope)
         bearer = bearer_credentials(connection.headers.get("authorization"))
         cookie = connection.cookies.get(COOKIE_NAME)
-        role = await resolve_role(connection, bearer, cookie)
+        try:
+            role = await resolve_role(connection, bearer, cookie)
+        except OperationalError as error:
+            # A cookie's session is read from the database here, before any route and its error handlers.
+            busy = busy_database_answer(error, method, scope["path"])
+            if busy is None:
+                raise
+            return busy
         if role is None:
             return _unauthenticated_response(presented_token(bearer, cookie), connection)
         if role is Role.worker and not _reaches_worker_route(scope):

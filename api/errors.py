@@ -94,14 +94,22 @@ async def _request_validation_error(request: Request, error: Exception) -> JSONR
 
 async def _database_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, OperationalError)
-    if "database is locked" in str(error.orig):
-        # The write lock stayed taken past busy_timeout; the transaction rolled back, so the request
-        # changed nothing and is safe to send again.
-        logger.warning("%s %s: database is locked", request.method, request.url.path)
-        return JSONResponse({"detail": "the database is busy; retry the request"},
-                            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
-                            headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
-    raise error
+    answer = busy_database_answer(error, request.method, request.url.path)
+    if answer is None:
+        raise error
+    return answer
+
+
+def busy_database_answer(error: OperationalError, method: str, path: str) -> JSONResponse | None:
+    """503 with Retry-After when `error` says SQLite's write lock stayed taken past busy_timeout: the
+    transaction rolled back, so the request changed nothing and is safe to send again. None for any other
+    database error. Used by the routes' handler and by the token gate, which runs before any route."""
+    if "database is locked" not in str(error.orig):
+        return None
+    logger.warning("%s %s: database is locked", method, path)
+    return JSONResponse({"detail": "the database is busy; retry the request"},
+                        status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+                        headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
 
 
 def install_error_handlers(app: FastAPI) -> None:

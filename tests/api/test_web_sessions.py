@@ -5,6 +5,7 @@ that opened it is no longer configured.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable
 from datetime import timedelta
 
@@ -149,3 +150,27 @@ def test_a_cookie_holding_the_token_itself_is_no_credential_and_login_drops_it(s
 def test_the_bearer_header_needs_no_session(secured: TestClient) -> None:
     assert secured.get(f"{API}/sweeps", headers={"Authorization": f"Bearer {ADMIN}"}).status_code == 200
     assert stored_rows(secured) == []
+
+
+@pytest.mark.sqlite_only  # holds SQLite's own write lock from outside the server
+def test_a_cookie_checked_while_the_database_is_locked_answers_503_not_500(
+        secured: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    from api import db
+
+    cookie = log_in(secured)
+    browser = with_cookie(secured, cookie)
+    monkeypatch.setattr(db, "BUSY_TIMEOUT_MS", 50)
+    secured.app.state.context.engine.dispose()  # new connections take the short timeout
+    url = secured.app.state.context.settings.database_url
+    blocker = sqlite3.connect(url.removeprefix("sqlite:///"), isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        answer = browser.get(f"{API}/sweeps")
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+
+    assert answer.status_code == 503, answer.text
+    assert answer.headers["retry-after"] == "1"
+    assert answer.json() == {"detail": "the database is busy; retry the request"}
+    assert browser.get(f"{API}/sweeps").status_code == 200
