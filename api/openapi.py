@@ -4,6 +4,8 @@ on every operation they apply to, so no route has to remember to declare them.
 - 401 and 403, from the rules api.auth enforces: the public routes need no token; routes that declare
   WorkerDep take either token (401 without one); every other route takes the admin token only (401
   without one, 403 for the worker token).
+- 400 on every operation, and 403 on every one that changes something (POST, PUT, PATCH, DELETE), public
+  ones too, from the Host and origin checks of api.origin_guard.
 - 413 on every operation with a request body, from api.limits.
 - The one error shape (`{"detail": ...}`, api.errors) on every error a route documented by its
   description only.
@@ -18,6 +20,7 @@ from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute, iter_route_contexts
 
 from api.auth import is_public, require_worker
+from api.origin_guard import STATE_CHANGING
 from api.schemas import ERRORS, ErrorMessage, ValidationErrorMessage
 
 _ERROR_MODELS = (ErrorMessage, ValidationErrorMessage)
@@ -40,9 +43,11 @@ def _document_app_errors(document: dict[str, Any], app: FastAPI) -> None:
     worker_operations = _worker_operations(app)
     for path, operations in document.get("paths", {}).items():
         for method, operation in operations.items():
-            codes: tuple[int, ...] = ()
+            codes: tuple[int, ...] = (400,)
             if not is_public(method.upper(), path):
-                codes = (401,) if (method, path) in worker_operations else (401, 403)
+                codes += (401,) if (method, path) in worker_operations else (401, 403)
+            if method.upper() in STATE_CHANGING and 403 not in codes:
+                codes += (403,)
             if "requestBody" in operation:
                 codes += (413,)
             responses = operation.setdefault("responses", {})

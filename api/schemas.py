@@ -262,8 +262,10 @@ class ValidationErrorMessage(BaseModel):
 
 
 ERRORS: dict[int, tuple[type[BaseModel], str]] = {
+    400: (ErrorMessage, "The Host header names none of this server's names (its guard against DNS rebinding)."),
     401: (ErrorMessage, "No valid token (only when the server is configured with tokens)."),
-    403: (ErrorMessage, "A worker token on an endpoint that needs the admin token."),
+    403: (ErrorMessage, "A worker token on an endpoint that needs the admin token, or a request that changes "
+                        "something sent by a page of another origin."),
     404: (ErrorMessage, "No such sweep or trial; the message names the id."),
     409: (ErrorMessage, "The current state does not allow this; the message names it, and nothing changed."),
     413: (ErrorMessage, "The request body is larger than the server accepts; the message names the limit."),

@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 
 from api.app import create_app
 from api.auth import is_public
+from api.origin_guard import STATE_CHANGING
 from api.settings import Settings
 
 DOCUMENT = create_app(Settings(database_url="sqlite://")).openapi()
@@ -57,6 +58,9 @@ def test_every_error_an_operation_can_answer_is_documented_with_its_schema(metho
         expected.add("413")
     if not is_public(method.upper(), path):
         expected |= {"401"} if (method, path) in EITHER_TOKEN else {"401", "403"}
+    expected.add("400")  # any request whose Host names none of the server's names (api.origin_guard)
+    if method.upper() in STATE_CHANGING:
+        expected.add("403")  # a state-changing request from another origin's page, public or not
     responses = operation["responses"]
 
     assert expected <= set(responses), f"undocumented: {sorted(expected - set(responses))}"
