@@ -58,6 +58,8 @@ class EpochMetrics(BaseModel):
     epoch: int
     metrics: dict[str, float | None]
     """What the trial logged that epoch, the learning rate it trained with included."""
+    reported_at: datetime | None = None
+    """When the epoch was reported (last reported, for an epoch trained again after a resume)."""
     decision: dict[str, Any] | None = None
     """The stopping rule's answer to this epoch's report ("continue" or "prune") and what it compared; left
     out where the sweep has no stopping rule."""

@@ -119,6 +119,11 @@ def list_workers(client: TestClient) -> dict[str, dict[str, Any]]:
     return {worker["id"]: worker for worker in response.json()["data"]}
 
 
+def without_times(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A trial's history without each epoch's `reported_at`: the epochs and metrics a test compares."""
+    return [{key: value for key, value in entry.items() if key != "reported_at"} for entry in history]
+
+
 def get_trial(client: TestClient, trial_id: int) -> dict[str, Any]:
     response = client.get(f"{API}/trials/{trial_id}")
     assert response.status_code == 200, response.text

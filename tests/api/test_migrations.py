@@ -101,7 +101,8 @@ def test_the_first_revisions_rows_survive_the_upgrade_to_head(engine: Engine, da
     assert [(trial["id"], trial["state"], trial["hparams"]) for trial in trials] == [
         (1, "completed", {"units": 16}), (2, "running", {"units": 32}), (3, "pending", {"units": 48})]
     assert trials[0]["metrics"] == {"val_accuracy": 0.9}
-    assert history == [{"epoch": 0, "metrics": {"val_accuracy": 0.9}}]
+    assert [{key: entry[key] for key in ("epoch", "metrics")} for entry in history] == [
+        {"epoch": 0, "metrics": {"val_accuracy": 0.9}}]
     assert [worker["id"] for worker in workers] == ["host-gpu0"]
 
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import time
+from datetime import datetime
 from collections.abc import Callable
 
 import pytest
-from api_testing import API, Worker, create_sweep, get_sweep, get_trial, grid_spec, random_spec
+from api_testing import API, Worker, create_sweep, get_sweep, get_trial, grid_spec, random_spec, without_times
 from fastapi.testclient import TestClient
 
 from sweeper import TrainSettings, make_strategy, parse_spec
@@ -116,8 +117,12 @@ def test_reporting_an_epoch_again_overwrites_it(client: TestClient):
     worker.report(trial_id, 0, loss=3.0)
     worker.report(trial_id, 1, loss=1.5, accuracy=0.5)
 
-    assert get_trial(client, trial_id)["history"] == [{"epoch": 0, "metrics": {"loss": 3.0}},
-                                                      {"epoch": 1, "metrics": {"loss": 1.5, "accuracy": 0.5}}]
+    history = get_trial(client, trial_id)["history"]
+    assert without_times(history) == [{"epoch": 0, "metrics": {"loss": 3.0}},
+                                      {"epoch": 1, "metrics": {"loss": 1.5, "accuracy": 0.5}}]
+    # When each epoch was last reported: the page paces a resumed trial by its current attempt's epochs.
+    first, again = (datetime.fromisoformat(entry["reported_at"]) for entry in history)
+    assert first.tzinfo is not None and again >= first
 
 
 def test_claim_from_another_worker_gets_409_and_changes_nothing(client: TestClient):
@@ -335,7 +340,7 @@ def test_non_finite_metrics_are_stored_as_null(client: TestClient):
     worker.post(trial_id, "complete", metrics={"val_accuracy": "-inf", "loss": "NaN"})
 
     trial = get_trial(client, trial_id)
-    assert trial["history"] == [{"epoch": 0, "metrics": {"loss": None, "val_accuracy": None, "ok": 1.0}}]
+    assert without_times(trial["history"]) == [{"epoch": 0, "metrics": {"loss": None, "val_accuracy": None, "ok": 1.0}}]
     assert trial["metrics"] == {"val_accuracy": None, "loss": None}
 
 

@@ -273,3 +273,20 @@ def test_running_trials_show_their_epoch_and_finish_and_the_workers_view_what_ea
     expect(listed).to_have_text(" · 1 failed")
     assert listed.evaluate("element => getComputedStyle(element).color") == "rgb(197, 48, 48)"
     assert errors == []
+
+
+def test_a_resumed_trial_is_paced_by_the_epochs_of_its_current_attempt_alone(
+        server: RunningServer, tokens: dict[str, str], browser: Any) -> None:
+    # Five epochs came from the attempt before the restart; one, a minute long, from this one.
+    page, errors = open_page(browser, server, tokens, "#/")
+    now = 1_700_000_000_000
+    started = "2023-11-14T22:12:20Z"  # now - 60 s
+    trial = {"state": "running", "started_at": started,
+             "history": [{"epoch": epoch, "reported_at": "2023-11-14T21:00:00Z"} for epoch in range(5)]
+             + [{"epoch": 5, "reported_at": "2023-11-14T22:13:19Z"}]}
+
+    progress = page.evaluate("async ([trial, now]) => (await import('/static/progress.js')).trialProgress(trial, 10, now)",
+                             [trial, now])
+
+    assert progress == {"done": 6, "epochs": 10, "secondsLeft": 240}
+    assert errors == []

@@ -5,9 +5,9 @@ import { h } from "./dom.js";
 
 /**
  * Epochs done, of how many, and the seconds left at the pace so far (null until an epoch is done).
- * The pace is the time since the trial (its current attempt) started over the epochs it reported: a trial
- * resumed from a checkpoint reads as faster than it is until it has run a while.
- * @param {{state: string, started_at?: string|null, history?: {epoch: number}[]}} trial
+ * The pace is the time since the trial's current attempt started over the epochs reported since: a trial
+ * resumed from a checkpoint also holds the epochs of earlier attempts, which took none of that time.
+ * @param {{state: string, started_at?: string|null, history?: {epoch: number, reported_at?: string}[]}} trial
  * @param {number} epochs  the sweep's train.epochs
  * @param {number} [now]  ms since the epoch
  */
@@ -15,9 +15,11 @@ export function trialProgress(trial, epochs, now = Date.now()) {
   const history = trial.history ?? [];
   const done = history.length ? Math.max(...history.map((entry) => entry.epoch)) + 1 : 0;
   const started = trial.started_at ? Date.parse(trial.started_at) : NaN;
+  // Entries without reported_at (from an older server) count as this attempt's, as they did before.
+  const thisAttempt = history.filter((entry) => !entry.reported_at || !(Date.parse(entry.reported_at) < started)).length;
   let secondsLeft = null;
-  if (done > 0 && Number.isFinite(started) && epochs > done) {
-    const perEpoch = Math.max(0, now - started) / 1000 / done;
+  if (thisAttempt > 0 && Number.isFinite(started) && epochs > done) {
+    const perEpoch = Math.max(0, now - started) / 1000 / thisAttempt;
     secondsLeft = perEpoch * (epochs - done);
   } else if (done >= epochs && epochs > 0) secondsLeft = 0;
   return { done, epochs, secondsLeft };
