@@ -7,6 +7,7 @@ told after its epoch 1 to exploit that snapshot with a new learning rate and dro
 
 from __future__ import annotations
 
+import shutil
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -329,3 +330,36 @@ def test_an_exploit_answer_without_its_details_or_to_a_plain_trial_is_refused(tm
 
     with pytest.raises(ValueError, match=rule):
         run_trial(member, lambda epoch, metrics: answer)
+
+
+def test_under_a_sweep_config_declaring_member_and_parent_the_dashboard_shows_each_segment(
+        sweep: Path, exploited: Any, tmp_path: Path) -> None:
+    from tensorboard.compat.proto import event_pb2
+    from tensorboard.plugins.hparams import summary_v2 as hp
+
+    from sweeper import parse_spec
+    from sweeper.hparams_log import CONFIG_FILE, event_records, hparams_for, metrics_for
+
+    _, _, server, _ = exploited
+    sweep_dir = tmp_path / "sweep"
+    shutil.copytree(sweep, sweep_dir)
+    spec = parse_spec({"name": "pbt", "model": "mlp", "dataset": "digits", "objective": {"metric": "val_accuracy"},
+                       "search": {"max_trials": 2},
+                       "hparams": {"units": 16, "batch_size": 256, "seed": {"type": "discrete", "values": [1, 2]},
+                                   "learning_rate": {"type": "real_interval", "min": 1e-4, "max": 0.1, "log": True},
+                                   "dropout": {"type": "real_interval", "min": 0.0, "max": 0.5}}})
+    # What the server writes for a pbt sweep: the spec's hparams, then `member` and `parent`.
+    config = hp.hparams_config_pb([*hparams_for(spec), hp.HParam("member", hp.IntInterval(0, 8)),
+                                   hp.HParam("parent", hp.IntInterval(0, 8))], metrics_for(spec))
+    (sweep_dir / CONFIG_FILE).write_bytes(event_records([
+        event_pb2.Event(wall_time=0, file_version="brain.Event:2").SerializeToString(),
+        event_pb2.Event(wall_time=0, step=0, summary=config).SerializeToString()]))
+
+    groups = {group.name: group for group in _session_groups(sweep_dir)}
+
+    assert sorted(groups) == ["trial-0003/segment-01", "trial-0007/segment-01", "trial-0007/segment-02"]
+    second = groups["trial-0007/segment-02"]
+    assert (second.hparams["member"].number_value, second.hparams["parent"].number_value) == (MEMBER, DONOR)
+    assert second.hparams["dropout"].number_value == 0.25
+    metrics = {(value.name.group, value.name.tag): value.value for value in second.metric_values}
+    assert metrics[("", "val_accuracy")] == pytest.approx(server.calls[-1][1]["val_accuracy"])
