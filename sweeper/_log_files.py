@@ -28,7 +28,7 @@ from sweeper._errors import InfrastructureError
 from sweeper.log_location import is_url, join, parent
 
 __all__ = ["exists", "glob", "io_failures", "is_io_error", "isdir", "listdir", "makedirs", "open_file", "read_bytes",
-           "remove", "replace", "require_file_system", "rmtree", "write_atomically"]
+           "remove", "rename_new", "replace", "require_file_system", "rmtree", "write_atomically"]
 
 Location = str | os.PathLike[str]
 
@@ -125,6 +125,33 @@ def replace(source: Location, target: Location) -> None:
             _gfile().rename(os.fspath(source), os.fspath(target), overwrite=True)
         return
     os.replace(source, target)
+
+
+def rename_new(source: Location, target: Location) -> bool:
+    """Rename `source` to `target` unless `target` exists; False (and `source` removed) when it does.
+
+    For files written once and never again: on a local disk the file is linked under its new name, which
+    fails rather than replaces when the name is taken, so of two racing writers exactly one wins. An
+    object store has no such call: gfile's copy refuses an existing target, but two writers racing within
+    the same instant may both succeed, the later one's copy winning.
+    """
+    if is_url(source) or is_url(target):
+        with _gfile_errors(target):
+            try:
+                _gfile().rename(os.fspath(source), os.fspath(target), overwrite=False)
+            except Exception as error:
+                if not isinstance(error, _tf().errors.AlreadyExistsError):
+                    raise
+                remove(source)
+                return False
+        return True
+    try:
+        os.link(source, target)
+    except FileExistsError:
+        return False
+    finally:
+        os.unlink(source)
+    return True
 
 
 def remove(path: Location) -> None:

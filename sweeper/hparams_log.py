@@ -2,7 +2,9 @@
 
 Layout: `<logdir>/<sweep_id>/` holds exactly one hparams_config (the exact domains and the metrics);
 `<logdir>/<sweep_id>/<run name>/` (`trial-0007`, see `sweeper.log_location`) holds a trial's session start,
-its final scalars (the objective, `num_params`, and `pruned_at_epoch` when it was pruned) and its session end. The logdir is a local
+its final scalars (the objective, `num_params`, and `pruned_at_epoch` when it was pruned) and its session end; a
+Population Based Training member has instead one session per segment, in `<run name>/segment-01`, ... (see
+`segment_dir`), with `member` and `parent` among its hparams. The logdir is a local
 folder or an object-store URL (`sweeper.log_location`). The API server writes the config, so this
 module loads no TensorFlow at import time and `write_experiment` loads it only for a URL; the session
 helpers, used by workers, import it where they run.
@@ -42,6 +44,23 @@ NUM_PARAMS = "num_params"
 PRUNED_AT_EPOCH = "pruned_at_epoch"
 """A scalar in a pruned trial's folder only: the number of epochs it trained before the server pruned it,
 which is the 0-based index of its last epoch + 1. A completed, cancelled or failed trial has none."""
+PBT_MEMBER = "member"
+"""A Population Based Training segment's session hparam: the number of the member (trial) it belongs to."""
+PBT_PARENT = "parent"
+"""A PBT segment's session hparam: the number of the member whose weights it started from; 0 for none."""
+SEGMENT_FOLDER_PREFIX = "segment-"
+
+
+def segment_dir(trial_dir: str | Path, segment: int) -> str:
+    """A PBT member's folder for one segment's HParams session: `<trial folder>/segment-01`, `segment-02`, ...
+
+    A member's hparams change at each exploit, so each stretch of its life with the same hparams is a session
+    (a row of the dashboard) of its own, while its train/ and validation/ curves stay one run.
+    """
+    if segment < 1:
+        raise ValueError(f"`segment >= 1` must hold, but got {segment=}")
+    return log_location.join(trial_dir, f"{SEGMENT_FOLDER_PREFIX}{segment:02d}")
+
 
 # (tag, group, display name, dataset type) of the per-epoch scalars that Keras's TensorBoard callback
 # writes into a trial's train/ and validation/ folders.

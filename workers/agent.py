@@ -11,7 +11,9 @@ workers.failures); out of memory leaves the process able to run the next trial, 
 clears the Keras session. Cancelled (the server answers "cancel" to a heartbeat or an epoch report):
 training stops after the current batch and the trial is failed as "cancelled". Stopped ("stop" from
 the server, or this worker shutting down): it stops at the end of the epoch, whose checkpoint the next
-attempt resumes from, and is released: pending again, no attempt counted. Heartbeats extend the lease
+attempt resumes from, and is released: pending again, no attempt counted. Exploited (a Population Based
+Training member's report answered with an exploit): the answer goes to the runner, which loads the donor's
+snapshot and trains on with the new segment's hparams. Heartbeats extend the lease
 every `heartbeat_seconds` of the assignment meanwhile.
 
 Abandoned: when the server refuses a heartbeat or report (409: a newer claim holds the trial; 404: the
@@ -46,7 +48,7 @@ from typing import TYPE_CHECKING
 
 from sweeper import SweeperError
 from sweeper.client import ApiError, Client, LeaseLostError, NotFoundError, ServerUnavailableError
-from sweeper.messages import (Action, Assignment, ClaimRequest, CompleteReport, FailReport, FailureKind,
+from sweeper.messages import (Action, Assignment, ClaimRequest, CompleteReport, Directive, FailReport, FailureKind,
                               HeartbeatRequest, LeaseConflictReason, MetricsReport, ReleaseReport)
 from sweeper.training.checkpoints import checkpoint_folder
 from workers.failures import clip, failure_report
@@ -237,16 +239,19 @@ class Agent:
         self._report(assignment, lambda: self.client.fail(trial_id, report))
 
     def _on_epoch_end(self, assignment: Assignment, control: TrialControl, epoch: int,
-                      metrics: dict[str, float]) -> Action:
-        """Post the epoch's metrics; the answer tells the runner to continue, stop, prune or cancel.
+                      metrics: dict[str, float]) -> Directive:
+        """Post the epoch's metrics; the answer tells the runner to continue, stop, prune or cancel, or (a PBT
+        member) to exploit another member's snapshot.
 
         TrialAbandonedError when the trial is no longer this worker's: the runner then writes nothing more.
         """
+        reply: Directive | None = None
         if control.lease_lost is None and control.unreachable is None:
             report = MetricsReport(worker_id=self.worker_id, lease_token=assignment.lease_token, epoch=epoch,
                                    metrics=_floats(metrics))
             try:
-                control.server_says(self.client.report_metrics(assignment.trial_id, report).action)
+                reply = self.client.report_metrics(assignment.trial_id, report)
+                control.server_says(reply.action)
             except (LeaseLostError, NotFoundError) as error:
                 logger.warning("epoch %d of %s refused: %s", epoch, assignment.trial_name, error)
                 control.lose_lease(error)
@@ -256,7 +261,7 @@ class Agent:
             except ApiError as error:
                 # A rejected report (a bad metric name, say) costs one point of history, not the trial.
                 logger.warning("server rejected epoch %d of %s: %s", epoch, assignment.trial_name, error)
-        return control.action(leaving=self.check_supervisor() or self.draining)
+        return control.answer(reply, leaving=self.check_supervisor() or self.draining)
 
     def _trainer(self) -> Trainer:
         if self._run_trial_fn is None:

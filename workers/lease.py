@@ -2,7 +2,8 @@
 and the epoch callback learn about the trial, shared between them.
 
 Whatever they learn reaches the training loop within one heartbeat interval, through the answer to the
-next batch (`TrialControl.interrupt`) or epoch (`TrialControl.action`). A refused call (409: a newer
+next batch (`TrialControl.interrupt`) or epoch (`TrialControl.answer`). An exploit (Population Based
+Training) is the answer to one epoch's report only, and is passed on with it. A refused call (409: a newer
 claim holds the trial; 404: the trial is gone) makes both raise `TrialAbandonedError`, so the runner
 stops at once and writes nothing more.
 """
@@ -15,7 +16,7 @@ from collections.abc import Callable
 
 from sweeper import TrialAbandonedError
 from sweeper.client import ApiError, Client, LeaseLostError, NotFoundError, ServerUnavailableError
-from sweeper.messages import Action, HeartbeatRequest
+from sweeper.messages import Action, Directive, HeartbeatRequest
 
 __all__ = ["Heartbeat", "TrialControl"]
 
@@ -31,8 +32,11 @@ class TrialControl:
         self.server_action = Action.continue_
         self.lease_lost: ApiError | None = None
         self.unreachable: ServerUnavailableError | None = None
+        self._hand_back_now = False
 
     def server_says(self, action: Action) -> None:
+        if action is Action.exploit:
+            return  # about one epoch only: `answer` passes it on with that epoch's answer
         with self._lock:
             # stop, prune and cancel are final: a later continue must not undo them, and a cancel (the
             # sweep is over) outranks the others.
@@ -54,14 +58,32 @@ class TrialControl:
                 return Action.stop
             return self.server_action
 
+    def answer(self, reply: Directive | None, leaving: bool) -> Directive:
+        """The runner's answer to an epoch's end, given the server's `reply` to its report (None when there
+        was none): `action`'s, or the reply's exploit.
+
+        An exploit is carried out even when the trial is to stop (this worker is leaving, or the server said
+        stop): the runner loads the donor's weights and saves them as the epoch's checkpoint, and
+        `interrupt` then answers stop. Stopping without it would leave the member's own weights in that
+        checkpoint, which the retry would resume the new segment from.
+        """
+        action = self.action(leaving)
+        if reply is None or reply.exploit is None or action not in (Action.continue_, Action.stop):
+            return Directive(action=action)
+        if action is Action.stop:
+            with self._lock:
+                self._hand_back_now = True
+        return Directive(action=Action.exploit, exploit=reply.exploit)
+
     def interrupt(self, orphaned: bool) -> Action | None:
         """The answer after each batch: cancel at once when the sweep is over, stop at once when the
-        supervisor is gone. TrialAbandonedError once the trial is another's."""
+        supervisor is gone or an exploit was answered to a trial that is to stop (see `answer`).
+        TrialAbandonedError once the trial is another's."""
         with self._lock:
             self._require_lease()
             if self.server_action is Action.cancel:
                 return Action.cancel
-            return Action.stop if orphaned else None
+            return Action.stop if orphaned or self._hand_back_now else None
 
     def _require_lease(self) -> None:
         if self.lease_lost is not None:

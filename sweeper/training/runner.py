@@ -18,6 +18,10 @@ continues. Failed: a FAILURE session end; a loss that becomes NaN or infinite fa
 another process's now): training ends at once and nothing more is written, not even a session end.
 The runner never deletes a checkpoint: the worker does, once the server has recorded the trial's end.
 A failure to write the trial's logs or checkpoint raises `InfrastructureError`, a retryable error.
+
+A member of a Population Based Training sweep (`Assignment.pbt`) also saves a snapshot at each interval's
+end and carries out exploit answers: its training is a run of `fit` calls, one per segment, with the model
+rebuilt from each segment's hparams in between (see `sweeper.training.population`).
 """
 
 from __future__ import annotations
@@ -39,17 +43,19 @@ from sweeper import _log_files, _registry, log_location
 from sweeper._errors import InfrastructureError, NonFiniteLossError, TrialAbandonedError
 from sweeper._spec import LOSSES, METRICS, EarlyStopping, Objective
 from sweeper.hparams_log import NUM_PARAMS, PRUNED_AT_EPOCH, SessionStatus, TrialSession
-from sweeper.messages import Action, Assignment
+from sweeper.messages import Action, Assignment, Directive, Exploit, PbtMember, PbtSegment
+from sweeper.training import population
 from sweeper.training.checkpoints import Resume, TrialCheckpoint
 from sweeper.training.datasets import TrainingData, training_data, using_data_root
 from sweeper.training.schedules import build_learning_rate, build_optimizer, schedule_callbacks
-from sweeper.training.trial_logs import rewind_trial_logs
+from sweeper.training.trial_logs import rewind_segment_logs, rewind_trial_logs
 
 logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
-EpochCallback = Callable[[int, dict[str, float]], Action | str]
-"""Called with (epoch index from 0, metrics); answers an `Action`: continue, stop, prune or cancel.
+EpochCallback = Callable[[int, dict[str, float]], Directive | Action | str]
+"""Called with (epoch index from 0, metrics); answers the server's `Directive` (or its bare `Action`):
+continue, stop, prune or cancel, or, to a Population Based Training member, exploit with its `Exploit`.
 
 It raises `TrialAbandonedError` when the trial is no longer this process's: the epoch is neither
 logged nor saved, and the error reaches `run_trial`'s caller."""
@@ -62,6 +68,7 @@ be no epoch's. Cancel ends the trial for good; stop keeps the last checkpoint fo
 `on_epoch_end`, it may raise `TrialAbandonedError`."""
 
 _STOP_ACTIONS = frozenset({Action.stop, Action.prune, Action.cancel})
+_SESSION = "write the HParams session to the trial's logs in {}"
 EARLY_STOPPING = "early_stopping"
 """`TrialResult.stopped_by` when Keras's EarlyStopping ended training."""
 
@@ -117,22 +124,39 @@ def run_trial(assignment: Assignment, on_epoch_end: EpochCallback, data_root: Pa
     """
     checkpoint = TrialCheckpoint.for_assignment(assignment)
     resume = checkpoint.load()
+    epochs_done = resume.epochs_done if resume is not None else 0
     if resume is not None:
         logger.info("%s resumes after epoch %d (attempt %d, from lease %d's checkpoint)", assignment.trial_name,
                     resume.epochs_done - 1, assignment.attempt, resume.lease_token)
+    segment = population.segment_at(assignment.pbt, epochs_done) if assignment.pbt is not None else None
     with _log_files.io_failures(f"rewind the trial's logs in {assignment.logdir}"):
-        session_started = rewind_trial_logs(assignment.logdir, resume.epochs_done if resume is not None else 0)
-    with _trial_session(assignment, resumed=session_started) as session:
+        session_started = rewind_trial_logs(assignment.logdir, epochs_done)
+        if segment is not None:
+            session_started = rewind_segment_logs(assignment.logdir, segment.segment)
+    sessions: TrialSession | population.MemberSessions
+    if segment is None:
+        # Named after the trial's folder, its run in TensorBoard: the dashboard's sessions and runs then
+        # agree, and sort in number order.
+        sessions = TrialSession(assignment.logdir, log_location.name(assignment.logdir), assignment.hparams,
+                                assignment.log_scaled, resumed=session_started)
+    else:
+        sessions = population.MemberSessions(assignment, segment, resumed=session_started)
+    with _trial_session(assignment, sessions) as session:
         with _trial_dtype_policy(assignment.train.mixed_precision), _seeded(_trial_seed(assignment)):
             try:
-                result = _train(assignment, on_epoch_end, data_root, checkpoint, resume, interrupt, callbacks)
+                result, history = _train(assignment, on_epoch_end, data_root, checkpoint, resume, interrupt,
+                                         callbacks, session)
             finally:
                 # Frees the graph and layer-name counters, so one worker process can run many trials.
                 # It also resets Keras's dtype policy, hence inside the block that restores it.
                 keras.backend.clear_session()
         if result.objective_epoch >= 0:
             with _log_files.io_failures(f"write the trial's final scalars to its logs in {assignment.logdir}"):
-                _write_final_scalars(session, assignment.objective.metric, result)
+                if isinstance(session, population.MemberSessions):
+                    session.write_final(assignment.objective.metric, history,
+                                        pruned=result.stopped_by == Action.prune)
+                else:
+                    _write_final_scalars(session, assignment.objective.metric, result)
         session.status = _session_status(result.stopped_by)
     return result
 
@@ -152,19 +176,19 @@ def _write_final_scalars(session: TrialSession, objective_metric: str, result: T
         session.write_scalars({PRUNED_AT_EPOCH: result.epochs_run}, step=result.epochs_run - 1)
 
 
+_Session = TypeVar("_Session", TrialSession, population.MemberSessions)
+
+
 @contextmanager
-def _trial_session(assignment: Assignment, resumed: bool) -> Iterator[TrialSession]:
-    """The trial's `TrialSession`, with a failure to write it raised as `InfrastructureError`.
+def _trial_session(assignment: Assignment, session: _Session) -> Iterator[_Session]:
+    """The trial's `TrialSession` (a PBT member's `MemberSessions`) entered, with a failure to write it
+    raised as `InfrastructureError`.
 
     An abandoned trial's session gets no end: the trial's folder is another process's to write now. When
     another error ends the trial, failing to write its FAILURE end is only logged: the error that ended
     the trial is the one the worker must report.
     """
-    # Named after the trial's folder, its run in TensorBoard: the dashboard's sessions and runs then agree,
-    # and sort in number order.
-    session = TrialSession(assignment.logdir, log_location.name(assignment.logdir), assignment.hparams,
-                           assignment.log_scaled, resumed=resumed)
-    action = f"write the HParams session to the trial's logs in {assignment.logdir}"
+    action = _SESSION.format(assignment.logdir)
     with _log_files.io_failures(action):
         session.__enter__()
     try:
@@ -185,19 +209,22 @@ def _trial_session(assignment: Assignment, resumed: bool) -> Iterator[TrialSessi
 
 def _train(assignment: Assignment, on_epoch_end: EpochCallback, data_root: Path | None,
            checkpoint: TrialCheckpoint, resume: Resume | None, interrupt: Interrupt | None,
-           extra_callbacks: Sequence[keras.callbacks.Callback] = ()) -> TrialResult:
-    hparams, settings = assignment.hparams, assignment.train
-    data = training_data(assignment.dataset, data_root, settings.validation_split)
-    batch_size = int(hparams.get("batch_size", settings.batch_size))
-    train, validation = data.batches(batch_size, seed=_trial_seed(assignment))
+           extra_callbacks: Sequence[keras.callbacks.Callback],
+           session: TrialSession | population.MemberSessions) -> tuple[TrialResult, list[dict[str, float]]]:
+    """Train the trial; its result, and the metrics of every epoch it has (a resumed one's earlier ones too)."""
+    settings, pbt = assignment.train, assignment.pbt
     epochs = settings.epochs
-    steps_per_epoch = math.ceil(data.train_size / batch_size)
+    first_epoch = resume.epochs_done if resume is not None else 0
+    # A retried PBT member goes on with the hparams of the segment it resumes in (its checkpoint saved after
+    # an exploit holds the donor's weights), not necessarily the assignment's, which are the latest segment's.
+    segment = population.segment_at(pbt, first_epoch) if pbt is not None else None
+    hparams = segment.hparams if segment is not None else assignment.hparams
+    data = training_data(assignment.dataset, data_root, settings.validation_split)
+    batches = _Batches(assignment, data)
+    train, validation, steps_per_epoch = batches.for_hparams(hparams)
 
-    with using_data_root(data_root):
-        model = _registry.models.get(assignment.model)(hparams, data.info)
-    learning_rate = build_learning_rate(hparams, epochs, steps_per_epoch)
-    model.compile(optimizer=build_optimizer(hparams, learning_rate), loss=build_loss(settings.loss),
-                  metrics=build_metrics(settings.metrics), jit_compile=settings.jit_compile)
+    architecture = _architecture(assignment, data, data_root)
+    model = _compiled_model(assignment, hparams, architecture, steps_per_epoch)
     history: list[dict[str, float]] = []
     if resume is not None:
         _build(model, train)
@@ -205,27 +232,43 @@ def _train(assignment: Assignment, on_epoch_end: EpochCallback, data_root: Path 
         # A checkpoint saved before epochs reported num_params lacks it; the model's count is the same.
         num_params = float(model.count_params())
         history = [{NUM_PARAMS: num_params, **metrics} for metrics in resume.history]
-    first_epoch = len(history)
 
     chains = _KeptChains()
-    reporter = _EpochReporter(chains.keeping(on_epoch_end), assignment.objective.metric, epochs, history)
+    reporter = _EpochReporter(chains.keeping(on_epoch_end), assignment.objective.metric, epochs, history,
+                              pbt, segment)
     tensorboard = _LiveTensorBoard(assignment.logdir)
-    # Order matters at an epoch's end: early stopping decides (the reporter needs to know whether training
-    # ends here), the metrics are reported, then the scalars logged and the checkpoint saved. An answer
-    # that the trial was abandoned thus ends training before anything of the epoch is written, and a
-    # crash between the report and the save trains that epoch again.
-    callbacks = [_FailOnNaN(), *schedule_callbacks(hparams), _LearningRateInLogs(),
-                 *_early_stopping(settings.early_stopping), reporter, tensorboard,
-                 _Checkpointing(checkpoint, reporter, epochs)]
-    if interrupt is not None:
-        callbacks.append(_Interruptible(chains.keeping(interrupt)))
-    callbacks.extend(extra_callbacks)
+    watcher = _Interruptible(chains.keeping(interrupt)) if interrupt is not None else None
     interrupted: Action | None = None
     try:
-        if first_epoch < epochs:  # a checkpoint saved after the last epoch leaves nothing to train
+        # One `fit` per PBT segment: an exploit answer ends it, and the next goes on with the model rebuilt.
+        while len(history) < epochs:
+            # Order matters at an epoch's end: early stopping decides (the reporter needs to know whether
+            # training ends here), a PBT member's snapshot is saved (the answer may send others to copy it),
+            # the metrics are reported, then the scalars logged and the checkpoint saved. An answer that the
+            # trial was abandoned thus ends training before anything of the epoch is written but a snapshot
+            # (immutable, and of an epoch that did finish), and a crash between the report and the save
+            # trains that epoch again.
+            callbacks = [_FailOnNaN(), *schedule_callbacks(hparams), _LearningRateInLogs(),
+                         *_early_stopping(settings.early_stopping),
+                         *([population.Snapshots(pbt, epochs, hparams)] if pbt is not None else []),
+                         reporter, tensorboard, _Checkpointing(checkpoint, reporter, epochs),
+                         *([watcher] if watcher is not None else []), *extra_callbacks]
             # shuffle=False: the pipeline shuffles, seeded; Keras's own flag does nothing for tf.data but warn.
-            model.fit(train, validation_data=validation, epochs=epochs, initial_epoch=first_epoch, shuffle=False,
+            model.fit(train, validation_data=validation, epochs=epochs, initial_epoch=len(history), shuffle=False,
                       verbose=0, class_weight=class_weights(settings.class_weight, data), callbacks=callbacks)
+            exploit = reporter.take_exploit()
+            if exploit is None:
+                break
+            hparams = exploit.segment.hparams
+            train, validation, steps_per_epoch = batches.for_hparams(hparams)
+            model = _exploited_model(assignment, exploit, history, session, architecture, train, steps_per_epoch)
+            reporter.segment = exploit.segment
+            # The member's lease checkpoint of the exploit's epoch gets the donor's weights: a retry resumes
+            # from those, with the new segment's hparams.
+            checkpoint.save(model, history)
+            if watcher is not None:
+                # A worker that is leaving hands the member back now, with the exploit carried out.
+                watcher.check()
     except _Interrupted as stop:
         interrupted = stop.action
     except BaseException as error:
@@ -241,7 +284,7 @@ def _train(assignment: Assignment, on_epoch_end: EpochCallback, data_root: Path 
     if not reporter.history:
         if interrupted is not None:
             return TrialResult(metrics={}, epochs_run=0, objective=math.nan, objective_epoch=-1,
-                               stopped_by=interrupted, resumed_from=first_epoch)
+                               stopped_by=interrupted, resumed_from=first_epoch), []
         raise RuntimeError("training ended before its first epoch")
     objective_epoch = _objective_epoch(assignment.objective, reporter.history)
     metrics = reporter.history[objective_epoch]
@@ -249,7 +292,64 @@ def _train(assignment: Assignment, on_epoch_end: EpochCallback, data_root: Path 
     stopped_by = interrupted or reporter.stopped_by or (EARLY_STOPPING if len(reporter.history) < epochs else None)
     return TrialResult(metrics=metrics, epochs_run=len(reporter.history),
                        objective=metrics[assignment.objective.metric], objective_epoch=objective_epoch,
-                       stopped_by=stopped_by, resumed_from=first_epoch)
+                       stopped_by=stopped_by, resumed_from=first_epoch), reporter.history
+
+
+class _Batches:
+    """The trial's training and validation batches, made again only when an exploit changes `batch_size`."""
+
+    def __init__(self, assignment: Assignment, data: TrainingData):
+        self._assignment, self._data = assignment, data
+        self._made: tuple[int, tuple[Any, Any, int]] | None = None
+
+    def for_hparams(self, hparams: Mapping[str, Any]) -> tuple[Any, Any, int]:
+        """(train, validation, steps per epoch) at the batch size of `hparams`."""
+        batch_size = int(hparams.get("batch_size", self._assignment.train.batch_size))
+        if self._made is None or self._made[0] != batch_size:
+            train, validation = self._data.batches(batch_size, seed=_trial_seed(self._assignment))
+            self._made = (batch_size, (train, validation, math.ceil(self._data.train_size / batch_size)))
+        return self._made[1]
+
+
+def _compiled_model(assignment: Assignment, hparams: Mapping[str, Any],
+                    architecture: Callable[[Mapping[str, Any]], keras.Model], steps_per_epoch: int) -> keras.Model:
+    """The assignment's model built from `hparams` and compiled with their optimizer and learning rate."""
+    model = architecture(hparams)
+    learning_rate = build_learning_rate(hparams, assignment.train.epochs, steps_per_epoch)
+    settings = assignment.train
+    model.compile(optimizer=build_optimizer(hparams, learning_rate), loss=build_loss(settings.loss),
+                  metrics=build_metrics(settings.metrics), jit_compile=settings.jit_compile)
+    return model
+
+
+def _architecture(assignment: Assignment, data: TrainingData,
+                  data_root: Path | None) -> Callable[[Mapping[str, Any]], keras.Model]:
+    """Builds the assignment's model, uncompiled, for given hparams."""
+    def build(hparams: Mapping[str, Any]) -> keras.Model:
+        with using_data_root(data_root):
+            return _registry.models.get(assignment.model)(hparams, data.info)
+
+    return build
+
+
+def _exploited_model(assignment: Assignment, exploit: Exploit, history: list[dict[str, float]],
+                     session: TrialSession | population.MemberSessions,
+                     architecture: Callable[[Mapping[str, Any]], keras.Model], train: Any,
+                     steps_per_epoch: int) -> keras.Model:
+    """Carry out an exploit after the last epoch in `history`: end the segment's session and start the next
+    one's, then the model rebuilt in this process from the new segment's hparams, with the donor's weights
+    and optimizer state and the segment's learning rate."""
+    segment = exploit.segment
+    logger.info("%s exploits member %s after epoch %d: loading %s, then segment %d with hparams %s",
+                assignment.trial_name, segment.parent_number, len(history) - 1, exploit.snapshot, segment.segment,
+                segment.hparams)
+    if isinstance(session, population.MemberSessions):
+        with _log_files.io_failures(_SESSION.format(assignment.logdir)):
+            session.hand_over(segment, history, assignment.objective.metric)
+    model = _compiled_model(assignment, segment.hparams, architecture, steps_per_epoch)
+    _build(model, train)
+    population.load_donor_snapshot(model, exploit, assignment.train.epochs, steps_per_epoch, architecture)
+    return model
 
 
 class _KeptChains:
@@ -559,17 +659,29 @@ class _EpochReporter(keras.callbacks.Callback):
     attempt trains are handed on, but the trial's result is judged over all of them. An error from the
     worker (`TrialAbandonedError` among them) propagates out of `fit` before the later callbacks log
     or save the epoch.
+
+    An exploit answer (to a PBT member in `segment`) ends the `fit` after this epoch, and the runner takes
+    it (`take_exploit`) to carry it out before training on.
     """
 
     def __init__(self, on_epoch_end: EpochCallback, objective_metric: str, epochs: int,
-                 history: list[dict[str, float]]):
+                 history: list[dict[str, float]], pbt: PbtMember | None = None, segment: PbtSegment | None = None):
         super().__init__()
         self._on_epoch_end = on_epoch_end
         self._objective_metric = objective_metric
         self._epochs = epochs
         self._first_epoch = len(history)
+        self._pbt = pbt
+        self.segment = segment
+        """The PBT segment in force, which an exploit must follow; None for a trial of any other sweep."""
         self.history = history
         self.stopped_by: Action | None = None
+        self.exploit: Exploit | None = None
+        """The exploit answered after the last epoch, until the runner takes it."""
+
+    def take_exploit(self) -> Exploit | None:
+        exploit, self.exploit = self.exploit, None
+        return exploit
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         metrics = {name: float(value) for name, value in (logs or {}).items()}
@@ -579,13 +691,32 @@ class _EpochReporter(keras.callbacks.Callback):
             # Fail on the first epoch, not after the whole training, when the objective names no metric.
             _require_objective(self._objective_metric, metrics)
         self.history.append(metrics)
-        answer = _action(self._on_epoch_end(epoch, dict(metrics)), "on_epoch_end", tuple(Action))
+        answer, exploit = _directive(self._on_epoch_end(epoch, dict(metrics)))
+        if exploit is not None:
+            population.check_exploit(self._pbt, exploit, self.segment, epoch, self._epochs)
+            # Ends this `fit` (early stopping's verdict on the member's own weights with it): the runner
+            # goes on with the donor's weights from the next epoch.
+            self.exploit = exploit
+            self.model.stop_training = True
+            return
         if answer is Action.stop and (epoch + 1 >= self._epochs or self.model.stop_training):
             # Nothing is left to hand back: that was the last epoch, or early stopping ends training here.
             return
         if answer in _STOP_ACTIONS:
             self.model.stop_training = True
             self.stopped_by = answer
+
+
+def _directive(answer: Directive | Action | str) -> tuple[Action, Exploit | None]:
+    """`on_epoch_end`'s answer as an Action, with the exploit when it is one; ValueError naming what it may answer."""
+    if isinstance(answer, Directive):
+        return answer.action, answer.exploit
+    if answer == Action.exploit:
+        raise ValueError("on_epoch_end must answer exploit as a Directive carrying its Exploit (which snapshot, "
+                         "which segment), but got the bare action")
+    action = _action(answer, "on_epoch_end", [action for action in Action if action is not Action.exploit])
+    assert action is not None
+    return action, None
 
 
 def _action(answer: Action | str | None, asked: str, allowed: Sequence[Action | None]) -> Action | None:
@@ -617,6 +748,11 @@ class _Checkpointing(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         if self._reporter.stopped_by in (Action.prune, Action.cancel):
+            return
+        if self._reporter.exploit is not None:
+            # Saved once the donor's weights are loaded: this epoch's own weights must never be what a retry
+            # resumes the new segment from. A crash before that save trains the epoch again, and the
+            # server answers its report with the same exploit.
             return
         if self._reporter.stopped_by is None and (epoch + 1 >= self._epochs or self.model.stop_training):
             return
@@ -668,12 +804,13 @@ class _Interruptible(keras.callbacks.Callback):
         self._interrupt = interrupt
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        self._check()
+        self.check()
 
     def on_test_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        self._check()  # validating a big set can take a while too
+        self.check()  # validating a big set can take a while too
 
-    def _check(self) -> None:
+    def check(self) -> None:
+        """Raise `_Interrupted` when `interrupt` answers stop or cancel."""
         action = _action(self._interrupt(), "an interrupt", (None, Action.cancel, Action.stop))
         if action is not None:
             raise _Interrupted(action)

@@ -10,6 +10,10 @@ objective, num_params, pruned_at_epoch: the attempt writes its own as it ends) a
 Event files are rewritten whole under a temporary name and renamed into place. The trial's folder may
 be a local one or an object-store URL (`sweeper.log_location`): files are listed, read and written
 through `sweeper._log_files`, and read with TensorBoard's loader, which reads both.
+
+A Population Based Training member has a session per segment, each in a folder of its own
+(`segment-01`, ...): `rewind_segment_logs` keeps the ended segments before the one an attempt resumes
+in, that one's session start only, and nothing of the segments after it, which the attempt writes again.
 """
 
 from __future__ import annotations
@@ -21,10 +25,10 @@ from tensorboard.compat.proto import event_pb2
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 
 from sweeper import _log_files
-from sweeper.hparams_log import event_records
+from sweeper.hparams_log import SEGMENT_FOLDER_PREFIX, event_records, segment_dir
 from sweeper.log_location import join
 
-__all__ = ["rewind_trial_logs"]
+__all__ = ["rewind_segment_logs", "rewind_trial_logs"]
 
 # The sub-folders Keras's TensorBoard callback writes per-epoch scalars into.
 _EPOCH_FOLDERS = ("train", "validation")
@@ -46,6 +50,24 @@ def rewind_trial_logs(trial_dir: str | Path, epoch: int) -> bool:
     for name in _EPOCH_FOLDERS:
         _rewind_epoch_folder(join(trial_dir, name), epoch)
     return _keep_first_session_start(trial_dir)
+
+
+def rewind_segment_logs(trial_dir: str | Path, segment: int) -> bool:
+    """Prepare a PBT member's segment folders for an attempt that resumes in segment `segment`; True when
+    that segment's session start was kept (the attempt must not write another).
+
+    Earlier segments ended before the checkpoint the attempt resumes from was saved: they stay whole.
+    The resumed segment keeps its first session start and loses its final scalars and any end (the attempt
+    writes them when the segment ends). Later segments' events are removed: an earlier attempt began them
+    after an exploit answer that the checkpoint does not hold yet, and the server answers it again.
+    """
+    for name in _log_files.listdir(trial_dir):
+        number = name.removeprefix(SEGMENT_FOLDER_PREFIX)
+        if not (name.startswith(SEGMENT_FOLDER_PREFIX) and number.isdigit()) or int(number) <= segment:
+            continue
+        for path in _event_files(join(trial_dir, name)):
+            _log_files.remove(path)
+    return _keep_first_session_start(segment_dir(trial_dir, segment))
 
 
 def _rewind_epoch_folder(folder: str, epoch: int) -> None:

@@ -76,3 +76,41 @@ def test_a_trial_logged_to_a_bucket_resumes_from_its_checkpoint_there_and_logs_e
     TrialCheckpoint(assignment.checkpoint_dir).delete()
     assert not tf.io.gfile.exists(first_state)
     assert TrialCheckpoint(assignment.checkpoint_dir).load() is None
+
+
+def test_a_pbt_member_in_a_bucket_saves_its_snapshot_there_once_and_exploits_a_donors_from_there(gcs) -> None:
+    from test_population import DONOR_HPARAMS, EXPLOIT_EPOCH, EXPLORED, MEMBER_HPARAMS, _exploit, _member, \
+        _segment, _Server
+
+    from sweeper.messages import snapshot_path
+    from sweeper.training import population
+
+    logdir = gcs.url(unique_prefix(), "runs")
+    snapshots = join(logdir, "1", "pbt-snapshots")
+
+    def in_bucket(member: Assignment) -> Assignment:
+        run = Path(member.logdir).name
+        folder = join(logdir, "1", run)
+        return member.model_copy(update={"logdir": folder, "checkpoint_dir": checkpoint_dir(folder), "pbt": (
+            member.pbt.model_copy(update={"snapshot_dir": join(snapshots, run)}))})
+
+    run_trial(in_bucket(_member(Path("replaced"), 3, [_segment(DONOR_HPARAMS)])), _Server())
+    donor_snapshot = snapshot_path(join(snapshots, "trial-0003"), EXPLOIT_EPOCH)
+    assert tf.io.gfile.listdir(join(snapshots, "trial-0003")) == ["epoch-000001.weights.h5"]
+    assert population.snapshot_hparams(donor_snapshot) == DONOR_HPARAMS
+    first = tf.io.gfile.GFile(donor_snapshot, "rb").read()
+
+    member = in_bucket(_member(Path("replaced"), 7, [_segment(MEMBER_HPARAMS)]))
+    server = _Server(_exploit(donor_snapshot))
+    result = run_trial(member, server)
+
+    assert (result.epochs_run, result.stopped_by) == (4, None)
+    assert [metrics["learning_rate"] for _, metrics in server.calls] == pytest.approx([0.001, 0.001, 0.05, 0.05])
+    assert sorted(group.name for group in _session_groups(join(logdir, "1"))) == \
+        ["trial-0003/segment-01", "trial-0007/segment-01", "trial-0007/segment-02"]
+    # Saving it again (a member training the epoch a second time) leaves the first file.
+    import keras
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    assert population.save_snapshot(model, donor_snapshot, EXPLORED) is False
+    assert tf.io.gfile.GFile(donor_snapshot, "rb").read() == first
+    assert tf.io.gfile.listdir(join(snapshots, "trial-0003")) == ["epoch-000001.weights.h5"]

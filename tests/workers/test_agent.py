@@ -20,7 +20,7 @@ import pytest
 
 from sweeper import NonFiniteLossError, RetryableError, TrialAbandonedError
 from sweeper.client import ApiError, Client
-from sweeper.messages import Action, Assignment, ClaimRequest, HeartbeatRequest, ReleaseReport
+from sweeper.messages import Action, Assignment, ClaimRequest, Directive, HeartbeatRequest, ReleaseReport
 from sweeper.training.checkpoints import TrialCheckpoint, checkpoint_folder
 from workers.agent import Agent, FatalWorkerError
 from workers.handoff import EXIT_SERVER_UNREACHABLE, EXIT_WORKER_ID_IN_USE
@@ -28,7 +28,7 @@ from workers.identity import WorkerIdInUseError, reserve
 from workers_testing import digits_spec, free_port, wait_until
 
 pytestmark = pytest.mark.training
-EpochCallback = Callable[[int, dict[str, float]], str]
+EpochCallback = Callable[[int, dict[str, float]], Directive]
 Interrupt = Callable[[], "str | None"]
 
 
@@ -63,7 +63,8 @@ def scripted_trainer(epochs: int = 2, seconds_per_epoch: float = 0.0, batches_pe
                 if (action := interrupt()) is not None:
                     return Result(metrics, epoch, stopped_by=action)
             metrics = {"loss": 1.0 / (epoch + 1), "val_accuracy": 0.5 + epoch / 10}
-            answer = on_epoch_end(epoch, dict(metrics))
+            # The agent answers with the server's Directive; its action is what this stand-in obeys.
+            answer = on_epoch_end(epoch, dict(metrics)).action
             if answer in ("continue", "stop"):
                 checkpoint.mkdir(parents=True, exist_ok=True)
                 (checkpoint / "epochs_done").write_text(str(epoch + 1))
