@@ -47,6 +47,13 @@ def run_name(run_digits: int | None, trial_id: int, number: int) -> str:
     return str(trial_id) if run_digits is None else log_location.run_name(number, run_digits)
 
 
+def member_lineage(search_state: dict[str, Any] | None) -> list[dict[str, Any]] | None:
+    """A Population Based Training member's segments (PbtSegment's fields), oldest first, from its search_state;
+    None for a trial of another strategy."""
+    stored = (search_state or {}).get("pbt")
+    return list(stored.get("segments", [])) if isinstance(stored, dict) else None
+
+
 class Base(DeclarativeBase):
     type_annotation_map = {
         datetime: UTCDateTime,
@@ -142,6 +149,10 @@ class TrialRow(Base):
     def number(self) -> int:
         """The trial's number within its sweep, from 1: what people see on the page, the CLI and TensorBoard."""
         return self.index + 1
+
+    @property
+    def lineage(self) -> list[dict[str, Any]] | None:
+        return member_lineage(self.search_state)
 
 
 class TrialEpochRow(Base):
