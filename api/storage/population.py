@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Row, and_, bindparam, select
 
-from sweeper import log_files, log_location
+from sweeper import SweeperError, log_files, log_location
 from sweeper.messages import Action, Directive, Exploit, MetricsReport, PbtMember, PbtSegment, TrialState, snapshot_path
 
 from api import lifecycle
@@ -183,9 +183,16 @@ class PopulationStore(Store):
 
     def _member_ended(self, connection: Connection, sweep_id: int) -> None:
         """A member ended (completed, failed, cancelled): snapshots only it still held back may go now."""
-        plan = self._plan(connection, sweep_id)
+        try:
+            plan = self._plan(connection, sweep_id)
+        except SweeperError:  # its spec no longer parses (a model plugin gone): nothing to judge, none to tidy
+            return
         if is_pbt(plan):
             self._tidy_snapshots(connection, sweep_id, plan)
+
+    def _sweep_finished(self, connection: Connection, sweep_id: int) -> None:
+        """The sweep just ended (a Core statement ended it): its snapshots go, once the transaction commits."""
+        self._forget_snapshots(sweep_id, connection.execute(sql.SWEEP_SPEC, {"sweep": sweep_id}).one().spec)
 
 
 def _directive(decision: Mapping[str, Any]) -> Directive:

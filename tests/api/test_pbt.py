@@ -248,3 +248,22 @@ def test_a_member_claimed_over_real_http_carries_its_pbt_settings(start_server: 
     assert assignment["pbt"]["snapshot_dir"] == str(tmp_path / "runs" / "1" / "pbt-snapshots" / "trial-0001")
     assert assignment["pbt"]["segments"][0]["hparams"] == assignment["hparams"]
     assert math.isfinite(assignment["hparams"]["learning_rate"])
+
+
+def test_a_failed_sweeps_snapshots_are_deleted(client: TestClient):
+    sweep = create_sweep(client, {**pbt_spec(population=2), "max_failures": 1})
+    worker = Worker(client, "a")
+    trial = worker.claim()
+    folder = Path(trial["pbt"]["snapshot_dir"])
+    folder.mkdir(parents=True)
+    (folder / "epoch-000001.weights.h5").write_text("weights")
+    assert worker.fail(trial["trial_id"], error="boom").status_code == 200
+    assert get_sweep(client, sweep["id"])["status"] == "failed"
+    assert not folder.parent.exists()
+
+
+def test_a_sweep_of_another_strategy_has_no_pbt_member_and_no_lineage(client: TestClient):
+    create_sweep(client, {**pbt_spec(), "search": {"strategy": "random", "max_trials": 2}})
+    assignment = Worker(client, "a").claim()
+    assert assignment["pbt"] is None
+    assert get_trial(client, assignment["trial_id"])["lineage"] is None
