@@ -18,9 +18,9 @@ import os
 import re
 from pathlib import Path
 
-__all__ = ["CHECKPOINT_FOLDER", "MIN_RUN_DIGITS", "SNAPSHOT_FOLDER", "checkpoint_dir", "is_url", "join", "name", "parent",
-           "reader_flags", "resolve_logdir", "run_digits", "run_name", "snapshot_dir", "snapshots_dir", "sweep_dir",
-           "trial_dir"]
+__all__ = ["CHECKPOINT_FOLDER", "MIN_RUN_DIGITS", "SNAPSHOT_FOLDER", "checkpoint_dir", "is_url", "join", "name",
+           "parent", "reader_flags", "resolve_logdir", "run_digits", "run_name", "snapshot_dir", "snapshots_dir",
+           "sweep_dir", "trial_dir"]
 
 CHECKPOINT_FOLDER = "checkpoint"
 """A trial's checkpoint folder, beside its logs: a retry on any worker that reaches the logdir resumes from it."""

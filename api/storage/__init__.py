@@ -16,8 +16,9 @@ from api.storage.workers import WorkerState, WorkerStatus, WorkerStore
 
 __all__ = [
     "CANCELLED_ON_REQUEST", "WORKER_LOST", "Claimed", "LeaseConflictError", "LeasePolicy", "ObjectiveSeries",
-    "PlanCache", "Repository", "lineage", "pbt_member", "SweepAnalysis", "SweepNotFoundError", "SweepPlan", "SweepStateError", "SweepStudy",
+    "PlanCache", "Repository", "SweepAnalysis", "SweepNotFoundError", "SweepPlan", "SweepStateError", "SweepStudy",
     "SweepSummary", "TrialHistory", "TrialNotFoundError", "TrialNumberNotFoundError", "WorkerState", "WorkerStatus",
+    "lineage", "pbt_member",
 ]
 
 

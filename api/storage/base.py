@@ -213,7 +213,11 @@ class Store:
         if self._policy.logdir is None or not isinstance(search, dict) or search.get("strategy") != "pbt":
             return
         folder = log_location.snapshots_dir(self._policy.logdir, sweep_id)
-        self._after_commit(lambda: delete_quietly(log_files.rmtree, folder, f"sweep {sweep_id} ended"))
+        def delete() -> None:
+            delete_quietly(log_files.rmtree, folder, f"sweep {sweep_id} ended")
+            logger.info("sweep %d ended: deleted its PBT snapshots", sweep_id)
+
+        self._after_commit(delete)
 
     def _transaction(self) -> AbstractContextManager[Any]:
         """A transaction of its own, or the one the caller already opened: a batch of claims and completions
@@ -364,7 +368,7 @@ def delete_quietly(remove: Callable[[str], None], location: str, why: str) -> No
     except Exception as error:  # a file store away or refusing: the sweep goes on, the file is left over
         logger.warning("could not delete PBT snapshots %s (%s): %s", location, why, error)
     else:
-        logger.info("deleted PBT snapshots %s (%s)", location, why)
+        logger.debug("deleted PBT snapshots %s (%s)", location, why)
 
 
 def life_of(trial: TrialRow | Row[Any]) -> TrialLife:

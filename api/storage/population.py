@@ -26,6 +26,7 @@ from api.storage.base import Store, SweepPlan, delete_quietly
 
 logger = logging.getLogger("api.storage")
 
+
 def first_lineage(hparams: dict[str, Any]) -> dict[str, Any]:
     """A new member's search_state: one segment, from epoch 0, with its first hparams."""
     return {"pbt": {"segments": [PbtSegment(segment=1, start_epoch=0, hparams=hparams).model_dump(mode="json")]}}
@@ -89,8 +90,8 @@ class PopulationStore(Store):
         values = {row.index + 1: row.value for row in at_epoch if row.reported is not None}
         number = held.index + 1
         segments = {row.index + 1: lineage(row.search_state) for row in at_epoch}
-        hparams = {member: in_force(segments[member], epoch).hparams for member in values if segments[member]}
-        chosen = pbt.decide(number, epoch, {member: values[member] for member in hparams},
+        hparams = {other: in_force(segments[other], epoch).hparams for other in values if segments[other]}
+        chosen = pbt.decide(number, epoch, {other: values[other] for other in hparams},
                             plan.spec.objective.goal, hparams, plan.spec.search_space(), search.mutable, search.seed)
         decision: dict[str, Any]
         if chosen is not None:
@@ -133,8 +134,8 @@ class PopulationStore(Store):
         not started yet, or a pending one behind."""
         if held.sweep_next_index < held.sweep_total_trials:
             return held.sweep_next_index + 1, 0
-        behind = [(row.epochs_done or 0, row.index + 1) for row in members
-                  if row.state == TrialState.pending and (row.epochs_done or 0) <= epoch]
+        behind = [(row.epochs_done, row.index + 1) for row in members
+                  if row.state == TrialState.pending and row.epochs_done <= epoch]
         if not behind:
             return None
         done, number = min(behind)
@@ -161,23 +162,28 @@ class PopulationStore(Store):
         judged: dict[int, dict[int, str]] = {}
         for row in connection.execute(sql.MEMBER_DECISIONS, {"sweep": sweep_id}):
             judged.setdefault(row.trial_id, {})[row.epoch] = (row.decision or {}).get("action")
-        obsolete = []
-        for epoch in candidates:
-            if all(row.state.finished or (epoch in judged.get(row.id, {})
-                                          and (judged[row.id][epoch] != Action.exploit or (row.epochs_done or 0) > epoch + 1))
-                   for row in members):
-                obsolete.append(epoch)
+
+        def done_with(row: Row[Any], epoch: int) -> bool:
+            """Whether the member will never copy a snapshot of `epoch`: it ended, or it was judged there and
+            either was not told to copy or has since reported a later epoch (so it loaded the copy)."""
+            action = judged.get(row.id, {}).get(epoch)
+            return row.state.finished or (action is not None
+                                          and (action != Action.exploit or row.epochs_done > epoch + 1))
+
+        obsolete = [epoch for epoch in candidates if all(done_with(row, epoch) for row in members)]
         if not obsolete:
             return
         self._update_sweep(connection, sweep_id, search_state={**state, "pbt": {
             **(state.get("pbt") or {}), "deleted": sorted(deleted | set(obsolete))}})
-        logdir = self._policy.logdir
-        files = [snapshot_path(log_location.snapshot_dir(logdir, sweep_id, plan.run_name(row.id, row.index + 1)), epoch)
-                 for epoch in obsolete for row in members]
+        folders = [log_location.snapshot_dir(self._policy.logdir, sweep_id, plan.run_name(row.id, row.index + 1))
+                   for row in members]
+        files = [snapshot_path(folder, epoch) for epoch in obsolete for folder in folders]
 
         def delete() -> None:
             for file in files:
                 delete_quietly(log_files.remove, file, f"no member of sweep {sweep_id} may copy it")
+            logger.info("sweep %d: deleted the PBT snapshots of epoch(s) %s, which no member may copy any more",
+                        sweep_id, ", ".join(str(epoch + 1) for epoch in obsolete))
 
         self._after_commit(delete)
 

@@ -218,7 +218,8 @@ export async function mountSweep(root, id) {
     fill(tableBox, h("table", { class: "grid trials-table" },
       h("thead", {}, h("tr", {}, h("th", { scope: "col", class: "pick", title: "compare" }, h("span", { class: "visually-hidden" }, "Compare")), heading("#", "index"), heading("State"), heading(metric, "objective"),
         others.map((name) => heading(name, `metrics.${name}`)),
-        names.map((name) => heading(name, `hparams.${name}`)), pbt ? heading("Lineage") : null, heading("Attempts"), heading("Failure"))),
+        names.map((name) => heading(name, `hparams.${name}`)), pbt ? heading("Lineage") : null,
+        heading("Attempts"), heading("Failure"))),
       h("tbody", {}, rows)),
     page.data.length ? null : h("p", { class: "empty" }, view.state ? `No ${view.state} trials.` : "No trials yet: they are created as workers claim them."));
     const last = Math.min(view.offset + PAGE_SIZE, page.count);
@@ -361,8 +362,9 @@ function lineageSection(lineage) {
           Object.entries(segment.hparams).map(([name, value]) => `${name} ${formatValue(value)}`).join(", "));
       }
       const changed = changes(lineage[position - 1]?.hparams ?? {}, segment.hparams);
-      return h("li", {}, h("strong", {}, `Segment ${segment.segment}`), ` ${from}: copied member ${segment.parent_number} `
-        + `after epoch ${segment.parent_epoch + 1}; ${changed.length ? changed.join(", ") : "same hparams"}`);
+      const copied = `copied member ${segment.parent_number} after epoch ${segment.parent_epoch + 1}`;
+      return h("li", {}, h("strong", {}, `Segment ${segment.segment}`),
+        ` ${from}: ${copied}; ${changed.length ? changed.join(", ") : "same hparams"}`);
     })));
 }
 
