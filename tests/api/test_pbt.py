@@ -5,6 +5,7 @@ member resumed with its lineage, and snapshots deleted once no member may copy t
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -83,6 +84,23 @@ class Fleet:
                 raise AssertionError(f"unexpected answer {answer.json()}")
         assert worker.complete(trial_id, val_loss=loss(number, EPOCHS - 1)).status_code == 200
         return True
+
+    def run_in_threads(self, sweep_id: int, client: Any) -> None:
+        """Each worker in a thread of its own, claiming until the sweep has ended (a 204 while the members are
+        all held by the others is asked again)."""
+        def work(worker: Worker) -> None:
+            while True:
+                if not self.step(worker):
+                    if client.get(f"{API}/sweeps/{sweep_id}").json()["status"] != "running":
+                        return
+                    time.sleep(0.01)
+
+        threads = [threading.Thread(target=work, args=(worker,)) for worker in self.workers]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        assert not any(thread.is_alive() for thread in threads)
 
     def run(self) -> None:
         """The workers take turns claiming until none gets work."""
@@ -267,3 +285,16 @@ def test_a_sweep_of_another_strategy_has_no_pbt_member_and_no_lineage(client: Te
     assignment = Worker(client, "a").claim()
     assert assignment["pbt"] is None
     assert get_trial(client, assignment["trial_id"])["lineage"] is None
+
+
+def test_a_population_of_four_on_two_worker_threads_over_real_http_completes(start_server: Callable[..., Any]):
+    server = start_server()
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        sweep = http.post(f"{API}/sweeps", json=pbt_spec()).json()
+        fleet = Fleet(http, workers=2)  # type: ignore[arg-type]  # Worker needs only .post
+        fleet.run_in_threads(sweep["id"], http)
+        assert http.get(f"{API}/sweeps/{sweep['id']}").json()["status"] == "completed"
+        trials = http.get(f"{API}/sweeps/{sweep['id']}/trials").json()["data"]
+    assert sorted(fleet.done.values()) == [EPOCHS] * POPULATION
+    assert all(len(trial["lineage"]) >= 1 and trial["state"] == "completed" for trial in trials)
+    assert any(answer["action"] == "stop" for _, _, answer in fleet.answers)
