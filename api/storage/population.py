@@ -17,7 +17,8 @@ from typing import Any
 from sqlalchemy import Connection, Row, and_, bindparam, select
 
 from sweeper import SweeperError, log_files, log_location
-from sweeper.messages import Action, Directive, Exploit, MetricsReport, PbtMember, PbtSegment, TrialState, snapshot_path
+from sweeper.messages import (Action, Directive, Exploit, MetricsReport, PbtMember, PbtSegment, SweepStatus,
+                              TrialState, snapshot_path)
 
 from api import lifecycle
 from api.claims import statements as sql
@@ -131,7 +132,10 @@ class PopulationStore(Store):
     @staticmethod
     def _waiting_behind(held: Row[Any], members: list[Row[Any]], epoch: int) -> tuple[int, int] | None:
         """A member waiting for a worker with fewer epochs done than this one (number, epochs done), if any: one
-        not started yet, or a pending one behind."""
+        not started yet, or a pending one behind. None in a paused sweep, whose waiting members no one may claim:
+        its running members go on, as a paused sweep's running trials do."""
+        if held.sweep_status != SweepStatus.running:
+            return None
         if held.sweep_next_index < held.sweep_total_trials:
             return held.sweep_next_index + 1, 0
         behind = [(row.epochs_done, row.index + 1) for row in members

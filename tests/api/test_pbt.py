@@ -298,3 +298,24 @@ def test_a_population_of_four_on_two_worker_threads_over_real_http_completes(sta
     assert sorted(fleet.done.values()) == [EPOCHS] * POPULATION
     assert all(len(trial["lineage"]) >= 1 and trial["state"] == "completed" for trial in trials)
     assert any(answer["action"] == "stop" for _, _, answer in fleet.answers)
+
+
+def test_a_pbt_sweep_cannot_be_extended(client: TestClient):
+    sweep = create_sweep(client, pbt_spec(population=2))
+    answer = client.post(f"{API}/sweeps/{sweep['id']}/extend", json={"max_trials": 4})
+    assert answer.status_code == 422
+    assert "cannot be extended" in answer.text and "max_trials" in answer.text
+
+
+def test_in_a_paused_sweep_a_member_ahead_goes_on_rather_than_hand_over(client: TestClient):
+    sweep = create_sweep(client, pbt_spec(population=3))
+    worker = Worker(client, "a")
+    trial = worker.claim()
+    assert client.post(f"{API}/sweeps/{sweep['id']}/pause").status_code == 200
+    for epoch in range(INTERVAL):
+        answer = worker.report(trial["trial_id"], epoch, val_loss=loss(1, epoch)).json()
+    assert answer["action"] == "continue", "members 2 and 3 wait, but a paused sweep hands out none of them"
+    assert client.post(f"{API}/sweeps/{sweep['id']}/resume").status_code == 200
+    for epoch in range(INTERVAL, 2 * INTERVAL):
+        answer = worker.report(trial["trial_id"], epoch, val_loss=loss(1, epoch)).json()
+    assert answer["action"] == "stop", "running again: it hands its worker to a member not started yet"
