@@ -17,8 +17,7 @@ from typing import Any
 from sqlalchemy import Connection, Row, and_, bindparam, select
 
 from sweeper import SweeperError, log_files, log_location
-from sweeper.messages import (Action, Directive, Exploit, MetricsReport, PbtMember, PbtSegment, SweepStatus,
-                              TrialState, snapshot_path)
+from sweeper.messages import Action, Directive, Exploit, PbtMember, PbtSegment, SweepStatus, TrialState, snapshot_path
 
 from api import lifecycle
 from api.claims import statements as sql
@@ -74,12 +73,12 @@ def _members(metric: str) -> Any:
 class PopulationStore(Store):
     """The storage side of Population Based Training (see the module's docstring)."""
 
-    def _judge_member(self, connection: Connection, held: Row[Any], plan: SweepPlan, report: MetricsReport,
+    def _judge_member(self, connection: Connection, held: Row[Any], plan: SweepPlan, epoch: int,
                       stored: Row[Any] | None) -> Directive:
-        """The answer to a member's epoch report: at a boundary, the stored decision, or a new one stored now."""
+        """The answer to a member's report of `epoch`: at a boundary, the decision stored before, or a new one,
+        stored now (exploit, or else stop when a member behind waits for a worker, or else continue)."""
         search, epochs = plan.spec.search, plan.spec.train.epochs
-        assert search.interval_epochs is not None and search.mutable is not None
-        epoch = report.epoch
+        assert search.interval_epochs is not None
         if not pbt.is_boundary(epoch, search.interval_epochs, epochs):
             if epoch > 0 and pbt.is_boundary(epoch - 1, search.interval_epochs, epochs):
                 # Past a boundary: a snapshot this member was told to copy there has been loaded.
@@ -87,47 +86,54 @@ class PopulationStore(Store):
             return Directive()
         if stored is not None and stored.decision is not None:
             return _directive(stored.decision)  # answered before: the same answer
-        at_epoch = self._members_at(connection, plan, held.sweep_id, epoch)
-        values = {row.index + 1: row.value for row in at_epoch if row.reported is not None}
-        number = held.index + 1
-        segments = {row.index + 1: lineage(row.search_state) for row in at_epoch}
-        hparams = {other: in_force(segments[other], epoch).hparams for other in values if segments[other]}
-        chosen = pbt.decide(number, epoch, {other: values[other] for other in hparams},
-                            plan.spec.objective.goal, hparams, plan.spec.search_space(), search.mutable, search.seed)
-        decision: dict[str, Any]
-        if chosen is not None:
-            donor = next(row for row in at_epoch if row.index + 1 == chosen.donor)
-            segment = PbtSegment(segment=len(segments[number]) + 1, start_epoch=epoch + 1, hparams=chosen.hparams,
-                                 parent_trial_id=donor.id, parent_number=chosen.donor, parent_epoch=epoch)
-            folder = log_location.snapshot_dir(self._policy.logdir or "", held.sweep_id,
-                                               plan.run_name(donor.id, chosen.donor))
-            exploit = Exploit(snapshot=snapshot_path(folder, epoch), segment=segment)
-            decision = {"action": Action.exploit.value, "exploit": exploit.model_dump(mode="json"),
-                        "reason": f"in the bottom quarter of {chosen.compared} members at epoch {epoch + 1}: copies "
-                                  f"member {chosen.donor}"}
-            changed = [f"{name} {hparams[number][name]!r} -> {value!r}" for name, value in chosen.hparams.items()
-                       if hparams[number].get(name) != value]
-            logger.info("sweep %d trial %d (id %d) exploits trial %d after epoch %d: %s", held.sweep_id, number,
-                        held.id, chosen.donor, epoch + 1, "; ".join(changed) or "same hparams")
-            state = {**(held.search_state or {}), "pbt": {
-                **(held.search_state or {}).get("pbt", {}),
-                "segments": [*(s.model_dump(mode="json") for s in segments[number]), segment.model_dump(mode="json")]}}
-            self._update_trial(connection, held.id, hparams=chosen.hparams, search_state=state)
-        else:
-            waiting = self._waiting_behind(held, at_epoch, epoch)
+        members = list(connection.execute(_members(plan.spec.objective.metric),
+                                          {"sweep": held.sweep_id, "epoch": epoch}))
+        decision = self._exploit(connection, held, plan, epoch, members)
+        if decision is None:
+            waiting = self._waiting_behind(held, members, epoch)
+            compared = sum(row.reported is not None for row in members)
+            decision = {"action": Action.continue_.value,
+                        "reason": f"compared with {compared} member(s) at epoch {epoch + 1}"}
             if waiting is not None:
                 decision = {"action": Action.stop.value,
                             "reason": f"member {waiting[0]} waits for a worker with {waiting[1]} epoch(s) done: "
                                       "this member hands its worker over and resumes later"}
-            else:
-                decision = {"action": Action.continue_.value,
-                            "reason": f"compared with {len(values)} member(s) at epoch {epoch + 1}"}
         connection.execute(sql.STORE_DECISION, {"trial": held.id, "epoch_index": epoch, "decision": decision})
         self._tidy_snapshots(connection, held.sweep_id, plan)
         return _directive(decision)
 
-    def _members_at(self, connection: Connection, plan: SweepPlan, sweep_id: int, epoch: int) -> list[Row[Any]]:
-        return list(connection.execute(_members(plan.spec.objective.metric), {"sweep": sweep_id, "epoch": epoch}))
+    def _exploit(self, connection: Connection, held: Row[Any], plan: SweepPlan, epoch: int,
+                 members: list[Row[Any]]) -> dict[str, Any] | None:
+        """The exploit decision on the member after `epoch` (its new segment stored with it), or None when it is
+        not in the bottom quarter of the members that have reported the epoch."""
+        search = plan.spec.search
+        assert search.mutable is not None
+        number = held.index + 1
+        segments = {row.index + 1: lineage(row.search_state) for row in members}
+        values = {row.index + 1: row.value for row in members if row.reported is not None and segments[row.index + 1]}
+        hparams = {other: in_force(segments[other], epoch).hparams for other in values}
+        chosen = pbt.decide(number, epoch, values, plan.spec.objective.goal, hparams, plan.spec.search_space(),
+                            search.mutable, search.seed)
+        if chosen is None:
+            return None
+        donor = next(row for row in members if row.index + 1 == chosen.donor)
+        segment = PbtSegment(segment=len(segments[number]) + 1, start_epoch=epoch + 1, hparams=chosen.hparams,
+                             parent_trial_id=donor.id, parent_number=chosen.donor, parent_epoch=epoch)
+        folder = log_location.snapshot_dir(self._policy.logdir or "", held.sweep_id,
+                                           plan.run_name(donor.id, chosen.donor))
+        exploit = Exploit(snapshot=snapshot_path(folder, epoch), segment=segment)
+        changed = [f"{name} {hparams[number].get(name)!r} -> {value!r}" for name, value in chosen.hparams.items()
+                   if hparams[number].get(name) != value]
+        logger.info("sweep %d trial %d (id %d) copies trial %d after epoch %d: %s", held.sweep_id, number, held.id,
+                    chosen.donor, epoch + 1, "; ".join(changed) or "the same hparams")
+        state = dict(held.search_state or {})
+        state["pbt"] = {**state.get("pbt", {}),
+                        "segments": [*(old.model_dump(mode="json") for old in segments[number]),
+                                     segment.model_dump(mode="json")]}
+        self._update_trial(connection, held.id, hparams=chosen.hparams, search_state=state)
+        return {"action": Action.exploit.value, "exploit": exploit.model_dump(mode="json"),
+                "reason": f"in the bottom quarter of {chosen.compared} members at epoch {epoch + 1}: copies member "
+                          f"{chosen.donor}"}
 
     @staticmethod
     def _waiting_behind(held: Row[Any], members: list[Row[Any]], epoch: int) -> tuple[int, int] | None:

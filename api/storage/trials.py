@@ -117,7 +117,7 @@ class TrialLeases(PopulationStore):
                 return Directive(action=step.action)
             if is_pbt(plan):
                 try:
-                    return self._judge_member(connection, held, plan, report, stored)
+                    return self._judge_member(connection, held, plan, report.epoch, stored)
                 except Exception:
                     # As for a stopping rule: the epoch is kept, unjudged, and the member trains on.
                     logger.exception("sweep %d trial %d (id %d): the pbt decision failed on epoch %d; it goes on",

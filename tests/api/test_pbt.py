@@ -149,9 +149,7 @@ def test_bottom_quarter_members_copy_a_top_quarter_donors_snapshot_at_that_epoch
         lineage = trial["lineage"]
         assert lineage[0]["segment"] == 1 and lineage[0]["parent_number"] is None
         assert trial["hparams"] == lineage[-1]["hparams"]
-        assert [s["exploit"]["segment"] for n, _, s in [(n, e, a) for n, e, a in fleet.answers
-                                                         if a["action"] == "exploit"] if n == number] \
-            == lineage[1:]
+        assert [exploit["segment"] for copier, _, exploit in exploits if copier == number] == lineage[1:]
     # The best member is never told to copy anyone.
     assert not [number for number, _, _ in exploits if number == POPULATION]
 
