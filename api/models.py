@@ -165,8 +165,9 @@ class TrialEpochRow(Base):
     metrics: Mapped[dict[str, Any]]
     reported_at: Mapped[datetime] = mapped_column(default=utcnow)
     decision: Mapped[dict[str, Any] | None]
-    """The stopping rule's answer to this report ({"action": ..., "reason": ...}), stored before it was sent;
-    None where no rule judged it."""
+    """The stopping rule's answer to this report ({"action": ..., "reason": ...}), or Population Based
+    Training's at the end of a member's interval (continue, stop, or exploit with its `exploit`), stored before
+    it was sent; None where nothing judged it."""
 
 
 class WorkerRow(Base):

@@ -64,8 +64,9 @@ class EpochMetrics(BaseModel):
     metrics: dict[str, float | None]
     """What the trial logged that epoch, the learning rate it trained with included."""
     decision: dict[str, Any] | None = None
-    """The stopping rule's answer to this epoch's report ("continue" or "prune") and what it compared; left
-    out where the sweep has no stopping rule."""
+    """The stopping rule's answer to this epoch's report ("continue" or "prune") and what it compared, or at
+    the end of a PBT member's interval the answer it got ("continue", "stop" or "exploit", with the exploit's
+    snapshot and new segment) and its `reason`; left out where nothing judged the epoch."""
 
     @model_serializer(mode="wrap")
     def _without_absent_decision(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
