@@ -213,6 +213,7 @@ class Store:
         if self._policy.logdir is None or not isinstance(search, dict) or search.get("strategy") != "pbt":
             return
         folder = log_location.snapshots_dir(self._policy.logdir, sweep_id)
+
         def delete() -> None:
             delete_quietly(log_files.rmtree, folder, f"sweep {sweep_id} ended")
             logger.info("sweep %d ended: deleted its PBT snapshots", sweep_id)
@@ -353,8 +354,12 @@ _AFTER_COMMIT = "sweeper_after_commit"
 
 
 def _run_after_commit(session: Session) -> None:
+    # The transaction has committed: whatever happens here must not turn its answer into an error.
     for work in session.info.pop(_AFTER_COMMIT, []):
-        work()
+        try:
+            work()
+        except Exception:
+            logger.exception("work after a commit failed; the committed changes stand")
 
 
 def _drop_after_commit(session: Session) -> None:

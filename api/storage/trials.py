@@ -357,7 +357,8 @@ class TrialLeases(PopulationStore):
         return len(expired)
 
     def _next_pending_trial(self, connection: Connection, worker_id: str, now: datetime) -> sql.TrialRecord | None:
-        """The oldest pending trial of a running sweep, now running for the worker (one more attempt)."""
+        """The oldest pending trial of a running sweep, now running for the worker (one more attempt); if that
+        sweep is Population Based Training, its member whose turn it is (`_next_member`) instead."""
         row = connection.execute(sql.NEXT_PENDING).first()
         if row is None:
             return None
