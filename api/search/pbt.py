@@ -43,8 +43,9 @@ def quartiles(values: Mapping[int, float | None], goal: str) -> tuple[list[int],
     """
     def rank(member: int) -> tuple[bool, float, int]:
         value = values[member]
-        missing = value is None or not math.isfinite(value)
-        return missing, 0.0 if missing else (-value if goal == "maximize" else value), member  # type: ignore[operator]
+        if value is None or not math.isfinite(value):
+            return True, 0.0, member
+        return False, -value if goal == "maximize" else value, member
 
     ordered = sorted(values, key=rank)
     count = min(math.ceil(len(ordered) * QUANTILE), len(ordered) // 2)
