@@ -166,7 +166,11 @@ def test_a_repeated_boundary_report_gets_the_same_answer(client: TestClient):
         answers.append(answer.json())
     assert answers[0]["action"] == "exploit"
     assert answers[0] == answers[1]
-    assert len(get_trial(client, one["trial_id"])["lineage"]) == 2, "the repeat adds no segment"
+    trial = get_trial(client, one["trial_id"])
+    assert len(trial["lineage"]) == 2, "the repeat adds no segment"
+    decision = trial["history"][INTERVAL - 1]["decision"]
+    assert decision["action"] == "exploit" and decision["exploit"] == answers[0]["exploit"]
+    assert "bottom quarter of 2 members" in decision["reason"]
 
 
 def test_after_a_server_restart_the_decisions_and_lineage_are_the_same(settings: Settings,
