@@ -30,6 +30,7 @@ bench: $(INSTALLED)
 	$(BIN)/python bench/overhead.py
 	$(BIN)/python bench/claims.py
 	$(BIN)/python bench/search.py
+	$(BIN)/python bench/pbt.py
 	$(BIN)/python bench/keras_search.py
 	$(BIN)/python bench/page.py
 

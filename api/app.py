@@ -41,16 +41,17 @@ def create_app(settings: Settings) -> FastAPI:
     """
     engine = make_engine(settings.database_url)
     create_tables(engine)
+    # Made absolute now (a URL is kept as written): workers may run in another folder, and trial
+    # folders must not move if the server's working directory changes later.
+    logdir = resolve_logdir(settings.logdir)
     context = AppContext(
         settings=settings,
-        # Made absolute now (a URL is kept as written): workers may run in another folder, and trial
-        # folders must not move if the server's working directory changes later.
-        logdir=resolve_logdir(settings.logdir),
+        logdir=logdir,
         engine=engine,
         sessions=make_sessions(engine),
         plans=PlanCache(),
         policy=LeasePolicy(lease=timedelta(seconds=settings.lease_seconds),
-                           heartbeat=timedelta(seconds=settings.heartbeat_interval)),
+                           heartbeat=timedelta(seconds=settings.heartbeat_interval), logdir=logdir),
     )
     desk = ClaimDesk(context.sessions, context.policy, context.plans)
     tensorboards = TensorBoards(context.logdir, idle_seconds=settings.tensorboard_idle_seconds,

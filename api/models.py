@@ -47,6 +47,13 @@ def run_name(run_digits: int | None, trial_id: int, number: int) -> str:
     return str(trial_id) if run_digits is None else log_location.run_name(number, run_digits)
 
 
+def member_lineage(search_state: dict[str, Any] | None) -> list[dict[str, Any]] | None:
+    """A Population Based Training member's segments (PbtSegment's fields), oldest first, from its search_state;
+    None for a trial of another strategy."""
+    stored = (search_state or {}).get("pbt")
+    return list(stored.get("segments", [])) if isinstance(stored, dict) else None
+
+
 class Base(DeclarativeBase):
     type_annotation_map = {
         datetime: UTCDateTime,
@@ -143,6 +150,10 @@ class TrialRow(Base):
         """The trial's number within its sweep, from 1: what people see on the page, the CLI and TensorBoard."""
         return self.index + 1
 
+    @property
+    def lineage(self) -> list[dict[str, Any]] | None:
+        return member_lineage(self.search_state)
+
 
 class TrialEpochRow(Base):
     __tablename__ = "trial_epochs"
@@ -154,8 +165,9 @@ class TrialEpochRow(Base):
     metrics: Mapped[dict[str, Any]]
     reported_at: Mapped[datetime] = mapped_column(default=utcnow)
     decision: Mapped[dict[str, Any] | None]
-    """The stopping rule's answer to this report ({"action": ..., "reason": ...}), stored before it was sent;
-    None where no rule judged it."""
+    """The stopping rule's answer to this report ({"action": ..., "reason": ...}), or Population Based
+    Training's at the end of a member's interval (continue, stop, or exploit with its `exploit`), stored before
+    it was sent; None where nothing judged it."""
 
 
 class WorkerRow(Base):

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, model_serializer
 
-from sweeper.messages import FailureKind, SweepStatus, TrialState
+from sweeper.messages import FailureKind, PbtSegment, SweepStatus, TrialState
 
 from api.search.importance import ImportanceEvaluator, Importances
 from api.storage import ObjectiveSeries, SweepSummary, TrialHistory, WorkerState, WorkerStatus
@@ -39,6 +39,11 @@ class TrialPublic(BaseModel):
     """The epoch (from 0) after which the sweep's stopping rule pruned the trial; null unless it did."""
     prune_reason: str | None = None
     """Why: the rung or epoch, the trial's value, the cutoff, and how many trials it was compared with."""
+    lineage: list[PbtSegment] | None = None
+    """A Population Based Training member's segments, oldest first: the hparams it trained with from each
+    `start_epoch`, and for every segment after the first the member whose weights it copied (`parent_number`,
+    `parent_trial_id`) after which epoch (`parent_epoch`). The last is in force (`hparams` is its). Null for a
+    trial of another strategy."""
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -61,8 +66,9 @@ class EpochMetrics(BaseModel):
     reported_at: datetime | None = None
     """When the epoch was reported (last reported, for an epoch trained again after a resume)."""
     decision: dict[str, Any] | None = None
-    """The stopping rule's answer to this epoch's report ("continue" or "prune") and what it compared; left
-    out where the sweep has no stopping rule."""
+    """The stopping rule's answer to this epoch's report ("continue" or "prune") and what it compared, or at
+    the end of a PBT member's interval the answer it got ("continue", "stop" or "exploit", with the exploit's
+    snapshot and new segment) and its `reason`; left out where nothing judged the epoch."""
 
     @model_serializer(mode="wrap")
     def _without_absent_decision(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:

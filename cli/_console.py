@@ -51,6 +51,8 @@ def search_size(sweep: dict[str, Any]) -> str:
     search = sweep["spec"].get("search", {})
     strategy, size, total = search.get("strategy", "random"), sweep.get("space_size"), sweep["total_trials"]
     trials = f"{total:,} trial{'s' if total != 1 else ''}"
+    if strategy == "pbt":
+        return f"Population Based Training of {total:,} members, each one trial (search.population)"
     if size is None:
         return f"{strategy} search over a continuous space, {trials} (search.max_trials)"
     where = "grid" if strategy == "grid" else "random search over a space"

@@ -13,7 +13,8 @@ from sweeper._errors import (InfrastructureError, NonFiniteLossError, RetryableE
 from sweeper._registry import PluginError, datasets, models
 from sweeper._spec import (Objective, SearchSettings, Stopping, SweepSpec, TrainSettings, load_spec, parse_spec,
                            read_spec_text, yaml_lines)
-from sweeper._strategies import AdaptiveStrategy, GridStrategy, RandomStrategy, Strategy, make_strategy
+from sweeper._strategies import (AdaptiveStrategy, GridStrategy, PopulationStrategy, RandomStrategy, Strategy,
+                                 make_strategy)
 from sweeper.plugins import register_dataset, register_model
 
 __version__ = "0.1.0"
@@ -26,6 +27,6 @@ __all__ = [
     "datasets", "models", "register_dataset", "register_model",
     "Objective", "SearchSettings", "Stopping", "SweepSpec", "TrainSettings", "load_spec", "parse_spec",
     "read_spec_text", "yaml_lines",
-    "AdaptiveStrategy", "GridStrategy", "RandomStrategy", "Strategy", "make_strategy",
+    "AdaptiveStrategy", "GridStrategy", "PopulationStrategy", "RandomStrategy", "Strategy", "make_strategy",
     "log_files",
 ]

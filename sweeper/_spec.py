@@ -196,6 +196,19 @@ class SweepSpec(_Strict):
                 data["objectives"] = listed
         return data
 
+    @model_validator(mode="before")
+    @classmethod
+    def _pbt_epochs(cls, data: Any) -> Any:
+        # search.max_epochs is train.epochs by another name: given alone, it sets train.epochs, so that the runner,
+        # the page and the stored spec read one number. Both given must agree (`_check_pbt`).
+        if not isinstance(data, dict) or not isinstance(data.get("search"), dict):
+            return data
+        max_epochs = data["search"].get("max_epochs")
+        train = data.get("train", {})
+        if max_epochs is not None and isinstance(train, dict) and "epochs" not in train:
+            data = {**data, "train": {**train, "epochs": max_epochs}}
+        return data
+
     @model_validator(mode="after")
     def _across_fields(self, info: ValidationInfo) -> SweepSpec:
         # parse_spec checks these itself, with the field each names, once the fields they read are valid.
@@ -494,11 +507,76 @@ def _check_search(spec: SweepSpec, broken: frozenset[FieldPath] = frozenset()) -
         problems.append((("search", "warm_start"), f"only an adaptive strategy ({', '.join(ADAPTIVE_STRATEGIES)}) "
                                                    f"learns from earlier results; {search.strategy} search would "
                                                    "ignore them"))
+    problems += _check_pbt(spec, broken)
     stopping = spec.stopping
     if stopping is not None and stopping.active and stopping.min_epochs > spec.train.epochs \
             and _usable(broken, ("stopping", "rule"), ("stopping", "min_epochs"), ("train", "epochs")):
         problems.append((("stopping", "min_epochs"), f"must be <= train.epochs ({spec.train.epochs}), but got "
                                                      f"{stopping.min_epochs}: no trial would reach the first decision"))
+    return problems
+
+
+_PBT_FIELDS = ("population", "interval_epochs", "mutable", "max_epochs")
+"""The search fields only Population Based Training reads."""
+
+
+def _check_pbt(spec: SweepSpec, broken: frozenset[FieldPath]) -> list[Problem]:
+    """What Population Based Training needs of the spec, and its fields refused on other strategies."""
+    search = spec.search
+    if not _usable(broken, ("search", "strategy")):
+        return []
+    if search.strategy != "pbt":
+        return [(("search", name), f"only pbt search reads {name}; {search.strategy} search would ignore it")
+                for name in _PBT_FIELDS if getattr(search, name) is not None and _usable(broken, ("search", name))]
+    problems: list[Problem] = []
+    for name, what in (("population", "how many members train at once"),
+                       ("interval_epochs", "after how many epochs members are compared")):
+        if getattr(search, name) is None and _usable(broken, ("search", name)):
+            problems.append((("search", name), f"is required for pbt search: it says {what}"))
+    epochs = spec.train.epochs
+    if search.max_epochs is not None and search.max_epochs != epochs \
+            and _usable(broken, ("search", "max_epochs"), ("train", "epochs")):
+        problems.append((("search", "max_epochs"), f"is train.epochs by another name, and they differ "
+                                                   f"({search.max_epochs} and {epochs}): give one, or the same"))
+    if search.interval_epochs is not None and search.interval_epochs >= epochs \
+            and _usable(broken, ("search", "interval_epochs"), ("train", "epochs"), ("search", "max_epochs")):
+        problems.append((("search", "interval_epochs"), f"must be < the epochs each member trains ({epochs}), but "
+                                                        f"got {search.interval_epochs}: no member would ever be "
+                                                        "compared"))
+    if search.max_trials is not None and search.population is not None and search.max_trials != search.population \
+            and _usable(broken, ("search", "max_trials"), ("search", "population")):
+        problems.append((("search", "max_trials"), f"a pbt sweep's trials are its members: max_trials must equal "
+                                                   f"population ({search.population}), but got {search.max_trials}; "
+                                                   "leave it out"))
+    if _usable(broken, ("search", "mutable"), ("hparams",)):
+        problems += _check_mutable(spec)
+    if spec.stopping is not None and spec.stopping.active and _usable(broken, ("stopping", "rule")):
+        problems.append((("stopping", "rule"), "pbt decides itself which members go on (the bottom quarter copies "
+                                               "the top quarter's weights): drop stopping"))
+    if len(spec.all_objectives) > 1 and _usable(broken, ("objective",)):
+        problems.append((("objective",), "pbt ranks members by one objective, and this sweep has "
+                                         f"{len(spec.all_objectives)}; keep one"))
+    return problems
+
+
+def _check_mutable(spec: SweepSpec) -> list[Problem]:
+    mutable, space = spec.search.mutable, spec.search_space()
+    if not mutable:
+        return [(("search", "mutable"), "is required for pbt search: name the hparams (searched ones, e.g. "
+                                        "learning_rate) that explore may change within a member's life")]
+    problems: list[Problem] = []
+    for position, name in enumerate(mutable):
+        path: FieldPath = ("search", "mutable", position)
+        domain = space.get(name)
+        if domain is None:
+            problems.append((path, f"{name!r} is not an hparam of this spec; its hparams: {', '.join(space)}"))
+        elif isinstance(domain, Fixed):
+            problems.append((path, f"{name!r} is a fixed hparam: only a searched one (a domain) can be explored"))
+        elif domain.when:
+            problems.append((path, f"{name!r} is conditional (it has a when): a mutable hparam must exist in every "
+                                   "member"))
+        elif name in mutable[:position]:
+            problems.append((path, f"{name!r} is named twice"))
     return problems
 
 

@@ -173,7 +173,26 @@ class AdaptiveStrategy:
                                   "at claim time on the server (api.search), not from its index")
 
 
+class PopulationStrategy:
+    """Population Based Training: its trials are the population's members, and member k's first hparams are
+    seeded random draws (one generator per member, seeded by (seed, k)), as random search draws them. What
+    each member trains with later is decided by the server at its reports (exploit and explore)."""
+
+    def __init__(self, spec: SweepSpec):
+        assert spec.search.population is not None, "the spec requires population for pbt"
+        self.space = spec.search_space()
+        self.seed = spec.search.seed
+        self.total = spec.search.population
+        self.size: int | None = None
+
+    def config_at(self, index: int) -> Config:
+        _check_index(index, self.total)
+        rng = random.Random(f"sweeper:pbt:{self.seed}:{index}")
+        return active_config(self.space, {name: domain.from_unit(rng.random()) for name, domain in self.space.items()})
+
+
 def make_strategy(spec: SweepSpec) -> Strategy:
     if spec.search.adaptive:
         return AdaptiveStrategy(spec)
-    return {"grid": GridStrategy, "random": RandomStrategy}[spec.search.strategy](spec)
+    return {"grid": GridStrategy, "random": RandomStrategy,
+            "pbt": PopulationStrategy}[spec.search.strategy](spec)

@@ -91,6 +91,11 @@ class SessionStatus(StrEnum):
                 SessionStatus.aborted: getattr(api_pb2, "STATUS_ABORTED", api_pb2.STATUS_UNKNOWN)}[self]
 
 
+PBT_MEMBER = "member"
+PBT_PARENT = "parent"
+"""The hparams a Population Based Training segment's session carries beside its own: its member and its parent."""
+
+
 def hparams_for(spec: SweepSpec) -> list[hp.HParam]:
     """The spec's hparams with their exact domains, conditional ones included: those that vary first, then
     the fixed ones (a Fixed value, or a discrete domain of one value), each group in the spec's order.
@@ -105,6 +110,15 @@ def hparams_for(spec: SweepSpec) -> list[hp.HParam]:
         if isinstance(domain, (RealInterval, IntInterval)) and domain.log:
             hparams.append(hp.HParam(f"log10_{name}", hp.RealInterval(math.log10(domain.min), math.log10(domain.max)),
                                      description=f"log10 of {name}, for a linear axis."))
+    population = spec.search.population
+    if spec.search.strategy == "pbt" and population is not None:
+        # Each segment of a member's life is a session (see the PBT design): these say whose it is and where
+        # its weights came from.
+        hparams += [hp.HParam(PBT_MEMBER, hp.IntInterval(0, population),
+                              description="Population Based Training: the member (trial number) of this segment."),
+                    hp.HParam(PBT_PARENT, hp.IntInterval(0, population),
+                              description="Population Based Training: the member whose weights this segment "
+                                          "copied (0 for a member's first segment).")]
     return hparams
 
 

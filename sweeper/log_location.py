@@ -18,8 +18,9 @@ import os
 import re
 from pathlib import Path
 
-__all__ = ["CHECKPOINT_FOLDER", "MIN_RUN_DIGITS", "checkpoint_dir", "is_url", "join", "name", "parent", "reader_flags",
-           "resolve_logdir", "run_digits", "run_name", "sweep_dir", "trial_dir"]
+__all__ = ["CHECKPOINT_FOLDER", "MIN_RUN_DIGITS", "SNAPSHOT_FOLDER", "checkpoint_dir", "is_url", "join", "name",
+           "parent", "reader_flags", "resolve_logdir", "run_digits", "run_name", "snapshot_dir", "snapshots_dir",
+           "sweep_dir", "trial_dir"]
 
 CHECKPOINT_FOLDER = "checkpoint"
 """A trial's checkpoint folder, beside its logs: a retry on any worker that reaches the logdir resumes from it."""
@@ -98,6 +99,21 @@ def name(location: str | os.PathLike[str]) -> str:
 def checkpoint_dir(trial_folder: str | os.PathLike[str]) -> str:
     """The checkpoint folder of the trial whose folder is `trial_folder`."""
     return join(trial_folder, CHECKPOINT_FOLDER)
+
+
+SNAPSHOT_FOLDER = "pbt-snapshots"
+"""A Population Based Training sweep's member snapshots, under its sweep's folder: outside each member's own
+folder and checkpoint, which its worker deletes when it finishes while other members may still copy them."""
+
+
+def snapshots_dir(logdir: str | os.PathLike[str], sweep_id: int) -> str:
+    """Every snapshot of a PBT sweep's members: `<logdir>/<sweep_id>/pbt-snapshots`."""
+    return join(logdir, sweep_id, SNAPSHOT_FOLDER)
+
+
+def snapshot_dir(logdir: str | os.PathLike[str], sweep_id: int, run: str | int) -> str:
+    """A PBT member's snapshots, named by its run name: `<logdir>/<sweep_id>/pbt-snapshots/trial-0007`."""
+    return join(snapshots_dir(logdir, sweep_id), run)
 
 
 def reader_flags(location: str | os.PathLike[str]) -> list[str]:

@@ -16,7 +16,7 @@ from api.claims.desk import ClaimDesk
 from api.deps import AppContext
 from api.metrics import ServerMetrics
 from api.schemas import TrialPublic
-from api.storage import Claimed
+from api.storage import Claimed, pbt_member
 
 
 async def claim_answer(request: ClaimRequest, desk: ClaimDesk, context: AppContext, metrics: ServerMetrics) -> Response:
@@ -50,6 +50,7 @@ def assignment(claimed: Claimed, context: AppContext) -> Assignment:
         objective=claimed.plan.spec.objective, train=claimed.plan.spec.train,
         logdir=folder,
         log_scaled=[name for name in claimed.plan.spec.log_scaled() if name in trial.hparams],
+        pbt=pbt_member(claimed.plan, context.logdir, trial.id, trial.number, trial.sweep_id, trial.search_state),
         attempt=trial.attempts,
         # Beside the trial's logs, so a retry on any worker sharing the logdir resumes from it.
         checkpoint_dir=log_location.checkpoint_dir(folder),

@@ -16,13 +16,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, Table, bindparam, exists, select
+from sqlalchemy import Select, Table, bindparam, exists, func, select
 from sqlalchemy.engine import Row
 
 from sweeper.messages import FailureKind, SweepStatus, TrialState
 
 from api.lifecycle import TrialEvent
-from api.models import SweepRow, TrialEpochRow, TrialRow, WorkerRow
+from api.models import SweepRow, TrialEpochRow, TrialRow, WorkerRow, member_lineage
 
 TRIALS: Table = TrialRow.__table__  # type: ignore[assignment]
 SWEEPS: Table = SweepRow.__table__  # type: ignore[assignment]
@@ -72,6 +72,33 @@ ADVANCE_SWEEP = (SWEEPS.update()
 """Compare-and-set on next_index: trial `index` is generated once; it matches no row if it already was."""
 
 INSERT_TRIAL = TRIALS.insert()
+
+SWEEP_TO_GENERATE = (select(SWEEPS.c.id, SWEEPS.c.next_index, SWEEPS.c.total_trials)
+                     .where(SWEEPS.c.id == bindparam("sweep"), SWEEPS.c.status == SweepStatus.running)
+                     .with_for_update())
+"""One running sweep's generation counters (a pbt sweep starts its members before resuming any)."""
+
+# -- Population Based Training (api.storage.population)
+
+EPOCHS_DONE = (select(func.coalesce(func.max(EPOCHS.c.epoch) + 1, 0)).where(EPOCHS.c.trial_id == TRIALS.c.id)
+               .correlate(TRIALS).scalar_subquery())
+"""A trial's epochs done: its last reported epoch + 1, or 0."""
+
+NEXT_MEMBER = (select(TRIALS)
+               .where(TRIALS.c.sweep_id == bindparam("sweep"), TRIALS.c.state == TrialState.pending)
+               .order_by(EPOCHS_DONE, TRIALS.c.index).limit(1).with_for_update(skip_locked=True))
+"""A pbt sweep's pending member with the fewest epochs done: members take turns, the one behind first."""
+
+SWEEP_SEARCH_STATE = (select(SWEEPS.c.status, SWEEPS.c.next_index, SWEEPS.c.total_trials, SWEEPS.c.search_state)
+                      .where(SWEEPS.c.id == bindparam("sweep")))
+
+MEMBERS_STATE = (select(TRIALS.c.id, TRIALS.c.index, TRIALS.c.state, EPOCHS_DONE.label("epochs_done"))
+                 .where(TRIALS.c.sweep_id == bindparam("sweep")))
+
+MEMBER_DECISIONS = (select(EPOCHS.c.trial_id, EPOCHS.c.epoch, EPOCHS.c.decision)
+                    .join(TRIALS, TRIALS.c.id == EPOCHS.c.trial_id)
+                    .where(TRIALS.c.sweep_id == bindparam("sweep"), EPOCHS.c.decision.is_not(None)))
+"""Every decision on a pbt sweep's boundary reports: which epochs each member has been judged at."""
 
 SWEEP_SPEC = select(SWEEPS.c.spec, SWEEPS.c.run_digits).where(SWEEPS.c.id == bindparam("sweep"))
 
@@ -144,6 +171,10 @@ class TrialRecord:
     def number(self) -> int:
         """The trial's number within its sweep, from 1 (TrialRow.number)."""
         return self.index + 1
+
+    @property
+    def lineage(self) -> list[dict[str, Any]] | None:
+        return member_lineage(self.search_state)
 
 
 def trial_record(row: Row[Any], **changes: Any) -> TrialRecord:

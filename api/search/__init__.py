@@ -9,4 +9,5 @@ keeps what the sampler and pruner remember of each trial) and kept in step with 
 - `samplers`: the strategy's Optuna sampler, seeded per trial number.
 - `stopping`: the stopping rule's Optuna pruner, and each decision with its reason.
 - `decisions`: what the storage layer calls: propose a configuration at claim time, judge an epoch report.
+- `pbt`: Population Based Training's decision on a member's report (quartiles, donor, explore), pure and seeded.
 """

@@ -19,12 +19,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Row, exists, func, select
+from sqlalchemy import Connection, Row, event, exists, func, select
 from sqlalchemy.orm import Session, SessionTransaction
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.util import identity_key
 
-from sweeper import SweeperError, SweepSpec, Strategy, UnknownTrialError, make_strategy, parse_spec
+from sweeper import (SweeperError, SweepSpec, Strategy, UnknownTrialError, log_files, log_location, make_strategy,
+                     parse_spec)
 from sweeper.messages import ClaimRequest, LeaseConflictReason, SweepStatus, TrialState
 
 from api import lifecycle
@@ -143,6 +144,10 @@ class LeasePolicy:
     """How long a claimed trial stays with its worker without a call; also how long until a silent worker is lost."""
     heartbeat: timedelta
     """How often workers are told to call, well inside the lease."""
+    logdir: str | None = None
+    """The server's logdir (resolved), under which Population Based Training members save the snapshots the
+    server names in its exploit answers and deletes once no member may copy them; None: snapshots are named
+    relative to the workers' folder and never deleted (a repository without a logdir, in a script)."""
 
 
 
@@ -193,6 +198,27 @@ class Store:
             connection.execute(sql.UPDATE_WORKER, rows)
         for rows in inserts.values():
             connection.execute(sql.INSERT_WORKER, rows)
+
+    def _after_commit(self, work: Callable[[], None]) -> None:
+        """Run `work` once the current transaction has committed (file deletions: a rollback must not leave a
+        file deleted that the database still names); dropped if it rolls back. Best effort: a failure is logged."""
+        if not event.contains(self._session, "after_commit", _run_after_commit):
+            event.listen(self._session, "after_commit", _run_after_commit)
+            event.listen(self._session, "after_rollback", _drop_after_commit)
+        self._session.info.setdefault(_AFTER_COMMIT, []).append(work)
+
+    def _forget_snapshots(self, sweep_id: int, stored_spec: Mapping[str, Any]) -> None:
+        """A sweep ended: every snapshot of its members goes, once the transaction commits (a pbt sweep's only)."""
+        search = stored_spec.get("search")
+        if self._policy.logdir is None or not isinstance(search, dict) or search.get("strategy") != "pbt":
+            return
+        folder = log_location.snapshots_dir(self._policy.logdir, sweep_id)
+
+        def delete() -> None:
+            delete_quietly(log_files.rmtree, folder, f"sweep {sweep_id} ended")
+            logger.info("sweep %d ended: deleted its PBT snapshots", sweep_id)
+
+        self._after_commit(delete)
 
     def _transaction(self) -> AbstractContextManager[Any]:
         """A transaction of its own, or the one the caller already opened: a batch of claims and completions
@@ -289,6 +315,7 @@ class Store:
         sweep.status = next_status(sweep, event)
         sweep.status_reason = reason
         sweep.finished_at = now
+        self._forget_snapshots(sweep.id, sweep.spec)
         for trial in self._session.scalars(select(TrialRow).where(
                 TrialRow.sweep_id == sweep.id, TrialRow.state == TrialState.pending)).all():
             take(trial, self._apply(trial, sweep, TrialEvent.cancel).trial)
@@ -319,6 +346,34 @@ class Store:
             else:
                 sweep.status = next_status(sweep, event)
                 sweep.finished_at = now
+                self._forget_snapshots(sweep.id, sweep.spec)
+
+
+_AFTER_COMMIT = "sweeper_after_commit"
+"""Session.info's key for the work `Store._after_commit` queued."""
+
+
+def _run_after_commit(session: Session) -> None:
+    # The transaction has committed: whatever happens here must not turn its answer into an error.
+    for work in session.info.pop(_AFTER_COMMIT, []):
+        try:
+            work()
+        except Exception:
+            logger.exception("work after a commit failed; the committed changes stand")
+
+
+def _drop_after_commit(session: Session) -> None:
+    session.info.pop(_AFTER_COMMIT, None)
+
+
+def delete_quietly(remove: Callable[[str], None], location: str, why: str) -> None:
+    """Delete a snapshot file or folder, best effort: a failure leaves it behind, logged, and nothing else."""
+    try:
+        remove(location)
+    except Exception as error:  # a file store away or refusing: the sweep goes on, the file is left over
+        logger.warning("could not delete PBT snapshots %s (%s): %s", location, why, error)
+    else:
+        logger.debug("deleted PBT snapshots %s (%s)", location, why)
 
 
 def life_of(trial: TrialRow | Row[Any]) -> TrialLife:

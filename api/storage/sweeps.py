@@ -196,6 +196,10 @@ class SweepStore(Store):
         with self._session.begin():
             sweep = self._sweep(sweep_id, lock=True)
             status = next_status(sweep, SweepEvent.extend)
+            if sweep.spec.get("search", {}).get("strategy") == "pbt":
+                raise SpecError([(("max_trials",), f"sweep {sweep_id} is Population Based Training: its trials are "
+                                                   "its population's members, trained together, so it cannot be "
+                                                   "extended; submit a new sweep with a larger population")])
             stored = {**sweep.spec, "search": {**sweep.spec.get("search", {}), "max_trials": max_trials}}
             spec = parse_spec(stored, stored=True)
             total = make_strategy(spec).total

@@ -24,8 +24,9 @@ from api import lifecycle
 from api.claims import statements as sql
 from api.lifecycle import Caller, TrialEvent, TrialLife
 from api.models import SweepRow, TrialEpochRow, TrialRow
-from api.storage.base import (LeaseConflictError, Store, SweepPlan, TrialNotFoundError, finite, first_line,
-                              is_row_id, life_of, spec_limit, take)
+from api.storage.base import (LeaseConflictError, SweepPlan, TrialNotFoundError, finite, first_line, is_row_id,
+                              life_of, spec_limit, take)
+from api.storage.population import PopulationStore, first_lineage, is_pbt
 
 logger = logging.getLogger("api.storage")
 
@@ -45,7 +46,7 @@ class Claimed:
 
 
 
-class TrialLeases(Store):
+class TrialLeases(PopulationStore):
     """The worker protocol on trials, and lease expiry."""
 
     def claim(self, request: ClaimRequest) -> Claimed | None:
@@ -114,6 +115,14 @@ class TrialLeases(Store):
                 plan = self._plan(connection, held.sweep_id)
             except SweeperError:  # its spec no longer parses (a model plugin gone): no rule can judge it
                 return Directive(action=step.action)
+            if is_pbt(plan):
+                try:
+                    return self._judge_member(connection, held, plan, report.epoch, stored)
+                except Exception:
+                    # As for a stopping rule: the epoch is kept, unjudged, and the member trains on.
+                    logger.exception("sweep %d trial %d (id %d): the pbt decision failed on epoch %d; it goes on",
+                                     held.sweep_id, held.index + 1, held.id, report.epoch)
+                    return Directive(action=Action.continue_)
             if not plan.spec.stops_early:
                 return Directive(action=step.action)
             if stored is not None and stored.decision is not None:
@@ -190,6 +199,9 @@ class TrialLeases(Store):
                 if connection.execute(sql.FINISH_SWEEP, {"sweep": held.sweep_id, "now": now}).rowcount:
                     self._loaded_copy_takes(SweepRow, held.sweep_id,
                                             {"status": SweepStatus.completed, "finished_at": now})
+                    self._sweep_finished(connection, held.sweep_id)
+                    return sql.trial_record(held, **changes)
+            self._member_ended(connection, held.sweep_id)
             return sql.trial_record(held, **changes)
 
     def fail(self, trial_id: int, report: FailReport) -> TrialRow:
@@ -211,6 +223,9 @@ class TrialLeases(Store):
             trial.error, trial.failure_kind, trial.traceback = report.error, report.kind, report.traceback
             self._end_attempt(trial, sweep, step, now)
             self._complete_finished_sweeps(now, sweep_id=trial.sweep_id)
+            if trial.state.finished and sweep.status in lifecycle.OPEN:
+                self._session.flush()
+                self._member_ended(self._session.connection(), trial.sweep_id)
             return trial
 
     def release(self, trial_id: int, report: ReleaseReport) -> TrialRow:
@@ -336,13 +351,37 @@ class TrialLeases(Store):
                            trial.number, trial.id, trial.worker_id, trial.attempts, spec_limit(sweep, "max_attempts"))
             trial.error, trial.failure_kind, trial.traceback = WORKER_LOST, FailureKind.crash, None
             self._end_attempt(trial, sweep, self._apply(trial, sweep, TrialEvent.expire), now)
+            if trial.state.finished and sweep.status in lifecycle.OPEN:
+                self._session.flush()
+                self._member_ended(self._session.connection(), trial.sweep_id)
         return len(expired)
 
     def _next_pending_trial(self, connection: Connection, worker_id: str, now: datetime) -> sql.TrialRecord | None:
-        """The oldest pending trial of a running sweep, now running for the worker (one more attempt)."""
+        """The oldest pending trial of a running sweep, now running for the worker (one more attempt); if that
+        sweep is Population Based Training, its member whose turn it is (`_next_member`) instead."""
         row = connection.execute(sql.NEXT_PENDING).first()
         if row is None:
             return None
+        if is_pbt(self._plan(connection, row.sweep_id)):
+            # Members take turns: the one with the fewest epochs done first, unstarted ones before all.
+            return self._next_member(connection, row.sweep_id, worker_id, now)
+        return self._start_pending(connection, row, worker_id, now)
+
+    def _next_member(self, connection: Connection, sweep_id: int, worker_id: str,
+                     now: datetime) -> sql.TrialRecord | None:
+        """The member of a pbt sweep a worker should train next: a new one while any is unstarted, else the
+        pending one with the fewest epochs done (the lowest number among equals), now running for the worker."""
+        sweep = connection.execute(sql.SWEEP_TO_GENERATE, {"sweep": sweep_id}).first()
+        if sweep is not None and sweep.next_index < sweep.total_trials:
+            generated = self._generate_trial(connection, sweep, worker_id, now)
+            if generated is not None:
+                return generated
+        row = connection.execute(sql.NEXT_MEMBER, {"sweep": sweep_id}).first()
+        return None if row is None else self._start_pending(connection, row, worker_id, now)
+
+    def _start_pending(self, connection: Connection, row: Row[Any], worker_id: str,
+                       now: datetime) -> sql.TrialRecord:
+        """The pending trial in `row`, now running for the worker (one more attempt)."""
         claimed = lifecycle.apply(life_of(row), TrialEvent.claim, sweep=SweepStatus.running,
                                   caller=Caller(worker_id, 0)).trial
         started = {"state": claimed.state, "worker_id": claimed.worker_id, "attempts": claimed.attempts,
@@ -362,39 +401,50 @@ class TrialLeases(Store):
         with the stored next_index: no trial is skipped or repeated.
         """
         while (sweep := connection.execute(sql.NEXT_SWEEP).first()) is not None:
-            search_state: dict[str, Any] | None = None
-            try:
-                plan = self._plan(connection, sweep.id)
-                if plan.strategy.total < sweep.total_trials:  # extended, by another server process maybe
-                    self._plans.forget(sweep.id)
-                    plan = self._plan(connection, sweep.id)
-                if plan.spec.search.adaptive:
-                    assert plan.search is not None
-                    proposal = plan.search.propose(connection, sweep.next_index)
-                    hparams, search_state = proposal.config, proposal.trial_state
-                    if proposal.sweep_state is not None:
-                        self._update_sweep(connection, sweep.id, search_state=proposal.sweep_state)
-                else:
-                    hparams = plan.strategy.config_at(sweep.next_index)
-            except (SweeperError, IndexError) as error:
-                # E.g. its model was unregistered since: the sweep cannot go on, the others can.
-                logger.error("sweep %d cannot generate trial %d, marking it failed: %s", sweep.id,
-                             sweep.next_index + 1, error)
-                self._update_sweep(connection, sweep.id, status=SweepStatus.failed, finished_at=now,
-                                   status_reason=f"cannot generate trial {sweep.next_index + 1}: {error}")
-                continue
-            if connection.execute(sql.ADVANCE_SWEEP, {"sweep": sweep.id, "index": sweep.next_index}).rowcount != 1:
-                raise RuntimeError(f"sweep {sweep.id}'s trial {sweep.next_index} was generated by another claim")
-            self._loaded_copy_takes(SweepRow, sweep.id, {"next_index": sweep.next_index + 1})
-            claimed = lifecycle.apply(TrialLife(TrialState.pending), TrialEvent.claim, sweep=SweepStatus.running,
-                                      caller=Caller(worker_id, 0)).trial
-            values: dict[str, Any] = {
-                "sweep_id": sweep.id, "index": sweep.next_index, "state": claimed.state, "hparams": hparams,
-                "metrics": {}, "attempts": claimed.attempts, "worker_id": claimed.worker_id,
-                "lease_expires_at": now + self._policy.lease, "lease_token": claimed.lease_token, "lease_end": None,
-                "error": None, "failure_kind": None, "traceback": None, "search_state": search_state,
-                "pruned_at_epoch": None, "prune_reason": None, "created_at": now, "started_at": now,
-                "finished_at": None}
-            [trial_id] = connection.execute(sql.INSERT_TRIAL, values).inserted_primary_key
-            return sql.TrialRecord(id=trial_id, **values)
+            trial = self._generate_trial(connection, sweep, worker_id, now)
+            if trial is not None:
+                return trial
         return None
+
+    def _generate_trial(self, connection: Connection, sweep: Row[Any], worker_id: str,
+                        now: datetime) -> sql.TrialRecord | None:
+        """Create trial `next_index` of `sweep` (its id, next_index and total_trials), running for the worker;
+        None if the sweep cannot generate it (it is marked failed)."""
+        search_state: dict[str, Any] | None = None
+        try:
+            plan = self._plan(connection, sweep.id)
+            if plan.strategy.total < sweep.total_trials:  # extended, by another server process maybe
+                self._plans.forget(sweep.id)
+                plan = self._plan(connection, sweep.id)
+            if plan.spec.search.adaptive:
+                assert plan.search is not None
+                proposal = plan.search.propose(connection, sweep.next_index)
+                hparams, search_state = proposal.config, proposal.trial_state
+                if proposal.sweep_state is not None:
+                    self._update_sweep(connection, sweep.id, search_state=proposal.sweep_state)
+            else:
+                hparams = plan.strategy.config_at(sweep.next_index)
+                if is_pbt(plan):
+                    search_state = first_lineage(hparams)
+        except (SweeperError, IndexError) as error:
+            # E.g. its model was unregistered since: the sweep cannot go on, the others can.
+            logger.error("sweep %d cannot generate trial %d, marking it failed: %s", sweep.id,
+                         sweep.next_index + 1, error)
+            self._update_sweep(connection, sweep.id, status=SweepStatus.failed, finished_at=now,
+                               status_reason=f"cannot generate trial {sweep.next_index + 1}: {error}")
+            self._sweep_finished(connection, sweep.id)
+            return None
+        if connection.execute(sql.ADVANCE_SWEEP, {"sweep": sweep.id, "index": sweep.next_index}).rowcount != 1:
+            raise RuntimeError(f"sweep {sweep.id}'s trial {sweep.next_index} was generated by another claim")
+        self._loaded_copy_takes(SweepRow, sweep.id, {"next_index": sweep.next_index + 1})
+        claimed = lifecycle.apply(TrialLife(TrialState.pending), TrialEvent.claim, sweep=SweepStatus.running,
+                                  caller=Caller(worker_id, 0)).trial
+        values: dict[str, Any] = {
+            "sweep_id": sweep.id, "index": sweep.next_index, "state": claimed.state, "hparams": hparams,
+            "metrics": {}, "attempts": claimed.attempts, "worker_id": claimed.worker_id,
+            "lease_expires_at": now + self._policy.lease, "lease_token": claimed.lease_token, "lease_end": None,
+            "error": None, "failure_kind": None, "traceback": None, "search_state": search_state,
+            "pruned_at_epoch": None, "prune_reason": None, "created_at": now, "started_at": now,
+            "finished_at": None}
+        [trial_id] = connection.execute(sql.INSERT_TRIAL, values).inserted_primary_key
+        return sql.TrialRecord(id=trial_id, **values)

@@ -41,6 +41,7 @@ SPACES = {
 SEARCHES = {
     "grid": {"strategy": "grid", "grid_points": 3},
     "random": {"strategy": "random", "max_trials": 60, "seed": 7},
+    "pbt": {"strategy": "pbt", "population": 20, "interval_epochs": 2, "mutable": ["units"], "seed": 7},
 }
 CASES = [pytest.param(space, search, id=f"{search}-{space}") for space in SPACES for search in SEARCHES]
 

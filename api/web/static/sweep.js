@@ -192,6 +192,7 @@ export async function mountSweep(root, id) {
           label, h("span", { class: "arrow" }, sorted ? (view.order === "asc" ? " ▲" : " ▼") : "")) : label);
     };
     const epochs = sweep.spec.train?.epochs ?? 0;
+    const pbt = sweep.spec.search?.strategy === "pbt";
     const rows = page.data.map((trial) => h("tr", {
       class: [trial.id === bestId ? "best" : "", trial.id === view.selected ? "selected" : ""].join(" ").trim() || null,
       dataset: { trialId: trial.id }, tabindex: 0,
@@ -211,12 +212,14 @@ export async function mountSweep(root, id) {
     h("td", { class: "number" }, formatValue(trial.metrics?.[metric] ?? null)),
     others.map((name) => h("td", { class: "number" }, formatValue(trial.metrics?.[name] ?? null))),
     names.map((name) => h("td", { class: "number" }, formatValue(trial.hparams[name] ?? null))),
+    pbt ? h("td", { class: "lineage" }, lineageCell(trial)) : null,
     h("td", { class: "number" }, trial.attempts),
     h("td", { class: "failure", title: trial.error ?? "" }, trial.error ?? "")));
     fill(tableBox, h("table", { class: "grid trials-table" },
       h("thead", {}, h("tr", {}, h("th", { scope: "col", class: "pick", title: "compare" }, h("span", { class: "visually-hidden" }, "Compare")), heading("#", "index"), heading("State"), heading(metric, "objective"),
         others.map((name) => heading(name, `metrics.${name}`)),
-        names.map((name) => heading(name, `hparams.${name}`)), heading("Attempts"), heading("Failure"))),
+        names.map((name) => heading(name, `hparams.${name}`)), pbt ? heading("Lineage") : null,
+        heading("Attempts"), heading("Failure"))),
       h("tbody", {}, rows)),
     page.data.length ? null : h("p", { class: "empty" }, view.state ? `No ${view.state} trials.` : "No trials yet: they are created as workers claim them."));
     const last = Math.min(view.offset + PAGE_SIZE, page.count);
@@ -334,8 +337,35 @@ function trialDetail(trial, sweep, close) {
         h("dt", {}, "attempts"), h("dd", {}, trial.attempts),
         trial.worker_id ? [h("dt", {}, "worker"), h("dd", {}, trial.worker_id)] : null,
         trial.state === "running" ? [h("dt", {}, "progress"), h("dd", {}, progressLine(trialProgress(trial, sweep.spec.train?.epochs ?? 0)))] : null))),
+    trial.lineage ? lineageSection(trial.lineage) : null,
     history.length ? h("div", { class: "curves" }, charts) : h("p", { class: "empty" }, "No epoch reported yet."),
   ];
+}
+
+/** A PBT member's cell in the trial table: its segment count, and the member its current segment copied. */
+function lineageCell(trial) {
+  const lineage = trial.lineage ?? [];
+  const last = lineage[lineage.length - 1];
+  const count = `${lineage.length} segment${lineage.length === 1 ? "" : "s"}`;
+  return last?.parent_number ? `${count}, from ${last.parent_number}` : count;
+}
+
+/** A PBT member's segments, oldest first: where each one's weights came from and which hparams changed. */
+function lineageSection(lineage) {
+  const changes = (before, after) => Object.keys(after).filter((name) => before[name] !== after[name])
+    .map((name) => `${name} ${formatValue(before[name] ?? null)} → ${formatValue(after[name])}`);
+  return h("section", { class: "lineage" }, h("h3", {}, "Lineage"), h("ol", { class: "segments" },
+    lineage.map((segment, position) => {
+      const from = `from epoch ${segment.start_epoch + 1}`;
+      if (!segment.parent_number) {
+        return h("li", {}, h("strong", {}, `Segment ${segment.segment}`), ` ${from}: `,
+          Object.entries(segment.hparams).map(([name, value]) => `${name} ${formatValue(value)}`).join(", "));
+      }
+      const changed = changes(lineage[position - 1]?.hparams ?? {}, segment.hparams);
+      const copied = `copied member ${segment.parent_number} after epoch ${segment.parent_epoch + 1}`;
+      return h("li", {}, h("strong", {}, `Segment ${segment.segment}`),
+        ` ${from}: ${copied}; ${changed.length ? changed.join(", ") : "same hparams"}`);
+    })));
 }
 
 /** A multi-objective sweep's objectives and its Pareto front, linked to its trials. */
@@ -356,6 +386,10 @@ function paretoFacts(sweep, select) {
 function searchText(sweep) {
   const search = sweep.spec.search ?? {};
   const trials = `${sweep.total_trials.toLocaleString("en")} trial${sweep.total_trials === 1 ? "" : "s"}`;
+  if (search.strategy === "pbt") {
+    return [`pbt, ${sweep.total_trials} members`, `judged every ${search.interval_epochs} epochs`,
+      `mutable ${(search.mutable ?? []).join(", ")}`, `seed ${search.seed ?? 0}`].join(", ");
+  }
   return [search.strategy ?? "random", trials, search.strategy === "grid" ? null : `seed ${search.seed ?? 0}`].filter(Boolean).join(", ");
 }
 
