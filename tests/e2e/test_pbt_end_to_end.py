@@ -1,0 +1,95 @@
+"""Population Based Training with real processes: real workers train a population of digits MLPs that copy
+each other's weights and explore their learning rate and dropout, while a worker process and then the server
+are killed with SIGKILL.
+
+`sweeper serve` and `sweeper worker` run as subprocesses on a temporary SQLite file; everything is observed
+through the REST API, through TensorBoard's own reader of the logs, and in the logs folder.
+"""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+from e2e_processes import kill, pids_with, wait_until
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from test_faults_end_to_end import Service
+
+pytestmark = pytest.mark.e2e
+
+EPOCHS = 8
+INTERVAL = 2
+POPULATION = 4
+
+PBT_SPEC = {
+    "name": "pbt", "model": "mlp", "dataset": "digits",
+    "objective": {"metric": "val_accuracy", "goal": "maximize"},
+    "hparams": {"learning_rate": {"type": "real_interval", "min": 1e-4, "max": 0.3, "log": True},
+                "dropout": {"type": "real_interval", "min": 0.0, "max": 0.5}, "units": 32, "batch_size": 128},
+    "search": {"strategy": "pbt", "population": POPULATION, "interval_epochs": INTERVAL,
+               "mutable": ["learning_rate", "dropout"], "seed": 3},
+    "train": {"epochs": EPOCHS, "seed": 0},
+}
+
+
+def exploits(service: Service, trials: list[dict]) -> dict[tuple[int, int], dict]:
+    """Every stored exploit decision, by (trial id, epoch)."""
+    found = {}
+    for trial in trials:
+        for entry in service.get(f"/trials/{trial['id']}")["history"]:
+            if (entry.get("decision") or {}).get("action") == "exploit":
+                found[(trial["id"], entry["epoch"])] = entry["decision"]
+    return found
+
+
+def epoch_steps(folder: Path, tag: str) -> list[int]:
+    """The steps of a scalar in a run folder, as TensorBoard reads them (tf.summary writes tensors)."""
+    accumulator = EventAccumulator(str(folder), size_guidance={"tensors": 0})
+    accumulator.Reload()
+    return [event.step for event in accumulator.Tensors(tag)] if tag in accumulator.Tags()["tensors"] else []
+
+
+def test_a_population_exploits_and_explores_through_a_killed_worker_and_a_killed_server(processes, tmp_path):
+    service = Service(processes, tmp_path)
+    service.start_worker(cpu_workers=2)
+    sweep_id = service.submit(PBT_SPEC)
+    wait_until(lambda: any(len(t.get("lineage") or []) > 1 for t in service.trials(sweep_id)), 400,
+               "a member that copied another")
+
+    # A worker process dies mid-member: its member goes back to the queue and resumes from its checkpoint.
+    agents = pids_with("workers.agent", service.url)
+    assert agents, processes.logs()
+    kill(agents[:1])
+    before = exploits(service, service.trials(sweep_id))
+    service.server.send_signal(signal.SIGKILL)
+    service.server.wait()
+    service.start_server("server-restarted")
+    sweep = service.wait_for(sweep_id, "completed", timeout=900)
+
+    trials = service.trials(sweep_id)
+    after = exploits(service, trials)
+    assert {key: after[key] for key in before} == before, "an exploit answered before the kills changed"
+    assert sweep["trial_counts"]["completed"] == POPULATION, processes.logs()
+    assert after, "no member of four copied another in four intervals"
+    assert any(t["attempts"] > 1 for t in trials), "the killed worker's member was not tried again"
+    numbers = {t["number"]: t for t in trials}
+    for trial in trials:
+        history = service.get(f"/trials/{trial['id']}")["history"]
+        assert [entry["epoch"] for entry in history] == list(range(EPOCHS)), (trial["number"], history)
+        lineage = trial["lineage"]
+        assert lineage[0]["start_epoch"] == 0 and lineage[0]["parent_number"] is None
+        assert trial["hparams"] == lineage[-1]["hparams"]
+        for segment in lineage[1:]:
+            # Each later segment began where an exploit answered: the epoch after the parent's snapshot.
+            assert segment["start_epoch"] == segment["parent_epoch"] + 1
+            assert (segment["parent_epoch"] + 1) % INTERVAL == 0
+            assert segment["parent_number"] in numbers and segment["parent_number"] != trial["number"]
+            assert (trial["id"], segment["parent_epoch"]) in after
+        # TensorBoard: the member's curve has every epoch once, across its exploits; one session per segment.
+        folder = tmp_path / "runs" / str(sweep_id) / f"trial-{trial['number']:04d}"
+        assert epoch_steps(folder / "train", "epoch_loss") == list(range(EPOCHS)), trial["number"]
+        segments = sorted(path.name for path in folder.glob("segment-*"))
+        assert len(segments) == len(lineage), (trial["number"], segments)
+    # No member may copy a snapshot any more: none is left.
+    assert not list((tmp_path / "runs" / str(sweep_id)).rglob("*.weights.h5")), "snapshots or checkpoints left"
