@@ -9,7 +9,8 @@ stores.
 from api.storage.analysis import SweepAnalysis, SweepStudy
 from api.storage.base import (LeaseConflictError, LeasePolicy, PlanCache, SweepNotFoundError, SweepPlan,
                               SweepStateError, TrialNotFoundError, TrialNumberNotFoundError)
-from api.storage.sweeps import CANCELLED_ON_REQUEST, ObjectiveSeries, SweepStore, SweepSummary, TrialHistory
+from api.storage.sweeps import (CANCELLED_ON_REQUEST, ObjectiveSeries, SweepStore, SweepSummary, TrialHistory,
+                                WorkerWanted)
 from api.storage.trials import WORKER_LOST, Claimed, TrialLeases
 from api.storage.workers import WorkerState, WorkerStatus, WorkerStore
 
@@ -17,6 +18,7 @@ __all__ = [
     "CANCELLED_ON_REQUEST", "WORKER_LOST", "Claimed", "LeaseConflictError", "LeasePolicy", "ObjectiveSeries",
     "PlanCache", "Repository", "SweepAnalysis", "SweepNotFoundError", "SweepPlan", "SweepStateError", "SweepStudy",
     "SweepSummary", "TrialHistory", "TrialNotFoundError", "TrialNumberNotFoundError", "WorkerState", "WorkerStatus",
+    "WorkerWanted",
 ]
 
 
