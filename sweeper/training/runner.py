@@ -7,6 +7,13 @@ Everything else comes from the assignment: the loss, metrics, class weights, ear
 mixed precision and XLA of `TrainSettings`, which epoch's metrics are the trial's result, and the
 checkpoint folder and lease that an interrupted trial resumes from (see `sweeper.training.checkpoints`).
 
+A trial of `train.gpus_per_trial` N above 1 trains with `tf.distribute.MirroredStrategy` over the first N
+of the worker's GPUs (on a CPU worker split into devices, `sweeper.training.devices`, its CPU devices): the
+model, its optimizer and metrics are built, compiled and restored inside the strategy's scope. The
+hparam `batch_size` is per replica, so the data is batched at batch_size x N, and the trial's HParams
+session also gets `replicas` and `global_batch_size`. The checkpoint holds plain Keras weights, so a trial
+resumes under any strategy: a retry on another group of the same size, or on another worker.
+
 Every epoch's metrics include `num_params`, the model's parameter count, so a sweep can minimize it; the
 trial's folder gets it as a scalar beside the objective, and a pruned trial's also `pruned_at_epoch` (the
 epochs it trained), so the HParams dashboard tells pruned trials from completed and cancelled ones.
@@ -25,7 +32,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -36,9 +43,9 @@ import tensorflow as tf
 from keras import ops
 
 from sweeper import _log_files, _registry, log_location
-from sweeper._errors import InfrastructureError, NonFiniteLossError, TrialAbandonedError
+from sweeper._errors import InfrastructureError, NonFiniteLossError, RetryableError, TrialAbandonedError
 from sweeper._spec import LOSSES, METRICS, EarlyStopping, Objective
-from sweeper.hparams_log import NUM_PARAMS, PRUNED_AT_EPOCH, SessionStatus, TrialSession
+from sweeper.hparams_log import GLOBAL_BATCH_SIZE, NUM_PARAMS, PRUNED_AT_EPOCH, REPLICAS, SessionStatus, TrialSession
 from sweeper.messages import Action, Assignment
 from sweeper.training.checkpoints import Resume, TrialCheckpoint
 from sweeper.training.datasets import TrainingData, training_data, using_data_root
@@ -85,6 +92,8 @@ class TrialResult:
     resumed_from: int = 0
     """The epoch this attempt started at: 0, or the number of epochs its checkpoint had finished.
     `epochs_run` and `objective_epoch` count the trial's epochs from 0 all the same."""
+    replicas: int = 1
+    """The replicas the model trained on (MirroredStrategy's `num_replicas_in_sync`): train.gpus_per_trial."""
 
     @property
     def stopped(self) -> bool:
@@ -162,8 +171,9 @@ def _trial_session(assignment: Assignment, resumed: bool) -> Iterator[TrialSessi
     """
     # Named after the trial's folder, its run in TensorBoard: the dashboard's sessions and runs then agree,
     # and sort in number order.
-    session = TrialSession(assignment.logdir, log_location.name(assignment.logdir), assignment.hparams,
-                           assignment.log_scaled, resumed=resumed)
+    session = TrialSession(assignment.logdir, log_location.name(assignment.logdir),
+                           {**assignment.hparams, **distribution_hparams(assignment)}, assignment.log_scaled,
+                           resumed=resumed)
     action = f"write the HParams session to the trial's logs in {assignment.logdir}"
     with _log_files.io_failures(action):
         session.__enter__()
@@ -187,24 +197,31 @@ def _train(assignment: Assignment, on_epoch_end: EpochCallback, data_root: Path 
            checkpoint: TrialCheckpoint, resume: Resume | None, interrupt: Interrupt | None,
            extra_callbacks: Sequence[keras.callbacks.Callback] = ()) -> TrialResult:
     hparams, settings = assignment.hparams, assignment.train
+    strategy = distribution_strategy(settings.gpus_per_trial)
+    replicas = 1 if strategy is None else int(strategy.num_replicas_in_sync)
     data = training_data(assignment.dataset, data_root, settings.validation_split)
-    batch_size = int(hparams.get("batch_size", settings.batch_size))
-    train, validation = data.batches(batch_size, seed=_trial_seed(assignment))
+    global_batch_size = _batch_size(assignment) * replicas
+    train, validation = data.batches(global_batch_size, seed=_trial_seed(assignment))
     epochs = settings.epochs
-    steps_per_epoch = math.ceil(data.train_size / batch_size)
+    steps_per_epoch = math.ceil(data.train_size / global_batch_size)
 
-    with using_data_root(data_root):
-        model = _registry.models.get(assignment.model)(hparams, data.info)
-    learning_rate = build_learning_rate(hparams, epochs, steps_per_epoch)
-    model.compile(optimizer=build_optimizer(hparams, learning_rate), loss=build_loss(settings.loss),
-                  metrics=build_metrics(settings.metrics), jit_compile=settings.jit_compile)
     history: list[dict[str, float]] = []
-    if resume is not None:
-        _build(model, train)
-        checkpoint.restore(model, resume)
-        # A checkpoint saved before epochs reported num_params lacks it; the model's count is the same.
-        num_params = float(model.count_params())
-        history = [{NUM_PARAMS: num_params, **metrics} for metrics in resume.history]
+    # Variables made in the scope are mirrored on every replica: the model's, the optimizer's, the metrics'.
+    with strategy.scope() if strategy is not None else nullcontext():
+        with using_data_root(data_root):
+            model = _registry.models.get(assignment.model)(hparams, data.info)
+        learning_rate = build_learning_rate(hparams, epochs, steps_per_epoch)
+        model.compile(optimizer=build_optimizer(hparams, learning_rate), loss=build_loss(settings.loss),
+                      metrics=build_metrics(settings.metrics), jit_compile=settings.jit_compile)
+        if resume is not None:
+            _build(model, train)
+            checkpoint.restore(model, resume)
+            # A checkpoint saved before epochs reported num_params lacks it; the model's count is the same.
+            num_params = float(model.count_params())
+            history = [{NUM_PARAMS: num_params, **metrics} for metrics in resume.history]
+    if strategy is not None:
+        logger.info("%s trains on %d replicas (%s), global batch size %d", assignment.trial_name, replicas,
+                    ", ".join(strategy.extended.worker_devices), global_batch_size)
     first_epoch = len(history)
 
     chains = _KeptChains()
@@ -241,7 +258,7 @@ def _train(assignment: Assignment, on_epoch_end: EpochCallback, data_root: Path 
     if not reporter.history:
         if interrupted is not None:
             return TrialResult(metrics={}, epochs_run=0, objective=math.nan, objective_epoch=-1,
-                               stopped_by=interrupted, resumed_from=first_epoch)
+                               stopped_by=interrupted, resumed_from=first_epoch, replicas=replicas)
         raise RuntimeError("training ended before its first epoch")
     objective_epoch = _objective_epoch(assignment.objective, reporter.history)
     metrics = reporter.history[objective_epoch]
@@ -249,7 +266,37 @@ def _train(assignment: Assignment, on_epoch_end: EpochCallback, data_root: Path 
     stopped_by = interrupted or reporter.stopped_by or (EARLY_STOPPING if len(reporter.history) < epochs else None)
     return TrialResult(metrics=metrics, epochs_run=len(reporter.history),
                        objective=metrics[assignment.objective.metric], objective_epoch=objective_epoch,
-                       stopped_by=stopped_by, resumed_from=first_epoch)
+                       stopped_by=stopped_by, resumed_from=first_epoch, replicas=replicas)
+
+
+def distribution_hparams(assignment: Assignment) -> dict[str, int]:
+    """`replicas` and `global_batch_size` for a trial of more than one GPU, logged with its hparams; {} for one."""
+    replicas = assignment.train.gpus_per_trial
+    if replicas == 1:
+        return {}
+    return {REPLICAS: replicas, GLOBAL_BATCH_SIZE: _batch_size(assignment) * replicas}
+
+
+def distribution_strategy(replicas: int) -> tf.distribute.Strategy | None:
+    """MirroredStrategy over the first `replicas` GPUs this process sees (else its CPU devices); None for one.
+
+    RetryableError when there are fewer: this worker was not made for such trials (started without
+    --gpus-per-trial), and a worker that was can take the trial.
+    """
+    if replicas == 1:
+        return None
+    gpus = tf.config.list_logical_devices("GPU")
+    devices = gpus or tf.config.list_logical_devices("CPU")
+    if len(devices) < replicas:
+        kind = "GPU" if gpus else "CPU device"
+        raise RetryableError(f"train.gpus_per_trial is {replicas}, but this worker sees {len(devices)} {kind}(s); "
+                             f"start workers with --gpus-per-trial {replicas} (on a CPU, --cpu-devices {replicas})")
+    return tf.distribute.MirroredStrategy(devices=[device.name for device in devices[:replicas]])
+
+
+def _batch_size(assignment: Assignment) -> int:
+    """The batch size per replica: the `batch_size` hparam, else train.batch_size."""
+    return int(assignment.hparams.get("batch_size", assignment.train.batch_size))
 
 
 class _KeptChains:
