@@ -583,8 +583,9 @@ def _require_objective(metric: str, metrics: dict[str, float]) -> None:
 def _learning_rate(model: keras.Model) -> float:
     # The rate the optimizer will use next, the same value Keras's TensorBoard callback logs as
     # epoch_learning_rate (it evaluates a schedule at the optimizer's step count). A mixed-precision
-    # LossScaleOptimizer passes its inner optimizer's rate through.
-    return float(model.optimizer.learning_rate)
+    # LossScaleOptimizer passes its inner optimizer's rate through. Through numpy: under MirroredStrategy the
+    # rate is a MirroredVariable, which float() refuses.
+    return float(ops.convert_to_numpy(model.optimizer.learning_rate))
 
 
 class _LearningRateInLogs(keras.callbacks.Callback):
