@@ -215,3 +215,48 @@ def test_sweeper_run_takes_the_group_size_from_the_spec_and_refuses_a_cpu_withou
     assert "--gpus-per-trial 2 needs GPUs, but no GPU is selected" in " ".join(result.output.split())
     assert "--cpu-devices 2" in result.output
     assert not (tmp_path / "db").exists()
+
+
+@pytest.mark.training
+def test_a_retried_two_gpu_trial_resumes_from_its_checkpoint_on_another_worker_and_never_on_a_one_gpu_one(
+        client: Client, server: Any, tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    epochs = 5
+    sweep = client.create_sweep(digits_spec(trials=1, hparams={"units": {"type": "discrete", "values": [8]},
+                                                               "batch_size": 4},
+                                            train={"epochs": epochs, "gpus_per_trial": 2}))
+    single = Supervisor(server.url, [], cpu_workers=1, host="one", idle_exit=120)
+    first = Supervisor(server.url, [], cpu_workers=1, host="boxa", gpus_per_trial=2, cpu_devices=2, max_restarts=0,
+                       output=tmp_path / "first.log")
+    second = Supervisor(server.url, [], cpu_workers=1, host="boxb", gpus_per_trial=2, cpu_devices=2, idle_exit=3,
+                        output=tmp_path / "second.log")
+    single.start()
+    try:
+        first.start()
+        wait_until(lambda: client.list_trials(sweep["id"])["data"], timeout=60)
+        [trial] = client.list_trials(sweep["id"])["data"]
+        wait_until(lambda: len(client.get_trial(trial["id"])["history"]) >= 2, timeout=120)
+        process = first.slots[0].process
+        assert process is not None
+        process.kill()
+        assert first.wait() == 1  # not restarted: its trial must go to another worker
+        assert client.get_trial(trial["id"])["state"] == "pending"
+
+        second.start()
+        assert second.wait() == 0
+    finally:
+        for supervisor in (first, second, single):
+            supervisor.stop(timeout=5)
+
+    done = client.get_trial(trial["id"])
+    assert (done["state"], done["attempts"], done["worker_id"]) == ("completed", 2, "boxb-cpu0")
+    assert [point["epoch"] for point in done["history"]] == list(range(epochs))
+    workers = {worker["id"]: worker for worker in client.list_workers()["data"]}
+    assert (workers["one-cpu0"]["gpus"], workers["boxb-cpu0"]["gpus"]) == (1, 2)
+    log = (tmp_path / "second.log").read_text()
+    assert "resumes after epoch" in log and "trains on 2 replicas" in log and "global batch size 8" in log
+    trial_dir = tmp_path / "runs" / str(sweep["id"]) / f"trial-{trial['number']:04d}"
+    train = EventAccumulator(str(trial_dir / "train"), size_guidance={"tensors": 0})
+    train.Reload()
+    assert [event.step for event in train.Tensors("epoch_learning_rate")] == list(range(epochs))
