@@ -260,3 +260,36 @@ def test_a_retried_two_gpu_trial_resumes_from_its_checkpoint_on_another_worker_a
     train = EventAccumulator(str(trial_dir / "train"), size_guidance={"tensors": 0})
     train.Reload()
     assert [event.step for event in train.Tensors("epoch_learning_rate")] == list(range(epochs))
+
+
+def _nvml_with_topology(nvlink_pairs: set[frozenset[int]]) -> Any:
+    """A stand-in for pynvml on 4 GPUs: all under one host bridge (HOSTBRIDGE, 30), except 0+3 behind one
+    PCIe switch (SINGLE, 10); each pair in `nvlink_pairs` joined by 4 NVLinks."""
+    from types import SimpleNamespace
+
+    def common_ancestor(first: int, second: int) -> int:
+        return 10 if {first, second} == {0, 3} else 30
+
+    def link_state(handle: int, link: int) -> int:
+        return int(link < 4 * sum(handle in pair for pair in nvlink_pairs))
+
+    def remote(handle: int, link: int) -> Any:
+        peers = sorted(next(iter(pair - {handle})) for pair in nvlink_pairs if handle in pair)
+        return SimpleNamespace(busId=f"0000:{peers[link // 4]:02x}:00.0".encode())
+
+    return SimpleNamespace(
+        nvmlInit=lambda: None, nvmlShutdown=lambda: None, nvmlDeviceGetHandleByIndex=lambda index: index,
+        nvmlDeviceGetPciInfo=lambda handle: SimpleNamespace(busId=f"0000:{handle:02x}:00.0"),
+        nvmlDeviceGetTopologyCommonAncestor=common_ancestor, nvmlDeviceGetNvLinkState=link_state,
+        nvmlDeviceGetNvLinkRemotePciInfo=remote, NVML_NVLINK_MAX_LINKS=8)
+
+
+def test_nvml_reports_nvlink_and_pcie_links_for_grouping() -> None:
+    gpus = [Gpu(str(index)) for index in range(4)]
+
+    nvlinked = discover_links(gpus, nvml=_nvml_with_topology({frozenset((0, 2)), frozenset((1, 3))}))
+    pcie_only = discover_links(gpus, nvml=_nvml_with_topology(set()))
+
+    assert nvlinked[frozenset(("0", "2"))] == 104 and nvlinked[frozenset(("0", "1"))] == 3
+    assert indices(group_gpus(gpus, 2, nvlinked)) == [["0", "2"], ["1", "3"]]
+    assert indices(group_gpus(gpus, 2, pcie_only)) == [["0", "3"], ["1", "2"]]
