@@ -437,12 +437,17 @@ def main(argv: list[str] | None = None) -> int:
     except PluginError as error:
         logger.error("worker %s cannot start: %s", args.worker_id, error)
         return 1
+    try:
+        gpus = _claimed_gpus(args)
+    except ValueError as error:  # a SWEEPER_CPU_DEVICES that is no number of devices
+        logger.error("worker %s cannot start: %s", args.worker_id, error)
+        return 1
     token = args.token if args.token is not None else os.environ.get(TOKEN_VARIABLE)
     with Client(args.server, retries=args.retries, token=token) as client:
         agent = Agent(client, args.worker_id, args.host, gpu=args.gpu, poll_interval=args.poll_interval,
                       heartbeat_interval=args.heartbeat_interval, idle_exit=args.idle_exit,
                       state_file=args.state_file, supervisor_pid=args.supervisor_pid, data_root=args.data_root,
-                      gpus=_claimed_gpus(args))
+                      gpus=gpus)
         _install_signal_handlers(agent)
         try:
             agent.run()

@@ -304,8 +304,10 @@ class Supervisor:
                                             pass_fds=[lock])
         slot.started_at = time.monotonic()
         slot.restart_at = None
-        where = f"GPU {slot.gpu}" if slot.devices == 1 or slot.gpu is None else f"GPUs {slot.gpu}"
-        where = where if slot.gpu is not None else "CPU" + (f" ({slot.devices} devices)" if slot.devices > 1 else "")
+        if slot.gpu is None:
+            where = "CPU" + (f" ({slot.devices} devices)" if slot.devices > 1 else "")
+        else:
+            where = f"GPU{'s' if slot.devices > 1 else ''} {slot.gpu}"
         if MEMORY_LIMIT_VARIABLE in slot.env:
             where += f" ({slot.env[MEMORY_LIMIT_VARIABLE]} MB)"
         logger.info("started worker %s on %s (pid %d)", slot.worker_id, where, slot.process.pid)
