@@ -291,7 +291,17 @@ def distribution_strategy(replicas: int) -> tf.distribute.Strategy | None:
         kind = "GPU" if gpus else "CPU device"
         raise RetryableError(f"train.gpus_per_trial is {replicas}, but this worker sees {len(devices)} {kind}(s); "
                              f"start workers with --gpus-per-trial {replicas} (on a CPU, --cpu-devices {replicas})")
-    return tf.distribute.MirroredStrategy(devices=[device.name for device in devices[:replicas]])
+    names = tuple(device.name for device in devices[:replicas])
+    if names not in _STRATEGIES:
+        _STRATEGIES[names] = tf.distribute.MirroredStrategy(devices=list(names))
+    return _STRATEGIES[names]
+
+
+_STRATEGIES: dict[tuple[str, ...], tf.distribute.Strategy] = {}
+"""One MirroredStrategy per set of devices for the life of the process, shared by its trials. Its
+all-reduces are collective ops numbered by the strategy; a second strategy over the same devices numbers
+its own from the start again, and TensorFlow's runtime, which remembers the first's, then fails the next
+trial's step with "Shape mismatch in the collective instance"."""
 
 
 def _batch_size(assignment: Assignment) -> int:

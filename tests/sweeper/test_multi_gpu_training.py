@@ -101,6 +101,23 @@ def test_a_two_replica_checkpoint_resumes_in_another_process_of_two_devices(tmp_
     assert (again["replicas"], again["resumed_from"], again["epochs_run"]) == (2, 1, 3)
 
 
+@pytest.mark.training
+def test_one_process_trains_two_gpu_trials_of_different_models_one_after_another(tmp_path: Path) -> None:
+    # As a worker does: the second trial's all-reduces must not meet the first's in TensorFlow's runtime.
+    script = TRAIN.replace("assignment = Assignment.model_validate_json(sys.argv[1])",
+                           "first = Assignment.model_validate_json(sys.argv[1])\n"
+                           "run_trial(first, lambda epoch, metrics: 'continue')\n"
+                           "assignment = first.model_copy(update={'trial_id': 4, 'logdir': first.logdir + '-4', "
+                           "'hparams': {**first.hparams, 'units': 16}})")
+    environment = {**os.environ, "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": "-1", "SWEEPER_CPU_DEVICES": "2",
+                   "TF_CPP_MIN_LOG_LEVEL": "2"}
+    done = subprocess.run([sys.executable, "-c", script, _assignment(tmp_path, 2, epochs=1).model_dump_json(), "-1"],
+                          capture_output=True, text=True, env=environment, timeout=300, check=False)
+
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1])["replicas"] == 2
+
+
 def test_a_multi_gpu_sweeps_config_declares_replicas_and_the_global_batch_size() -> None:
     spec = parse_spec({"name": "pairs", "model": "mlp", "dataset": "digits", "objective": {"metric": "val_accuracy"},
                        "hparams": {"units": 8, "batch_size": {"type": "discrete", "values": [32, 64]}},
