@@ -94,6 +94,9 @@ class SweepRow(Base):
     """How many digits its trials' run names (folders, TensorBoard runs) pad their numbers to: `trial-0007`
     (sweeper.log_location.run_name), fixed when the sweep is created. None for a sweep created before trials
     were named by number, whose trial folders are named by trial id and stay so."""
+    gpus_per_trial: Mapped[int] = mapped_column(default=1, server_default="1")
+    """Its spec's `train.gpus_per_trial`, as a column: claims hand its trials only to workers with at least this
+    many GPUs (`WorkerRow.gpus`), a filter in the claim's SQL."""
 
     def run_name(self, trial_id: int, number: int) -> str:
         """The folder and TensorBoard run name of the sweep's trial `trial_id`, number `number`."""
@@ -184,6 +187,9 @@ class WorkerRow(Base):
     host: Mapped[str | None] = mapped_column(String(255))
     """None until a claim of the worker's is recorded (heartbeats and reports carry no host)."""
     gpu: Mapped[str | None] = mapped_column(String(64))
+    gpus: Mapped[int | None]
+    """How many GPUs (a CPU worker: devices) it gives one trial, as its latest claim said
+    (`ClaimRequest.gpus`); None until a claim of the worker's is recorded, counted as 1."""
     first_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
 

@@ -88,6 +88,18 @@ class TrialDetail(TrialPublic):
                    history=[EpochMetrics.model_validate(row) for row in history.epochs])
 
 
+class WaitingForPublic(BaseModel):
+    """Why a running sweep's trials are not being handed out: no connected worker can run them."""
+
+    gpus_per_trial: int
+    """The GPUs each of its trials needs (its spec's train.gpus_per_trial)."""
+    most_gpus: int | None
+    """The most GPUs any connected worker (seen within the lease TTL) gives a trial; null when no worker is
+    connected."""
+    message: str
+    """The same in words: "a worker with 2 GPUs: the connected workers have at most 1"."""
+
+
 class SweepPublic(BaseModel):
     id: int
     name: str
@@ -119,6 +131,9 @@ class SweepPublic(BaseModel):
     beats in every objective; null for a sweep with one objective."""
     pareto_front_numbers: list[int] | None = None
     """The same trials' numbers within the sweep, in the same order; null for a sweep with one objective."""
+    waiting_for: WaitingForPublic | None = None
+    """Set while the sweep runs with trials to hand out that no connected worker can run (a sweep of 2 GPUs
+    per trial, and workers of 1); null otherwise."""
 
     @classmethod
     def from_summary(cls, summary: SweepSummary) -> SweepPublic:
@@ -130,7 +145,10 @@ class SweepPublic(BaseModel):
                    trial_counts=summary.trial_counts,
                    best_trial=None if best is None else TrialPublic.model_validate(best),
                    pareto_front=None if front is None else [trial_id for trial_id, _ in front],
-                   pareto_front_numbers=None if front is None else [number for _, number in front])
+                   pareto_front_numbers=None if front is None else [number for _, number in front],
+                   waiting_for=None if summary.waiting_for is None else WaitingForPublic(
+                       gpus_per_trial=summary.waiting_for.gpus_per_trial, most_gpus=summary.waiting_for.most_gpus,
+                       message=str(summary.waiting_for)))
 
 
 class SweepPlanPublic(BaseModel):
@@ -212,7 +230,9 @@ class WorkerPublic(BaseModel):
     host: str | None
     """null until a claim of the worker's is recorded (heartbeats and reports carry no host)."""
     gpu: str | None
-    """The GPU the worker is pinned to; null for a CPU worker."""
+    """The GPU the worker is pinned to, or its group of GPUs ("0,1"); null for a CPU worker."""
+    gpus: int | None = None
+    """How many GPUs (a CPU worker: devices) it gives one trial, as its latest claim said; null until it claims."""
     state: WorkerState
     """idle or busy, or lost when it has made no call for longer than the lease."""
     trial_id: int | None
@@ -228,7 +248,7 @@ class WorkerPublic(BaseModel):
     @classmethod
     def from_status(cls, status: WorkerStatus) -> WorkerPublic:
         worker = status.worker
-        return cls(id=worker.id, host=worker.host, gpu=worker.gpu, state=status.state, trial_id=status.trial_id,
+        return cls(id=worker.id, host=worker.host, gpu=worker.gpu, gpus=worker.gpus, state=status.state, trial_id=status.trial_id,
                    sweep_id=status.sweep_id, trial_number=status.trial_number, first_seen_at=worker.first_seen_at, last_heartbeat_at=worker.last_seen_at)
 
 

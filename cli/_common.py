@@ -31,8 +31,15 @@ Logdir = Annotated[str, typer.Option(envvar="SWEEPER_LOGDIR", help="Folder of th
 DatabaseUrl = Annotated[str, typer.Option(envvar="SWEEPER_DATABASE_URL", help="SQLAlchemy database URL.")]
 Gpus = Annotated[str, typer.Option(help="GPUs to use: all, none, or indices like 0,2.")]
 CpuWorkers = Annotated[int, typer.Option(min=1, help="CPU worker processes when no GPU is used.")]
-TrialsPerGpu = Annotated[int, typer.Option(min=1, help="Worker processes per GPU, each limited to an equal share "
-                                                       "of its memory (1: one worker, growing as it needs).")]
+TrialsPerGpu = Annotated[int, typer.Option(min=1, help="Worker processes per GPU (or per group of "
+                                                       "--gpus-per-trial GPUs), each limited to an equal share of "
+                                                       "its memory (1: one worker, growing as it needs).")]
+GpusPerTrial = Annotated[int, typer.Option(min=1, max=64, help="GPUs per worker: the selected GPUs are grouped this "
+                                                               "many at a time (the most closely linked together), "
+                                                               "and trials of up to this many GPUs run on each group.")]
+CpuDevices = Annotated[int, typer.Option(min=1, max=64, help="For testing without a GPU: split each CPU worker's CPU "
+                                                             "into this many TensorFlow devices, so trials of up to "
+                                                             "this many GPUs run on it (with --gpus none).")]
 DataRoot = Annotated[Path, typer.Option(envvar="SWEEPER_DATA_ROOT",
                                         help="Folder that file datasets (npz:PATH, images:PATH) are read from.")]
 Plugins = Annotated[Optional[list[str]], typer.Option(

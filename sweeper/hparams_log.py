@@ -41,6 +41,10 @@ PARETO_GROUP = "pareto"
 subfolder, written by the server as the front changes (api.pareto_logs)."""
 NUM_PARAMS = "num_params"
 """The model's parameter count: in every epoch's metrics, and a scalar in the trial's folder."""
+REPLICAS = "replicas"
+GLOBAL_BATCH_SIZE = "global_batch_size"
+"""Hparams of a sweep of more than one GPU per trial (`train.gpus_per_trial`), in its config and each trial's
+session: the replicas a trial trains on, and the batch they split, `batch_size` (per replica) x replicas."""
 PRUNED_AT_EPOCH = "pruned_at_epoch"
 """A scalar in a pruned trial's folder only: the number of epochs it trained before the server pruned it,
 which is the 0-based index of its last epoch + 1. A completed, cancelled or failed trial has none."""
@@ -101,7 +105,8 @@ def hparams_for(spec: SweepSpec) -> list[hp.HParam]:
     the fixed ones (a Fixed value, or a discrete domain of one value), each group in the spec's order.
 
     Each log-scaled hparam is followed by `log10_<name>` over the log10 of its bounds: the
-    parallel-coordinates view draws axes linearly, where 1e-4..1e-1 would crowd into one end.
+    parallel-coordinates view draws axes linearly, where 1e-4..1e-1 would crowd into one end. A sweep of
+    more than one GPU per trial ends with `replicas` and `global_batch_size`.
     """
     space = spec.search_space()
     hparams: list[hp.HParam] = []
@@ -119,7 +124,27 @@ def hparams_for(spec: SweepSpec) -> list[hp.HParam]:
                     hp.HParam(PBT_PARENT, hp.IntInterval(0, population),
                               description="Population Based Training: the member whose weights this segment "
                                           "copied (0 for a member's first segment).")]
-    return hparams
+    return hparams + _distribution_hparams(spec)
+
+
+def _distribution_hparams(spec: SweepSpec) -> list[hp.HParam]:
+    replicas = spec.train.gpus_per_trial
+    if replicas == 1:
+        return []
+    per_replica = spec.search_space().get("batch_size", Fixed(value=spec.train.batch_size))
+    if isinstance(per_replica, IntInterval):
+        domain: hp.Domain = hp.IntInterval(per_replica.min * replicas, per_replica.max * replicas)
+    elif isinstance(per_replica, Discrete):
+        domain = hp.Discrete([value * replicas for value in per_replica.values])
+    elif isinstance(per_replica, Fixed):
+        domain = hp.Discrete([per_replica.value * replicas])
+    else:  # a real interval: batch sizes are whole numbers, but the spec's domain is the spec's business
+        domain = hp.RealInterval(float(per_replica.min) * replicas, float(per_replica.max) * replicas)
+    return [hp.HParam(REPLICAS, hp.Discrete([replicas]),
+                      description="The replicas (GPUs) each trial trains on with MirroredStrategy."),
+            hp.HParam(GLOBAL_BATCH_SIZE, domain,
+                      description=f"The examples in one training step across all replicas: batch_size (per "
+                                  f"replica) x {replicas}.")]
 
 
 def varies(domain: SearchDomain) -> bool:
@@ -181,6 +206,8 @@ def experiment_config_pb(spec: SweepSpec) -> Any:
     varying = {name for name, domain in spec.search_space().items() if varies(domain)}
     varying |= {f"log10_{name}" for name, domain in spec.search_space().items()
                 if isinstance(domain, (RealInterval, IntInterval)) and domain.log}
+    if "batch_size" in varying:
+        varying.add(GLOBAL_BATCH_SIZE)
     value = summary.value[0]
     data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
     for info in data.experiment.hparam_infos:

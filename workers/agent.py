@@ -1,7 +1,9 @@
 """The worker agent: one process that claims trials from the server and trains them one at a time.
 
-Run by the supervisor, one per GPU, with the environment already pinning it to its GPU (and, when
-several share one, capping its memory); the agent only applies that. TensorFlow is imported on the
+Run by the supervisor, one per GPU or group of GPUs, with the environment already pinning it to its GPUs
+(and, when several share them, capping its memory; on a CPU, saying how many devices to split it into);
+the agent only applies that. Its claims say how many GPUs it gives a trial (`ClaimRequest.gpus`), so the
+server hands it only trials that fit. TensorFlow is imported on the
 first trial and kept for the next.
 
 Each claim comes with a lease token, and every call on the trial carries it. A trial ends in one
@@ -52,8 +54,8 @@ from sweeper.messages import (Action, Assignment, ClaimRequest, CompleteReport, 
                               HeartbeatRequest, LeaseConflictReason, MetricsReport, ReleaseReport)
 from sweeper.training.checkpoints import checkpoint_folder
 from workers.failures import clip, failure_report
-from workers.handoff import (EXIT_SERVER_UNREACHABLE, EXIT_WORKER_ID_IN_USE, TOKEN_VARIABLE, RunningTrial, StateFile,
-                             delete_checkpoint_if_finished)
+from workers.handoff import (CPU_DEVICES_VARIABLE, EXIT_SERVER_UNREACHABLE, EXIT_WORKER_ID_IN_USE, TOKEN_VARIABLE,
+                             RunningTrial, StateFile, delete_checkpoint_if_finished)
 from workers.identity import ReservedId, WorkerIdInUseError, adopt, reserve_exactly
 from workers.lease import Heartbeat, TrialControl
 from workers.orphans import SupervisorWatch
@@ -83,13 +85,15 @@ class Agent:
     def __init__(self, client: Client, worker_id: str, host: str, gpu: str | None = None, poll_interval: float = 1.0,
                  heartbeat_interval: float | None = None, idle_exit: float | None = None,
                  state_file: str | Path | None = None, supervisor_pid: int | None = None,
-                 run_trial: Trainer | None = None, data_root: Path | None = None):
+                 run_trial: Trainer | None = None, data_root: Path | None = None, gpus: int = 1):
         if poll_interval <= 0 or (heartbeat_interval is not None and heartbeat_interval <= 0):
             raise ValueError(f"intervals must be > 0, but got {poll_interval=}, {heartbeat_interval=}")
         self.client = client
         self.worker_id = worker_id
         self.host = host
         self.gpu = gpu
+        # GPUs (a CPU worker: devices) this worker gives one trial: its claims ask only for trials that fit.
+        self.gpus = gpus
         self.poll_interval = poll_interval
         # None: every `heartbeat_seconds` the server puts in the assignment; a number overrides it.
         self.heartbeat_interval = heartbeat_interval
@@ -131,7 +135,7 @@ class Agent:
         """
         logger.info("worker %s on %s (GPU %s) asking %s for trials", self.worker_id, self.host,
                     self.gpu if self.gpu is not None else "none", self.client.base_url)
-        request = ClaimRequest(worker_id=self.worker_id, host=self.host, gpu=self.gpu)
+        request = ClaimRequest(worker_id=self.worker_id, host=self.host, gpu=self.gpu, gpus=self.gpus)
         idle_since = time.monotonic()
         while not self._should_exit():
             assignment = self.client.claim(request)
@@ -267,6 +271,7 @@ class Agent:
         if self._run_trial_fn is None:
             # Imported here, not at module level: the agent answers --help and idles without TensorFlow.
             from sweeper.training import devices, runner
+            devices.split_cpu(devices.cpu_devices_from_environment())
             devices.configure_gpus(devices.memory_limit_from_environment())
             self._run_trial_fn = functools.partial(runner.run_trial, data_root=self.data_root)
         return self._run_trial_fn
@@ -350,7 +355,11 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="unique id of this worker, e.g. <host>-gpu0; refused when another process on this host "
                              "uses it")
     parser.add_argument("--host", default=socket.gethostname(), help="host name reported to the server")
-    parser.add_argument("--gpu", default=None, help="the GPU index this worker is pinned to (a label only)")
+    parser.add_argument("--gpu", default=None,
+                        help="the GPU index (or group, 0,1) this worker is pinned to (a label only)")
+    parser.add_argument("--gpus", type=int, default=None, metavar="N",
+                        help="GPUs this worker gives one trial, sent with each claim (default: how many --gpu "
+                             f"lists, or on a CPU ${CPU_DEVICES_VARIABLE}, else 1)")
     parser.add_argument("--idle-exit", type=float, default=None, metavar="S",
                         help="exit after S seconds without work (default: never)")
     parser.add_argument("--data-root", type=Path, default=None,
@@ -391,6 +400,17 @@ def _install_signal_handlers(agent: Agent) -> None:
     agent.supervisor.signal_on_death(agent.check_supervisor)
 
 
+def _claimed_gpus(args: argparse.Namespace) -> int:
+    """How many GPUs the claims say this worker has: --gpus, else how many --gpu lists, else the CPU's devices."""
+    if args.gpus is not None:
+        return int(args.gpus)
+    if args.gpu:
+        return len([index for index in args.gpu.split(",") if index.strip()])
+    from sweeper.training.devices import cpu_devices_from_environment
+
+    return cpu_devices_from_environment()
+
+
 def _reserve(args: argparse.Namespace) -> ReservedId:
     """This process's hold on its worker id: the supervisor's, inherited, or its own when started alone."""
     if args.worker_id_lock_fd is not None:
@@ -422,11 +442,17 @@ def main(argv: list[str] | None = None) -> int:
     except PluginError as error:
         logger.error("worker %s cannot start: %s", args.worker_id, error)
         return 1
+    try:
+        gpus = _claimed_gpus(args)
+    except ValueError as error:  # a SWEEPER_CPU_DEVICES that is no number of devices
+        logger.error("worker %s cannot start: %s", args.worker_id, error)
+        return 1
     token = args.token if args.token is not None else os.environ.get(TOKEN_VARIABLE)
     with Client(args.server, retries=args.retries, token=token) as client:
         agent = Agent(client, args.worker_id, args.host, gpu=args.gpu, poll_interval=args.poll_interval,
                       heartbeat_interval=args.heartbeat_interval, idle_exit=args.idle_exit,
-                      state_file=args.state_file, supervisor_pid=args.supervisor_pid, data_root=args.data_root)
+                      state_file=args.state_file, supervisor_pid=args.supervisor_pid, data_root=args.data_root,
+                      gpus=gpus)
         _install_signal_handlers(agent)
         try:
             agent.run()

@@ -14,10 +14,10 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from sweeper.messages import LeaseToken, TrialState, WorkerId
 from sweeper.training.checkpoints import TrialCheckpoint
-from sweeper.training.devices import MEMORY_LIMIT_VARIABLE
+from sweeper.training.devices import CPU_DEVICES_VARIABLE, MEMORY_LIMIT_VARIABLE
 
-__all__ = ["EXIT_SERVER_UNREACHABLE", "EXIT_WORKER_ID_IN_USE", "MEMORY_LIMIT_VARIABLE", "TOKEN_VARIABLE",
-           "RunningTrial", "StateFile", "delete_checkpoint_if_finished", "ended_for_good"]
+__all__ = ["CPU_DEVICES_VARIABLE", "EXIT_SERVER_UNREACHABLE", "EXIT_WORKER_ID_IN_USE", "MEMORY_LIMIT_VARIABLE",
+           "TOKEN_VARIABLE", "RunningTrial", "StateFile", "delete_checkpoint_if_finished", "ended_for_good"]
 
 EXIT_SERVER_UNREACHABLE = 75
 """The server stayed unreachable through every retry (BSD's EX_TEMPFAIL): the supervisor restarts such a

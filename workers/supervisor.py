@@ -1,9 +1,15 @@
-"""The supervisor: worker processes per GPU, each pinned to its GPU before TensorFlow can start.
+"""The supervisor: worker processes per GPU (or group of GPUs), each pinned to its GPUs before TensorFlow
+can start.
 
 Pinning happens in the child's environment (`CUDA_VISIBLE_DEVICES=<index>`), set before the process
-exists, so each child's TensorFlow sees exactly one GPU and calls it GPU 0. With `trials_per_gpu` N
-above 1, N children share each GPU, each limited to an equal share of its memory
-(`SWEEPER_GPU_MEMORY_MB`, see `workers.gpus.memory_share_mb`).
+exists, so each child's TensorFlow sees exactly its GPUs and calls them GPU 0, 1, ... With
+`gpus_per_trial` G above 1, the GPUs are grouped G at a time, the most closely linked together
+(`workers.gpus.group_gpus`), and each child gets a group (`CUDA_VISIBLE_DEVICES=0,2`) on which its trials
+train with MirroredStrategy. With `trials_per_gpu` N above 1, N children share each GPU or group, each
+limited to an equal share of the memory of every GPU in it (`SWEEPER_GPU_MEMORY_MB`, see
+`workers.gpus.memory_share_mb`). On a host without GPUs, `cpu_devices` D above 1 splits each CPU
+worker's CPU into D TensorFlow devices (`SWEEPER_CPU_DEVICES`): a way to run multi-GPU trials' code,
+MirroredStrategy and all, where there is no GPU, for tests and trying a spec out.
 
 Like RQ's work horse, a child that dies abnormally is recorded with its exit code or signal, the trial
 it held is failed on the server as a crash (retryable: it resumes from its checkpoint while attempts
@@ -35,9 +41,11 @@ from pathlib import Path
 
 from sweeper.client import ApiError, AuthError, Client, LeaseLostError, NotFoundError
 from sweeper.messages import FailReport, FailureKind, ReleaseReport
-from workers.gpus import Gpu, discover_gpus, memory_share_mb, select_gpus, wants_no_gpu
-from workers.handoff import (EXIT_SERVER_UNREACHABLE, EXIT_WORKER_ID_IN_USE, MEMORY_LIMIT_VARIABLE, TOKEN_VARIABLE,
-                             RunningTrial, StateFile, delete_checkpoint_if_finished)
+from workers.gpus import (Gpu, GpuLinks, discover_gpus, discover_links, group_memory_share_mb, plan_groups,
+                          select_gpus, wants_no_gpu)
+from workers.handoff import (CPU_DEVICES_VARIABLE, EXIT_SERVER_UNREACHABLE, EXIT_WORKER_ID_IN_USE,
+                             MEMORY_LIMIT_VARIABLE, TOKEN_VARIABLE, RunningTrial, StateFile,
+                             delete_checkpoint_if_finished)
 from workers.identity import ReservedId, reserve
 
 __all__ = ["ChildExit", "Supervisor", "run_workers"]
@@ -82,11 +90,13 @@ class ChildExit:
 
 @dataclass
 class _Slot:
-    """One worker seat: a worker id, its GPU index (None for CPU) and the process currently in it."""
+    """One worker seat: a worker id, its GPU index or group ("0,2"; None for CPU), how many devices it gives
+    a trial, and the process currently in it."""
 
     reserved: ReservedId
     gpu: str | None
     env: dict[str, str]
+    devices: int = 1
     process: subprocess.Popen[bytes] | None = None
     started_at: float = 0.0
     restarts: int = 0
@@ -106,18 +116,21 @@ class Supervisor:
                  idle_exit: float | None = None, child_command: list[str] | None = None, max_restarts: int = 5,
                  restart_backoff: float = 1.0, max_backoff: float = 60.0, healthy_after: float = 300.0,
                  output: Path | None = None, data_root: Path | None = None, plugins: Sequence[str] = (),
-                 trials_per_gpu: int = 1, token: str | None = None):
+                 trials_per_gpu: int = 1, token: str | None = None, gpus_per_trial: int = 1,
+                 links: GpuLinks | None = None, cpu_devices: int = 1):
         if not gpus and cpu_workers < 1:
             raise ValueError(f"with no GPUs, `cpu_workers >= 1` must hold, but got {cpu_workers=}")
         if max_restarts < 0:
             raise ValueError(f"`max_restarts >= 0` must hold, but got {max_restarts=}")
-        if trials_per_gpu < 1:
-            raise ValueError(f"`trials_per_gpu >= 1` must hold, but got {trials_per_gpu=}")
         # A bare index is a GPU of unknown memory: shared, its workers grow their memory instead.
         gpus = [gpu if isinstance(gpu, Gpu) else Gpu(index=str(gpu)) for gpu in gpus]
-        for gpu in gpus:
-            memory_share_mb(gpu, trials_per_gpu)  # a GPU too small to share fails here, before ids are reserved
+        # Impossible combinations fail here, before ids are reserved: groups that do not divide the GPUs,
+        # a GPU too small to share.
+        self.groups = plan_groups(gpus, trials_per_gpu=trials_per_gpu, gpus_per_trial=gpus_per_trial,
+                                  cpu_devices=cpu_devices, links=links)
         self.trials_per_gpu = trials_per_gpu
+        self.gpus_per_trial = gpus_per_trial
+        self.cpu_devices = cpu_devices
         self.server_url = server_url
         self.host = host or socket.gethostname()
         self.idle_exit = idle_exit
@@ -135,8 +148,8 @@ class Supervisor:
         # The server's worker token: given to each child in its environment, never on its command line,
         # which any user of the machine can read with `ps`.
         self._token = token
-        self.slots = [self._gpu_slot(gpu, slot) for gpu in gpus for slot in range(trials_per_gpu)] if gpus else \
-            [self._cpu_slot(k) for k in range(cpu_workers)]
+        self.slots = [self._gpu_slot(group, slot) for group in self.groups for slot in range(trials_per_gpu)] \
+            if gpus else [self._cpu_slot(k) for k in range(cpu_workers)]
         self._lock = threading.RLock()
         self._stopping = False
         self._signals_seen = 0
@@ -233,22 +246,29 @@ class Supervisor:
 
     # -- children ----------------------------------------------------------------------------------
 
-    def _gpu_slot(self, gpu: Gpu, slot: int) -> _Slot:
+    def _gpu_slot(self, group: tuple[Gpu, ...], slot: int) -> _Slot:
         # PCI bus order makes CUDA number GPUs as NVML and nvidia-smi do; CUDA's default (fastest
         # first) could pin a child to a different GPU than the index it was given.
-        env = {"CUDA_VISIBLE_DEVICES": gpu.index, "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
-        share = memory_share_mb(gpu, self.trials_per_gpu)
+        indices = [gpu.index for gpu in group]
+        env = {"CUDA_VISIBLE_DEVICES": ",".join(indices), "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+        share = group_memory_share_mb(group, self.trials_per_gpu)
         if share is None:
             env["TF_FORCE_GPU_ALLOW_GROWTH"] = "true"
         else:
             # A fixed share instead of growth: TensorFlow cannot combine the two (see sweeper.training.devices).
             env[MEMORY_LIMIT_VARIABLE] = str(share)
-        # One worker per GPU keeps the id it always had; sharing ones are told apart by their slot.
-        base = f"{self.host}-gpu{gpu.index}" if self.trials_per_gpu == 1 else f"{self.host}-gpu{gpu.index}-{slot}"
-        return _Slot(reserve(base), gpu=gpu.index, env=env)
+        # One worker per GPU keeps the id it always had (a group's joins its GPUs: gpu0+2); sharing ones are
+        # told apart by their slot.
+        base = f"{self.host}-gpu{'+'.join(indices)}"
+        if self.trials_per_gpu > 1:
+            base += f"-{slot}"
+        return _Slot(reserve(base), gpu=",".join(indices), env=env, devices=len(group))
 
     def _cpu_slot(self, k: int) -> _Slot:
-        return _Slot(reserve(f"{self.host}-cpu{k}"), gpu=None, env={"CUDA_VISIBLE_DEVICES": "-1"})
+        env = {"CUDA_VISIBLE_DEVICES": "-1"}
+        if self.cpu_devices > 1:
+            env[CPU_DEVICES_VARIABLE] = str(self.cpu_devices)
+        return _Slot(reserve(f"{self.host}-cpu{k}"), gpu=None, env=env, devices=self.cpu_devices)
 
     def _state_file(self, slot: _Slot) -> StateFile:
         assert self._state_dir is not None
@@ -261,6 +281,7 @@ class Supervisor:
                    "--supervisor-pid", str(os.getpid()), "--worker-id-lock-fd", str(lock)]
         if slot.gpu is not None:
             command += ["--gpu", slot.gpu]
+        command += ["--gpus", str(slot.devices)]
         if self.idle_exit is not None:
             command += ["--idle-exit", str(self.idle_exit)]
         if self.data_root is not None:
@@ -283,7 +304,10 @@ class Supervisor:
                                             pass_fds=[lock])
         slot.started_at = time.monotonic()
         slot.restart_at = None
-        where = f"GPU {slot.gpu}" if slot.gpu is not None else "CPU"
+        if slot.gpu is None:
+            where = "CPU" + (f" ({slot.devices} devices)" if slot.devices > 1 else "")
+        else:
+            where = f"GPU{'s' if slot.devices > 1 else ''} {slot.gpu}"
         if MEMORY_LIMIT_VARIABLE in slot.env:
             where += f" ({slot.env[MEMORY_LIMIT_VARIABLE]} MB)"
         logger.info("started worker %s on %s (pid %d)", slot.worker_id, where, slot.process.pid)
@@ -398,31 +422,34 @@ class Supervisor:
 
 def run_workers(server: str, gpus: str = "all", cpu_workers: int = 1, idle_exit: float | None = None,
                 data_root: Path | None = None, plugins: Sequence[str] = (), trials_per_gpu: int = 1,
-                token: str | None = None) -> int:
-    """Start `trials_per_gpu` workers per selected GPU (or `cpu_workers` CPU workers) against `server`;
-    block until done.
+                token: str | None = None, gpus_per_trial: int = 1, cpu_devices: int = 1) -> int:
+    """Start `trials_per_gpu` workers per selected GPU, or per group of `gpus_per_trial` GPUs (or
+    `cpu_workers` CPU workers of `cpu_devices` devices each) against `server`; block until done.
 
-    Raises GpuSelectionError (a ValueError) when `gpus` names a GPU this host does not have, or when a
-    GPU's memory is too small to share among `trials_per_gpu` workers; AuthError when the server
-    answers but refuses `token`.
+    Raises GpuSelectionError (a ValueError) when `gpus` names a GPU this host does not have, when the
+    options cannot combine (see `workers.gpus.plan_groups`), or when a GPU's memory is too small to share
+    among `trials_per_gpu` workers; AuthError when the server answers but refuses `token`.
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s [supervisor] %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     # `--gpus none` asks neither NVML nor nvidia-smi: on a host whose driver hangs, it is the way out.
     discovered = [] if wants_no_gpu(gpus) else discover_gpus()
     selected = select_gpus(gpus, discovered)
+    links = discover_links(selected) if gpus_per_trial > 1 and len(selected) > gpus_per_trial else None
     supervisor = Supervisor(server, selected, cpu_workers=cpu_workers, idle_exit=idle_exit, data_root=data_root,
-                            plugins=plugins, trials_per_gpu=trials_per_gpu, token=token)
+                            plugins=plugins, trials_per_gpu=trials_per_gpu, token=token,
+                            gpus_per_trial=gpus_per_trial, links=links, cpu_devices=cpu_devices)
     if selected:
         print(f"Starting {len(supervisor.slots)} GPU worker(s) for {server}:")
         for slot in supervisor.slots:
             limit = slot.env.get(MEMORY_LIMIT_VARIABLE)
-            print(f"  {slot.worker_id} on GPU {slot.gpu}" + (f", {limit} MB" if limit else ""))
+            print(f"  {slot.worker_id} on GPU{'s' if slot.devices > 1 else ''} {slot.gpu}"
+                  + (f", {limit} MB" + (" each" if slot.devices > 1 else "") if limit else ""))
     else:
         reason = f"--gpus {gpus}" if discovered or wants_no_gpu(gpus) else "no GPUs found"
         print(f"Starting {cpu_workers} CPU worker(s) for {server} ({reason}):")
         for slot in supervisor.slots:
-            print(f"  {slot.worker_id}")
+            print(f"  {slot.worker_id}" + (f" ({slot.devices} devices)" if slot.devices > 1 else ""))
     try:
         _check_server(server, token)
     except AuthError:

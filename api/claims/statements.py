@@ -52,19 +52,24 @@ HELD_BY = (select(TRIALS, SWEEPS.c.status.label("sweep_status"))
            .order_by(TRIALS.c.id).with_for_update(of=TRIALS))
 """The running trials a worker holds, oldest first, with their sweeps' status (ix_trials_worker_state)."""
 
+_FITS_WORKER = SWEEPS.c.gpus_per_trial <= bindparam("gpus")
+"""The sweep's trials fit the claiming worker: it has at least the sweep's GPUs per trial."""
+
 NEXT_PENDING = (select(TRIALS)
                 .join(SWEEPS, _OF_TRIAL)
-                .where(TRIALS.c.state == TrialState.pending, SWEEPS.c.status == SweepStatus.running)
+                .where(TRIALS.c.state == TrialState.pending, SWEEPS.c.status == SweepStatus.running, _FITS_WORKER)
                 .order_by(TRIALS.c.id).limit(1).with_for_update(of=TRIALS, skip_locked=True))
-"""The oldest pending trial of a running sweep (ix_trials_state_sweep: finished trials are never read)."""
+"""The oldest pending trial of a running sweep that fits the worker (ix_trials_state_sweep: finished trials
+are never read)."""
 
 START_PENDING = TRIALS.update().where(TRIALS.c.id == bindparam("trial"), TRIALS.c.state == TrialState.pending)
 """Compare-and-set: a pending trial becomes running; it matches no row if another claim took it first."""
 
 NEXT_SWEEP = (select(SWEEPS.c.id, SWEEPS.c.next_index, SWEEPS.c.total_trials)
-              .where(SWEEPS.c.status == SweepStatus.running, SWEEPS.c.next_index < SWEEPS.c.total_trials)
+              .where(SWEEPS.c.status == SweepStatus.running, SWEEPS.c.next_index < SWEEPS.c.total_trials,
+                     _FITS_WORKER)
               .order_by(SWEEPS.c.id).limit(1).with_for_update())
-"""The oldest running sweep with trials left to generate."""
+"""The oldest running sweep with trials left to generate that fit the worker."""
 
 ADVANCE_SWEEP = (SWEEPS.update()
                  .where(SWEEPS.c.id == bindparam("sweep"), SWEEPS.c.next_index == bindparam("index"))

@@ -10,7 +10,8 @@ from api.storage.analysis import SweepAnalysis, SweepStudy
 from api.storage.base import (LeaseConflictError, LeasePolicy, PlanCache, SweepNotFoundError, SweepPlan,
                               SweepStateError, TrialNotFoundError, TrialNumberNotFoundError)
 from api.storage.population import lineage, member as pbt_member
-from api.storage.sweeps import CANCELLED_ON_REQUEST, ObjectiveSeries, SweepStore, SweepSummary, TrialHistory
+from api.storage.sweeps import (CANCELLED_ON_REQUEST, ObjectiveSeries, SweepStore, SweepSummary, TrialHistory,
+                                WorkerWanted)
 from api.storage.trials import WORKER_LOST, Claimed, TrialLeases
 from api.storage.workers import WorkerState, WorkerStatus, WorkerStore
 
@@ -18,7 +19,7 @@ __all__ = [
     "CANCELLED_ON_REQUEST", "WORKER_LOST", "Claimed", "LeaseConflictError", "LeasePolicy", "ObjectiveSeries",
     "PlanCache", "Repository", "SweepAnalysis", "SweepNotFoundError", "SweepPlan", "SweepStateError", "SweepStudy",
     "SweepSummary", "TrialHistory", "TrialNotFoundError", "TrialNumberNotFoundError", "WorkerState", "WorkerStatus",
-    "lineage", "pbt_member",
+    "lineage", "pbt_member", "WorkerWanted",
 ]
 
 

@@ -277,7 +277,7 @@ class Store:
         """
         values: dict[str, Any] = {"last_seen_at": now}
         if claim is not None:
-            values.update(host=claim.host, gpu=claim.gpu)
+            values.update(host=claim.host, gpu=claim.gpu, gpus=claim.gpus)
         if self._seen_later is not None:
             self._seen_later.setdefault(worker_id, {"first_seen_at": now}).update(values)
             return

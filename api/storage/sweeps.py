@@ -12,7 +12,7 @@ from sweeper import Objective, SpecError, SweeperError, SweepSpec, log_location,
 from sweeper.messages import SweepStatus, TrialState
 
 from api.lifecycle import SweepEvent
-from api.models import SweepRow, TrialEpochRow, TrialRow
+from api.models import SweepRow, TrialEpochRow, TrialRow, WorkerRow
 from api.queries import (FirstFailure, ObjectivePoint, SortOrder, best_trials, first_failures, is_multi_objective,
                          objective_of, objective_points, ordered_trials, pareto_fronts, stored_space_size, trial_stats)
 from api.storage.base import SweepPlan, Store, TrialNumberNotFoundError, next_status
@@ -35,6 +35,25 @@ class SweepSummary:
     None with one objective."""
     first_failure: FirstFailure | None = None
     """Its first trial to fail for good, with the error; None while none has."""
+    waiting_for: WorkerWanted | None = None
+    """The worker its trials wait for when no connected worker can run them; None when one can, or when
+    the sweep has no trial left to hand out."""
+
+
+@dataclass(frozen=True)
+class WorkerWanted:
+    """A running sweep with trials to hand out, none of which a connected worker can run: each needs
+    `gpus_per_trial` GPUs, and the connected workers (seen within the lease TTL) have at most `most_gpus`
+    (None: no worker is connected)."""
+
+    gpus_per_trial: int
+    most_gpus: int | None
+
+    def __str__(self) -> str:
+        wanted = f"a worker with {self.gpus_per_trial} GPUs"
+        if self.most_gpus is None:
+            return f"{wanted}: no worker is connected"
+        return f"{wanted}: the connected workers have at most {self.most_gpus}"
 
 
 @dataclass(frozen=True)
@@ -50,6 +69,12 @@ class TrialHistory:
     trial: TrialRow
     epochs: list[TrialEpochRow]
 
+
+
+def _has_work_left(sweep: SweepRow, counts: dict[TrialState, int]) -> bool:
+    """Running, with a pending trial or one not generated yet: a worker could be handed one of its trials."""
+    return sweep.status == SweepStatus.running and (counts[TrialState.pending] > 0
+                                                    or sweep.next_index < sweep.total_trials)
 
 
 class SweepStore(Store):
@@ -71,7 +96,8 @@ class SweepStore(Store):
             stored = spec.to_json()
             sweep = SweepRow(name=spec.name, status=SweepStatus.running, spec=stored,
                              total_trials=strategy.total, next_index=0, created_at=self._clock(),
-                             run_digits=log_location.run_digits(strategy.total))
+                             run_digits=log_location.run_digits(strategy.total),
+                             gpus_per_trial=spec.train.gpus_per_trial)
             self._session.add(sweep)
             self._session.flush()
             self._plans.put(sweep.id, SweepPlan.of(sweep.id, spec, stored, sweep.run_digits))
@@ -233,9 +259,26 @@ class SweepStore(Store):
         fronts = pareto_fronts(self._session, sweeps)
         failures = first_failures(self._session, (sweep.id for sweep in sweeps if stats[sweep.id].counts[
             TrialState.failed]))
+        waiting = self._waiting_for([sweep for sweep in sweeps if _has_work_left(sweep, stats[sweep.id].counts)])
         return [SweepSummary(sweep, stats[sweep.id].counts, best.get(sweep.id), self._space_size(sweep),
-                             stats[sweep.id].started_at, fronts.get(sweep.id), failures.get(sweep.id))
+                             stats[sweep.id].started_at, fronts.get(sweep.id), failures.get(sweep.id),
+                             waiting.get(sweep.id))
                 for sweep in sweeps]
+
+    def _waiting_for(self, sweeps: list[SweepRow]) -> dict[int, WorkerWanted]:
+        """Of running sweeps with work left, those whose trials no connected worker can run, by id.
+
+        Only sweeps of more than one GPU per trial are judged: any worker runs a one-GPU trial, and a sweep
+        created before any worker connected is the ordinary case, not one to flag. One statement, and none
+        when no such sweep is on the page.
+        """
+        multi = [sweep for sweep in sweeps if sweep.gpus_per_trial > 1]
+        if not multi:
+            return {}
+        connected = WorkerRow.last_seen_at >= self._clock() - self._policy.lease
+        most = self._session.scalar(select(func.max(func.coalesce(WorkerRow.gpus, 1))).where(connected))
+        return {sweep.id: WorkerWanted(sweep.gpus_per_trial, most) for sweep in multi
+                if most is None or most < sweep.gpus_per_trial}
 
     def _space_size(self, sweep: SweepRow) -> int | None:
         # Derived from the spec, never stored: the plan cache parses each sweep's spec once per process.

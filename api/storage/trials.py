@@ -56,7 +56,8 @@ class TrialLeases(PopulationStore):
         under the same id resumes its own trial first, under a new lease token that fences off whatever
         process held it before); else the
         oldest pending trial of a running sweep; else generate the next trial of the oldest running
-        sweep that has some left. The worker is recorded as seen, with its host and GPU.
+        sweep that has some left. Only sweeps whose `gpus_per_trial` is at most the worker's `gpus` are
+        considered (a filter in the SQL). The worker is recorded as seen, with its host and GPUs.
         """
         with self._transaction():
             connection = self._session.connection()
@@ -69,8 +70,8 @@ class TrialLeases(PopulationStore):
                     self._complete_finished_sweeps(now)
                 self._session.flush()
             trial = (self._held_by(connection, request.worker_id, now)
-                     or self._next_pending_trial(connection, request.worker_id, now)
-                     or self._generate_next_trial(connection, request.worker_id, now))
+                     or self._next_pending_trial(connection, request.worker_id, request.gpus, now)
+                     or self._generate_next_trial(connection, request.worker_id, request.gpus, now))
             return None if trial is None else self._claimed(connection, trial)
 
     def heartbeat(self, trial_id: int, request: HeartbeatRequest) -> Directive:
@@ -356,10 +357,12 @@ class TrialLeases(PopulationStore):
                 self._member_ended(self._session.connection(), trial.sweep_id)
         return len(expired)
 
-    def _next_pending_trial(self, connection: Connection, worker_id: str, now: datetime) -> sql.TrialRecord | None:
-        """The oldest pending trial of a running sweep, now running for the worker (one more attempt); if that
-        sweep is Population Based Training, its member whose turn it is (`_next_member`) instead."""
-        row = connection.execute(sql.NEXT_PENDING).first()
+    def _next_pending_trial(self, connection: Connection, worker_id: str, gpus: int,
+                            now: datetime) -> sql.TrialRecord | None:
+        """The oldest pending trial of a running sweep that fits a worker with `gpus` GPUs, now running for the
+        worker (one more attempt); if that sweep is Population Based Training, its member whose turn it is
+        (`_next_member`) instead."""
+        row = connection.execute(sql.NEXT_PENDING, {"gpus": gpus}).first()
         if row is None:
             return None
         if is_pbt(self._plan(connection, row.sweep_id)):
@@ -394,13 +397,15 @@ class TrialLeases(PopulationStore):
         self._loaded_copy_takes(TrialRow, row.id, started)
         return sql.trial_record(row, **started)
 
-    def _generate_next_trial(self, connection: Connection, worker_id: str, now: datetime) -> sql.TrialRecord | None:
-        """Create trial `next_index` of the oldest running sweep with trials left, running for the worker.
+    def _generate_next_trial(self, connection: Connection, worker_id: str, gpus: int,
+                             now: datetime) -> sql.TrialRecord | None:
+        """Create trial `next_index` of the oldest running sweep with trials left that fits a worker with `gpus`
+        GPUs, running for the worker.
 
         The strategy is a pure function of the index, so after a restart the sweep simply goes on
         with the stored next_index: no trial is skipped or repeated.
         """
-        while (sweep := connection.execute(sql.NEXT_SWEEP).first()) is not None:
+        while (sweep := connection.execute(sql.NEXT_SWEEP, {"gpus": gpus}).first()) is not None:
             trial = self._generate_trial(connection, sweep, worker_id, now)
             if trial is not None:
                 return trial

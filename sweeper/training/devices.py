@@ -3,7 +3,13 @@
 A worker sees one GPU (the supervisor sets `CUDA_VISIBLE_DEVICES`). Alone on it, the worker lets
 TensorFlow's memory grow as needed. When several workers share the GPU (`--trials-per-gpu`), each
 gets a fixed share instead, named by `SWEEPER_GPU_MEMORY_MB`: growing workers would each take what the
-others need, and TensorFlow cannot combine growth with a limit.
+others need, and TensorFlow cannot combine growth with a limit. A worker of a group of GPUs sees them all
+(`CUDA_VISIBLE_DEVICES=0,1`); its limit applies to each.
+
+A CPU worker may present several devices (`SWEEPER_CPU_DEVICES`, set by `sweeper worker --cpu-devices N`):
+its CPU is split into N TensorFlow logical devices, over which a trial of `train.gpus_per_trial` N runs
+MirroredStrategy as it would over N GPUs. It trains no faster; it is for testing multi-GPU trials, and
+trying a spec of them out, where there is no GPU.
 """
 
 from __future__ import annotations
@@ -12,6 +18,36 @@ import os
 
 MEMORY_LIMIT_VARIABLE = "SWEEPER_GPU_MEMORY_MB"
 """The environment variable through which the supervisor gives a worker its share of GPU memory, in MB."""
+CPU_DEVICES_VARIABLE = "SWEEPER_CPU_DEVICES"
+"""The environment variable through which the supervisor tells a CPU worker how many devices to split its CPU
+into (unset: 1)."""
+
+
+def cpu_devices_from_environment(environ: dict[str, str] | None = None) -> int:
+    """How many logical devices to split the CPU into, from `SWEEPER_CPU_DEVICES` (1 when unset or empty)."""
+    value = (os.environ if environ is None else environ).get(CPU_DEVICES_VARIABLE, "").strip()
+    if not value:
+        return 1
+    try:
+        devices = int(value)
+    except ValueError:
+        raise ValueError(f"{CPU_DEVICES_VARIABLE} must be a whole number of devices >= 1, but got {value!r}") from None
+    if not 1 <= devices <= 64:
+        raise ValueError(f"{CPU_DEVICES_VARIABLE} must be a whole number of devices from 1 to 64, but got {value!r}")
+    return devices
+
+
+def split_cpu(devices: int) -> None:
+    """Split the CPU into `devices` TensorFlow logical devices (CPU:0, CPU:1, ...); 1 leaves it whole.
+
+    Must run before TensorFlow initialises its devices, which refuses the setting afterwards.
+    """
+    if devices <= 1:
+        return
+    import tensorflow as tf
+
+    [cpu] = tf.config.list_physical_devices("CPU")
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * devices)
 
 
 def memory_limit_from_environment(environ: dict[str, str] | None = None) -> int | None:

@@ -7,6 +7,13 @@ Everything else comes from the assignment: the loss, metrics, class weights, ear
 mixed precision and XLA of `TrainSettings`, which epoch's metrics are the trial's result, and the
 checkpoint folder and lease that an interrupted trial resumes from (see `sweeper.training.checkpoints`).
 
+A trial of `train.gpus_per_trial` N above 1 trains with `tf.distribute.MirroredStrategy` over the first N
+of the worker's GPUs (on a CPU worker split into devices, `sweeper.training.devices`, its CPU devices): the
+model, its optimizer and metrics are built, compiled and restored inside the strategy's scope. The
+hparam `batch_size` is per replica, so the data is batched at batch_size x N, and the trial's HParams
+session also gets `replicas` and `global_batch_size`. The checkpoint holds plain Keras weights, so a trial
+resumes under any strategy: a retry on another group of the same size, or on another worker.
+
 Every epoch's metrics include `num_params`, the model's parameter count, so a sweep can minimize it; the
 trial's folder gets it as a scalar beside the objective, and a pruned trial's also `pruned_at_epoch` (the
 epochs it trained), so the HParams dashboard tells pruned trials from completed and cancelled ones.
@@ -29,7 +36,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -40,9 +47,9 @@ import tensorflow as tf
 from keras import ops
 
 from sweeper import _log_files, _registry, log_location
-from sweeper._errors import InfrastructureError, NonFiniteLossError, TrialAbandonedError
+from sweeper._errors import InfrastructureError, NonFiniteLossError, RetryableError, TrialAbandonedError
 from sweeper._spec import LOSSES, METRICS, EarlyStopping, Objective
-from sweeper.hparams_log import NUM_PARAMS, PRUNED_AT_EPOCH, SessionStatus, TrialSession
+from sweeper.hparams_log import GLOBAL_BATCH_SIZE, NUM_PARAMS, PRUNED_AT_EPOCH, REPLICAS, SessionStatus, TrialSession
 from sweeper.messages import Action, Assignment, Directive, Exploit, PbtMember, PbtSegment
 from sweeper.training import population
 from sweeper.training.checkpoints import Resume, TrialCheckpoint
@@ -92,6 +99,8 @@ class TrialResult:
     resumed_from: int = 0
     """The epoch this attempt started at: 0, or the number of epochs its checkpoint had finished.
     `epochs_run` and `objective_epoch` count the trial's epochs from 0 all the same."""
+    replicas: int = 1
+    """The replicas the model trained on (MirroredStrategy's `num_replicas_in_sync`): train.gpus_per_trial."""
 
     @property
     def stopped(self) -> bool:
@@ -137,8 +146,9 @@ def run_trial(assignment: Assignment, on_epoch_end: EpochCallback, data_root: Pa
     if segment is None:
         # Named after the trial's folder, its run in TensorBoard: the dashboard's sessions and runs then
         # agree, and sort in number order.
-        sessions = TrialSession(assignment.logdir, log_location.name(assignment.logdir), assignment.hparams,
-                                assignment.log_scaled, resumed=session_started)
+        sessions = TrialSession(assignment.logdir, log_location.name(assignment.logdir),
+                                {**assignment.hparams, **distribution_hparams(assignment)}, assignment.log_scaled,
+                                resumed=session_started)
     else:
         sessions = population.MemberSessions(assignment, segment, resumed=session_started)
     with _trial_session(assignment, sessions) as session:
@@ -219,19 +229,26 @@ def _train(assignment: Assignment, on_epoch_end: EpochCallback, data_root: Path 
     # an exploit holds the donor's weights), not necessarily the assignment's, which are the latest segment's.
     segment = population.segment_at(pbt, first_epoch) if pbt is not None else None
     hparams = segment.hparams if segment is not None else assignment.hparams
+    strategy = distribution_strategy(settings.gpus_per_trial)
+    replicas = 1 if strategy is None else int(strategy.num_replicas_in_sync)
     data = training_data(assignment.dataset, data_root, settings.validation_split)
-    batches = _Batches(assignment, data)
+    batches = _Batches(assignment, data, replicas)
     train, validation, steps_per_epoch = batches.for_hparams(hparams)
 
     architecture = _architecture(assignment, data, data_root)
-    model = _compiled_model(assignment, hparams, architecture, steps_per_epoch)
     history: list[dict[str, float]] = []
-    if resume is not None:
-        _build(model, train)
-        checkpoint.restore(model, resume)
-        # A checkpoint saved before epochs reported num_params lacks it; the model's count is the same.
-        num_params = float(model.count_params())
-        history = [{NUM_PARAMS: num_params, **metrics} for metrics in resume.history]
+    # Variables made in the scope are mirrored on every replica: the model's, the optimizer's, the metrics'.
+    with _scope(strategy):
+        model = _compiled_model(assignment, hparams, architecture, steps_per_epoch)
+        if resume is not None:
+            _build(model, train)
+            checkpoint.restore(model, resume)
+            # A checkpoint saved before epochs reported num_params lacks it; the model's count is the same.
+            num_params = float(model.count_params())
+            history = [{NUM_PARAMS: num_params, **metrics} for metrics in resume.history]
+    if strategy is not None:
+        logger.info("%s trains on %d replicas (%s), global batch size %d", assignment.trial_name, replicas,
+                    ", ".join(strategy.extended.worker_devices), _batch_size(assignment) * replicas)
 
     chains = _KeptChains()
     reporter = _EpochReporter(chains.keeping(on_epoch_end), assignment.objective.metric, epochs, history,
@@ -261,7 +278,8 @@ def _train(assignment: Assignment, on_epoch_end: EpochCallback, data_root: Path 
                 break
             hparams = exploit.segment.hparams
             train, validation, steps_per_epoch = batches.for_hparams(hparams)
-            model = _exploited_model(assignment, exploit, history, session, architecture, train, steps_per_epoch)
+            model = _exploited_model(assignment, exploit, history, session, architecture, train, steps_per_epoch,
+                                     strategy)
             reporter.segment = exploit.segment
             # The member's lease checkpoint of the exploit's epoch gets the donor's weights: a retry resumes
             # from those, with the new segment's hparams.
@@ -284,7 +302,7 @@ def _train(assignment: Assignment, on_epoch_end: EpochCallback, data_root: Path 
     if not reporter.history:
         if interrupted is not None:
             return TrialResult(metrics={}, epochs_run=0, objective=math.nan, objective_epoch=-1,
-                               stopped_by=interrupted, resumed_from=first_epoch), []
+                               stopped_by=interrupted, resumed_from=first_epoch, replicas=replicas), []
         raise RuntimeError("training ended before its first epoch")
     objective_epoch = _objective_epoch(assignment.objective, reporter.history)
     metrics = reporter.history[objective_epoch]
@@ -292,19 +310,19 @@ def _train(assignment: Assignment, on_epoch_end: EpochCallback, data_root: Path 
     stopped_by = interrupted or reporter.stopped_by or (EARLY_STOPPING if len(reporter.history) < epochs else None)
     return TrialResult(metrics=metrics, epochs_run=len(reporter.history),
                        objective=metrics[assignment.objective.metric], objective_epoch=objective_epoch,
-                       stopped_by=stopped_by, resumed_from=first_epoch), reporter.history
+                       stopped_by=stopped_by, resumed_from=first_epoch, replicas=replicas), reporter.history
 
 
 class _Batches:
     """The trial's training and validation batches, made again only when an exploit changes `batch_size`."""
 
-    def __init__(self, assignment: Assignment, data: TrainingData):
-        self._assignment, self._data = assignment, data
+    def __init__(self, assignment: Assignment, data: TrainingData, replicas: int):
+        self._assignment, self._data, self._replicas = assignment, data, replicas
         self._made: tuple[int, tuple[Any, Any, int]] | None = None
 
     def for_hparams(self, hparams: Mapping[str, Any]) -> tuple[Any, Any, int]:
-        """(train, validation, steps per epoch) at the batch size of `hparams`."""
-        batch_size = int(hparams.get("batch_size", self._assignment.train.batch_size))
+        """(train, validation, steps per epoch) at the batch size of `hparams` (per replica) times the replicas."""
+        batch_size = int(hparams.get("batch_size", self._assignment.train.batch_size)) * self._replicas
         if self._made is None or self._made[0] != batch_size:
             train, validation = self._data.batches(batch_size, seed=_trial_seed(self._assignment))
             self._made = (batch_size, (train, validation, math.ceil(self._data.train_size / batch_size)))
@@ -335,7 +353,7 @@ def _architecture(assignment: Assignment, data: TrainingData,
 def _exploited_model(assignment: Assignment, exploit: Exploit, history: list[dict[str, float]],
                      session: TrialSession | population.MemberSessions,
                      architecture: Callable[[Mapping[str, Any]], keras.Model], train: Any,
-                     steps_per_epoch: int) -> keras.Model:
+                     steps_per_epoch: int, strategy: tf.distribute.Strategy | None) -> keras.Model:
     """Carry out an exploit after the last epoch in `history`: end the segment's session and start the next
     one's, then the model rebuilt in this process from the new segment's hparams, with the donor's weights
     and optimizer state and the segment's learning rate."""
@@ -346,10 +364,55 @@ def _exploited_model(assignment: Assignment, exploit: Exploit, history: list[dic
     if isinstance(session, population.MemberSessions):
         with _log_files.io_failures(_SESSION.format(assignment.logdir)):
             session.hand_over(segment, history, assignment.objective.metric)
-    model = _compiled_model(assignment, segment.hparams, architecture, steps_per_epoch)
-    _build(model, train)
-    population.load_donor_snapshot(model, exploit, assignment.train.epochs, steps_per_epoch, architecture)
+    with _scope(strategy):
+        model = _compiled_model(assignment, segment.hparams, architecture, steps_per_epoch)
+        _build(model, train)
+        population.load_donor_snapshot(model, exploit, assignment.train.epochs, steps_per_epoch, architecture)
     return model
+
+def distribution_hparams(assignment: Assignment) -> dict[str, int]:
+    """`replicas` and `global_batch_size` for a trial of more than one GPU, logged with its hparams; {} for one."""
+    replicas = assignment.train.gpus_per_trial
+    if replicas == 1:
+        return {}
+    return {REPLICAS: replicas, GLOBAL_BATCH_SIZE: _batch_size(assignment) * replicas}
+
+
+def distribution_strategy(replicas: int) -> tf.distribute.Strategy | None:
+    """MirroredStrategy over the first `replicas` GPUs this process sees (else its CPU devices); None for one.
+
+    RetryableError when there are fewer: this worker was not made for such trials (started without
+    --gpus-per-trial), and a worker that was can take the trial.
+    """
+    if replicas == 1:
+        return None
+    gpus = tf.config.list_logical_devices("GPU")
+    devices = gpus or tf.config.list_logical_devices("CPU")
+    if len(devices) < replicas:
+        kind = "GPU" if gpus else "CPU device"
+        raise RetryableError(f"train.gpus_per_trial is {replicas}, but this worker sees {len(devices)} {kind}(s); "
+                             f"start workers with --gpus-per-trial {replicas} (on a CPU, --cpu-devices {replicas})")
+    names = tuple(device.name for device in devices[:replicas])
+    if names not in _STRATEGIES:
+        _STRATEGIES[names] = tf.distribute.MirroredStrategy(devices=list(names))
+    return _STRATEGIES[names]
+
+
+_STRATEGIES: dict[tuple[str, ...], tf.distribute.Strategy] = {}
+"""One MirroredStrategy per set of devices for the life of the process, shared by its trials. Its
+all-reduces are collective ops numbered by the strategy; a second strategy over the same devices numbers
+its own from the start again, and TensorFlow's runtime, which remembers the first's, then fails the next
+trial's step with "Shape mismatch in the collective instance"."""
+
+
+def _batch_size(assignment: Assignment) -> int:
+    """The batch size per replica: the `batch_size` hparam, else train.batch_size."""
+    return int(assignment.hparams.get("batch_size", assignment.train.batch_size))
+
+
+def _scope(strategy: tf.distribute.Strategy | None) -> AbstractContextManager[Any]:
+    """The strategy's scope, in which the variables made are mirrored on its replicas; nothing for one device."""
+    return strategy.scope() if strategy is not None else nullcontext()
 
 
 class _KeptChains:
@@ -636,8 +699,9 @@ def _require_objective(metric: str, metrics: dict[str, float]) -> None:
 def _learning_rate(model: keras.Model) -> float:
     # The rate the optimizer will use next, the same value Keras's TensorBoard callback logs as
     # epoch_learning_rate (it evaluates a schedule at the optimizer's step count). A mixed-precision
-    # LossScaleOptimizer passes its inner optimizer's rate through.
-    return float(model.optimizer.learning_rate)
+    # LossScaleOptimizer passes its inner optimizer's rate through. Through numpy: under MirroredStrategy the
+    # rate is a MirroredVariable, which float() refuses.
+    return float(ops.convert_to_numpy(model.optimizer.learning_rate))
 
 
 class _LearningRateInLogs(keras.callbacks.Callback):

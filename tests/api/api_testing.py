@@ -51,16 +51,18 @@ class Worker:
     overrides it, to send a stale one).
     """
 
-    def __init__(self, client: TestClient, worker_id: str, host: str = "test-host", gpu: str | None = None):
+    def __init__(self, client: TestClient, worker_id: str, host: str = "test-host", gpu: str | None = None,
+                 gpus: int = 1):
         self.client = client
         self.id = worker_id
         self.host = host
         self.gpu = gpu
+        self.gpus = gpus
         self.tokens: dict[int, int] = {}
 
     def claim(self) -> dict[str, Any] | None:
         response = self.client.post(f"{API}/trials/claim", json={"worker_id": self.id, "host": self.host,
-                                                                 "gpu": self.gpu})
+                                                                 "gpu": self.gpu, "gpus": self.gpus})
         if response.status_code == 204:
             assert response.content == b""
             return None

@@ -142,3 +142,25 @@ def test_sweeper_db_upgrade_reports_what_it_did(database_url: str) -> None:
         assert set(inspect(engine).get_table_names()) >= {"sweeps", "trials", "trial_epochs", "workers"}
     finally:
         engine.dispose()
+
+
+def test_a_sweep_stored_before_multi_gpu_claims_keeps_its_specs_gpus_per_trial(engine: Engine, database_url: str,
+                                                                               tmp_path: Path) -> None:
+    import json
+
+    upgrade(engine, "0006")
+    spec = {**SPEC, "train": {"epochs": 2, "gpus_per_trial": 2}}
+    with engine.begin() as connection:
+        for sweep_id, stored in ((1, spec), (2, SPEC)):
+            connection.execute(text(
+                "INSERT INTO sweeps (id, name, status, spec, total_trials, next_index, created_at, "
+                "consecutive_failures, run_digits) VALUES (:id, 'kept', 'running', :spec, 3, 0, :now, 0, 4)"),
+                {"id": sweep_id, "spec": json.dumps(stored), "now": datetime(2026, 11, 1, 12, 0, 0)})
+
+    upgrade(engine)
+
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT id, gpus_per_trial FROM sweeps ORDER BY id")).all() == [(1, 2), (2, 1)]
+    with TestClient(create_app(Settings(database_url=database_url, logdir=tmp_path / "runs"))) as client:
+        claimed = client.post("/api/v1/trials/claim", json={"worker_id": "w", "host": "h", "gpus": 1}).json()
+    assert claimed["sweep_id"] == 2

@@ -59,7 +59,8 @@ def holds_lock():
 
 record = {"argv": args, "pid": os.getpid(), "run": runs_before + 1, "holds_lock": holds_lock(),
           **{name: os.environ.get(name) for name in
-             ("CUDA_VISIBLE_DEVICES", "TF_FORCE_GPU_ALLOW_GROWTH", "CUDA_DEVICE_ORDER", "SWEEPER_GPU_MEMORY_MB")}}
+             ("CUDA_VISIBLE_DEVICES", "TF_FORCE_GPU_ALLOW_GROWTH", "CUDA_DEVICE_ORDER", "SWEEPER_GPU_MEMORY_MB",
+              "SWEEPER_CPU_DEVICES")}}
 with log.open("a") as f:
     f.write(json.dumps(record) + "\n")
 mode = os.environ.get("FAKE_CHILD_MODE", "exit0")

@@ -36,6 +36,8 @@ export async function mountSweep(root, id) {
   const badge = h("span");
   const controls = h("div", { class: "controls" });
   const notice = h("p", { class: "error", role: "alert" });
+  // Set while no connected worker can run the sweep's trials (a sweep of 2 GPUs per trial, workers of 1).
+  const waiting = h("p", { class: "waiting", id: "waiting-for", role: "status" });
   const summary = h("div", { class: "summary" });
   const chart = h("div", { class: "chart-box" });
   const tableBox = h("div", { class: "table-box" });
@@ -53,7 +55,7 @@ export async function mountSweep(root, id) {
   const analysis = analysisCard(id, { onPick: select, onCompareChange: () => markCompared() });
   root.append(h("section", { class: "sweep-page" },
     h("div", { class: "toolbar" }, title, badge, h("span", { class: "spacer" }), controls),
-    notice, summary, exports, bestYaml,
+    notice, waiting, summary, exports, bestYaml,
     h("section", { class: "card" }, h("h2", {}, "Objective per trial"), chart),
     analysis.element,
     h("section", { class: "card trials-card" },
@@ -68,6 +70,7 @@ export async function mountSweep(root, id) {
     const first = view.sweep === null;
     view.sweep = sweep;
     notice.textContent = sweep.reason ? `${sweep.status}: ${sweep.reason}` : "";
+    waiting.textContent = sweep.waiting_for ? `Waiting for ${sweep.waiting_for.message}.` : "";
     renderHeader(sweep);
     const counts = JSON.stringify([sweep.status, sweep.trial_counts]);
     const work = [];

@@ -1,0 +1,40 @@
+"""`sweeper run` on a spec of 2 GPUs per trial, on a machine without GPUs: its CPU workers split into 2
+devices train each trial on 2 replicas, and TensorBoard's HParams show the replicas and the global batch."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+from e2e_processes import BIN
+
+pytestmark = pytest.mark.e2e
+
+SPEC = ("name: pairs\nmodel: mlp\ndataset: digits\nobjective: {metric: val_accuracy}\n"
+        "hparams:\n  units: {type: discrete, values: [8, 16]}\n  batch_size: 32\n"
+        "search: {strategy: grid}\ntrain: {epochs: 1, gpus_per_trial: 2}\n")
+
+
+def test_run_trains_a_two_gpu_spec_on_cpu_workers_split_into_two_devices(tmp_path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import metadata
+
+    spec = tmp_path / "pairs.yaml"
+    spec.write_text(SPEC)
+
+    result = subprocess.run([str(BIN / "sweeper"), "run", str(spec), "--gpus", "none", "--cpu-devices", "2",
+                             "--database-url", "sqlite:///run.db", "--logdir", "runs"],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=600,
+                            env={**os.environ, "COLUMNS": "200", "TF_CPP_MIN_LOG_LEVEL": "2"})
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "on 1 CPU worker(s) of 2 devices" in result.stdout
+    assert "Sweep 1 pairs completed: 2/2 trials finished (2 completed)" in result.stdout
+    log = (tmp_path / "runs" / "workers.log").read_text()
+    assert log.count("trains on 2 replicas") == 2 and "global batch size 64" in log
+    accumulator = EventAccumulator(str(tmp_path / "runs" / "1" / "trial-0001"))
+    accumulator.Reload()
+    start = metadata.parse_session_start_info_plugin_data(
+        accumulator.SummaryMetadata(metadata.SESSION_START_INFO_TAG).plugin_data.content)
+    assert (start.hparams["replicas"].number_value, start.hparams["global_batch_size"].number_value) == (2, 64)
