@@ -36,7 +36,7 @@ def task_of_worker(worker_id: str) -> tuple[str, int] | None:
 
 @dataclass(frozen=True)
 class WorkerArray:
-    """What one submission asks of Slurm, and what each of its tasks runs; ValueError names a bad field."""
+    """What one submission asks of Slurm, and what each of its tasks runs; ValueError names the bad option."""
 
     server: str
     worker_command: list[str]
@@ -64,34 +64,34 @@ class WorkerArray:
 
     def __post_init__(self) -> None:
         if self.tasks < 1:
-            raise ValueError(f"tasks: `tasks >= 1` must hold, but got {self.tasks}")
+            raise ValueError(f"--tasks: `tasks >= 1` must hold, but got {self.tasks}")
         if self.max_running is not None and self.max_running < 1:
-            raise ValueError(f"max_running: `max_running >= 1` must hold, but got {self.max_running}")
+            raise ValueError(f"--max-running: `max_running >= 1` must hold, but got {self.max_running}")
         if self.gpus_per_trial is not None and self.gpus_per_trial < 1:
-            raise ValueError(f"gpus_per_trial: a task needs at least 1 GPU (or none, for CPU tasks), "
+            raise ValueError(f"--gpus-per-trial: a task needs at least 1 GPU (or none, for CPU tasks), "
                              f"but got {self.gpus_per_trial}")
         if self.cpus_per_task is not None and self.cpus_per_task < 1:
-            raise ValueError(f"cpus_per_task: `cpus_per_task >= 1` must hold, but got {self.cpus_per_task}")
+            raise ValueError(f"--cpus-per-task: `cpus_per_task >= 1` must hold, but got {self.cpus_per_task}")
         if self.signal_lead < 0 or self.signal_lead > 65535:
-            raise ValueError(f"signal_lead: Slurm takes 0 to 65535 seconds, but got {self.signal_lead}")
+            raise ValueError(f"--signal-lead: Slurm takes 0 to 65535 seconds, but got {self.signal_lead}")
         if self.idle_exit < 0:
-            raise ValueError(f"idle_exit: `idle_exit >= 0` must hold, but got {self.idle_exit}")
+            raise ValueError(f"--idle-exit: `idle_exit >= 0` must hold, but got {self.idle_exit}")
         if self.partition is not None and not _PARTITION.fullmatch(self.partition):
-            raise ValueError(f"partition: {self.partition!r} is not a partition name (letters, digits, _ . - and "
+            raise ValueError(f"--partition: {self.partition!r} is not a partition name (letters, digits, _ . - and "
                              f"commas between names)")
         if self.time_limit is not None and not _TIME_LIMIT.fullmatch(self.time_limit):
-            raise ValueError(f"time_limit: {self.time_limit!r} is none of Slurm's formats: minutes, "
+            raise ValueError(f"--time: {self.time_limit!r} is none of Slurm's formats: minutes, "
                              f"minutes:seconds, hours:minutes:seconds, days-hours[:minutes[:seconds]]")
         if not _JOB_NAME.fullmatch(self.job_name):
-            raise ValueError(f"job_name: {self.job_name!r} may hold letters, digits and _ . + - only")
+            raise ValueError(f"--job-name: {self.job_name!r} may hold letters, digits and _ . + - only")
         if self.token_file is not None and self.token_from_environment:
-            raise ValueError("token: from a file or from the environment, not both")
+            raise ValueError("the worker token: from --token-file or from the environment, not both")
         for line in self.sbatch_lines:
             if not line.startswith("-") or "\n" in line or "\r" in line:
-                raise ValueError(f"sbatch line {line!r}: give one sbatch option per line, as `--name=value`")
+                raise ValueError(f"--sbatch {line!r}: give one sbatch option per line, as `--name=value`")
         for line in self.setup:
             if "\n" in line or "\r" in line:
-                raise ValueError(f"setup line {line!r}: give one shell line each")
+                raise ValueError(f"--setup {line!r}: give one shell line each")
 
     @property
     def array(self) -> str:

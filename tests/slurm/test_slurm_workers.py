@@ -44,11 +44,12 @@ def token_file(folder: Path) -> Path:
     return path
 
 
-def submit_array(cluster: SlurmCluster, server: Server, folder: Path, tasks: int, idle_exit: int) -> str:
+def submit_array(cluster: SlurmCluster, server: Server, folder: Path, tasks: int, idle_exit: int,
+                 *options: str) -> str:
     submitted = sweeper(cluster, "slurm", "submit", "--server", server.url, "--tasks", str(tasks),
                         "--gpus-per-trial", "none", "--cpus-per-task", "1", "--idle-exit", str(idle_exit),
-                        "--signal-lead", "60", "--output", str(folder / "logs"), "--token-file",
-                        str(token_file(folder)), cwd=folder)
+                        "--output", str(folder / "logs"), "--token-file", str(token_file(folder)), *options,
+                        cwd=folder)
     assert submitted.returncode == 0, submitted.stdout + submitted.stderr
     job = re.search(r"Submitted array job (\d+)", submitted.stdout)
     assert job, submitted.stdout
@@ -128,3 +129,27 @@ def test_a_task_cancelled_mid_trial_hands_its_trial_back_and_another_task_finish
     cancelled = sweeper(slurm_cluster, "slurm", "cancel", job, cwd=tmp_path)
     assert cancelled.returncode == 0, cancelled.stderr
     wait_for(lambda: not slurm_cluster.task_states(job), 120, "the array to end after `sweeper slurm cancel`", logs)
+
+
+def test_tasks_reaching_their_time_limit_hand_the_trial_on_until_it_finishes(
+        slurm_cluster: SlurmCluster, server: Server, tmp_path: Path) -> None:
+    # One task at a time, each with a minute: SIGTERM comes 45 s before the end (at Slurm's next 30 s
+    # tick), the worker finishes its epoch and hands the trial back, and the next task resumes it.
+    sweep_id = create_sweep(slurm_cluster, server, write_spec(tmp_path, "relay", [16], epochs=40, batch_size=8))
+    job = submit_array(slurm_cluster, server, tmp_path, 8, 20, "--max-running", "1", "--time", "1",
+                       "--signal-lead", "45")
+    logs = lambda: task_logs(tmp_path) + f"\n--- server\n{server.log.read_text()[-2000:]}"  # noqa: E731
+
+    ended = wait_for(lambda: (s := server.sweep(sweep_id))["status"] != "running" and s, 480, "the sweep", logs)
+    assert ended["status"] == "completed", logs()
+    text = task_logs(tmp_path)
+    handed_back = re.findall(rf"worker (slurm-{job}_\d+-cpu0) shut down after \d+ epoch", text)
+    assert handed_back, text
+    assert re.search(r"resumes after epoch [1-9]", text), text
+    # Slurm killed no worker: each left on the early SIGTERM (stepd logs it as "CANCELLED"), exiting 0.
+    assert "killed by" not in text and "DUE TO TIME LIMIT" not in text, text
+    assert text.count("exited normally") >= len(handed_back), text
+
+    cancelled = sweeper(slurm_cluster, "slurm", "cancel", job, cwd=tmp_path)
+    assert cancelled.returncode == 0, cancelled.stderr
+    wait_for(lambda: not slurm_cluster.task_states(job), 120, "the array to end", logs)
