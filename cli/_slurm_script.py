@@ -142,7 +142,7 @@ class WorkerArray:
                  "before the",
                  "# time limit, or from scancel) makes the workers finish their epoch, hand their trials back",
                  f"# and exit; a task with no trial to run for {self.idle_exit:g} s ends by itself.",
-                 "set -euo pipefail"]
+                 "set -eo pipefail"]
         if self.token_from_environment:
             lines.append(': "${SWEEPER_TOKEN:?the worker token did not reach this task: submit with '
                          'SWEEPER_WORKER_TOKEN set, or use --token-file}"')

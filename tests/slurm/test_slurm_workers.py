@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
-from conftest import WORKER_TOKEN, Server, sweeper
 from slurm_cluster import SlurmCluster
+from slurm_testing import ADMIN_TOKEN, WORKER_TOKEN, Server, sweeper
 
 pytestmark = [pytest.mark.e2e, pytest.mark.training]
 
@@ -58,7 +58,7 @@ def submit_array(cluster: SlurmCluster, server: Server, folder: Path, tasks: int
 
 def create_sweep(cluster: SlurmCluster, server: Server, spec: Path) -> int:
     created = sweeper(cluster, "submit", str(spec), "--server", server.url, cwd=spec.parent,
-                      SWEEPER_TOKEN=server.admin.headers["Authorization"].split()[1])
+                      SWEEPER_TOKEN=ADMIN_TOKEN)
     assert created.returncode == 0, created.stdout + created.stderr
     return int(re.search(r"Created sweep (\d+)", created.stdout)[1])
 
@@ -82,7 +82,7 @@ def test_a_job_array_of_cpu_workers_runs_a_sweep_to_completion_and_ends_when_idl
     assert {worker["id"] for worker in server.workers()} == {f"slurm-{job}_0-cpu0", f"slurm-{job}_1-cpu0"}
 
     status = sweeper(slurm_cluster, "slurm", "status", job, "--server", server.url, cwd=tmp_path,
-                     SWEEPER_TOKEN=server.admin.headers["Authorization"].split()[1])
+                     SWEEPER_TOKEN=ADMIN_TOKEN)
     assert status.returncode == 0, status.stderr
     assert f"{job}_0" in status.stdout and f"slurm-{job}_1-cpu0" in status.stdout, status.stdout
 
