@@ -125,7 +125,7 @@ def status(job: JobId, server: Server = DEFAULT_SERVER, token: Token = None) -> 
         task_id, state, node, elapsed, reason = (line.split("|") + [""] * 5)[:5]
         _, _, index = task_id.partition("_")
         if index.isdigit():
-            tasks[int(index)] = {"state": state, "node": node or reason, "elapsed": elapsed}
+            tasks[int(index)] = {"state": state, "node": node or f"({reason})", "elapsed": elapsed}
     workers = _array_workers(job, server, token)
     table = Table(title=f"Array job {job}: {len(tasks)} task(s) in Slurm's queue, {len(workers)} worker(s) seen")
     for column in ("task", "slurm", "node", "time", "worker", "worker state", "sweep/trial"):

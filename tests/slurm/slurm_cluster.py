@@ -30,7 +30,7 @@ KILL_WAIT_SECONDS = 30
 """scancel's SIGTERM comes this long before its SIGKILL: time for a worker to finish its epoch."""
 
 _REGISTRY = Path(tempfile.gettempdir()) / "sweeper-test-slurm"
-"""One file per cluster started and not yet stopped, naming its folder: what the next start cleans up."""
+"""One file per cluster started and not yet stopped, naming its folder and the process that started it."""
 
 
 class SlurmUnavailable(Exception):
@@ -58,7 +58,7 @@ class SlurmCluster:
         cluster = cls(folder)
         cluster._write_config(cpus or max(2, os.cpu_count() or 1))
         _REGISTRY.mkdir(parents=True, exist_ok=True)
-        cluster._registration.write_text(str(cluster.folder))
+        cluster._registration.write_text(f"{cluster.folder}\n{os.getpid()}\n")
         try:
             cluster._start_daemons()
         except BaseException:
@@ -174,18 +174,25 @@ PartitionName=test Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
 
 
 def clean_up_abandoned() -> None:
-    """End the daemons and jobs of clusters that an earlier run started and never stopped."""
+    """End the daemons and jobs of clusters whose starting process ended without stopping them (a test
+    run killed, or interrupted past its teardown); a cluster whose process still lives is left alone."""
     if not _REGISTRY.is_dir():
         return
     for registration in _REGISTRY.iterdir():
-        _end_processes(Path(registration.read_text().strip()))
+        try:
+            folder, owner = registration.read_text().split()
+        except (OSError, ValueError):
+            continue
+        if _alive(int(owner)):
+            continue
+        _end_processes(Path(folder))
         registration.unlink(missing_ok=True)
 
 
 def _end_processes(folder: Path) -> None:
     """SIGTERM, then SIGKILL, every process of the cluster in `folder`: its daemons, steps and jobs."""
     for signum, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
-        pids = _processes_of(folder)
+        pids = processes_of(folder)
         for pid in pids:
             try:
                 os.kill(pid, signum)
@@ -199,7 +206,7 @@ def _end_processes(folder: Path) -> None:
             return
 
 
-def _processes_of(folder: Path) -> list[int]:
+def processes_of(folder: Path) -> list[int]:
     """Pids whose environment names this cluster's slurm.conf, or whose command line names its folder."""
     marker = f"SLURM_CONF={folder}/slurm.conf".encode()
     path = f"{folder}/".encode()
@@ -242,8 +249,9 @@ if __name__ == "__main__":
         cluster = SlurmCluster.start(where)
     except SlurmUnavailable as error:
         sys.exit(f"no cluster: {error}")
-    print(f"export SLURM_CONF={cluster.conf}   # Ctrl-C stops the cluster")
-    try:
-        signal.pause()
-    except KeyboardInterrupt:
-        cluster.stop()
+    print(f"export SLURM_CONF={cluster.conf}   # Ctrl-C or SIGTERM stops the cluster", flush=True)
+    # Handlers of our own: a shell's background job starts with SIGINT ignored.
+    for stopping in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(stopping, lambda signum, frame: None)
+    signal.pause()
+    cluster.stop()
