@@ -5,6 +5,7 @@ The workers (and with them TensorFlow) and the server are imported inside the co
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -16,6 +17,8 @@ from cli._common import (DEFAULT_SERVER, CpuWorkers, DatabaseUrl, DataRoot, Gpus
                          require_file_system)
 from sweeper import SweeperError
 from sweeper.log_location import is_url
+
+_ID_PREFIX = re.compile(r"[A-Za-z0-9_.:@+-]{1,100}")
 
 
 def worker(
@@ -33,12 +36,15 @@ def worker(
              "each array task's, `slurm-<job>_<task>`.")] = None,
     idle_exit: Annotated[Optional[float], typer.Option(
         min=0, show_default=False, metavar="SECONDS",
-        help="Exit once every worker has had no trial for this long (default: wait for work forever).")] = None,
+        help="Each worker exits after this long without a trial, and the command once all have (default: wait for "
+             "work forever).")] = None,
 ) -> None:
     """Start one worker process per GPU, or --trials-per-gpu sharing each (CPU workers when there is none)."""
     from workers.supervisor import run_workers
 
     token = one_token(token, token_file)
+    if id_prefix is not None and not _ID_PREFIX.fullmatch(id_prefix):
+        raise fail(f"--id-prefix {id_prefix!r}: use 1 to 100 letters, digits and _ . : @ + -", code=2)
     modules = load_plugin_modules(plugins)
     try:
         raise typer.Exit(run_workers(server=server, gpus=gpus, cpu_workers=cpu_workers, data_root=data_root,

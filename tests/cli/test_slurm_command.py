@@ -180,3 +180,9 @@ def test_submit_where_slurm_is_not_installed_says_where_to_run_it(tmp_path: Path
 
     assert code == 1
     assert "`sbatch` is not installed here: run `sweeper slurm` where Slurm's commands are" in output
+
+
+def test_a_worker_id_prefix_that_is_no_name_is_refused() -> None:
+    code, output = sweeper("worker", "--gpus", "none", "--id-prefix", "my task")
+
+    assert code == 2 and "--id-prefix 'my task': use 1 to 100 letters, digits and _ . : @ + -" in output
