@@ -4,17 +4,14 @@ array task cancelled mid-trial whose trial another task finishes.
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
 import pytest
-from slurm_cluster import SlurmCluster, processes_of
+from slurm_cluster import SlurmCluster
 from slurm_testing import ADMIN_TOKEN, WORKER_TOKEN, Server, sweeper
 
 pytestmark = [pytest.mark.e2e, pytest.mark.training]
@@ -157,25 +154,3 @@ def test_tasks_reaching_their_time_limit_hand_the_trial_on_until_it_finishes(
     assert cancelled.returncode == 0, cancelled.stderr
     wait_for(lambda: not slurm_cluster.task_states(job), 120, "the array to end", logs)
 
-
-def test_a_cluster_left_running_by_a_killed_run_is_ended_by_the_next_start(
-        slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
-    # A run killed before its teardown: its daemons live on, their starter does not.
-    starter = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time\nfrom pathlib import Path\nfrom slurm_cluster import SlurmCluster\n"
-        f"SlurmCluster.start(Path({str(tmp_path / 'left')!r}))\nprint('up', flush=True)\ntime.sleep(600)\n")],
-        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).parent)})
-    try:
-        assert starter.stdout.readline().strip() == "up"
-    finally:
-        starter.kill()
-        starter.wait()
-    left = SlurmCluster(tmp_path / "left")
-    assert left.run("sinfo", "--noheader", "--format=%t").strip() in ("idle", "mix")
-    assert processes_of(left.folder)
-
-    SlurmCluster.start(tmp_path / "next").stop()
-
-    assert not processes_of(left.folder)
-    # The session's own cluster, whose process lives, was left alone.
-    assert slurm_cluster.run("sinfo", "--noheader", "--format=%t").strip() in ("idle", "mix", "alloc")
