@@ -105,9 +105,11 @@ def submit(
         errors.print(f"[yellow]note:[/yellow] no worker token (--token-file or {WORKER_TOKEN_VARIABLE}): the workers "
                      f"call the server without one", highlight=False, soft_wrap=True)
     output.mkdir(parents=True, exist_ok=True)  # sbatch does not create it; a task with no log folder fails unseen
-    env = {key: value for key, value in os.environ.items() if key not in ("SWEEPER_TOKEN", WORKER_TOKEN_VARIABLE)}
+    # sbatch passes its environment on to the tasks: no token of this shell goes with it (the admin token
+    # least of all), only the worker token, under the name `sweeper worker` reads.
+    env = {key: value for key, value in os.environ.items() if not (key.startswith("SWEEPER_") and "TOKEN" in key)}
     if worker_token is not None:
-        env["SWEEPER_TOKEN"] = worker_token  # what `sweeper worker` reads; the admin token stays here
+        env["SWEEPER_TOKEN"] = worker_token
     answer = _slurm_command(["sbatch", "--parsable"], input=array.render(), env=env)
     job = answer.strip().split(";")[0]
     console.print(f"Submitted array job {job}: {tasks} task(s) of sweeper workers for {server}")
@@ -119,7 +121,9 @@ def submit(
 def status(job: JobId, server: Server = DEFAULT_SERVER, token: Token = None) -> None:
     """Show the array's tasks: their Slurm state and node, their workers, and the trial each one runs."""
     _check_job(job)
-    rows = _slurm_command(["squeue", "--array", "--noheader", "--jobs", job, "--format", "%i|%T|%N|%M|%r"])
+    # A job that left the queue altogether is "invalid" to squeue: none of its tasks is queued.
+    rows = _slurm_command(["squeue", "--array", "--noheader", "--jobs", job, "--format", "%i|%T|%N|%M|%r"],
+                          unknown_job_ok=True)
     tasks: dict[int, dict[str, str]] = {}
     for line in rows.splitlines():
         task_id, state, node, elapsed, reason = (line.split("|") + [""] * 5)[:5]
@@ -195,12 +199,15 @@ def _check_job(job: str) -> None:
         raise fail(f"job id {job!r}: give the array's number, as `sweeper slurm submit` printed it", code=2)
 
 
-def _slurm_command(command: list[str], input: str | None = None, env: dict[str, str] | None = None) -> str:
+def _slurm_command(command: list[str], input: str | None = None, env: dict[str, str] | None = None,
+                   unknown_job_ok: bool = False) -> str:
     """Run a Slurm client command; its output, or exit 1 with its own error message."""
     if shutil.which(command[0], path=(env or os.environ).get("PATH")) is None:
         raise fail(f"`{command[0]}` is not installed here: run `sweeper slurm` where Slurm's commands are "
                    f"(a login node)")
     done = subprocess.run(command, input=input, env=env, capture_output=True, text=True)
+    if done.returncode != 0 and unknown_job_ok and "invalid job id" in done.stderr.lower():
+        return ""
     if done.returncode != 0:
         raise fail(f"`{shlex.join(command)}` failed: {done.stderr.strip() or done.stdout.strip()}")
     return done.stdout

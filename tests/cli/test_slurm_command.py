@@ -186,3 +186,33 @@ def test_a_worker_id_prefix_that_is_no_name_is_refused() -> None:
     code, output = sweeper("worker", "--gpus", "none", "--id-prefix", "my task")
 
     assert code == 2 and "--id-prefix 'my task': use 1 to 100 letters, digits and _ . : @ + -" in output
+
+
+FAKE_SBATCH = """#!/bin/sh
+cat > "$SBATCH_SEEN/script"
+env > "$SBATCH_SEEN/environment"
+echo "$@" > "$SBATCH_SEEN/arguments"
+echo "4242;cluster"
+"""
+
+
+def test_submit_hands_sbatch_the_script_and_only_the_worker_token(tmp_path: Path) -> None:
+    bin_dir, seen = tmp_path / "bin", tmp_path / "seen"
+    bin_dir.mkdir()
+    seen.mkdir()
+    (bin_dir / "sbatch").write_text(FAKE_SBATCH)
+    (bin_dir / "sbatch").chmod(0o755)
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "SBATCH_SEEN": str(seen), "SWEEPER_WORKER_TOKEN": TOKEN,
+           "SWEEPER_TOKEN": "admin-0123456789abcdef", "SWEEPER_ADMIN_TOKEN": "admin-0123456789abcdef"}
+
+    code, output = sweeper("slurm", "submit", "--server", "http://head:8000", "--tasks", "3", "--output",
+                           str(tmp_path / "logs"), env=env)
+
+    assert code == 0, output
+    assert "Submitted array job 4242: 3 task(s)" in output
+    assert (seen / "arguments").read_text().split() == ["--parsable"]
+    assert "#SBATCH --array=0-2" in (seen / "script").read_text()
+    job_env = dict(line.split("=", 1) for line in (seen / "environment").read_text().splitlines() if "=" in line)
+    assert job_env["SWEEPER_TOKEN"] == TOKEN
+    assert "SWEEPER_ADMIN_TOKEN" not in job_env and "SWEEPER_WORKER_TOKEN" not in job_env
+    assert (tmp_path / "logs").is_dir()  # sbatch would not create it, and the tasks could write no log
