@@ -9,6 +9,7 @@ from __future__ import annotations
 import typer
 
 from cli._server import serve, upgrade_database
+from cli._slurm import slurm
 from cli._sweeps import (cancel_sweep, check, extend_sweep, list_workers, pause_sweep, resume_sweep, status, submit,
                          tensorboard)
 from cli._workers import run, worker
@@ -31,3 +32,4 @@ app.command("extend")(extend_sweep)
 app.command("workers")(list_workers)
 app.command()(run)
 app.command()(tensorboard)
+app.add_typer(slurm, name="slurm")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,6 +28,10 @@ Token = Annotated[Optional[str], typer.Option(
     envvar="SWEEPER_TOKEN", show_default=False,
     help="The server's token: the admin token (the worker token for `sweeper worker`). Prefer the environment "
          "variable: a flag shows in `ps`.")]
+TokenFile = Annotated[Optional[Path], typer.Option(
+    envvar="SWEEPER_TOKEN_FILE", show_default=False,
+    help="A file holding the worker token, readable by its owner only (chmod 600): for batch jobs and services, "
+         "which then keep no token in their environment or command line.")]
 Logdir = Annotated[str, typer.Option(envvar="SWEEPER_LOGDIR", help="Folder of the TensorBoard logs and checkpoints, or "
                                                                  "an object-store URL like gs://bucket/prefix.")]
 DatabaseUrl = Annotated[str, typer.Option(envvar="SWEEPER_DATABASE_URL", help="SQLAlchemy database URL.")]
@@ -91,6 +97,35 @@ def _cause(error: Exception) -> str:
         if known.lower() in text.lower():
             return known.lower()
     return text.split("] ")[-1] if text else type(cause).__name__
+
+
+def read_token_file(path: Path) -> str:
+    """The token in `path`; or exit 2 naming the file and the rule it breaks (owner-only mode, one token)."""
+    try:
+        info = path.stat()
+        text = path.read_text()
+    except OSError as error:
+        raise fail(f"token file {path}: cannot read it ({error.strerror or error})", code=2) from None
+    if info.st_uid != os.getuid():
+        raise fail(f"token file {path} belongs to uid {info.st_uid}, not to you (uid {os.getuid()}): a token file "
+                   f"must be yours alone", code=2)
+    if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise fail(f"token file {path} has mode {stat.filemode(info.st_mode)}: other users may read or change it; "
+                   f"`chmod 600 {path}` makes it readable by you only", code=2)
+    token = text.strip()
+    if not token or any(character.isspace() for character in token):
+        raise fail(f"token file {path} must hold one token on one line, and holds "
+                   f"{'nothing' if not token else 'more than one word'}", code=2)
+    return token
+
+
+def one_token(token: str | None, token_file: Path | None) -> str | None:
+    """The token from --token (or SWEEPER_TOKEN) or from --token-file; exit 2 when given both ways."""
+    if token_file is None:
+        return token
+    if token is not None:
+        raise fail("give the token either by --token (or SWEEPER_TOKEN) or by --token-file, not both", code=2)
+    return read_token_file(token_file)
 
 
 def load_plugin_modules(plugins: list[str] | None) -> list[str]:

@@ -5,6 +5,7 @@ The workers (and with them TensorFlow) and the server are imported inside the co
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -12,10 +13,12 @@ import typer
 
 from cli import _console
 from cli._common import (DEFAULT_SERVER, CpuDevices, CpuWorkers, DatabaseUrl, DataRoot, Gpus, GpusPerTrial, Logdir,
-                         Plugins, Server, SpecFile, Token, TrialsPerGpu, console, fail, load_plugin_modules,
-                         load_spec_file, require_file_system)
+                         Plugins, Server, SpecFile, Token, TokenFile, TrialsPerGpu, console, fail, load_plugin_modules,
+                         load_spec_file, one_token, require_file_system)
 from sweeper import SweeperError
 from sweeper.log_location import is_url
+
+_ID_PREFIX = re.compile(r"[A-Za-z0-9_.:@+-]{1,100}")
 
 
 def worker(
@@ -28,16 +31,29 @@ def worker(
     data_root: DataRoot = Path("data"),
     plugins: Plugins = None,
     token: Token = None,
+    token_file: TokenFile = None,
+    id_prefix: Annotated[Optional[str], typer.Option(
+        envvar="SWEEPER_WORKER_ID_PREFIX", show_default=False,
+        help="What the worker ids start with instead of the host name (`<prefix>-gpu0`): `sweeper slurm` gives "
+             "each array task's, `slurm-<job>_<task>`.")] = None,
+    idle_exit: Annotated[Optional[float], typer.Option(
+        min=0, show_default=False, metavar="SECONDS",
+        help="Each worker exits after this long without a trial, and the command once all have (default: wait for "
+             "work forever).")] = None,
 ) -> None:
     """Start one worker process per GPU (or group of --gpus-per-trial GPUs), or --trials-per-gpu sharing each
     (CPU workers when there is none)."""
     from workers.supervisor import run_workers
 
+    token = one_token(token, token_file)
+    if id_prefix is not None and not _ID_PREFIX.fullmatch(id_prefix):
+        raise fail(f"--id-prefix {id_prefix!r}: use 1 to 100 letters, digits and _ . : @ + -", code=2)
     modules = load_plugin_modules(plugins)
     try:
         raise typer.Exit(run_workers(server=server, gpus=gpus, cpu_workers=cpu_workers, data_root=data_root,
                                      plugins=modules, trials_per_gpu=trials_per_gpu, token=token,
-                                     gpus_per_trial=gpus_per_trial, cpu_devices=cpu_devices))
+                                     gpus_per_trial=gpus_per_trial, cpu_devices=cpu_devices,
+                                     id_prefix=id_prefix, idle_exit=idle_exit))
     except (ValueError, SweeperError) as error:  # no such GPU; the server refuses the token
         raise fail(str(error), code=2) from None
 

@@ -21,6 +21,13 @@ claim holds the trial.
 Each child holds its worker id's reservation too (the open lock file is passed down to it), and is told
 the supervisor's pid: should the supervisor die, its children stop their trials, hand them back and
 exit, and until they have, a new supervisor on this host takes other ids.
+
+A signal may reach the children twice: a batch scheduler (Slurm's `scancel`, its time limit, a
+preemption) or a service manager that signals every process of a job delivers it to them directly, and
+the supervisor forwards it as well. To a child a second signal means "stop now", so the first one is
+forwarded, after a moment in which a child that got it directly runs its handler, to the children that
+still catch it: one whose handler for it was installed and is gone now (Linux: `SigCgt` in
+/proc/<pid>/status, watched from the child's start) took it already.
 """
 
 from __future__ import annotations
@@ -54,6 +61,9 @@ logger = logging.getLogger(__name__)
 
 _POLL_SECONDS = 0.1
 _FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+_DIRECT_DELIVERY_SECONDS = 0.5
+"""How long the first signal waits before it is forwarded: time for children that got it too to handle it."""
+_TERM_BIT = 1 << (signal.SIGTERM - 1)
 
 
 @dataclass(frozen=True)
@@ -103,6 +113,8 @@ class _Slot:
     restart_at: float | None = None
     ended: bool = False
     gave_up: bool = False
+    caught: int = 0
+    """The signals the process was seen catching (a mask, bit n-1 for signal n): see _signal_children."""
 
     @property
     def worker_id(self) -> str:
@@ -117,7 +129,7 @@ class Supervisor:
                  restart_backoff: float = 1.0, max_backoff: float = 60.0, healthy_after: float = 300.0,
                  output: Path | None = None, data_root: Path | None = None, plugins: Sequence[str] = (),
                  trials_per_gpu: int = 1, token: str | None = None, gpus_per_trial: int = 1,
-                 links: GpuLinks | None = None, cpu_devices: int = 1):
+                 links: GpuLinks | None = None, cpu_devices: int = 1, id_prefix: str | None = None):
         if not gpus and cpu_workers < 1:
             raise ValueError(f"with no GPUs, `cpu_workers >= 1` must hold, but got {cpu_workers=}")
         if max_restarts < 0:
@@ -133,6 +145,8 @@ class Supervisor:
         self.cpu_devices = cpu_devices
         self.server_url = server_url
         self.host = host or socket.gethostname()
+        # What worker ids start with: the host, or a name the operator gives (a Slurm array task's).
+        self.id_prefix = id_prefix or self.host
         self.idle_exit = idle_exit
         self.child_command = list(child_command) if child_command else [sys.executable, "-m", "workers.agent"]
         self.max_restarts = max_restarts
@@ -221,18 +235,27 @@ class Supervisor:
             # Every child is gone now (or was never started): the ids and state files are free.
             self._cleanup()
 
-    def forward(self, signum: int) -> None:
-        """Pass a SIGTERM/SIGINT on to every child; from then on nothing is restarted."""
+    def forward(self, signum: int, direct_delivery_seconds: float = _DIRECT_DELIVERY_SECONDS) -> None:
+        """Pass a SIGTERM/SIGINT on to every child; from then on nothing is restarted.
+
+        The first one goes, after `direct_delivery_seconds`, only to the children that still catch it:
+        one that got it straight from the sender has handled it already, and would take a second as
+        "stop now" (see the module's docstring).
+        """
         with self._lock:
             self._stopping = True
             self._signals_seen += 1
+            first = self._signals_seen == 1
             name = signal.Signals(signum).name
-            if self._signals_seen == 1:
+            if first:
                 logger.info("%s: workers finish their current epochs, hand their trials back and exit "
                             "(send it again to stop now)", name)
             else:
                 logger.warning("%s again: workers stop now; their trials go back to the queue", name)
-            self._signal_children(signum)
+        if first:
+            time.sleep(direct_delivery_seconds)
+        with self._lock:
+            self._signal_children(signum, only_catching=first)
 
     def install_signal_handlers(self) -> None:
         """Forward SIGTERM, SIGINT and SIGHUP to the children while wait() runs (main thread only)."""
@@ -259,7 +282,7 @@ class Supervisor:
             env[MEMORY_LIMIT_VARIABLE] = str(share)
         # One worker per GPU keeps the id it always had (a group's joins its GPUs: gpu0+2); sharing ones are
         # told apart by their slot.
-        base = f"{self.host}-gpu{'+'.join(indices)}"
+        base = f"{self.id_prefix}-gpu{'+'.join(indices)}"
         if self.trials_per_gpu > 1:
             base += f"-{slot}"
         return _Slot(reserve(base), gpu=",".join(indices), env=env, devices=len(group))
@@ -268,7 +291,7 @@ class Supervisor:
         env = {"CUDA_VISIBLE_DEVICES": "-1"}
         if self.cpu_devices > 1:
             env[CPU_DEVICES_VARIABLE] = str(self.cpu_devices)
-        return _Slot(reserve(f"{self.host}-cpu{k}"), gpu=None, env=env, devices=self.cpu_devices)
+        return _Slot(reserve(f"{self.id_prefix}-cpu{k}"), gpu=None, env=env, devices=self.cpu_devices)
 
     def _state_file(self, slot: _Slot) -> StateFile:
         assert self._state_dir is not None
@@ -304,6 +327,7 @@ class Supervisor:
                                             pass_fds=[lock])
         slot.started_at = time.monotonic()
         slot.restart_at = None
+        slot.caught = 0
         if slot.gpu is None:
             where = "CPU" + (f" ({slot.devices} devices)" if slot.devices > 1 else "")
         else:
@@ -312,9 +336,13 @@ class Supervisor:
             where += f" ({slot.env[MEMORY_LIMIT_VARIABLE]} MB)"
         logger.info("started worker %s on %s (pid %d)", slot.worker_id, where, slot.process.pid)
 
-    def _signal_children(self, signum: int) -> None:
+    def _signal_children(self, signum: int, only_catching: bool = False) -> None:
         for slot in self.slots:
             if slot.process is not None and slot.process.poll() is None:
+                if only_catching and _handled_already(slot, signum):
+                    logger.info("worker %s got %s directly; not forwarding it", slot.worker_id,
+                                signal.Signals(signum).name)
+                    continue
                 try:
                     slot.process.send_signal(signum)
                 except ProcessLookupError:
@@ -335,6 +363,9 @@ class Supervisor:
                 continue
             returncode = slot.process.poll()
             if returncode is None:
+                if not slot.caught & _TERM_BIT and not self._stopping:
+                    # Until the child has set up its handlers: what _handled_already compares with.
+                    slot.caught |= _caught_signals(slot.process.pid)
                 continue
             ran_for = now - slot.started_at
             slot.process = None
@@ -420,9 +451,30 @@ class Supervisor:
             shutil.rmtree(self._state_dir, ignore_errors=True)
 
 
+def _caught_signals(pid: int) -> int:
+    """The signals process `pid` has handlers for, as a mask (bit n-1 for signal n); 0 where /proc cannot tell."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("SigCgt:"):
+                    return int(line.split()[1], 16)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def _handled_already(slot: _Slot, signum: int) -> bool:
+    """Whether the child caught `signum` before and does not now: its handler ran (an agent's first signal
+    replaces it with the default action), so the signal reached it directly."""
+    assert slot.process is not None
+    bit = 1 << (signum - 1)
+    return bool(slot.caught & bit) and not _caught_signals(slot.process.pid) & bit
+
+
 def run_workers(server: str, gpus: str = "all", cpu_workers: int = 1, idle_exit: float | None = None,
                 data_root: Path | None = None, plugins: Sequence[str] = (), trials_per_gpu: int = 1,
-                token: str | None = None, gpus_per_trial: int = 1, cpu_devices: int = 1) -> int:
+                token: str | None = None, gpus_per_trial: int = 1, cpu_devices: int = 1,
+                id_prefix: str | None = None) -> int:
     """Start `trials_per_gpu` workers per selected GPU, or per group of `gpus_per_trial` GPUs (or
     `cpu_workers` CPU workers of `cpu_devices` devices each) against `server`; block until done.
 
@@ -438,7 +490,7 @@ def run_workers(server: str, gpus: str = "all", cpu_workers: int = 1, idle_exit:
     links = discover_links(selected) if gpus_per_trial > 1 and len(selected) > gpus_per_trial else None
     supervisor = Supervisor(server, selected, cpu_workers=cpu_workers, idle_exit=idle_exit, data_root=data_root,
                             plugins=plugins, trials_per_gpu=trials_per_gpu, token=token,
-                            gpus_per_trial=gpus_per_trial, links=links, cpu_devices=cpu_devices)
+                            gpus_per_trial=gpus_per_trial, links=links, cpu_devices=cpu_devices, id_prefix=id_prefix)
     if selected:
         print(f"Starting {len(supervisor.slots)} GPU worker(s) for {server}:")
         for slot in supervisor.slots:

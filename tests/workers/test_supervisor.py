@@ -246,6 +246,29 @@ def test_sigterm_to_the_supervisor_is_forwarded_to_every_child(tmp_path: Path, f
     assert events(tmp_path, "box-gpu0") == events(tmp_path, "box-gpu1") == ["ready", "SIGTERM"]
 
 
+def test_a_sigterm_that_reached_a_child_directly_too_is_not_forwarded_to_it_as_a_second_one(
+        tmp_path: Path, fake_child: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    # As Slurm's scancel or time limit (and systemd, docker) deliver it: to every process of the job at once.
+    monkeypatch.setenv("FAKE_CHILD_MODE", "drain_like_the_agent")
+    program = ("import sys\n"
+               "from workers.supervisor import Supervisor\n"
+               f"supervisor = Supervisor({NOWHERE!r}, ['0', '1'], host='box', child_command={fake_child!r})\n"
+               "supervisor.install_signal_handlers()\n"
+               "supervisor.start()\n"
+               "sys.exit(supervisor.wait())\n")
+    process = subprocess.Popen([sys.executable, "-c", program])
+    try:
+        wait_until(lambda: all(events(tmp_path, f"box-gpu{gpu}") == ["ready"] for gpu in "01"))
+        time.sleep(0.5)  # the supervisor's watch loop has seen each child's handler
+        os.kill(runs(tmp_path, "box-gpu0")[0]["pid"], signal.SIGTERM)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 0
+    finally:
+        process.kill()
+    # Each child got one SIGTERM, the first from the sender, the second from the supervisor, and drained.
+    assert events(tmp_path, "box-gpu0") == events(tmp_path, "box-gpu1") == ["ready", "SIGTERM", "done"]
+
+
 @pytest.mark.parametrize(("mode", "returncode", "cause"), [
     ("hold_trial_exit3_once", 3, "exit code 3"),
     ("hold_trial_sigkill_once", -signal.SIGKILL, "signal SIGKILL"),

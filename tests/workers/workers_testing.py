@@ -105,6 +105,18 @@ if mode == "wait_for_sigterm":
     note("ready")
     time.sleep(30)
     sys.exit(5)
+if mode == "drain_like_the_agent":
+    # The agent's shutdown: the first SIGTERM finishes the epoch (a second), the next one kills at once.
+    def drain(signum, frame):
+        note("SIGTERM")
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        time.sleep(1.0)
+        note("done")
+        sys.exit(0)
+    signal.signal(signal.SIGTERM, drain)
+    note("ready")
+    time.sleep(30)
+    sys.exit(5)
 if mode == "outlive_the_supervisor":
     # Lives on after its supervisor is killed, holding the worker id, until the test kills it.
     note("ready")
