@@ -135,7 +135,9 @@ def test_tasks_reaching_their_time_limit_hand_the_trial_on_until_it_finishes(
         slurm_cluster: SlurmCluster, server: Server, tmp_path: Path) -> None:
     # One task at a time, each with a minute: SIGTERM comes 45 s before the end (at Slurm's next 30 s
     # tick), the worker finishes its epoch and hands the trial back, and the next task resumes it.
-    sweep_id = create_sweep(slurm_cluster, server, write_spec(tmp_path, "relay", [16], epochs=40, batch_size=8))
+    # Some 2 minutes of training at half a second an epoch on an idle machine: more than one task's minute
+    # whatever the load (40 epochs took 19 s on an idle machine, and finished in the first task).
+    sweep_id = create_sweep(slurm_cluster, server, write_spec(tmp_path, "relay", [16], epochs=250, batch_size=8))
     job = submit_array(slurm_cluster, server, tmp_path, 8, 20, "--max-running", "1", "--time", "1",
                        "--signal-lead", "45")
     logs = lambda: task_logs(tmp_path) + f"\n--- server\n{server.log.read_text()[-2000:]}"  # noqa: E731
