@@ -7,9 +7,10 @@ leave the server more of the CPU), doing what a worker does, without training:
 
 - claim a trial; train it for `--trial-seconds` (about a minute), reporting an epoch every
   `--epoch-seconds`, heartbeating every `--heartbeat-seconds` meanwhile; complete it; claim the next;
-- workers start spread over `--warmup-seconds`, and each one's first trial is cut to a random share of a
-  whole one, so that trials end (and claims come) at a steady rate, as in a fleet that has been running
-  for a while. Only calls started in the `--step-seconds` after the warm-up are measured.
+- the fleet joins as if it had been running for a while: every worker claims its first trial before the
+  clock starts (32 claims at a time, not measured), and is put partway through it (a random share of it
+  left, its epochs and heartbeats at random phases), so that trials end and claims come at a steady
+  rate from the start. Only calls started in the `--step-seconds` after `--warmup-seconds` are measured.
 
 For each number of server processes (`--servers 1 2`: started on one fresh PostgreSQL schema, the
 workers spread over them round-robin) the fleet grows through `--sizes` (100, 250, 500, 1000 workers),
@@ -32,6 +33,7 @@ import argparse
 import asyncio
 import gc
 import json
+import math
 import os
 import platform
 import random
@@ -167,19 +169,21 @@ def sweep_spec(name: str, trials: int) -> dict[str, Any]:
             "train": {"epochs": 1000}}
 
 
-class _Fleet:
-    """The running simulation of one step: its clock, its measurement window, and its record."""
+ENROLLING_AT_ONCE = 32
+"""Claims of the fleet's first trials in flight at once, before the clock starts (not measured)."""
 
-    def __init__(self, step: Step, pace: Pace, warmup: float, seed: int):
+
+class _Fleet:
+    """The running simulation of one step: its measurement window, and its record."""
+
+    def __init__(self, step: Step, pace: Pace, seed: int):
         self.step = step
         self.pace = pace
-        self.warmup = warmup
         self.random = random.Random(seed)
-        self.started = 0.0
+        self.window_start = math.inf
 
     def measured(self, started: float) -> bool:
-        offset = started - self.started
-        return self.warmup <= offset < self.warmup + self.step.seconds
+        return self.window_start <= started < self.window_start + self.step.seconds
 
     async def call(self, http: Any, kind: str, path: str, body: dict[str, Any]) -> tuple[int, bytes]:
         """One call; its latency counts when it started inside the window; a 503 is retried."""
@@ -198,27 +202,42 @@ class _Fleet:
                 raise _WorkerFailed
             return status, answer
 
-    async def worker(self, http: Any, number: int) -> None:
-        worker_id = f"fleet-{self.step.servers}x{self.step.workers}-{number}"
+    async def enrol(self, http: Any, worker_id: str, gate: asyncio.Semaphore) -> dict[str, Any]:
+        """The worker's first trial, claimed before the clock starts."""
+        async with gate:
+            status, answer = await self.call(http, "claim", "/trials/claim", {"worker_id": worker_id, "host": "fleet"})
+        if status != 200:
+            self.step.errors.append(f"enrolling {worker_id}: {status}: the sweep has too few trials")
+            raise _WorkerFailed
+        return json.loads(answer)
+
+    async def worker(self, http: Any, worker_id: str, assignment: dict[str, Any]) -> None:
         pace = self.pace
-        # Spread over the warm-up, and a first trial cut short: trials then end at a steady rate.
-        await asyncio.sleep(self.warmup * number / self.step.workers)
-        share = self.random.uniform(0.05, 1.0)
+        # The fleet is joined as if it had been running for a while: the first trial is partway done (a random
+        # share of it left, its epochs and heartbeats at a random phase), so trials end at a steady rate.
+        seconds = self.random.uniform(0.0, 1.0) * pace.trial_seconds
+        first_report = self.random.uniform(0.0, pace.epoch_seconds)
         try:
             while True:
-                status, answer = await self.call(http, "claim", "/trials/claim", {"worker_id": worker_id, "host": "fleet"})
-                if status == 204:
+                await self.train(http, worker_id, assignment, seconds, first_report)
+                seconds, first_report = pace.trial_seconds, pace.epoch_seconds
+                while True:
+                    status, answer = await self.call(http, "claim", "/trials/claim",
+                                                     {"worker_id": worker_id, "host": "fleet"})
+                    if status == 200:
+                        break
                     await asyncio.sleep(pace.heartbeat_seconds)
-                    continue
                 assignment = json.loads(answer)
-                await self.train(http, worker_id, assignment, pace.trial_seconds * share)
-                share = 1.0
         except _WorkerFailed:
             return
 
-    async def train(self, http: Any, worker_id: str, assignment: dict[str, Any], seconds: float) -> None:
+    async def train(self, http: Any, worker_id: str, assignment: dict[str, Any], seconds: float,
+                    first_report: float) -> None:
+        """Heartbeats and epoch reports for `seconds` (the first report after `first_report`), then complete."""
         trial, lease = assignment["trial_id"], {"worker_id": worker_id, "lease_token": assignment["lease_token"]}
         pace = self.pace
+        clock = asyncio.get_running_loop().time
+        start = clock()
 
         async def heartbeats() -> None:
             await asyncio.sleep(self.random.uniform(0, pace.heartbeat_seconds))
@@ -228,11 +247,13 @@ class _Fleet:
 
         beating = asyncio.create_task(heartbeats())
         try:
-            epochs = max(1, round(seconds / pace.epoch_seconds))
-            for epoch in range(epochs):
-                await asyncio.sleep(seconds / epochs)
-                metrics = {"loss": 1.0 / (epoch + 1), "val_accuracy": 0.5 + 0.4 * epoch / epochs}
+            at, epoch = first_report, 0
+            while at < seconds:
+                await asyncio.sleep(max(0.0, start + at - clock()))
+                metrics = {"loss": 1.0 / (epoch + 1), "val_accuracy": min(0.99, 0.5 + 0.01 * epoch)}
                 await self.call(http, "report", f"/trials/{trial}/metrics", {**lease, "epoch": epoch, "metrics": metrics})
+                at, epoch = at + pace.epoch_seconds, epoch + 1
+            await asyncio.sleep(max(0.0, start + seconds - clock()))
         finally:
             beating.cancel()
             await asyncio.gather(beating, return_exceptions=True)
@@ -243,19 +264,43 @@ class _WorkerFailed(Exception):
     """A call was refused: this simulated worker stops (the error is recorded)."""
 
 
-async def run_fleet(step: Step, urls: list[str], pace: Pace, warmup: float, client: str, seed: int = 0) -> None:
-    """`step.workers` simulated workers, round-robin over `urls`, for the warm-up and the measured window."""
-    fleet = _Fleet(step, pace, warmup, seed)
+@dataclass(frozen=True)
+class _CpuMeter:
+    """The CPU time of the server processes, and of PostgreSQL's backends that serve them."""
+
+    servers: list[ServerProcess]
+    database_url: str
+
+    async def read(self) -> tuple[float | None, dict[int, float]]:
+        return _cpu_seconds(self.servers), await asyncio.to_thread(database_cpu, self.database_url)
+
+
+async def run_fleet(step: Step, urls: list[str], pace: Pace, warmup: float, client: str, meter: _CpuMeter,
+                    seed: int = 0) -> None:
+    """`step.workers` simulated workers, round-robin over `urls`: enrolled, warmed up, then measured."""
+    fleet = _Fleet(step, pace, seed)
     https = [CLIENTS[client](urls[number % len(urls)]) for number in range(step.workers)]
-    gc.collect()
-    gc.freeze()  # the load generator's own full collections would show as the server's latency
-    fleet.started = time.perf_counter()
-    tasks = [asyncio.create_task(fleet.worker(http, number)) for number, http in enumerate(https)]
+    worker_ids = [f"fleet-{step.servers}x{step.workers}-{number}" for number in range(step.workers)]
+    tasks: list[asyncio.Task[None]] = []
     try:
+        gate = asyncio.Semaphore(ENROLLING_AT_ONCE)
+        assignments = await asyncio.gather(*(fleet.enrol(http, worker_id, gate)
+                                             for http, worker_id in zip(https, worker_ids)))
+        gc.collect()
+        gc.freeze()  # the load generator's own full collections would show as the server's latency
+        fleet.window_start = time.perf_counter() + warmup
+        tasks = [asyncio.create_task(fleet.worker(http, worker_id, assignment))
+                 for http, worker_id, assignment in zip(https, worker_ids, assignments)]
         await asyncio.sleep(warmup)
-        cpu_started = time.process_time()
+        (server_before, database_before), cpu_started = await meter.read(), time.process_time()
         await asyncio.sleep(step.seconds)
-        step.client_cpu_seconds = time.process_time() - cpu_started
+        (server_after, database_after), step.client_cpu_seconds = await meter.read(), time.process_time() - cpu_started
+        if server_before is not None and server_after is not None:
+            step.server_cpu_seconds = server_after - server_before
+        # Backends that lived through the whole window (a pooled connection normally does).
+        lasting = database_before.keys() & database_after.keys()
+        if lasting:
+            step.database_cpu_seconds = sum(database_after[pid] - database_before[pid] for pid in lasting)
     finally:
         for task in tasks:
             task.cancel()
@@ -272,35 +317,19 @@ def measure(database_url: str, servers: int, sizes: list[int], pace: Pace, *, wa
         # One after another: the first creates the schema's tables, the next finds them.
         running: list[ServerProcess] = [stack.enter_context(running_server(Path(tmp), f"server-{number}", url))
                                         for number in range(servers)]
+        meter = _CpuMeter(running, url)
         for size in sizes:
             step = Step(servers, size, seconds, pace.calls_per_second(size))
             trials = size * int(2 + (warmup + seconds) / pace.trial_seconds)
-            admin = httpx.Client(base_url=running[0].url + API, timeout=60)
-            with admin:
+            with httpx.Client(base_url=running[0].url + API, timeout=60) as admin:
                 sweep = admin.post("/sweeps", json=sweep_spec(f"fleet-{servers}x{size}", trials))
                 sweep.raise_for_status()
-                run_async(_measured(step, [server.url for server in running], pace, warmup, client, running, url))
-                admin.post(f"/sweeps/{sweep.json()['id']}/cancel").raise_for_status()
+                try:
+                    run_async(run_fleet(step, [server.url for server in running], pace, warmup, client, meter))
+                finally:
+                    admin.post(f"/sweeps/{sweep.json()['id']}/cancel").raise_for_status()
             steps.append(step)
     return steps
-
-
-async def _measured(step: Step, urls: list[str], pace: Pace, warmup: float, client: str,
-                    running: list[ServerProcess], database_url: str) -> None:
-    """run_fleet, with the servers' CPU read at the start and the end of the measured window."""
-
-    async def read_cpu() -> None:
-        await asyncio.sleep(warmup)
-        before, database_before = _cpu_seconds(running), await asyncio.to_thread(database_cpu, database_url)
-        await asyncio.sleep(step.seconds)
-        after, database_after = _cpu_seconds(running), await asyncio.to_thread(database_cpu, database_url)
-        step.server_cpu_seconds = None if before is None or after is None else after - before
-        # Backends that lived through the whole window (a pooled connection normally does).
-        lasting = database_before.keys() & database_after.keys()
-        if lasting:
-            step.database_cpu_seconds = sum(database_after[pid] - database_before[pid] for pid in lasting)
-
-    await asyncio.gather(run_fleet(step, urls, pace, warmup, client), read_cpu())
 
 
 def database_cpu(url: str) -> dict[int, float]:
@@ -389,7 +418,7 @@ def main() -> None:
     parser.add_argument("--trial-seconds", type=float, default=60.0)
     parser.add_argument("--epoch-seconds", type=float, default=5.0)
     parser.add_argument("--heartbeat-seconds", type=float, default=10.0)
-    parser.add_argument("--warmup-seconds", type=float, default=10.0, help="workers start over this; not measured")
+    parser.add_argument("--warmup-seconds", type=float, default=5.0, help="after the clock starts, not measured")
     parser.add_argument("--step-seconds", type=float, default=20.0, help="the measured window of each fleet size")
     parser.add_argument("--client", choices=sorted(CLIENTS), default="httpx",
                         help="httpx (what workers use), or wire, a bare asyncio client that leaves the server the CPU")
