@@ -13,6 +13,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from sweeper import SpecError, SweeperError, UnknownTrialError
 
@@ -104,6 +105,15 @@ async def _database_error(request: Request, error: Exception) -> JSONResponse:
     raise error
 
 
+async def _pool_exhausted(request: Request, error: Exception) -> JSONResponse:
+    # Every pooled connection stayed taken past the pool's timeout (a fleet larger than this server
+    # process carries): nothing was read or written, so the request is safe to send again.
+    logger.warning("%s %s: no database connection came free in time: %s", request.method, request.url.path, error)
+    return JSONResponse({"detail": "the database is busy; retry the request"},
+                        status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+                        headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(SpecError, _spec_error)
     app.add_exception_handler(QueryError, _query_error)
@@ -112,6 +122,7 @@ def install_error_handlers(app: FastAPI) -> None:
         app.add_exception_handler(kind, _core_error)
     app.add_exception_handler(RequestValidationError, _request_validation_error)
     app.add_exception_handler(OperationalError, _database_error)
+    app.add_exception_handler(PoolTimeoutError, _pool_exhausted)
 
 
 def _json_safe(value: Any) -> Any:

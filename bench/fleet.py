@@ -37,10 +37,12 @@ import math
 import os
 import platform
 import random
+import re
 import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -329,7 +331,19 @@ def measure(database_url: str, servers: int, sizes: list[int], pace: Pace, *, wa
                 finally:
                     admin.post(f"/sweeps/{sweep.json()['id']}/cancel").raise_for_status()
             steps.append(step)
+        if any(step.errors for step in steps):
+            steps[-1].errors += [f"server log: {line}" for line in server_log_errors(Path(tmp))]
     return steps
+
+
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Timeout)\b.*")
+
+
+def server_log_errors(work: Path) -> list[str]:
+    """Each distinct exception line that the servers logged (their logs live in `work`), most frequent first."""
+    lines = Counter(line.strip() for log in sorted(work.glob("*.log")) for line in log.read_text(errors="replace").splitlines()
+                    if _EXCEPTION_LINE.match(line.strip()))
+    return [f"{count} x {line[:300]}" for line, count in lines.most_common(5)]
 
 
 def database_cpu(url: str) -> dict[int, float]:
@@ -439,7 +453,7 @@ def main() -> None:
     console.print(steps_table(steps, pace))
     console.print(ceiling_table(steps))
     finish(console, [f"{step.servers} server(s), {step.workers} workers: {error}"
-                     for step in steps for error in step.errors[:5]])
+                     for step in steps for error in step.errors[:5] + [e for e in step.errors if e.startswith("server log")]])
 
 
 if __name__ == "__main__":

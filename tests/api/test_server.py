@@ -7,6 +7,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import sqlalchemy
 from api_testing import API, Worker, create_sweep, grid_spec, random_spec
 from claiming_workers import ClaimRecord
 from fastapi.testclient import TestClient
@@ -105,6 +106,39 @@ def test_a_database_locked_past_the_busy_timeout_answers_503_and_changes_nothing
         assert answer.json() == {"detail": "the database is busy; retry the request"}
         assert client.get(f"{API}/sweeps/{sweep['id']}/trials").json()["count"] == 0
         assert Worker(client, "w").claim() is not None
+
+
+def test_a_request_that_finds_every_database_connection_busy_past_the_pool_timeout_answers_503(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch):
+    # What a server overloaded by its fleet does: heartbeats queue for the connection pool, and one that
+    # waits past the pool's timeout has changed nothing, so the worker may send it again.
+    engines = []
+
+    def small_pool_engine(url, **options):
+        engine = sqlalchemy.create_engine(url, **options, pool_size=2, max_overflow=0, pool_timeout=0.2)
+        engines.append(engine)
+        return engine
+
+    monkeypatch.setattr(db, "create_engine", small_pool_engine)
+    with TestClient(create_app(settings)) as client:
+        create_sweep(client, grid_spec())
+        worker = Worker(client, "w")
+        trial_id = worker.claim_id()
+        held = []
+        try:
+            while True:
+                held.append(engines[0].connect())
+        except sqlalchemy.exc.TimeoutError:
+            pass
+        try:
+            answer = worker.heartbeat(trial_id)
+        finally:
+            for connection in held:
+                connection.close()
+        assert answer.status_code == 503
+        assert answer.headers["retry-after"] == "1"
+        assert answer.json() == {"detail": "the database is busy; retry the request"}
+        assert worker.heartbeat(trial_id).status_code == 200
 
 
 def test_serve_freezes_the_built_app_out_of_garbage_collection_before_serving(tmp_path: Path,
