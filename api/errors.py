@@ -93,12 +93,19 @@ async def _request_validation_error(request: Request, error: Exception) -> JSONR
     return JSONResponse({"detail": detail}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
 
 
+_ABORTED_TO_RETRY = frozenset({"40P01", "40001"})
+"""PostgreSQL's SQLSTATEs for a transaction it rolled back so that others go on: a deadlock broken,
+a serialization failure."""
+
+
 async def _database_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, OperationalError)
-    if "database is locked" in str(error.orig):
-        # The write lock stayed taken past busy_timeout; the transaction rolled back, so the request
-        # changed nothing and is safe to send again.
-        logger.warning("%s %s: database is locked", request.method, request.url.path)
+    aborted = getattr(error.orig, "sqlstate", None) in _ABORTED_TO_RETRY
+    if aborted or "database is locked" in str(error.orig):
+        # The write lock stayed taken past busy_timeout, or PostgreSQL chose this transaction to break a
+        # deadlock: it rolled back, so the request changed nothing and is safe to send again.
+        logger.warning("%s %s: %s", request.method, request.url.path,
+                       str(error.orig).splitlines()[0] if aborted else "database is locked")
         return JSONResponse({"detail": "the database is busy; retry the request"},
                             status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
                             headers={"Retry-After": str(RETRY_AFTER_SECONDS)})

@@ -312,10 +312,18 @@ async def run_fleet(step: Step, urls: list[str], pace: Pace, warmup: float, clie
 
 
 def measure(database_url: str, servers: int, sizes: list[int], pace: Pace, *, warmup: float, seconds: float,
-            client: str = "httpx") -> list[Step]:
-    """Start `servers` server processes on a fresh schema of `database_url`, and run each fleet size."""
+            client: str = "httpx", keep_logs: Path | None = None) -> list[Step]:
+    """Start `servers` server processes on a fresh schema of `database_url`, and run each fleet size.
+
+    The servers' logs go to a temporary folder, or to `keep_logs` (kept) when given."""
     steps = []
-    with tempfile.TemporaryDirectory(prefix="sweeper-fleet-") as tmp, fresh_schema(database_url) as url, ExitStack() as stack:
+    with ExitStack() as stack:
+        if keep_logs is None:
+            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="sweeper-fleet-"))
+        else:
+            tmp = str(keep_logs / f"{servers}-servers")
+            Path(tmp).mkdir(parents=True, exist_ok=True)
+        url = stack.enter_context(fresh_schema(database_url))
         # One after another: the first creates the schema's tables, the next finds them.
         running: list[ServerProcess] = [stack.enter_context(running_server(Path(tmp), f"server-{number}", url))
                                         for number in range(servers)]
@@ -376,7 +384,7 @@ def steps_table(steps: list[Step], pace: Pace) -> Table:
                         f"{pace.epoch_seconds:g} s, a heartbeat every {pace.heartbeat_seconds:g} s")
     for column in ("servers", "workers", "offered calls/s", "sustained calls/s",
                    *(f"{kind} p50 / p99 ms" for kind in KINDS), "server CPU ms/call", "PostgreSQL CPU ms/call",
-                   "clients' CPU ms/call",
+                   "clients' CPU ms/call", "503s retried",
                    f"p99 < {TARGET_P99_SECONDS * 1000:.0f} ms"):
         table.add_column(column, justify="right")
     for step in steps:
@@ -385,7 +393,7 @@ def steps_table(steps: list[Step], pace: Pace) -> Table:
             *(f"{ms(percentile(step.latencies[kind], 0.5))} / {ms(step.p99(kind))}" for kind in KINDS),
             "-" if step.server_cpu_seconds is None or not step.calls else ms(step.server_cpu_seconds / step.calls),
             "-" if step.database_cpu_seconds is None or not step.calls else ms(step.database_cpu_seconds / step.calls),
-            ms(step.client_cpu_seconds / step.calls) if step.calls else "-",
+            ms(step.client_cpu_seconds / step.calls) if step.calls else "-", str(step.retries),
             "[green]yes[/]" if step.carried else "[red]no[/]")
     return table
 
@@ -436,6 +444,8 @@ def main() -> None:
     parser.add_argument("--step-seconds", type=float, default=20.0, help="the measured window of each fleet size")
     parser.add_argument("--client", choices=sorted(CLIENTS), default="httpx",
                         help="httpx (what workers use), or wire, a bare asyncio client that leaves the server the CPU")
+    parser.add_argument("--keep-logs", type=Path, default=None, metavar="FOLDER",
+                        help="keep the servers' logs in FOLDER/<N>-servers/ (default: a temporary folder)")
     args = parser.parse_args()
 
     console = Console(width=200)  # the steps' table is wide; a file keeps it whole
@@ -448,7 +458,7 @@ def main() -> None:
     steps: list[Step] = []
     for servers in args.servers:
         steps += measure(args.database_url, servers, args.sizes, pace, warmup=args.warmup_seconds,
-                         seconds=args.step_seconds, client=args.client)
+                         seconds=args.step_seconds, client=args.client, keep_logs=args.keep_logs)
         console.print(f"{servers} server(s) measured; load average {os.getloadavg()[0]:.2f}")
     console.print(steps_table(steps, pace))
     console.print(ceiling_table(steps))

@@ -141,6 +141,35 @@ def test_a_request_that_finds_every_database_connection_busy_past_the_pool_timeo
         assert worker.heartbeat(trial_id).status_code == 200
 
 
+@pytest.mark.parametrize("sqlstate", ["40P01", "40001"])  # deadlock detected; could not serialize access
+def test_a_transaction_postgresql_aborted_to_break_a_deadlock_answers_503(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch, sqlstate: str):
+    # Seen with two servers and 1,000 simulated workers (bench/fleet.py): PostgreSQL aborts one of the
+    # transactions it finds deadlocked; that one changed nothing, and the worker may send it again.
+    from api.storage import TrialLeases
+
+    class Aborted(Exception):
+        pass
+
+    aborted = Aborted("deadlock detected")
+    aborted.sqlstate = sqlstate  # type: ignore[attr-defined]  (as psycopg's errors carry it)
+
+    def deadlocked(self, trial_id, request):
+        raise sqlalchemy.exc.OperationalError("SELECT ... FOR UPDATE OF trials, sweeps", {}, aborted)
+
+    with TestClient(create_app(settings)) as client:
+        create_sweep(client, grid_spec())
+        worker = Worker(client, "w")
+        trial_id = worker.claim_id()
+        with monkeypatch.context() as patch:
+            patch.setattr(TrialLeases, "heartbeat", deadlocked)
+            answer = worker.heartbeat(trial_id)
+        assert answer.status_code == 503
+        assert answer.headers["retry-after"] == "1"
+        assert answer.json() == {"detail": "the database is busy; retry the request"}
+        assert worker.heartbeat(trial_id).status_code == 200
+
+
 def test_serve_freezes_the_built_app_out_of_garbage_collection_before_serving(tmp_path: Path,
                                                                              monkeypatch: pytest.MonkeyPatch):
     # A full collection that walks the whole app stalls every request for 50 ms or more under a fleet.
