@@ -214,15 +214,28 @@ class WireClient:
         parts = httpx.URL(url)
         self._host, self._port = parts.host, parts.port
         self._streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+        self._one_at_a_time = asyncio.Lock()
 
     async def post(self, path: str, body: dict[str, Any]) -> tuple[int, bytes]:
+        # One request at a time on the connection, as httpx's pool of one does (a worker's heartbeat may
+        # come while its report is out).
+        async with self._one_at_a_time:
+            return await self._post(path, body)
+
+    async def _post(self, path: str, body: dict[str, Any]) -> tuple[int, bytes]:
         if self._streams is None:
             self._streams = await asyncio.open_connection(self._host, self._port)
         reader, writer = self._streams
         data = json.dumps(body).encode()
-        writer.write(b"POST %s%s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
-                     % (API.encode(), path.encode(), self._host.encode(), len(data), data))
-        head = await reader.readuntil(b"\r\n\r\n")
+        try:
+            writer.write(b"POST %s%s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                         % (API.encode(), path.encode(), self._host.encode(), len(data), data))
+            head = await reader.readuntil(b"\r\n\r\n")
+        except (asyncio.IncompleteReadError, ConnectionError):
+            # The server closed the idle connection: the next request opens a new one.
+            writer.close()
+            self._streams = None
+            raise
         status_line, *headers = head.decode("latin-1").split("\r\n")
         length = 0
         for header in headers:

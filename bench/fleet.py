@@ -93,6 +93,8 @@ class Step:
     """PostgreSQL's backends for the servers' connections (None when PostgreSQL runs elsewhere)."""
     client_cpu_seconds: float = 0.0
     retries: int = 0
+    reconnects: int = 0
+    """Requests sent again because the server had closed their connection."""
     errors: list[str] = field(default_factory=list)
 
     @property
@@ -191,7 +193,13 @@ class _Fleet:
         """One call; its latency counts when it started inside the window; a 503 is retried."""
         while True:
             started = time.perf_counter()
-            status, answer = await http.post(path, body)
+            try:
+                status, answer = await http.post(path, body)
+            except (httpx.TransportError, asyncio.IncompleteReadError, ConnectionError):
+                # The server closed the connection as the request went out (an idle one it timed out):
+                # sent again on a new connection, as sweeper.client does.
+                self.step.reconnects += 1
+                continue
             elapsed = time.perf_counter() - started
             if status == 503:  # the database stayed busy past its timeout: retry, and count it
                 self.step.retries += 1
@@ -232,6 +240,8 @@ class _Fleet:
                 assignment = json.loads(answer)
         except _WorkerFailed:
             return
+        except Exception as error:  # a client that broke (a dropped connection): the worker would be gone
+            self.step.errors.append(f"{worker_id}: {type(error).__name__}: {error}")
 
     async def train(self, http: Any, worker_id: str, assignment: dict[str, Any], seconds: float,
                     first_report: float) -> None:
@@ -384,7 +394,7 @@ def steps_table(steps: list[Step], pace: Pace) -> Table:
                         f"{pace.epoch_seconds:g} s, a heartbeat every {pace.heartbeat_seconds:g} s")
     for column in ("servers", "workers", "offered calls/s", "sustained calls/s",
                    *(f"{kind} p50 / p99 ms" for kind in KINDS), "server CPU ms/call", "PostgreSQL CPU ms/call",
-                   "clients' CPU ms/call", "503s retried",
+                   "clients' CPU ms/call", "503s retried", "reconnects",
                    f"p99 < {TARGET_P99_SECONDS * 1000:.0f} ms"):
         table.add_column(column, justify="right")
     for step in steps:
@@ -394,6 +404,7 @@ def steps_table(steps: list[Step], pace: Pace) -> Table:
             "-" if step.server_cpu_seconds is None or not step.calls else ms(step.server_cpu_seconds / step.calls),
             "-" if step.database_cpu_seconds is None or not step.calls else ms(step.database_cpu_seconds / step.calls),
             ms(step.client_cpu_seconds / step.calls) if step.calls else "-", str(step.retries),
+            str(step.reconnects),
             "[green]yes[/]" if step.carried else "[red]no[/]")
     return table
 

@@ -189,3 +189,15 @@ def test_serve_freezes_the_built_app_out_of_garbage_collection_before_serving(tm
     finally:
         gc.unfreeze()
     assert frozen_when_serving and frozen_when_serving[0] > 10_000
+
+
+def test_an_idle_connection_stays_open_longer_than_a_heartbeat_so_each_worker_keeps_one(tmp_path: Path):
+    # uvicorn's default closes it after 5 s: with heartbeats every 10 s, nearly every call of every
+    # worker would open a new connection, and some would race the server's close.
+    from api.server import _config
+
+    for heartbeat in (1.0, 10.0, 45.0):
+        settings = Settings(database_url=f"sqlite:///{tmp_path / 'db.sqlite'}", logdir=tmp_path / "runs",
+                            lease_seconds=6 * heartbeat, heartbeat_seconds=heartbeat)
+        for embedded in (True, False):
+            assert _config(settings, embedded=embedded).timeout_keep_alive > heartbeat
