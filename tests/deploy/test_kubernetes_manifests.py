@@ -234,3 +234,18 @@ def test_two_worker_groups_of_one_name_are_refused() -> None:
 def test_an_unreadable_values_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(ValuesError, match="missing.yaml: cannot read the values file"):
         load_values(tmp_path / "missing.yaml")
+
+
+def test_the_values_example_in_the_deployment_guide_renders_valid_manifests(tmp_path: Path) -> None:
+    guide = (ROOT / "docs" / "deploy.md").read_text()
+    (example,) = [block.split("\n", 1)[1] for block in guide.split("```yaml\n")[1:]
+                  if block.startswith("# my-values.yaml")]
+    values = tmp_path / "my-values.yaml"
+    values.write_text(example.split("```")[0])
+
+    manifests = render_manifests(load_values(values))
+
+    for manifest in manifests:
+        kubernetes_validate.validate(manifest, KUBERNETES_VERSIONS[-1], strict=True)
+    assert [deployment["metadata"]["name"] for deployment in _deployments(manifests, "worker")] == \
+        ["sweeper-worker-a100", "sweeper-worker-t4"]
