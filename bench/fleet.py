@@ -16,15 +16,18 @@ For each number of server processes (`--servers 1 2`: started on one fresh Postg
 workers spread over them round-robin) the fleet grows through `--sizes` (100, 250, 500, 1000 workers),
 each step on a new sweep (the last one's is cancelled). Printed: the calls per second the servers
 sustained (and what the fleet offered), p50/p99 latency of heartbeats, epoch reports, claims and
-completes as the clients saw them, the servers' CPU per call (from /proc), and the largest fleet at
-which the p99 of heartbeats, reports and claims all stay under 100 ms.
+completes as the clients saw them, the CPU per call of the server processes and of the PostgreSQL
+backends serving them (from /proc, where PostgreSQL runs on this machine), and the largest fleet at
+which the p99 of heartbeats, reports and claims all stay under 100 ms. `--keep-logs` keeps the
+servers' logs.
 
 Time scales: the calls a worker makes per second are 1/heartbeat + 1/epoch + 2/trial, so a fleet of N
 workers with every interval divided by k loads the server like N*k workers. `make bench` runs the
 defaults; a test runs the same machinery with 5 workers and short intervals.
 
-Exits 1 on a correctness failure only (an answer other than 200, 204 to a claim, or 503 retried), never
-on a missed target.
+Needs PostgreSQL (`--database-url`, default the local `test` database). Exits 1 on a correctness failure
+only, never on a missed target: an answer other than 200 (or 204 to a claim), once 503s and requests
+on a connection the server had closed are sent again, as workers do.
 """
 
 from __future__ import annotations
