@@ -33,6 +33,7 @@ bench: $(INSTALLED)
 	$(BIN)/python bench/pbt.py
 	$(BIN)/python bench/keras_search.py
 	$(BIN)/python bench/page.py
+	$(BIN)/python bench/fleet.py
 
 clean:
 	rm -rf demo .pytest_cache

@@ -13,6 +13,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from sweeper import SpecError, SweeperError, UnknownTrialError
 
@@ -92,6 +93,11 @@ async def _request_validation_error(request: Request, error: Exception) -> JSONR
     return JSONResponse({"detail": detail}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
 
 
+_ABORTED_TO_RETRY = frozenset({"40P01", "40001"})
+"""PostgreSQL's SQLSTATEs for a transaction it rolled back so that others go on: a deadlock broken,
+a serialization failure."""
+
+
 async def _database_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, OperationalError)
     answer = busy_database_answer(error, request.method, request.url.path)
@@ -101,12 +107,23 @@ async def _database_error(request: Request, error: Exception) -> JSONResponse:
 
 
 def busy_database_answer(error: OperationalError, method: str, path: str) -> JSONResponse | None:
-    """503 with Retry-After when `error` says SQLite's write lock stayed taken past busy_timeout: the
-    transaction rolled back, so the request changed nothing and is safe to send again. None for any other
-    database error. Used by the routes' handler and by the token gate, which runs before any route."""
-    if "database is locked" not in str(error.orig):
+    """503 with Retry-After when `error` says SQLite's write lock stayed taken past busy_timeout, or that
+    PostgreSQL chose this transaction to break a deadlock (or a serialization failure): it rolled back, so
+    the request changed nothing and is safe to send again. None for any other database error. Used by the
+    routes' handler and by the token gate, which runs before any route."""
+    aborted = getattr(error.orig, "sqlstate", None) in _ABORTED_TO_RETRY
+    if not aborted and "database is locked" not in str(error.orig):
         return None
-    logger.warning("%s %s: database is locked", method, path)
+    logger.warning("%s %s: %s", method, path, str(error.orig).splitlines()[0] if aborted else "database is locked")
+    return JSONResponse({"detail": "the database is busy; retry the request"},
+                        status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+                        headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+
+async def _pool_exhausted(request: Request, error: Exception) -> JSONResponse:
+    # Every pooled connection stayed taken past the pool's timeout (a fleet larger than this server
+    # process carries): nothing was read or written, so the request is safe to send again.
+    logger.warning("%s %s: no database connection came free in time: %s", request.method, request.url.path, error)
     return JSONResponse({"detail": "the database is busy; retry the request"},
                         status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
                         headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
@@ -120,6 +137,7 @@ def install_error_handlers(app: FastAPI) -> None:
         app.add_exception_handler(kind, _core_error)
     app.add_exception_handler(RequestValidationError, _request_validation_error)
     app.add_exception_handler(OperationalError, _database_error)
+    app.add_exception_handler(PoolTimeoutError, _pool_exhausted)
 
 
 def _json_safe(value: Any) -> Any:

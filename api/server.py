@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import gc
+import math
 import sys
 import threading
 import time
@@ -16,6 +17,9 @@ from api.app import create_app
 from api.settings import Settings
 
 STARTUP_TIMEOUT_SECONDS = 30.0
+KEEP_ALIVE_MARGIN_SECONDS = 5
+"""How much longer than a heartbeat an idle connection stays open (a late beat still finds it)."""
+MAX_KEEP_ALIVE_SECONDS = 300
 GIL_SWITCH_SECONDS = 0.001
 
 
@@ -105,10 +109,14 @@ def _config(settings: Settings, *, embedded: bool, access_log: bool = False) -> 
     # The app is built here, not at import, so each server gets the engine its settings name.
     # uvicorn's loop and HTTP parser are left on "auto": uvloop and httptools when they are installed
     # (each takes a good share off a request's CPU), asyncio and h11 otherwise.
+    # A worker holding a trial calls at least once a heartbeat: a connection kept open longer than that
+    # serves all its calls, where uvicorn's default (5 s) would make most of them open a new one.
+    keep_alive = min(MAX_KEEP_ALIVE_SECONDS, math.ceil(settings.heartbeat_interval) + KEEP_ALIVE_MARGIN_SECONDS)
     if embedded:
         # Inside another program (`sweeper run` draws a progress bar): no access log, and leave the
         # host's logging configuration alone instead of replacing it with uvicorn's.
         return uvicorn.Config(create_app(settings), host=settings.host, port=settings.port, log_config=None,
-                              log_level="warning", access_log=False, timeout_graceful_shutdown=5)
+                              log_level="warning", access_log=False, timeout_graceful_shutdown=5,
+                              timeout_keep_alive=keep_alive)
     return uvicorn.Config(create_app(settings), host=settings.host, port=settings.port, log_level="info",
-                          access_log=access_log, timeout_graceful_shutdown=5)
+                          access_log=access_log, timeout_graceful_shutdown=5, timeout_keep_alive=keep_alive)

@@ -95,15 +95,21 @@ def percentile(values: list[float], share: float) -> float:
 class ServerProcess:
     url: str
     database: Path
+    """Its SQLite file (none there when it was given another database URL)."""
     pid: int
 
     def cpu_seconds(self) -> float | None:
         """User + system CPU the server process has used so far (Linux only; None elsewhere)."""
-        try:
-            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return None
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return process_cpu_seconds(self.pid)
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU of process `pid` so far (Linux only; None where /proc cannot tell)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -113,15 +119,15 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_server(work: Path, name: str) -> Iterator[ServerProcess]:
-    """`sweeper serve` on a fresh SQLite file under `work`, until the block ends."""
+def running_server(work: Path, name: str, database_url: str | None = None) -> Iterator[ServerProcess]:
+    """`sweeper serve` on a fresh SQLite file under `work` (or on `database_url`), until the block ends."""
     database = work / f"{name}.db"
     port = free_port()
     log_path = work / f"{name}.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [str(BIN / "sweeper"), "serve", "--host", "127.0.0.1", "--port", str(port),
-             "--database-url", f"sqlite:///{database}", "--logdir", str(work / name / "runs")],
+             "--database-url", database_url or f"sqlite:///{database}", "--logdir", str(work / name / "runs")],
             stdout=log, stderr=subprocess.STDOUT, env=SERVER_ENV)
         try:
             url = f"http://127.0.0.1:{port}"
@@ -208,15 +214,28 @@ class WireClient:
         parts = httpx.URL(url)
         self._host, self._port = parts.host, parts.port
         self._streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+        self._one_at_a_time = asyncio.Lock()
 
     async def post(self, path: str, body: dict[str, Any]) -> tuple[int, bytes]:
+        # One request at a time on the connection, as httpx's pool of one does (a worker's heartbeat may
+        # come while its report is out).
+        async with self._one_at_a_time:
+            return await self._post(path, body)
+
+    async def _post(self, path: str, body: dict[str, Any]) -> tuple[int, bytes]:
         if self._streams is None:
             self._streams = await asyncio.open_connection(self._host, self._port)
         reader, writer = self._streams
         data = json.dumps(body).encode()
-        writer.write(b"POST %s%s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
-                     % (API.encode(), path.encode(), self._host.encode(), len(data), data))
-        head = await reader.readuntil(b"\r\n\r\n")
+        try:
+            writer.write(b"POST %s%s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                         % (API.encode(), path.encode(), self._host.encode(), len(data), data))
+            head = await reader.readuntil(b"\r\n\r\n")
+        except (asyncio.IncompleteReadError, ConnectionError):
+            # The server closed the idle connection: the next request opens a new one.
+            writer.close()
+            self._streams = None
+            raise
         status_line, *headers = head.decode("latin-1").split("\r\n")
         length = 0
         for header in headers:

@@ -5,5 +5,8 @@ commands that need them, so that `sweeper submit` on a laptop never loads FastAP
 """
 
 from cli._app import app
+from cli._kubernetes import (RELEASE_MARGIN_SECONDS, KubernetesValues, ValuesError, load_values, render_manifests,
+                             render_yaml)
 
-__all__ = ["app"]
+__all__ = ["app", "KubernetesValues", "ValuesError", "load_values", "render_manifests", "render_yaml",
+           "RELEASE_MARGIN_SECONDS"]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import sqlalchemy
 from api_testing import API, Worker, create_sweep, grid_spec, random_spec
 from claiming_workers import ClaimRecord
 from fastapi.testclient import TestClient
@@ -107,6 +108,68 @@ def test_a_database_locked_past_the_busy_timeout_answers_503_and_changes_nothing
         assert Worker(client, "w").claim() is not None
 
 
+def test_a_request_that_finds_every_database_connection_busy_past_the_pool_timeout_answers_503(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch):
+    # What a server overloaded by its fleet does: heartbeats queue for the connection pool, and one that
+    # waits past the pool's timeout has changed nothing, so the worker may send it again.
+    engines = []
+
+    def small_pool_engine(url, **options):
+        engine = sqlalchemy.create_engine(url, **options, pool_size=2, max_overflow=0, pool_timeout=0.2)
+        engines.append(engine)
+        return engine
+
+    monkeypatch.setattr(db, "create_engine", small_pool_engine)
+    with TestClient(create_app(settings)) as client:
+        create_sweep(client, grid_spec())
+        worker = Worker(client, "w")
+        trial_id = worker.claim_id()
+        held = []
+        try:
+            while True:
+                held.append(engines[0].connect())
+        except sqlalchemy.exc.TimeoutError:
+            pass
+        try:
+            answer = worker.heartbeat(trial_id)
+        finally:
+            for connection in held:
+                connection.close()
+        assert answer.status_code == 503
+        assert answer.headers["retry-after"] == "1"
+        assert answer.json() == {"detail": "the database is busy; retry the request"}
+        assert worker.heartbeat(trial_id).status_code == 200
+
+
+@pytest.mark.parametrize("sqlstate", ["40P01", "40001"])  # deadlock detected; could not serialize access
+def test_a_transaction_postgresql_aborted_to_break_a_deadlock_answers_503(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch, sqlstate: str):
+    # Seen with two servers and 1,000 simulated workers (bench/fleet.py): PostgreSQL aborts one of the
+    # transactions it finds deadlocked; that one changed nothing, and the worker may send it again.
+    from api.storage import TrialLeases
+
+    class Aborted(Exception):
+        pass
+
+    aborted = Aborted("deadlock detected")
+    aborted.sqlstate = sqlstate  # type: ignore[attr-defined]  (as psycopg's errors carry it)
+
+    def deadlocked(self, trial_id, request):
+        raise sqlalchemy.exc.OperationalError("SELECT ... FOR UPDATE OF trials, sweeps", {}, aborted)
+
+    with TestClient(create_app(settings)) as client:
+        create_sweep(client, grid_spec())
+        worker = Worker(client, "w")
+        trial_id = worker.claim_id()
+        with monkeypatch.context() as patch:
+            patch.setattr(TrialLeases, "heartbeat", deadlocked)
+            answer = worker.heartbeat(trial_id)
+        assert answer.status_code == 503
+        assert answer.headers["retry-after"] == "1"
+        assert answer.json() == {"detail": "the database is busy; retry the request"}
+        assert worker.heartbeat(trial_id).status_code == 200
+
+
 def test_serve_freezes_the_built_app_out_of_garbage_collection_before_serving(tmp_path: Path,
                                                                              monkeypatch: pytest.MonkeyPatch):
     # A full collection that walks the whole app stalls every request for 50 ms or more under a fleet.
@@ -126,3 +189,15 @@ def test_serve_freezes_the_built_app_out_of_garbage_collection_before_serving(tm
     finally:
         gc.unfreeze()
     assert frozen_when_serving and frozen_when_serving[0] > 10_000
+
+
+def test_an_idle_connection_stays_open_longer_than_a_heartbeat_so_each_worker_keeps_one(tmp_path: Path):
+    # uvicorn's default closes it after 5 s: with heartbeats every 10 s, nearly every call of every
+    # worker would open a new connection, and some would race the server's close.
+    from api.server import _config
+
+    for heartbeat in (1.0, 10.0, 45.0):
+        settings = Settings(database_url=f"sqlite:///{tmp_path / 'db.sqlite'}", logdir=tmp_path / "runs",
+                            lease_seconds=6 * heartbeat, heartbeat_seconds=heartbeat)
+        for embedded in (True, False):
+            assert _config(settings, embedded=embedded).timeout_keep_alive > heartbeat

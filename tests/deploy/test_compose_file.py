@@ -12,18 +12,14 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-import click
 import pytest
-import typer.main
 import yaml
-
-from cli import app
+from sweeper_commands import all_envvars, parse_sweeper_command
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())  # resolves the `<<:` merges too
 SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
 WORKERS = {name: service for name, service in SERVICES.items() if name.startswith("worker")}
-CLI = typer.main.get_command(app)
 
 
 def _dockerfile() -> list[tuple[str, str]]:
@@ -31,15 +27,6 @@ def _dockerfile() -> list[tuple[str, str]]:
     text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
     lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
     return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in lines]
-
-
-def _parse_sweeper_command(argv: list[str]) -> click.Context:
-    """Parse `sweeper ...` with the real CLI, raising click's error for an unknown command or option."""
-    assert argv[0] == "sweeper", f"{argv} does not run the sweeper CLI"
-    name, *args = argv[1:]
-    command = CLI.commands.get(name)  # type: ignore[attr-defined]
-    assert command is not None, f"`sweeper {name}` is not a command of the CLI"
-    return command.make_context(name, list(args), resilient_parsing=False)
 
 
 def test_the_stack_has_an_api_a_postgres_profile_and_a_worker_per_gpu() -> None:
@@ -109,13 +96,12 @@ def test_every_sweeper_command_a_service_runs_is_a_command_of_the_cli(name: str)
     commands += [check["test"][1:] for check in [service["healthcheck"]] if check["test"][0] == "CMD"]
     for argv in commands:
         if argv[0] == "sweeper":
-            _parse_sweeper_command(argv)
+            parse_sweeper_command(argv)
 
 
 def test_environment_variables_the_services_set_are_read_by_the_cli() -> None:
     # A misspelt variable would be ignored silently by the CLI; each must be some option's envvar.
-    envvars = {var for command in CLI.commands.values() for param in command.params  # type: ignore[attr-defined]
-               for var in ([param.envvar] if isinstance(param.envvar, str) else param.envvar or [])}
+    envvars = all_envvars()
     for name, service in SERVICES.items():
         for variable in service.get("environment", {}):
             if variable.startswith("SWEEPER_"):
@@ -140,7 +126,7 @@ def test_the_image_copies_only_files_that_exist_and_runs_the_server() -> None:
             for source in sources:
                 assert (ROOT / source).exists(), f"the Dockerfile copies {source}, which does not exist"
     (command,) = [arguments for kind, arguments in instructions if kind == "CMD"]
-    _parse_sweeper_command(yaml.safe_load(command))
+    parse_sweeper_command(yaml.safe_load(command))
     assert any(kind == "HEALTHCHECK" and "/healthz" in arguments for kind, arguments in instructions)
     assert ("EXPOSE", "8000") in instructions
 
