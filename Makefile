@@ -34,6 +34,7 @@ bench: $(INSTALLED)
 	$(BIN)/python bench/keras_search.py
 	$(BIN)/python bench/page.py
 	$(BIN)/python bench/fleet.py
+	$(BIN)/python bench/multi_gpu.py
 
 clean:
 	rm -rf demo .pytest_cache
