@@ -118,6 +118,23 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def wait_until_serving(process: subprocess.Popen[bytes], url: str, log_path: Path, timeout: float = 60) -> None:
+    """Return once the server at `url` answers /healthz; SystemExit with its log's end if it exits or takes
+    longer than `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            raise SystemExit(f"the server exited with {process.returncode}:\n{log_path.read_text()[-2000:]}")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the server did not start within {timeout:.0f} s:\n{log_path.read_text()[-2000:]}")
+        time.sleep(0.1)
+
+
 @contextmanager
 def running_server(work: Path, name: str, database_url: str | None = None) -> Iterator[ServerProcess]:
     """`sweeper serve` on a fresh SQLite file under `work` (or on `database_url`), until the block ends."""
@@ -131,18 +148,7 @@ def running_server(work: Path, name: str, database_url: str | None = None) -> It
             stdout=log, stderr=subprocess.STDOUT, env=SERVER_ENV)
         try:
             url = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 60
-            while True:
-                if process.poll() is not None:
-                    raise SystemExit(f"the server exited with {process.returncode}:\n{log_path.read_text()[-2000:]}")
-                try:
-                    if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise SystemExit(f"the server did not start within 60 s:\n{log_path.read_text()[-2000:]}")
-                time.sleep(0.1)
+            wait_until_serving(process, url, log_path)
             yield ServerProcess(url, database, process.pid)
         finally:
             process.terminate()

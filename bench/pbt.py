@@ -45,7 +45,7 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from claims import API, SERVER_ENV, finish, free_port  # noqa: E402
+from claims import API, SERVER_ENV, finish, free_port, wait_until_serving  # noqa: E402
 
 from sweeper.messages import snapshot_path  # noqa: E402
 
@@ -125,18 +125,7 @@ def server(work: Path) -> Iterator[str]:
             stdout=log, stderr=subprocess.STDOUT, env=SERVER_PLUGIN_ENV, cwd=ROOT)
         try:
             url = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 60
-            while True:
-                if process.poll() is not None:
-                    raise SystemExit(f"the server exited with {process.returncode}:\n{log_path.read_text()[-2000:]}")
-                try:
-                    if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise SystemExit(f"the server did not start within 60 s:\n{log_path.read_text()[-2000:]}")
-                time.sleep(0.1)
+            wait_until_serving(process, url, log_path)
             yield url
         finally:
             process.terminate()
