@@ -360,9 +360,33 @@ def summary(sweep: dict[str, Any], logdir: str, console: Console,
         console.print(f"Best trial {best.get('number', best['id'])}: {metric}={best['metrics'][metric]:.4f}")
         for name, value in best["hparams"].items():
             console.print(f"  {name} = {_format(value)}")
+        lineage = best.get("lineage") or []
+        if len(lineage) > 1:
+            # Its hparams above are its last segment's: the schedule that won is the whole lineage.
+            console.print(f"  Its schedule (Population Based Training, {len(lineage)} segments):")
+            for line in schedule_lines(lineage, sweep["spec"]):
+                console.print(f"    {line}", highlight=False)
     elif sweep["status"] not in UNSUCCESSFUL:
         console.print("No trial completed.")
     console.print(f"Open TensorBoard: sweeper tensorboard {sweep['id']} --logdir {logdir}")
+
+
+def schedule_lines(lineage: list[dict[str, Any]], spec: dict[str, Any]) -> list[str]:
+    """A PBT member's segments, one line each: its epochs (from 1), where its weights came from, and its
+    mutable hparams."""
+    mutable = (spec.get("search") or {}).get("mutable") or []
+    epochs = (spec.get("train") or {}).get("epochs")
+    lines = []
+    for position, segment in enumerate(lineage):
+        end = lineage[position + 1]["start_epoch"] if position + 1 < len(lineage) else epochs
+        span = f"epochs {segment['start_epoch'] + 1}-{end}" if end is not None else \
+            f"epochs {segment['start_epoch'] + 1}-"
+        if segment.get("parent_number") is not None:
+            span += f", copied from member {segment['parent_number']} after epoch {segment['parent_epoch'] + 1}"
+        values = ", ".join(f"{name} = {_format(segment['hparams'][name])}" for name in mutable
+                           if name in segment["hparams"])
+        lines.append(f"{span}: {values}" if values else span)
+    return lines
 
 
 def _counts(sweep: dict[str, Any]) -> str:

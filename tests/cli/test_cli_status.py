@@ -142,3 +142,29 @@ def test_the_end_of_a_multi_objective_sweep_names_its_pareto_front_not_a_best_tr
     # By their numbers in the sweep, as `sweeper status` shows them.
     assert console.export_text().splitlines()[1] == (
         "Pareto front (val_accuracy, num_params): trials 1, 3; sweeper status 4 shows their values")
+
+
+def test_the_end_of_a_pbt_sweep_shows_the_best_members_schedule_segment_by_segment():
+    from rich.console import Console
+
+    from cli import _console
+
+    first = {"segment": 1, "start_epoch": 0, "hparams": {"learning_rate": 0.0009, "dropout": 0.2, "units": 64}}
+    copied = {"segment": 2, "start_epoch": 3, "parent_trial_id": 11, "parent_number": 1, "parent_epoch": 2,
+              "hparams": {"learning_rate": 0.0425, "dropout": 0.16, "units": 128}}
+    best = {"id": 12, "number": 2, "metrics": {"val_accuracy": 0.9889}, "hparams": copied["hparams"],
+            "lineage": [first, copied]}
+    sweep = {"id": 1, "name": "pbt", "status": "completed", "total_trials": 8, "best_trial": best,
+             "trial_counts": {"completed": 8},
+             "spec": {"objective": {"metric": "val_accuracy"}, "train": {"epochs": 15},
+                      "search": {"strategy": "pbt", "mutable": ["learning_rate", "dropout"]}}}
+    console = Console(record=True, width=200)
+
+    _console.summary(sweep, "runs", console)
+
+    lines = console.export_text().splitlines()
+    assert lines[1:5] == ["Best trial 2: val_accuracy=0.9889", "  learning_rate = 0.0425", "  dropout = 0.16",
+                          "  units = 128"]
+    assert lines[5:8] == ["  Its schedule (Population Based Training, 2 segments):",
+                          "    epochs 1-3: learning_rate = 0.0009, dropout = 0.2",
+                          "    epochs 4-15, copied from member 1 after epoch 3: learning_rate = 0.0425, dropout = 0.16"]
