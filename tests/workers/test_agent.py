@@ -613,7 +613,9 @@ def test_the_agent_applies_the_gpu_memory_limit_the_supervisor_set(
 # -- the process ---------------------------------------------------------------------------------------
 
 def test_a_second_signal_ends_the_agent_at_once_by_that_signal(server: Any, client: Client, tmp_path: Path) -> None:
-    client.create_sweep(digits_spec(trials=1, epochs=200))
+    # Epochs of a second or more (a batch of one): the second signal must come before the epoch that the
+    # first lets finish does; an epoch of 64-row batches took less than the 0.2 s between them.
+    client.create_sweep(digits_spec(trials=1, epochs=200, hparams={"units": 8, "batch_size": 1}))
     state_file = tmp_path / "state.json"
     process = subprocess.Popen([sys.executable, "-m", "workers.agent", "--server", server.url,
                                 "--worker-id", "box-cpu0", "--state-file", str(state_file),
