@@ -91,6 +91,15 @@ def test_nvlink_pairs_out_of_index_order_are_grouped_by_topology(tmp_path: Path,
     assert indices(group_gpus(gpus, 2, links)) == [["0", "2"], ["1", "3"]]
 
 
+def test_the_matrix_of_a_real_one_gpu_host_reads_as_no_links() -> None:
+    # As nvidia-smi printed it on a one-GPU H200 host: underlined header, affinity columns, no GPU pairs.
+    printed = ("\t\x1b[4mGPU0\tCPU Affinity\tNUMA Affinity\tGPU NUMA ID\x1b[0m\n"
+               "GPU0\t X \t0-15\t0\t\tN/A\n\nLegend:\n\n  X    = Self\n"
+               "  NV#  = Connection traversing a bonded set of # NVLinks\n")
+
+    assert parse_topology(printed) == {}
+
+
 def test_gpus_behind_one_pcie_switch_are_grouped_together() -> None:
     gpus = [Gpu(str(index)) for index in range(4)]
 
