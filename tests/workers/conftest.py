@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from sweeper.client import Client
+from workers_testing import FAKE_CHILD
 
 
 @pytest.fixture(autouse=True)
@@ -56,3 +58,15 @@ def unfreeze_garbage_collection() -> Iterator[None]:
 
     yield
     gc.unfreeze()
+
+
+@pytest.fixture
+def fake_child(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The command of a fake worker child (workers_testing.FAKE_CHILD), which records its runs and events under
+    tmp_path/children."""
+    script = tmp_path / "fake_child.py"
+    script.write_text(FAKE_CHILD)
+    out = tmp_path / "children"
+    out.mkdir()
+    monkeypatch.setenv("FAKE_CHILD_OUT", str(out))
+    return [sys.executable, str(script)]

@@ -6,7 +6,6 @@ retried trial of 2 replicas (a CPU split into 2 devices) resuming from its check
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ import workers.gpus
 from sweeper.client import Client
 from workers.gpus import Gpu, GpuSelectionError, discover_gpus, discover_links, group_gpus, parse_topology, plan_groups
 from workers.supervisor import Supervisor
-from workers_testing import FAKE_CHILD, digits_spec, wait_until
+from workers_testing import digits_spec, runs, wait_until
 
 NOWHERE = "http://127.0.0.1:9"  # the fake children never connect
 
@@ -40,16 +39,6 @@ PCIE_TOPOLOGY = ("\tGPU0\tGPU1\tGPU2\tGPU3\tCPU Affinity\n"
                  "GPU3\tPIX\tSYS\tSYS\t X \t0-23\n")
 
 
-@pytest.fixture
-def fake_child(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    script = tmp_path / "fake_child.py"
-    script.write_text(FAKE_CHILD)
-    out = tmp_path / "children"
-    out.mkdir()
-    monkeypatch.setenv("FAKE_CHILD_OUT", str(out))
-    return [sys.executable, str(script)]
-
-
 def fake_nvidia_smi(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, gpus: str, topology: str = TOPOLOGY) -> None:
     """`nvidia-smi` on PATH answering the GPU query with `gpus` and `topo -m` with `topology`; NVML left out,
     so that a real driver on the machine cannot answer instead."""
@@ -64,11 +53,6 @@ def fake_nvidia_smi(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, gpus: str, 
 
 
 FOUR_H100 = "".join(f"{index}, 81559, NVIDIA H100\\n" for index in range(4))
-
-
-def runs(tmp_path: Path, worker_id: str) -> list[dict[str, Any]]:
-    log = tmp_path / "children" / f"{worker_id}.jsonl"
-    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
 
 
 def option(run: dict[str, Any], name: str) -> str | None:

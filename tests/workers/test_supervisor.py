@@ -24,25 +24,21 @@ from workers.gpus import Gpu, GpuSelectionError, discover_gpus
 from workers.handoff import EXIT_WORKER_ID_IN_USE
 from workers.identity import reserve
 from workers.supervisor import ChildExit, Supervisor
-from workers_testing import FAKE_CHILD, digits_spec, wait_until
+from workers_testing import digits_spec, runs, wait_until
 
 pytestmark = pytest.mark.training
 NOWHERE = "http://127.0.0.1:9"  # the fake children never connect
 
 
-@pytest.fixture
-def fake_child(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    script = tmp_path / "fake_child.py"
-    script.write_text(FAKE_CHILD)
-    out = tmp_path / "children"
-    out.mkdir()
-    monkeypatch.setenv("FAKE_CHILD_OUT", str(out))
-    return [sys.executable, str(script)]
-
-
-def runs(tmp_path: Path, worker_id: str) -> list[dict[str, Any]]:
-    log = tmp_path / "children" / f"{worker_id}.jsonl"
-    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+def supervisor_process(fake_child: list[str], gpus: list[str], handles_signals: bool = False) -> subprocess.Popen[bytes]:
+    """A supervisor of fake children in a process of its own (host "box"), so that it can be signalled or killed."""
+    program = ("import sys\n"
+               "from workers.supervisor import Supervisor\n"
+               f"supervisor = Supervisor({NOWHERE!r}, {gpus!r}, host='box', child_command={fake_child!r})\n"
+               + ("supervisor.install_signal_handlers()\n" if handles_signals else "")
+               + "supervisor.start()\n"
+               "sys.exit(supervisor.wait())\n")
+    return subprocess.Popen([sys.executable, "-c", program])
 
 
 def events(tmp_path: Path, worker_id: str) -> list[str]:
@@ -230,13 +226,7 @@ def test_stop_kills_a_child_that_ignores_sigterm_after_the_timeout(tmp_path: Pat
 def test_sigterm_to_the_supervisor_is_forwarded_to_every_child(tmp_path: Path, fake_child: list[str],
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FAKE_CHILD_MODE", "wait_for_sigterm")
-    program = ("import sys\n"
-               "from workers.supervisor import Supervisor\n"
-               f"supervisor = Supervisor({NOWHERE!r}, ['0', '1'], host='box', child_command={fake_child!r})\n"
-               "supervisor.install_signal_handlers()\n"
-               "supervisor.start()\n"
-               "sys.exit(supervisor.wait())\n")
-    process = subprocess.Popen([sys.executable, "-c", program])
+    process = supervisor_process(fake_child, ["0", "1"], handles_signals=True)
     try:
         wait_until(lambda: all(events(tmp_path, f"box-gpu{gpu}") == ["ready"] for gpu in "01"))
         process.send_signal(signal.SIGTERM)
@@ -250,13 +240,7 @@ def test_a_sigterm_that_reached_a_child_directly_too_is_not_forwarded_to_it_as_a
         tmp_path: Path, fake_child: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
     # As Slurm's scancel or time limit (and systemd, docker) deliver it: to every process of the job at once.
     monkeypatch.setenv("FAKE_CHILD_MODE", "drain_like_the_agent")
-    program = ("import sys\n"
-               "from workers.supervisor import Supervisor\n"
-               f"supervisor = Supervisor({NOWHERE!r}, ['0', '1'], host='box', child_command={fake_child!r})\n"
-               "supervisor.install_signal_handlers()\n"
-               "supervisor.start()\n"
-               "sys.exit(supervisor.wait())\n")
-    process = subprocess.Popen([sys.executable, "-c", program])
+    process = supervisor_process(fake_child, ["0", "1"], handles_signals=True)
     try:
         wait_until(lambda: all(events(tmp_path, f"box-gpu{gpu}") == ["ready"] for gpu in "01"))
         time.sleep(0.5)  # the supervisor's watch loop has seen each child's handler
@@ -404,12 +388,7 @@ def test_a_worker_id_reservation_ends_with_the_process_that_held_it(tmp_path: Pa
 def test_a_child_keeps_its_worker_id_reserved_after_its_supervisor_is_killed(
         tmp_path: Path, fake_child: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FAKE_CHILD_MODE", "outlive_the_supervisor")
-    program = ("import sys\n"
-               "from workers.supervisor import Supervisor\n"
-               f"supervisor = Supervisor({NOWHERE!r}, [], host='box', child_command={fake_child!r})\n"
-               "supervisor.start()\n"
-               "sys.exit(supervisor.wait())\n")
-    supervisor = subprocess.Popen([sys.executable, "-c", program])
+    supervisor = supervisor_process(fake_child, [])
     try:
         wait_until(lambda: events(tmp_path, "box-cpu0") == ["ready"])
         supervisor.kill()

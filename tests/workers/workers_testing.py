@@ -5,9 +5,11 @@ Plain functions here (not in conftest.py, whose module name clashes with other t
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 def free_port() -> int:
@@ -22,6 +24,12 @@ def wait_until(condition: Callable[[], object], timeout: float = 20.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out waiting"
         time.sleep(0.05)
+
+
+def runs(tmp_path: Path, worker_id: str) -> list[dict[str, Any]]:
+    """What the fake child (FAKE_CHILD) recorded of each of its runs as `worker_id`, oldest first."""
+    log = tmp_path / "children" / f"{worker_id}.jsonl"
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
 
 
 def digits_spec(name: str = "digits", trials: int = 2, epochs: int = 2, **overrides: Any) -> dict[str, Any]:
