@@ -122,8 +122,7 @@ def status(job: JobId, server: Server = DEFAULT_SERVER, token: Token = None) -> 
     """Show the array's tasks: their Slurm state and node, their workers, and the trial each one runs."""
     _check_job(job)
     # A job that left the queue altogether is "invalid" to squeue: none of its tasks is queued.
-    rows = _slurm_command(["squeue", "--array", "--noheader", "--jobs", job, "--format", "%i|%T|%N|%M|%r"],
-                          unknown_job_ok=True)
+    rows = _job_command(["squeue", "--array", "--noheader", "--jobs", job, "--format", "%i|%T|%N|%M|%r"]) or ""
     tasks: dict[int, dict[str, str]] = {}
     for line in rows.splitlines():
         task_id, state, node, elapsed, reason = (line.split("|") + [""] * 5)[:5]
@@ -162,12 +161,17 @@ def cancel(
             ended = client.cancel_sweep(sweep)
         console.print(f"Sweep {ended['id']} {ended['name']}: {ended['status']}")
     targets = [f"{job}_{index}" for index in task] if task else [job]
+    ended = f"Nothing to cancel: {', '.join(targets)} ended already"
     if now:
-        _slurm_command(["scancel", *targets])
-        console.print(f"Cancelled {', '.join(targets)}: workers hand their trials back, or are killed after KillWait")
+        done = _job_command(["scancel", *targets])
+        console.print(ended if done is None else
+                      f"Cancelled {', '.join(targets)}: workers hand their trials back, or are killed after KillWait",
+                      highlight=False, soft_wrap=True)
         return
-    _slurm_command(["scancel", "--state=PENDING", *targets])
-    _slurm_command(["scancel", "--state=RUNNING", "--batch", "--signal=TERM", *targets])
+    if _job_command(["scancel", "--state=PENDING", *targets]) is None \
+            or _job_command(["scancel", "--state=RUNNING", "--batch", "--signal=TERM", *targets]) is None:
+        console.print(ended, highlight=False)
+        return
     console.print(f"Sent SIGTERM to {', '.join(targets)}: their workers finish the epoch, hand their trials back "
                   f"and exit; pending tasks were removed", highlight=False, soft_wrap=True)
 
@@ -199,18 +203,38 @@ def _check_job(job: str) -> None:
         raise fail(f"job id {job!r}: give the array's number, as `sweeper slurm submit` printed it", code=2)
 
 
-def _slurm_command(command: list[str], input: str | None = None, env: dict[str, str] | None = None,
-                   unknown_job_ok: bool = False) -> str:
-    """Run a Slurm client command; its output, or exit 1 with its own error message."""
+ENDED_JOB_ANSWERS = ("invalid job id", "already completing or completed")
+"""How Slurm's commands answer for a job that has ended: purged from slurmctld's memory, or not yet."""
+
+
+def _slurm_command(command: list[str], input: str | None = None, env: dict[str, str] | None = None) -> str:
+    """Run a Slurm client command; its output, or exit 1 with Slurm's own error message."""
+    done = _run(command, input, env)
+    if done.returncode != 0:
+        raise _failed(command, done)
+    return done.stdout
+
+
+def _job_command(command: list[str]) -> str | None:
+    """Run a Slurm client command about one job; its output, None when the job has ended."""
+    done = _run(command)
+    if done.returncode != 0 and any(answer in done.stderr.lower() for answer in ENDED_JOB_ANSWERS):
+        return None
+    if done.returncode != 0:
+        raise _failed(command, done)
+    return done.stdout
+
+
+def _run(command: list[str], input: str | None = None,
+         env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     if shutil.which(command[0], path=(env or os.environ).get("PATH")) is None:
         raise fail(f"`{command[0]}` is not installed here: run `sweeper slurm` where Slurm's commands are "
                    f"(a login node)")
-    done = subprocess.run(command, input=input, env=env, capture_output=True, text=True)
-    if done.returncode != 0 and unknown_job_ok and "invalid job id" in done.stderr.lower():
-        return ""
-    if done.returncode != 0:
-        raise fail(f"`{shlex.join(command)}` failed: {done.stderr.strip() or done.stdout.strip()}")
-    return done.stdout
+    return subprocess.run(command, input=input, env=env, capture_output=True, text=True)
+
+
+def _failed(command: list[str], done: subprocess.CompletedProcess[str]) -> typer.Exit:
+    return fail(f"`{shlex.join(command)}` failed: {done.stderr.strip() or done.stdout.strip()}")
 
 
 def _array_workers(job: str, server: str, token: str | None) -> list[tuple[int, dict[str, Any]]]:

@@ -216,3 +216,32 @@ def test_submit_hands_sbatch_the_script_and_only_the_worker_token(tmp_path: Path
     assert job_env["SWEEPER_TOKEN"] == TOKEN
     assert "SWEEPER_ADMIN_TOKEN" not in job_env and "SWEEPER_WORKER_TOKEN" not in job_env
     assert (tmp_path / "logs").is_dir()  # sbatch would not create it, and the tasks could write no log
+
+
+@pytest.mark.parametrize("answer", [
+    "scancel: error: Kill job error on job id 5: Invalid job id specified",  # purged from slurmctld's memory
+    "scancel: error: Kill job error on job id 5: Job/step already completing or completed",
+])
+def test_cancelling_an_array_that_has_ended_says_so_and_succeeds(tmp_path: Path, answer: str) -> None:
+    # The sweep finished and the tasks left on their own before `sweeper slurm cancel` (CI saw this):
+    # nothing is left to cancel, which is what was asked.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "scancel").write_text(f"#!/bin/sh\necho '{answer}' >&2\nexit 1\n")
+    (bin_dir / "scancel").chmod(0o755)
+
+    code, output = sweeper("slurm", "cancel", "5", env={"PATH": f"{bin_dir}:{os.environ['PATH']}"})
+
+    assert code == 0, output
+    assert "Nothing to cancel: 5 ended already" in output
+
+
+def test_cancel_still_reports_any_other_scancel_error(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "scancel").write_text("#!/bin/sh\necho 'scancel: error: Access/permission denied' >&2\nexit 1\n")
+    (bin_dir / "scancel").chmod(0o755)
+
+    code, output = sweeper("slurm", "cancel", "5", env={"PATH": f"{bin_dir}:{os.environ['PATH']}"})
+
+    assert code == 1 and "Access/permission denied" in output

@@ -8,6 +8,7 @@ through the REST API, through TensorBoard's own reader of the logs, and in the l
 
 from __future__ import annotations
 
+import re
 import signal
 from pathlib import Path
 
@@ -50,6 +51,27 @@ def epoch_steps(folder: Path, tag: str) -> list[int]:
     return [event.step for event in accumulator.Tensors(tag)] if tag in accumulator.Tags()["tensors"] else []
 
 
+def kill_an_agent_mid_member(service: Service, sweep_id: int, tries: int = 5) -> int:
+    """SIGKILL the worker process of a running member, and return that member's trial id.
+
+    Members hand their workers over at every interval's end, so a kill can land between two members; the
+    supervisor's log says which it was, and it restarts the killed worker for another try."""
+    log = next(path for _, path in service.processes.started if path.name.startswith("worker"))
+    for _ in range(tries):
+        held = wait_until(lambda: [t for t in service.trials(sweep_id) if t["state"] == "running" and t["worker_id"]],
+                          120, "a running member")
+        worker = held[0]["worker_id"]
+        deaths = rf"worker {re.escape(worker)} killed by SIGKILL after [\d.]+s(?: while running trial (\d+))?"
+        seen = len(re.findall(deaths, log.read_text()))
+        agents = pids_with("workers.agent", service.url, worker)
+        assert agents, service.processes.logs()
+        kill(agents)
+        death = wait_until(lambda: re.findall(deaths, log.read_text())[seen:], 60, f"the death of {worker}")[0]
+        if death:
+            return int(death)
+    raise AssertionError(f"{tries} kills each landed between two members")
+
+
 def test_a_population_exploits_and_explores_through_a_killed_worker_and_a_killed_server(processes, tmp_path):
     service = Service(processes, tmp_path)
     service.start_worker(cpu_workers=2)
@@ -58,9 +80,7 @@ def test_a_population_exploits_and_explores_through_a_killed_worker_and_a_killed
                "a member that copied another")
 
     # A worker process dies mid-member: its member goes back to the queue and resumes from its checkpoint.
-    agents = pids_with("workers.agent", service.url)
-    assert agents, processes.logs()
-    kill(agents[:1])
+    killed_member = kill_an_agent_mid_member(service, sweep_id)
     before = exploits(service, service.trials(sweep_id))
     service.server.send_signal(signal.SIGKILL)
     service.server.wait()
@@ -72,6 +92,7 @@ def test_a_population_exploits_and_explores_through_a_killed_worker_and_a_killed
     assert {key: after[key] for key in before} == before, "an exploit answered before the kills changed"
     assert sweep["trial_counts"]["completed"] == POPULATION, processes.logs()
     assert after, "no member of four copied another in four intervals"
+    assert next(t for t in trials if t["id"] == killed_member)["attempts"] > 1, "the killed member was not retried"
     numbers = {t["number"]: t for t in trials}
     for trial in trials:
         history = service.get(f"/trials/{trial['id']}")["history"]
