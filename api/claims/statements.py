@@ -116,7 +116,13 @@ LEASE_HOLDER = (select(TRIALS, SWEEPS.c.status.label("sweep_status"),
                 .join(SWEEPS, _OF_TRIAL)
                 .where(TRIALS.c.id == bindparam("trial"))
                 .with_for_update(of=(TRIALS, SWEEPS)))
-"""A trial with what a report on it needs from its sweep, both locked: one statement, by primary key."""
+"""A trial with what a report on it needs from its sweep, both locked: one statement, by primary key. The
+sweep's lock makes one sweep's reports take turns: each judges the trial among the others' stored reports,
+and the report that ends the last trial sees every other one ended."""
+
+LEASE_HOLDER_ALONE = LEASE_HOLDER.with_for_update(of=TRIALS)
+"""The same with only the trial locked, for a heartbeat: it renews its own lease and reads its sweep's
+status, so a fleet's heartbeats neither queue behind one sweep's row nor deadlock with claims on it."""
 
 UPDATE_TRIAL = TRIALS.update().where(TRIALS.c.id == bindparam("trial"))
 UPDATE_SWEEP = SWEEPS.update().where(SWEEPS.c.id == bindparam("sweep"))

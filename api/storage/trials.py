@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Row, select
+from sqlalchemy import Connection, Row, Select, select
 
 from sweeper import SweeperError
 from sweeper.messages import (Action, ClaimRequest, CompleteReport, Directive, FailReport, FailureKind, HeartbeatRequest,
@@ -79,7 +79,7 @@ class TrialLeases(PopulationStore):
         with self._session.begin():
             connection = self._session.connection()
             _, step = self._lease_holder(connection, trial_id, TrialEvent.heartbeat,
-                                         Caller(request.worker_id, request.lease_token))
+                                         Caller(request.worker_id, request.lease_token), sql.LEASE_HOLDER_ALONE)
             now = self._clock()
             self._seen(request.worker_id, now, connection=connection)
             if not step.repeated:  # a pruned trial has no lease left to extend
@@ -317,14 +317,15 @@ class TrialLeases(PopulationStore):
         return trial, self._sweep(trial.sweep_id, lock=True)
 
     @staticmethod
-    def _lease_holder(connection: Connection, trial_id: int, event: TrialEvent,
-                      caller: Caller) -> tuple[Row[Any], lifecycle.Step]:
-        """The trial's row with its sweep's columns (sql.LEASE_HOLDER), locked, and `event` from `caller` on it.
+    def _lease_holder(connection: Connection, trial_id: int, event: TrialEvent, caller: Caller,
+                      statement: Select[Any] = sql.LEASE_HOLDER) -> tuple[Row[Any], lifecycle.Step]:
+        """The trial's row with its sweep's columns (sql.LEASE_HOLDER, or another lock of the same columns),
+        locked, and `event` from `caller` on it.
 
         LeaseConflictError, and nothing changes, unless the caller holds the current lease (or repeats the
         report that ended it). A lease past its expiry still counts until it is reaped.
         """
-        row = connection.execute(sql.LEASE_HOLDER, {"trial": trial_id}).first() \
+        row = connection.execute(statement, {"trial": trial_id}).first() \
             if is_row_id(trial_id) else None
         if row is None:
             raise TrialNotFoundError(trial_id)

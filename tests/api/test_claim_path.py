@@ -166,6 +166,33 @@ def test_concurrent_workers_get_every_configuration_once_and_every_retry_once(
         assert fresh().get_sweep(sweep_id).sweep.status == SweepStatus.completed
 
 
+def test_a_heartbeat_does_not_wait_for_its_sweeps_row_on_postgresql():
+    # A heartbeat only renews its own trial's lease: while another transaction holds the sweep's row (a claim
+    # generating the sweep's next trial, a report ending a trial), the fleet's heartbeats go on rather than
+    # queue behind it (and cannot deadlock with it).
+    with isolated_schema() as url:
+        engine = make_engine(url)
+        try:
+            upgrade(engine)
+            fresh = repositories(engine, Clock())
+            sweep_id = fresh().create_sweep(parse_spec(grid_spec(values=3)), max_trials=10).sweep.id
+            trial = fresh().claim(ClaimRequest(worker_id="w1", host="h")).trial
+            beat = HeartbeatRequest(worker_id="w1", lease_token=trial.lease_token)
+            answers: list[Any] = []
+            with engine.connect() as holder, holder.begin():
+                holder.execute(text("SELECT id FROM sweeps WHERE id = :sweep FOR UPDATE"), {"sweep": sweep_id})
+                heartbeat = threading.Thread(target=lambda: answers.append(fresh().heartbeat(trial.id, beat)))
+                heartbeat.start()
+                heartbeat.join(10)
+                answered_while_held = bool(answers)
+            heartbeat.join(30)
+        finally:
+            engine.dispose()
+
+    assert answered_while_held, "the heartbeat waited for the lock on its sweep's row"
+    assert answers[0].action == "continue"
+
+
 def test_a_trial_record_has_exactly_the_columns_of_a_trial_row():
     assert [field.name for field in dataclasses.fields(TrialRecord)] == [column.key for column in TRIALS.c]
 
