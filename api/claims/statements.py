@@ -121,8 +121,9 @@ sweep's lock makes one sweep's reports take turns: each judges the trial among t
 and the report that ends the last trial sees every other one ended."""
 
 LEASE_HOLDER_ALONE = LEASE_HOLDER.with_for_update(of=TRIALS)
-"""The same with only the trial locked, for a heartbeat: it renews its own lease and reads its sweep's
-status, so a fleet's heartbeats neither queue behind one sweep's row nor deadlock with claims on it."""
+"""The same with only the trial locked, for a heartbeat, and for an epoch report until it is to be judged
+(a stopping rule, pbt): each renews its own lease and reads its sweep's status, so a fleet's heartbeats and
+unjudged reports neither queue behind one sweep's row nor deadlock with claims on it."""
 
 UPDATE_TRIAL = TRIALS.update().where(TRIALS.c.id == bindparam("trial"))
 UPDATE_SWEEP = SWEEPS.update().where(SWEEPS.c.id == bindparam("sweep"))

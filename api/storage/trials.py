@@ -96,8 +96,8 @@ class TrialLeases(PopulationStore):
         """
         with self._session.begin():
             connection = self._session.connection()
-            held, step = self._lease_holder(connection, trial_id, TrialEvent.report,
-                                            Caller(report.worker_id, report.lease_token))
+            caller = Caller(report.worker_id, report.lease_token)
+            held, step = self._lease_holder(connection, trial_id, TrialEvent.report, caller, sql.LEASE_HOLDER_ALONE)
             if step.repeated:  # the report that pruned it, sent again
                 return Directive(action=step.action)
             now = self._clock()
@@ -116,6 +116,13 @@ class TrialLeases(PopulationStore):
                 plan = self._plan(connection, held.sweep_id)
             except SweeperError:  # its spec no longer parses (a model plugin gone): no rule can judge it
                 return Directive(action=step.action)
+            if not is_pbt(plan) and not plan.spec.stops_early:
+                return Directive(action=step.action)
+            # The report is judged among the sweep's others, and may prune or end the sweep: the sweep's
+            # reports take turns on its row from here (its status read again, under the lock).
+            held, step = self._lease_holder(connection, trial_id, TrialEvent.report, caller)
+            if step.action != Action.continue_:
+                return Directive(action=step.action)
             if is_pbt(plan):
                 try:
                     return self._judge_member(connection, held, plan, report.epoch, stored)
@@ -124,8 +131,6 @@ class TrialLeases(PopulationStore):
                     logger.exception("sweep %d trial %d (id %d): the pbt decision failed on epoch %d; it goes on",
                                      held.sweep_id, held.index + 1, held.id, report.epoch)
                     return Directive(action=Action.continue_)
-            if not plan.spec.stops_early:
-                return Directive(action=step.action)
             if stored is not None and stored.decision is not None:
                 decision = stored.decision  # answered before: the same answer
             else:

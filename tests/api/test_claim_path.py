@@ -27,8 +27,8 @@ from api.models import TrialRow
 from api.storage import LeasePolicy, PlanCache, Repository
 from api.claims.statements import TRIALS, TrialRecord
 from sweeper import parse_spec
-from sweeper.messages import (ClaimRequest, CompleteReport, FailReport, HeartbeatRequest, MetricsReport, SweepStatus,
-                              TrialState)
+from sweeper.messages import (Action, ClaimRequest, CompleteReport, Directive, FailReport, HeartbeatRequest,
+                              MetricsReport, SweepStatus, TrialState)
 
 FINISHED = 2_000
 
@@ -166,31 +166,44 @@ def test_concurrent_workers_get_every_configuration_once_and_every_retry_once(
         assert fresh().get_sweep(sweep_id).sweep.status == SweepStatus.completed
 
 
-def test_a_heartbeat_does_not_wait_for_its_sweeps_row_on_postgresql():
-    # A heartbeat only renews its own trial's lease: while another transaction holds the sweep's row (a claim
-    # generating the sweep's next trial, a report ending a trial), the fleet's heartbeats go on rather than
-    # queue behind it (and cannot deadlock with it).
+def held_sweep_row(engine: Engine, sweep_id: int, call: Callable[[], Any]) -> tuple[bool, Any]:
+    """Whether `call` answered within 10 s while another transaction held the sweep's row, and its answer."""
+    answers: list[Any] = []
+    with engine.connect() as holder, holder.begin():
+        holder.execute(text("SELECT id FROM sweeps WHERE id = :sweep FOR UPDATE"), {"sweep": sweep_id})
+        caller = threading.Thread(target=lambda: answers.append(call()))
+        caller.start()
+        caller.join(10)
+        answered_while_held = bool(answers)
+    caller.join(30)
+    return answered_while_held, answers[0] if answers else None
+
+
+@pytest.mark.parametrize("stopping", [None, {"rule": "median", "min_epochs": 1}])
+def test_heartbeats_and_unjudged_reports_do_not_wait_for_their_sweeps_row_on_postgresql(stopping):
+    # Heartbeats and the epoch reports no rule judges only renew their own trial's lease: while another
+    # transaction holds the sweep's row (a claim generating the sweep's next trial, a report ending a trial),
+    # the fleet's calls go on rather than queue behind it (and cannot deadlock with it). A report that a
+    # stopping rule judges among the sweep's others waits its turn.
     with isolated_schema() as url:
         engine = make_engine(url)
         try:
             upgrade(engine)
             fresh = repositories(engine, Clock())
-            sweep_id = fresh().create_sweep(parse_spec(grid_spec(values=3)), max_trials=10).sweep.id
+            spec = grid_spec(values=3, **({"stopping": stopping} if stopping else {}))
+            sweep_id = fresh().create_sweep(parse_spec(spec), max_trials=10).sweep.id
             trial = fresh().claim(ClaimRequest(worker_id="w1", host="h")).trial
             beat = HeartbeatRequest(worker_id="w1", lease_token=trial.lease_token)
-            answers: list[Any] = []
-            with engine.connect() as holder, holder.begin():
-                holder.execute(text("SELECT id FROM sweeps WHERE id = :sweep FOR UPDATE"), {"sweep": sweep_id})
-                heartbeat = threading.Thread(target=lambda: answers.append(fresh().heartbeat(trial.id, beat)))
-                heartbeat.start()
-                heartbeat.join(10)
-                answered_while_held = bool(answers)
-            heartbeat.join(30)
+            epoch = MetricsReport(worker_id="w1", lease_token=trial.lease_token, epoch=0,
+                                  metrics={"val_accuracy": 0.5})
+
+            heartbeat = held_sweep_row(engine, sweep_id, lambda: fresh().heartbeat(trial.id, beat))
+            report = held_sweep_row(engine, sweep_id, lambda: fresh().report_metrics(trial.id, epoch))
         finally:
             engine.dispose()
 
-    assert answered_while_held, "the heartbeat waited for the lock on its sweep's row"
-    assert answers[0].action == "continue"
+    assert heartbeat == (True, Directive(action=Action.continue_)), "the heartbeat waited for its sweep's row"
+    assert report == (stopping is None, Directive(action=Action.continue_))
 
 
 def test_a_trial_record_has_exactly_the_columns_of_a_trial_row():
