@@ -237,20 +237,22 @@ class WireClient:
             writer.write(b"POST %s%s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
                          % (API.encode(), path.encode(), self._host.encode(), len(data), data))
             head = await reader.readuntil(b"\r\n\r\n")
-        except (asyncio.IncompleteReadError, ConnectionError):
-            # The server closed the idle connection: the next request opens a new one.
+            status_line, *headers = head.decode("latin-1").split("\r\n")
+            length = 0
+            for header in headers:
+                name, _, value = header.partition(":")
+                if name.lower() == "content-length":
+                    length = int(value)
+                elif name.lower() == "transfer-encoding":
+                    raise RuntimeError(f"the wire client reads Content-Length bodies only, but got {header!r}")
+            return int(status_line.split()[1]), await reader.readexactly(length) if length else b""
+        except BaseException:
+            # The server closed the idle connection, or this call was cancelled (a worker's heartbeat when its
+            # trial ends) with its answer still to come: the next request opens a new connection, so it cannot
+            # read that answer as its own.
             writer.close()
             self._streams = None
             raise
-        status_line, *headers = head.decode("latin-1").split("\r\n")
-        length = 0
-        for header in headers:
-            name, _, value = header.partition(":")
-            if name.lower() == "content-length":
-                length = int(value)
-            elif name.lower() == "transfer-encoding":
-                raise RuntimeError(f"the wire client reads Content-Length bodies only, but got {header!r}")
-        return int(status_line.split()[1]), await reader.readexactly(length) if length else b""
 
     async def aclose(self) -> None:
         if self._streams is not None:

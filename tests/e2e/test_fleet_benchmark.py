@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import sys
 from pathlib import Path
@@ -75,3 +76,39 @@ def test_the_largest_carried_fleet_is_the_last_size_before_the_first_one_past_th
     assert fleet.largest_carried(steps, 1) == 250  # 1,000 under target after 500 over it is luck, not capacity
     assert fleet.largest_carried(steps, 2) == 250
     assert fleet.largest_carried([_step(fleet, 1, 100, 100)], 1) is None
+
+
+def test_the_wire_client_never_hands_a_cancelled_calls_answer_to_the_next_call() -> None:
+    # A simulated worker cancels its heartbeat when its trial ends, perhaps with the heartbeat's answer still
+    # on the way: the next call (the complete, then the claim) must read its own answer, not that one.
+    fleet = load_benchmark()
+
+    async def answer_each_path_slowly(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Each request answered after 0.2 s with its own path, on a keep-alive connection."""
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                              if line.lower().startswith(b"content-length"))
+                await reader.readexactly(length)
+                await asyncio.sleep(0.2)
+                path = head.split(b" ")[1]
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(path), path))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):  # the client closed the connection
+            writer.close()
+
+    async def calls() -> tuple[bytes, bytes]:
+        server = await asyncio.start_server(answer_each_path_slowly, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        client = fleet.CLIENTS["wire"](f"http://127.0.0.1:{port}")
+        heartbeat = asyncio.create_task(client.post("/trials/1/heartbeat", {}))
+        await asyncio.sleep(0.05)
+        heartbeat.cancel()
+        _, complete = await client.post("/trials/1/complete", {})
+        _, claim = await client.post("/trials/claim", {})
+        await client.aclose()
+        server.close()
+        return complete, claim
+
+    assert asyncio.run(calls()) == (b"/api/v1/trials/1/complete", b"/api/v1/trials/claim")
