@@ -75,6 +75,22 @@ _EPOCH_METRICS = (
     ("epoch_accuracy", "validation", "validation accuracy", hp.Metric.VALIDATION),
     ("epoch_learning_rate", "train", "learning rate", hp.Metric.TRAINING),
 )
+# (key in an epoch's metrics, display name, dataset type) of the same at the last epoch of a Population Based
+# Training segment: a segment's session has no train/ and validation/ runs of its own (its member's curves
+# stay one run across exploits), so these are scalars in its own folder, under the epoch metrics' names.
+_SEGMENT_END_METRICS = (
+    ("loss", "train loss", hp.Metric.TRAINING),
+    ("val_loss", "validation loss", hp.Metric.VALIDATION),
+    ("accuracy", "train accuracy", hp.Metric.TRAINING),
+    ("val_accuracy", "validation accuracy", hp.Metric.VALIDATION),
+    ("learning_rate", "learning rate", hp.Metric.TRAINING),
+)
+
+
+def segment_end_columns(metrics: Mapping[str, float], objective_metric: str) -> dict[str, float]:
+    """A PBT segment's columns besides the objective (written apart): the losses, accuracies and learning rate
+    of its last epoch's `metrics`, those the model has."""
+    return {key: metrics[key] for key, _, _ in _SEGMENT_END_METRICS if key in metrics and key != objective_metric}
 
 
 class SessionStatus(StrEnum):
@@ -93,11 +109,6 @@ class SessionStatus(StrEnum):
         # UNKNOWN: shown, never counted as a success or a crash, and final (it has an end time).
         return {SessionStatus.success: api_pb2.STATUS_SUCCESS, SessionStatus.failure: api_pb2.STATUS_FAILURE,
                 SessionStatus.aborted: getattr(api_pb2, "STATUS_ABORTED", api_pb2.STATUS_UNKNOWN)}[self]
-
-
-PBT_MEMBER = "member"
-PBT_PARENT = "parent"
-"""The hparams a Population Based Training segment's session carries beside its own: its member and its parent."""
 
 
 def hparams_for(spec: SweepSpec) -> list[hp.HParam]:
@@ -154,7 +165,8 @@ def varies(domain: SearchDomain) -> bool:
 
 def metrics_for(spec: SweepSpec) -> list[hp.Metric]:
     """The objective, num_params and pruned_at_epoch (scalars in each trial's own folder), then the
-    per-epoch train/validation scalars. num_params is listed once, as the objective, when it is one."""
+    per-epoch train/validation scalars, or for Population Based Training their values at each segment's end.
+    num_params is listed once, as the objective, when it is one."""
     objective = spec.objective
     metrics = [hp.Metric(objective.metric, display_name=f"{objective.metric} (objective)",
                          description=f"The trial's final {objective.metric}; the sweep's goal is to "
@@ -172,9 +184,11 @@ def metrics_for(spec: SweepSpec) -> list[hp.Metric]:
                                  description=f"0: on the Pareto front of {names} (no other completed trial is at "
                                              "least as good in every objective and better in one); 1: on the "
                                              "front once those are set aside; and so on."))
-    metrics += [hp.Metric(tag, group=group, display_name=display, dataset_type=dataset_type)
-                for tag, group, display, dataset_type in _EPOCH_METRICS]
-    return metrics
+    if spec.search.strategy == "pbt":
+        return metrics + [hp.Metric(key, display_name=f"{display} (segment end)", dataset_type=dataset_type)
+                          for key, display, dataset_type in _SEGMENT_END_METRICS if key != objective.metric]
+    return metrics + [hp.Metric(tag, group=group, display_name=display, dataset_type=dataset_type)
+                      for tag, group, display, dataset_type in _EPOCH_METRICS]
 
 
 def write_scalar_file(folder: str | Path, tag: str, value: float, step: int, *, suffix: str) -> None:

@@ -35,7 +35,7 @@ import keras
 from sweeper import _log_files, log_location
 from sweeper._errors import InfrastructureError, SweeperError
 from sweeper.hparams_log import NUM_PARAMS, PBT_MEMBER, PBT_PARENT, PRUNED_AT_EPOCH, SessionStatus, TrialSession, \
-    segment_dir
+    segment_dir, segment_end_columns
 from sweeper.messages import Assignment, Exploit, PbtMember, PbtSegment, snapshot_path
 from sweeper.training.schedules import build_learning_rate
 
@@ -290,13 +290,14 @@ class MemberSessions:
         self._session.__enter__()
 
     def write_final(self, objective_metric: str, history: list[dict[str, float]], pruned: bool) -> None:
-        """The current segment's columns: the objective and num_params at its last epoch (the last in
-        `history`), and for a pruned member `pruned_at_epoch`. Nothing when the segment has no epoch yet."""
+        """The current segment's columns: the objective, num_params, losses, accuracies and learning rate at
+        its last epoch (the last in `history`), and for a pruned member `pruned_at_epoch`. Nothing when the
+        segment has no epoch yet."""
         last = len(history) - 1
         if last < self.segment.start_epoch:
             return
         metrics = history[last]
-        self._session.write_scalars({objective_metric: metrics[objective_metric], NUM_PARAMS: metrics[NUM_PARAMS]},
-                                    step=last)
+        self._session.write_scalars({objective_metric: metrics[objective_metric], NUM_PARAMS: metrics[NUM_PARAMS],
+                                     **segment_end_columns(metrics, objective_metric)}, step=last)
         if pruned:
             self._session.write_scalars({PRUNED_AT_EPOCH: len(history)}, step=last)

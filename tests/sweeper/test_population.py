@@ -363,3 +363,35 @@ def test_under_a_sweep_config_declaring_member_and_parent_the_dashboard_shows_ea
     assert second.hparams["dropout"].number_value == 0.25
     metrics = {(value.name.group, value.name.tag): value.value for value in second.metric_values}
     assert metrics[("", "val_accuracy")] == pytest.approx(server.calls[-1][1]["val_accuracy"])
+
+
+def test_a_pbt_sweeps_dashboard_shows_each_segments_losses_accuracies_and_learning_rate_at_its_end(
+        sweep: Path, exploited: Any, tmp_path: Path) -> None:
+    # A segment has no train/ and validation/ runs of its own (its member's curves stay one run), so the
+    # pbt config's columns are the segment's last epoch: no row of the table is left with empty columns.
+    from sweeper import parse_spec
+    from sweeper.hparams_log import write_experiment
+
+    _, _, server, _ = exploited
+    sweep_dir = tmp_path / "sweep"
+    shutil.copytree(sweep, sweep_dir)
+    spec = parse_spec({"name": "pbt", "model": "mlp", "dataset": "digits", "objective": {"metric": "val_accuracy"},
+                       "hparams": {"units": 16, "batch_size": 256, "seed": {"type": "discrete", "values": [1, 2]},
+                                   "learning_rate": {"type": "real_interval", "min": 1e-4, "max": 0.1, "log": True},
+                                   "dropout": {"type": "real_interval", "min": 0.0, "max": 0.5}},
+                       "search": {"strategy": "pbt", "population": 8, "interval_epochs": INTERVAL,
+                                  "mutable": ["learning_rate", "dropout"]},
+                       "train": {"epochs": EPOCHS}})
+    write_experiment(sweep_dir, spec)
+
+    groups = {group.name: group for group in _session_groups(sweep_dir)}
+
+    reported = [metrics for _, metrics in server.calls]
+    for name, last_epoch in (("trial-0007/segment-01", EXPLOIT_EPOCH), ("trial-0007/segment-02", EPOCHS - 1)):
+        columns = {value.name.tag: value for value in groups[name].metric_values}
+        assert {tag: column.value for tag, column in columns.items() if tag != "num_params"} == pytest.approx(
+            {tag: reported[last_epoch][tag]
+             for tag in ("val_accuracy", "loss", "accuracy", "val_loss", "learning_rate")}), name
+        assert {column.training_step for column in columns.values()} == {last_epoch}
+        assert {column.name.group for column in columns.values()} == {""}
+    assert columns["learning_rate"].value == pytest.approx(0.05)  # the explored rate, in its own segment
