@@ -332,22 +332,28 @@ def test_an_exploit_answer_without_its_details_or_to_a_plain_trial_is_refused(tm
         run_trial(member, lambda epoch, metrics: answer)
 
 
+def _members_spec(search: dict[str, Any]) -> Any:
+    """A spec over the hparams the donor and member of these tests train with, with `search`."""
+    from sweeper import parse_spec
+
+    return parse_spec({"name": "pbt", "model": "mlp", "dataset": "digits", "objective": {"metric": "val_accuracy"},
+                       "hparams": {"units": 16, "batch_size": 256, "seed": {"type": "discrete", "values": [1, 2]},
+                                   "learning_rate": {"type": "real_interval", "min": 1e-4, "max": 0.1, "log": True},
+                                   "dropout": {"type": "real_interval", "min": 0.0, "max": 0.5}},
+                       "search": search, "train": {"epochs": EPOCHS}})
+
+
 def test_under_a_sweep_config_declaring_member_and_parent_the_dashboard_shows_each_segment(
         sweep: Path, exploited: Any, tmp_path: Path) -> None:
     from tensorboard.compat.proto import event_pb2
     from tensorboard.plugins.hparams import summary_v2 as hp
 
-    from sweeper import parse_spec
     from sweeper.hparams_log import CONFIG_FILE, event_records, hparams_for, metrics_for
 
     _, _, server, _ = exploited
     sweep_dir = tmp_path / "sweep"
     shutil.copytree(sweep, sweep_dir)
-    spec = parse_spec({"name": "pbt", "model": "mlp", "dataset": "digits", "objective": {"metric": "val_accuracy"},
-                       "search": {"max_trials": 2},
-                       "hparams": {"units": 16, "batch_size": 256, "seed": {"type": "discrete", "values": [1, 2]},
-                                   "learning_rate": {"type": "real_interval", "min": 1e-4, "max": 0.1, "log": True},
-                                   "dropout": {"type": "real_interval", "min": 0.0, "max": 0.5}}})
+    spec = _members_spec({"max_trials": 2})
     # What the server writes for a pbt sweep: the spec's hparams, then `member` and `parent`.
     config = hp.hparams_config_pb([*hparams_for(spec), hp.HParam("member", hp.IntInterval(0, 8)),
                                    hp.HParam("parent", hp.IntInterval(0, 8))], metrics_for(spec))
@@ -369,19 +375,13 @@ def test_a_pbt_sweeps_dashboard_shows_each_segments_losses_accuracies_and_learni
         sweep: Path, exploited: Any, tmp_path: Path) -> None:
     # A segment has no train/ and validation/ runs of its own (its member's curves stay one run), so the
     # pbt config's columns are the segment's last epoch: no row of the table is left with empty columns.
-    from sweeper import parse_spec
     from sweeper.hparams_log import write_experiment
 
     _, _, server, _ = exploited
     sweep_dir = tmp_path / "sweep"
     shutil.copytree(sweep, sweep_dir)
-    spec = parse_spec({"name": "pbt", "model": "mlp", "dataset": "digits", "objective": {"metric": "val_accuracy"},
-                       "hparams": {"units": 16, "batch_size": 256, "seed": {"type": "discrete", "values": [1, 2]},
-                                   "learning_rate": {"type": "real_interval", "min": 1e-4, "max": 0.1, "log": True},
-                                   "dropout": {"type": "real_interval", "min": 0.0, "max": 0.5}},
-                       "search": {"strategy": "pbt", "population": 8, "interval_epochs": INTERVAL,
-                                  "mutable": ["learning_rate", "dropout"]},
-                       "train": {"epochs": EPOCHS}})
+    spec = _members_spec({"strategy": "pbt", "population": 8, "interval_epochs": INTERVAL,
+                          "mutable": ["learning_rate", "dropout"]})
     write_experiment(sweep_dir, spec)
 
     groups = {group.name: group for group in _session_groups(sweep_dir)}
