@@ -77,7 +77,9 @@ _EPOCH_METRICS = (
 )
 # (key in an epoch's metrics, display name, dataset type) of the same at the last epoch of a Population Based
 # Training segment: a segment's session has no train/ and validation/ runs of its own (its member's curves
-# stay one run across exploits), so these are scalars in its own folder, under the epoch metrics' names.
+# stay one run across exploits), so these are scalars in its own folder, tagged `segment_end/<key>`: apart
+# from the hparam `learning_rate`, and one group of the Scalars dashboard.
+SEGMENT_END = "segment_end"
 _SEGMENT_END_METRICS = (
     ("loss", "train loss", hp.Metric.TRAINING),
     ("val_loss", "validation loss", hp.Metric.VALIDATION),
@@ -90,7 +92,8 @@ _SEGMENT_END_METRICS = (
 def segment_end_columns(metrics: Mapping[str, float], objective_metric: str) -> dict[str, float]:
     """A PBT segment's columns besides the objective (written apart): the losses, accuracies and learning rate
     of its last epoch's `metrics`, those the model has."""
-    return {key: metrics[key] for key, _, _ in _SEGMENT_END_METRICS if key in metrics and key != objective_metric}
+    return {f"{SEGMENT_END}/{key}": metrics[key] for key, _, _ in _SEGMENT_END_METRICS
+            if key in metrics and key != objective_metric}
 
 
 class SessionStatus(StrEnum):
@@ -185,7 +188,8 @@ def metrics_for(spec: SweepSpec) -> list[hp.Metric]:
                                              "least as good in every objective and better in one); 1: on the "
                                              "front once those are set aside; and so on."))
     if spec.search.strategy == "pbt":
-        return metrics + [hp.Metric(key, display_name=f"{display} (segment end)", dataset_type=dataset_type)
+        return metrics + [hp.Metric(f"{SEGMENT_END}/{key}", display_name=f"{display} (segment end)",
+                                    dataset_type=dataset_type)
                           for key, display, dataset_type in _SEGMENT_END_METRICS if key != objective.metric]
     return metrics + [hp.Metric(tag, group=group, display_name=display, dataset_type=dataset_type)
                       for tag, group, display, dataset_type in _EPOCH_METRICS]

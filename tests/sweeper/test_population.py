@@ -390,8 +390,9 @@ def test_a_pbt_sweeps_dashboard_shows_each_segments_losses_accuracies_and_learni
     for name, last_epoch in (("trial-0007/segment-01", EXPLOIT_EPOCH), ("trial-0007/segment-02", EPOCHS - 1)):
         columns = {value.name.tag: value for value in groups[name].metric_values}
         assert {tag: column.value for tag, column in columns.items() if tag != "num_params"} == pytest.approx(
-            {tag: reported[last_epoch][tag]
-             for tag in ("val_accuracy", "loss", "accuracy", "val_loss", "learning_rate")}), name
+            {"val_accuracy": reported[last_epoch]["val_accuracy"],  # the objective, as a trial's
+             **{f"segment_end/{key}": reported[last_epoch][key]
+                for key in ("loss", "accuracy", "val_loss", "learning_rate")}}), name
         assert {column.training_step for column in columns.values()} == {last_epoch}
         assert {column.name.group for column in columns.values()} == {""}
-    assert columns["learning_rate"].value == pytest.approx(0.05)  # the explored rate, in its own segment
+    assert columns["segment_end/learning_rate"].value == pytest.approx(0.05)  # the explored rate, in its segment
