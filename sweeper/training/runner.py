@@ -55,7 +55,7 @@ from sweeper.training import population
 from sweeper.training.checkpoints import Resume, TrialCheckpoint
 from sweeper.training.datasets import TrainingData, training_data, using_data_root
 from sweeper.training.schedules import build_learning_rate, build_optimizer, schedule_callbacks
-from sweeper.training.trial_logs import rewind_segment_logs, rewind_trial_logs
+from sweeper.training.trial_logs import rewind_segment_logs, rewind_trial_logs, wait_to_write_after_earlier_files
 
 logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -898,6 +898,7 @@ class _LiveTensorBoard(keras.callbacks.TensorBoard):
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         with _log_files.io_failures(self._action):  # opens the train/ writer
+            wait_to_write_after_earlier_files(self.log_dir)  # the earlier segments' or attempts' files
             super().on_train_begin(logs)
 
     def on_test_end(self, logs: dict[str, Any] | None = None) -> None:

@@ -18,6 +18,10 @@ in, that one's session start only, and nothing of the segments after it, which t
 
 from __future__ import annotations
 
+import logging
+import re
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
@@ -28,10 +32,14 @@ from sweeper import _log_files
 from sweeper.hparams_log import SEGMENT_FOLDER_PREFIX, event_records, segment_dir
 from sweeper.log_location import join
 
-__all__ = ["rewind_segment_logs", "rewind_trial_logs"]
+__all__ = ["rewind_segment_logs", "rewind_trial_logs", "wait_to_write_after_earlier_files"]
+
+logger = logging.getLogger(__name__)
 
 # The sub-folders Keras's TensorBoard callback writes per-epoch scalars into.
 _EPOCH_FOLDERS = ("train", "validation")
+_CREATED_SECOND = re.compile(r"tfevents\.(\d+)\.")
+"""An event file's name: `events.out.tfevents.<second created>.<host>.<pid>.<count>.v2`."""
 
 
 def rewind_trial_logs(trial_dir: str | Path, epoch: int) -> bool:
@@ -68,6 +76,35 @@ def rewind_segment_logs(trial_dir: str | Path, segment: int) -> bool:
         for path in _event_files(join(trial_dir, name)):
             _log_files.remove(path)
     return _keep_first_session_start(segment_dir(trial_dir, segment))
+
+
+def wait_to_write_after_earlier_files(trial_dir: str | Path, *, limit: float = 5.0,
+                                      clock: Callable[[], float] = time.time,
+                                      sleep: Callable[[float], None] = time.sleep) -> float:
+    """Wait until event files created from now on in the trial's train/ and validation/ folders sort after
+    those there; the seconds waited.
+
+    TensorBoard reads a folder's event files in name order, and a name holds its creation second, then
+    the host, the process id and a count of the process's writers, compared as text. Two files created in
+    the same second can sort either way: a PBT member handed over to another worker within the second
+    (pid 18200 sorts before 18556), or a process's tenth writer ("10" before "9"). The member's curve then
+    reads out of order. Waiting for the next second settles it; on one host that is under a second, and
+    only when the newest file is that young. A clock more than `limit` seconds behind the host that wrote
+    the newest file is not waited for, and logged.
+    """
+    seconds = [int(found.group(1)) for name in _EPOCH_FOLDERS for path in _event_files(join(trial_dir, name))
+               if (found := _CREATED_SECOND.search(path.rsplit("/", 1)[-1]))]
+    if not seconds:
+        return 0.0
+    wait = max(seconds) + 1 - clock()
+    if wait <= 0:
+        return 0.0
+    if wait > limit:
+        logger.warning("an event file in %s was created %.0f s in this host's future: this clock is behind that "
+                       "host's, and TensorBoard may read the trial's epochs out of order", trial_dir, wait - 1)
+        return 0.0
+    sleep(wait)
+    return wait
 
 
 def _rewind_epoch_folder(folder: str, epoch: int) -> None:

@@ -57,14 +57,17 @@ def kill_an_agent_mid_member(service: Service, sweep_id: int, tries: int = 5) ->
     Members hand their workers over at every interval's end, so a kill can land between two members; the
     supervisor's log says which it was, and it restarts the killed worker for another try."""
     log = next(path for _, path in service.processes.started if path.name.startswith("worker"))
+    def running_member_with_its_agent() -> tuple[str, list[int]] | None:
+        # The server may still show a member on a worker killed a moment ago, whose process is not back yet.
+        for trial in service.trials(sweep_id):
+            if trial["state"] == "running" and (agents := pids_with("workers.agent", service.url, trial["worker_id"])):
+                return trial["worker_id"], agents
+        return None
+
     for _ in range(tries):
-        held = wait_until(lambda: [t for t in service.trials(sweep_id) if t["state"] == "running" and t["worker_id"]],
-                          120, "a running member")
-        worker = held[0]["worker_id"]
+        worker, agents = wait_until(running_member_with_its_agent, 120, "a running member and its worker process")
         deaths = rf"worker {re.escape(worker)} killed by SIGKILL after [\d.]+s(?: while running trial (\d+))?"
         seen = len(re.findall(deaths, log.read_text()))
-        agents = pids_with("workers.agent", service.url, worker)
-        assert agents, service.processes.logs()
         kill(agents)
         death = wait_until(lambda: re.findall(deaths, log.read_text())[seen:], 60, f"the death of {worker}")[0]
         if death:
