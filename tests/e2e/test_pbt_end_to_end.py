@@ -57,6 +57,7 @@ def kill_an_agent_mid_member(service: Service, sweep_id: int, tries: int = 5) ->
     Members hand their workers over at every interval's end, so a kill can land between two members; the
     supervisor's log says which it was, and it restarts the killed worker for another try."""
     log = next(path for _, path in service.processes.started if path.name.startswith("worker"))
+
     def running_member_with_its_agent() -> tuple[str, list[int]] | None:
         # The server may still show a member on a worker killed a moment ago, whose process is not back yet.
         for trial in service.trials(sweep_id):
