@@ -16,17 +16,21 @@ SPEC = ("name: pairs\nmodel: mlp\ndataset: digits\nobjective: {metric: val_accur
         "search: {strategy: grid}\ntrain: {epochs: 1, gpus_per_trial: 2}\n")
 
 
+def run_on_two_cpu_devices(tmp_path, spec_text: str, *options: str) -> subprocess.CompletedProcess[str]:
+    """`sweeper run` on the spec, its CPU workers each split into 2 devices, in `tmp_path`."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(spec_text)
+    return subprocess.run([str(BIN / "sweeper"), "run", str(spec), "--gpus", "none", "--cpu-devices", "2", *options,
+                           "--database-url", "sqlite:///run.db", "--logdir", "runs"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=600,
+                          env={**os.environ, "COLUMNS": "200", "TF_CPP_MIN_LOG_LEVEL": "2"})
+
+
 def test_run_trains_a_two_gpu_spec_on_cpu_workers_split_into_two_devices(tmp_path) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams import metadata
 
-    spec = tmp_path / "pairs.yaml"
-    spec.write_text(SPEC)
-
-    result = subprocess.run([str(BIN / "sweeper"), "run", str(spec), "--gpus", "none", "--cpu-devices", "2",
-                             "--database-url", "sqlite:///run.db", "--logdir", "runs"],
-                            capture_output=True, text=True, cwd=tmp_path, timeout=600,
-                            env={**os.environ, "COLUMNS": "200", "TF_CPP_MIN_LOG_LEVEL": "2"})
+    result = run_on_two_cpu_devices(tmp_path, SPEC)
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert "on 1 CPU worker(s) of 2 devices" in result.stdout
@@ -50,13 +54,7 @@ PBT_SPEC = ("name: pairs-pbt\nmodel: mlp\ndataset: digits\nobjective: {metric: v
 def test_pbt_members_of_two_replicas_exploit_inside_the_mirrored_strategy(tmp_path) -> None:
     # The model an exploit rebuilds in the running process, and the donor's weights and optimizer state loaded
     # into it, must be made in the strategy's scope like the first one.
-    spec = tmp_path / "pairs-pbt.yaml"
-    spec.write_text(PBT_SPEC)
-
-    result = subprocess.run([str(BIN / "sweeper"), "run", str(spec), "--gpus", "none", "--cpu-devices", "2",
-                             "--cpu-workers", "2", "--database-url", "sqlite:///run.db", "--logdir", "runs"],
-                            capture_output=True, text=True, cwd=tmp_path, timeout=600,
-                            env={**os.environ, "COLUMNS": "200", "TF_CPP_MIN_LOG_LEVEL": "2"})
+    result = run_on_two_cpu_devices(tmp_path, PBT_SPEC, "--cpu-workers", "2")
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Sweep 1 pairs-pbt completed: 4/4 trials finished (4 completed)" in result.stdout
