@@ -27,7 +27,8 @@ class TrialPublic(BaseModel):
     state: TrialState
     hparams: dict[str, Any]
     metrics: dict[str, float | None]
-    """Final metrics, empty until the trial completes; a non-finite value (a diverged loss) is null."""
+    """Final metrics, empty until the trial completes (a pruned trial has those of the epoch that pruned it
+    until its worker's last call sends its final ones); a non-finite value (a diverged loss) is null."""
     attempts: int
     worker_id: str | None
     error: str | None

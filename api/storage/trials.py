@@ -167,9 +167,12 @@ class TrialLeases(PopulationStore):
         reason = str(decision.get("reason") or "pruned by the stopping rule")
         logger.info("sweep %d trial %d (id %d) pruned after epoch %d: %s", held.sweep_id, held.index + 1, held.id,
                     report.epoch + 1, reason)
+        # It ends here, with what it reached: its worker's last call may come after the sweep has completed
+        # (a pruned last trial completes it), or, across a server restart, much later. That call's metrics
+        # replace these.
         self._update_trial(connection, held.id, state=step.trial.state, lease_end=step.trial.lease_end,
                            lease_expires_at=None, finished_at=now, pruned_at_epoch=report.epoch,
-                           prune_reason=reason)
+                           prune_reason=reason, metrics=finite(report.metrics))
         if held.sweep_consecutive_failures:  # a pruned trial ran: it breaks a run of failures
             self._update_sweep(connection, held.sweep_id, consecutive_failures=0)
         if held.sweep_next_index >= held.sweep_total_trials:

@@ -218,6 +218,23 @@ def test_a_sweep_whose_last_trial_is_pruned_completes(client: TestClient):
     assert get_sweep(client, 1)["status"] == "completed"
 
 
+def test_a_trial_holds_the_metrics_of_the_epoch_that_pruned_it_before_its_worker_completes(client: TestClient):
+    # The sweep completes with the prune of its last trial: what the sweep shows then must hold that trial's
+    # metrics, not wait for its worker's last call (which a server restart can hold up).
+    create_sweep(client, stopping_spec("asha", max_trials=2))
+    fleet = Fleet(client)
+    fleet.start("a")
+    fleet.start("b")
+    for epoch in range(9):
+        fleet.report("a", epoch, 1.0)
+    fleet.workers["a"].complete(fleet.trials["a"], val_loss=1.0)
+
+    assert fleet.report("b", 0, 2.0) == "prune"
+
+    assert get_sweep(client, 1)["status"] == "completed"
+    assert get_trial(client, fleet.trials["b"])["metrics"] == {"val_loss": 2.0, "loss": 2.0}
+
+
 def test_an_answered_epoch_keeps_its_answer_after_a_restart(settings, make_client: Callable[..., TestClient]):
     client = make_client(settings)
     create_sweep(client, stopping_spec("asha"))
