@@ -96,7 +96,9 @@ def test_workers_given_only_the_url_and_token_run_a_sweep_logged_where_the_serve
     for trial in trials:
         run = f"trial-{trial['number']:04d}"  # each trial's folder, named by its number within the sweep
         assert tf.io.gfile.glob(f"{sweep_folder}/{run}/train/*tfevents*"), trial
-        assert not tf.io.gfile.exists(f"{sweep_folder}/{run}/checkpoint")  # completed: deleted
+        # Completed: its worker deletes its checkpoint once the answer comes (the last one, as the sweep ends).
+        wait_until(lambda: not tf.io.gfile.exists(f"{sweep_folder}/{run}/checkpoint"), 30,
+                   f"{run}'s checkpoint deleted")
     for host in hosts:
         assert not (host / "runs").exists()
 
