@@ -370,6 +370,7 @@ def _exploited_model(assignment: Assignment, exploit: Exploit, history: list[dic
         population.load_donor_snapshot(model, exploit, assignment.train.epochs, steps_per_epoch, architecture)
     return model
 
+
 def distribution_hparams(assignment: Assignment) -> dict[str, int]:
     """`replicas` and `global_batch_size` for a trial of more than one GPU, logged with its hparams; {} for one."""
     replicas = assignment.train.gpus_per_trial
