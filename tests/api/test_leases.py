@@ -272,11 +272,12 @@ def test_calls_on_an_expired_but_unreaped_lease_still_succeed(client_with, actio
 
 def test_a_restarted_server_renews_the_leases_that_ran_out_while_it_was_down(settings: Settings):
     # Workers could not heartbeat during the outage; their trials must not be reaped the moment it ends.
-    short = Settings(**{**settings.model_dump(), "lease_seconds": 0.6, "reap_interval_seconds": 0.02})
+    # A lease of 2 s: the restarted server's first calls must come well within the lease it renewed.
+    short = Settings(**{**settings.model_dump(), "lease_seconds": 2.0, "reap_interval_seconds": 0.02})
     with TestClient(create_app(short)) as before:
         create_sweep(before, grid_spec(values=1))
         trial_id = Worker(before, "survivor").claim_id()
-    time.sleep(0.8)  # the server is down for longer than a lease
+    time.sleep(2.2)  # the server is down for longer than a lease
 
     with TestClient(create_app(short)) as after:
         time.sleep(0.1)  # several reaper passes

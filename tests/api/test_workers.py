@@ -59,11 +59,12 @@ def test_every_heartbeat_and_metrics_report_is_a_sign_of_life(client: TestClient
 
 
 def test_a_silent_worker_is_lost_after_the_lease_ttl_and_back_when_it_calls(client_with):
-    client = client_with(lease_seconds=0.3, reap_interval_seconds=3600)
+    # A lease of 1 s: after the heartbeat, the list must come within it to read the worker busy.
+    client = client_with(lease_seconds=1.0, reap_interval_seconds=3600)
     create_sweep(client, grid_spec(values=1))
     worker = Worker(client, "w1", host="box", gpu="1")
     trial_id = worker.claim_id()
-    time.sleep(0.4)
+    time.sleep(1.1)
 
     lost = list_workers(client)["w1"]
     assert (lost["state"], lost["trial_id"], lost["host"], lost["gpu"]) == ("lost", trial_id, "box", "1")

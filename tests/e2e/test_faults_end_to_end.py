@@ -115,7 +115,11 @@ def test_a_nan_trial_and_a_failing_trial_fail_once_with_their_reason(processes, 
 
     # Every trial fails the same way: after max_failures (5) in a row the sweep fails and starts no more.
     sweep = service.wait_for(broken_id, "failed")
-    trials = service.trials(broken_id)
+    # A trial the other worker was running when the fifth failure ended the sweep is cancelled at that
+    # worker's next call, a moment later.
+    trials = wait_until(lambda: (found := service.trials(broken_id))
+                        and not any(t["state"] in ("pending", "running") for t in found) and found,
+                        30, "the failed sweep's trials to end")
     failed = [t for t in trials if t["state"] == "failed"]
     assert len(failed) == 5 and all(t["state"] == "cancelled" for t in trials if t not in failed)
     assert all(t["failure_kind"] == "error" and t["attempts"] == 1 for t in failed)

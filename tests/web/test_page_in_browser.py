@@ -55,7 +55,7 @@ def start_worker(server: RunningServer, tokens: dict[str, str], tmp_path: Path) 
         env = {**os.environ, "SWEEPER_TOKEN": tokens["worker"], "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
         with log.open("w") as output:
             process = subprocess.Popen([sys.executable, "-m", "workers.agent", "--server", server.url,
-                                        "--worker-id", "web-cpu0", "--idle-exit", "120", "--poll-interval", "0.5"],
+                                        "--worker-id", "web-cpu0", "--idle-exit", "600", "--poll-interval", "0.5"],
                                        stdout=output, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
         started.append(process)
         return process

@@ -25,7 +25,7 @@ from sweeper.training.checkpoints import TrialCheckpoint, checkpoint_folder
 from workers.agent import Agent, FatalWorkerError
 from workers.handoff import EXIT_SERVER_UNREACHABLE, EXIT_WORKER_ID_IN_USE
 from workers.identity import WorkerIdInUseError, reserve
-from workers_testing import digits_spec, free_port, wait_until
+from workers_testing import catches, digits_spec, free_port, wait_until
 
 pytestmark = pytest.mark.training
 EpochCallback = Callable[[int, dict[str, float]], Directive]
@@ -570,8 +570,8 @@ def test_cancelling_a_sweep_stops_a_keras_trial_mid_epoch(client: Client, tmp_pa
         wait_until(lambda: len(reported) >= 2, timeout=120)
         epoch_seconds = reported[1] - reported[0]
         [trial] = trials(client, sweep["id"])
-        client.cancel_sweep(sweep["id"])
         cancelled = time.monotonic()
+        client.cancel_sweep(sweep["id"])
     finally:
         runner.join(timeout=60)
 
@@ -626,7 +626,8 @@ def test_a_second_signal_ends_the_agent_at_once_by_that_signal(server: Any, clie
         trial_id = json.loads(state_file.read_text())["trial_id"]
         wait_until(lambda: client.get_trial(trial_id)["history"], timeout=60)
         process.send_signal(signal.SIGTERM)
-        time.sleep(0.2)
+        # Two signals before its handler runs would be one: the second goes once the first was taken.
+        wait_until(lambda: not catches(process.pid, signal.SIGTERM), timeout=10)
         process.send_signal(signal.SIGTERM)
         started = time.monotonic()
         assert process.wait(timeout=10) == -signal.SIGTERM

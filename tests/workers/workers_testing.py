@@ -26,6 +26,14 @@ def wait_until(condition: Callable[[], object], timeout: float = 20.0) -> None:
         time.sleep(0.05)
 
 
+def catches(pid: int, signum: int) -> bool:
+    """Whether process `pid` has a handler for `signum` now, as Linux's /proc tells (its SigCgt mask)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) & (1 << (signum - 1)))
+    raise AssertionError(f"/proc/{pid}/status has no SigCgt line")
+
+
 def runs(tmp_path: Path, worker_id: str) -> list[dict[str, Any]]:
     """What the fake child (FAKE_CHILD) recorded of each of its runs as `worker_id`, oldest first."""
     log = tmp_path / "children" / f"{worker_id}.jsonl"
