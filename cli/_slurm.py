@@ -161,16 +161,16 @@ def cancel(
             ended = client.cancel_sweep(sweep)
         console.print(f"Sweep {ended['id']} {ended['name']}: {ended['status']}")
     targets = [f"{job}_{index}" for index in task] if task else [job]
-    ended = f"Nothing to cancel: {', '.join(targets)} ended already"
+    nothing_to_cancel = f"Nothing to cancel: {', '.join(targets)} ended already"
     if now:
         done = _job_command(["scancel", *targets])
-        console.print(ended if done is None else
+        console.print(nothing_to_cancel if done is None else
                       f"Cancelled {', '.join(targets)}: workers hand their trials back, or are killed after KillWait",
                       highlight=False, soft_wrap=True)
         return
     if _job_command(["scancel", "--state=PENDING", *targets]) is None \
             or _job_command(["scancel", "--state=RUNNING", "--batch", "--signal=TERM", *targets]) is None:
-        console.print(ended, highlight=False)
+        console.print(nothing_to_cancel, highlight=False)
         return
     console.print(f"Sent SIGTERM to {', '.join(targets)}: their workers finish the epoch, hand their trials back "
                   f"and exit; pending tasks were removed", highlight=False, soft_wrap=True)
@@ -218,11 +218,11 @@ def _slurm_command(command: list[str], input: str | None = None, env: dict[str, 
 def _job_command(command: list[str]) -> str | None:
     """Run a Slurm client command about one job; its output, None when the job has ended."""
     done = _run(command)
-    if done.returncode != 0 and any(answer in done.stderr.lower() for answer in ENDED_JOB_ANSWERS):
+    if done.returncode == 0:
+        return done.stdout
+    if any(answer in done.stderr.lower() for answer in ENDED_JOB_ANSWERS):
         return None
-    if done.returncode != 0:
-        raise _failed(command, done)
-    return done.stdout
+    raise _failed(command, done)
 
 
 def _run(command: list[str], input: str | None = None,
