@@ -12,6 +12,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from workers.supervisor import _caught_signals
+
+
 def free_port() -> int:
     """A port nobody listens on right now (the OS's pick, released again)."""
     with socket.socket() as sock:
@@ -27,11 +30,8 @@ def wait_until(condition: Callable[[], object], timeout: float = 20.0) -> None:
 
 
 def catches(pid: int, signum: int) -> bool:
-    """Whether process `pid` has a handler for `signum` now, as Linux's /proc tells (its SigCgt mask)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("SigCgt:"):
-            return bool(int(line.split()[1], 16) & (1 << (signum - 1)))
-    raise AssertionError(f"/proc/{pid}/status has no SigCgt line")
+    """Whether process `pid` has a handler for `signum` now, as the supervisor reads it from /proc."""
+    return bool(_caught_signals(pid) & (1 << (signum - 1)))
 
 
 def runs(tmp_path: Path, worker_id: str) -> list[dict[str, Any]]:
