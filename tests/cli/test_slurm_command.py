@@ -43,6 +43,15 @@ def run_script(script: str, tmp_path: Path, **slurm_env: str) -> subprocess.Comp
     return subprocess.run(["bash", str(path)], capture_output=True, text=True, env=env, timeout=30)
 
 
+def with_command(tmp_path: Path, name: str, script: str) -> dict[str, str]:
+    """An environment whose PATH finds `script` as the Slurm command `name` before any other."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / name).write_text(script)
+    (bin_dir / name).chmod(0o755)
+    return {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
+
+
 def owner_only_token_file(tmp_path: Path, mode: int = 0o600) -> Path:
     path = tmp_path / "worker-token"
     path.write_text(TOKEN + "\n")
@@ -197,12 +206,9 @@ echo "4242;cluster"
 
 
 def test_submit_hands_sbatch_the_script_and_only_the_worker_token(tmp_path: Path) -> None:
-    bin_dir, seen = tmp_path / "bin", tmp_path / "seen"
-    bin_dir.mkdir()
+    seen = tmp_path / "seen"
     seen.mkdir()
-    (bin_dir / "sbatch").write_text(FAKE_SBATCH)
-    (bin_dir / "sbatch").chmod(0o755)
-    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "SBATCH_SEEN": str(seen), "SWEEPER_WORKER_TOKEN": TOKEN,
+    env = {**with_command(tmp_path, "sbatch", FAKE_SBATCH), "SBATCH_SEEN": str(seen), "SWEEPER_WORKER_TOKEN": TOKEN,
            "SWEEPER_TOKEN": "admin-0123456789abcdef", "SWEEPER_ADMIN_TOKEN": "admin-0123456789abcdef"}
 
     code, output = sweeper("slurm", "submit", "--server", "http://head:8000", "--tasks", "3", "--output",
@@ -225,23 +231,17 @@ def test_submit_hands_sbatch_the_script_and_only_the_worker_token(tmp_path: Path
 def test_cancelling_an_array_that_has_ended_says_so_and_succeeds(tmp_path: Path, answer: str) -> None:
     # The sweep finished and the tasks left on their own before `sweeper slurm cancel` (CI saw this):
     # nothing is left to cancel, which is what was asked.
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "scancel").write_text(f"#!/bin/sh\necho '{answer}' >&2\nexit 1\n")
-    (bin_dir / "scancel").chmod(0o755)
+    env = with_command(tmp_path, "scancel", f"#!/bin/sh\necho '{answer}' >&2\nexit 1\n")
 
-    code, output = sweeper("slurm", "cancel", "5", env={"PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    code, output = sweeper("slurm", "cancel", "5", env=env)
 
     assert code == 0, output
     assert "Nothing to cancel: 5 ended already" in output
 
 
 def test_cancel_still_reports_any_other_scancel_error(tmp_path: Path) -> None:
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "scancel").write_text("#!/bin/sh\necho 'scancel: error: Access/permission denied' >&2\nexit 1\n")
-    (bin_dir / "scancel").chmod(0o755)
+    env = with_command(tmp_path, "scancel", "#!/bin/sh\necho 'scancel: error: Access/permission denied' >&2\nexit 1\n")
 
-    code, output = sweeper("slurm", "cancel", "5", env={"PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    code, output = sweeper("slurm", "cancel", "5", env=env)
 
     assert code == 1 and "Access/permission denied" in output
