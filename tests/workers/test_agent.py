@@ -194,8 +194,10 @@ def test_heartbeats_are_sent_with_the_claims_lease_token_while_a_trial_trains(cl
 
 def test_a_lost_lease_drops_the_trial_silently_and_the_agent_goes_on(
         start_server: Callable[..., Any], caplog: pytest.LogCaptureFixture) -> None:
-    # Long enough that the thief, heartbeating every 0.1 s, keeps its lease on a loaded machine.
-    server = start_server(lease_seconds=2)
+    # Long enough that the thief, heartbeating every 0.1 s, keeps its lease on a loaded machine: in the full
+    # suite's process a 2 s lease once ran out between two of its heartbeats, and the agent's next claim took
+    # the trial back.
+    server = start_server(lease_seconds=5)
     with Client(server.url, retries=1, backoff=0.05) as client:
         sweep = client.create_sweep(digits_spec(trials=1))
         thief: list[Assignment] = []
@@ -211,7 +213,7 @@ def test_a_lost_lease_drops_the_trial_silently_and_the_agent_goes_on(
 
         def lease_expires_and_another_worker_claims(epoch: int) -> None:
             if epoch == 0:
-                time.sleep(2.5)  # no heartbeat in time: the lease runs out
+                time.sleep(5.5)  # no heartbeat in time: the lease runs out
                 stolen = client.claim(ClaimRequest(worker_id="thief", host="other-host"))
                 assert stolen is not None
                 thief.append(stolen)
